@@ -1,0 +1,3 @@
+module github.com/edgetpm/edgetpm
+
+go 1.26

@@ -66,6 +66,24 @@ func StartSwtpmFlags(t testing.TB, flags string) *Swtpm {
 	return s
 }
 
+// StartManufactured starts swtpm on a state that swtpm_setup made like a
+// TPM from the factory: an RSA EK persisted at 0x81010001 and its
+// certificate, issued by swtpm-localca, in NV index 0x01c00002.
+func StartManufactured(t testing.TB) *Swtpm {
+	t.Helper()
+	Need(t, "swtpm_setup")
+	s := &Swtpm{Dir: t.TempDir(), flags: "not-need-init,startup-clear"}
+	out, err := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", s.Dir, "--create-ek-cert", "--pcr-banks", "sha256", "--overwrite").CombinedOutput()
+	if err != nil {
+		t.Fatalf("swtpm_setup: %v\n%s", err, out)
+	}
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
 // Restart stops swtpm and starts it again on the same state and ports, like
 // a reboot of the machine.
 func (s *Swtpm) Restart(t testing.TB) {

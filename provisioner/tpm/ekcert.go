@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"crypto"
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
@@ -73,7 +74,7 @@ func certifies(cert *x509.Certificate, ek *key) error {
 	if err != nil {
 		return fmt.Errorf("EK public key: %w", err)
 	}
-	cp, ok := cert.PublicKey.(interface{ Equal(any) bool })
+	cp, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !cp.Equal(ekPub) {
 		return fmt.Errorf("the EK certificate in NV %#x (subject %q) does not certify the EK at %#x", uint32(ekCertIndex), cert.Subject.String(), uint32(ek.handle))
 	}

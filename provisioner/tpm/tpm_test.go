@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -398,14 +399,17 @@ func TestConcurrentSign(t *testing.T) {
 	}
 }
 
-// counting counts the commands sent to a TPM.
+// counting counts the commands sent to a TPM, and the CreatePrimary ones.
 type counting struct {
 	transport.TPMCloser
-	n int
+	n, createPrimary int
 }
 
 func (c *counting) Send(cmd []byte) ([]byte, error) {
 	c.n++
+	if len(cmd) >= 10 && tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) == tpm2.TPMCCCreatePrimary {
+		c.createPrimary++
+	}
 	return c.TPMCloser.Send(cmd)
 }
 
@@ -426,7 +430,7 @@ func BenchmarkIdentity(b *testing.B) {
 	if _, err := tp.Identity(b.Context()); err != nil {
 		b.Fatal(err)
 	}
-	c.n = 0
+	c.n, c.createPrimary = 0, 0
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := tp.Identity(b.Context()); err != nil {
@@ -434,4 +438,7 @@ func BenchmarkIdentity(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(c.n)/float64(b.N), "tpm-cmds/op")
+	if c.createPrimary > 0 {
+		b.Errorf("identity with persisted keys ran CreatePrimary %d times", c.createPrimary)
+	}
 }

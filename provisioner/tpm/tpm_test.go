@@ -11,14 +11,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/edgetpm/edgetpm/internal/activation"
+	"github.com/edgetpm/edgetpm/internal/mssim"
 	"github.com/edgetpm/edgetpm/internal/tpmtest"
 )
 
@@ -440,5 +443,48 @@ func BenchmarkIdentity(b *testing.B) {
 	b.ReportMetric(float64(c.n)/float64(b.N), "tpm-cmds/op")
 	if c.createPrimary > 0 {
 		b.Errorf("identity with persisted keys ran CreatePrimary %d times", c.createPrimary)
+	}
+}
+
+// The reference simulator served over mssim starts powered off: Open powers
+// it on through the platform port, and a second Open finds it started.
+func TestOpenPowersOnReferenceSimulator(t *testing.T) {
+	sim, err := simulator.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	cmdL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := cmdL.Addr().(*net.TCPAddr).Port
+	platL, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
+	if err != nil {
+		cmdL.Close()
+		t.Skipf("port %d taken: %v", port+1, err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- mssim.New(sim).Serve(ctx, cmdL, platL) }()
+	defer func() { cancel(); <-done }()
+
+	uri := fmt.Sprintf("mssim://127.0.0.1:%d", port)
+	var regIDs []string
+	for range 2 {
+		tp, err := Open(uri, Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := tp.Identity(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tpmtest.CheckNoLeaks(t, tp.t)
+		tp.Close()
+		regIDs = append(regIDs, id.RegistrationID)
+	}
+	if regIDs[0] != regIDs[1] {
+		t.Errorf("registration ID changed between connections: %v", regIDs)
 	}
 }

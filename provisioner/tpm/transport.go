@@ -112,9 +112,9 @@ func retryable(rsp []byte) bool {
 	return false
 }
 
-// mssim speaks the TCP protocol of the reference simulator (TpmTcpProtocol.h)
+// mssimConn speaks the TCP protocol of the reference simulator (TpmTcpProtocol.h)
 // on the command port. swtpm accepts the same framing on its server port.
-type mssim struct {
+type mssimConn struct {
 	conn net.Conn
 }
 
@@ -127,7 +127,7 @@ const (
 
 var errPoweredOff = errors.New("TPM simulator returned an empty response: not powered on")
 
-func (m *mssim) Send(cmd []byte) ([]byte, error) {
+func (m *mssimConn) Send(cmd []byte) ([]byte, error) {
 	if err := m.conn.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
 		return nil, err
 	}
@@ -155,7 +155,7 @@ func (m *mssim) Send(cmd []byte) ([]byte, error) {
 	return rsp[:n], nil
 }
 
-func (m *mssim) Close() error { return m.conn.Close() }
+func (m *mssimConn) Close() error { return m.conn.Close() }
 
 func openMSSim(host, port string) (transport.TPMCloser, error) {
 	p, err := strconv.Atoi(port)
@@ -166,7 +166,7 @@ func openMSSim(host, port string) (transport.TPMCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mssim{conn: conn}
+	m := &mssimConn{conn: conn}
 	if err := startup(m, func() error { return powerOn(net.JoinHostPort(host, strconv.Itoa(p+1))) }); err != nil {
 		m.Close()
 		return nil, err

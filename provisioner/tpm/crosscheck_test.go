@@ -38,14 +38,7 @@ func TestCrossCheckTPM2Tools(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := tp.Identity(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := randBytes(t, 32)
-	if err := tp.ImportKey(t.Context(), mustBuildKey(t, id, key)); err != nil {
-		t.Fatal(err)
-	}
+	id, _ := activated(t, tp)
 	long := bytes.Repeat([]byte("0123456789"), 300) // beyond TPM_PT_INPUT_BUFFER
 	short := []byte("0ne00000000%2Fregistrations%2F" + id.RegistrationID + "\n1767225600")
 	sigShort, err := tp.Sign(t.Context(), short)
@@ -120,7 +113,7 @@ func TestManufacturedTPM(t *testing.T) {
 		t.Errorf("EK certificate issuer = %q, want swtpm-localca's", id.EKCertificate.Issuer)
 	}
 	key := randBytes(t, 32)
-	if err := tp.ImportKey(t.Context(), mustBuildKey(t, id, key)); err != nil {
+	if err := tp.ImportKey(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, key)); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := tp.Sign(t.Context(), []byte("m")); !bytes.Equal(got, hmacSHA256(key, []byte("m"))) {

@@ -234,25 +234,17 @@ func TestActivateAndSign(t *testing.T) {
 func TestBadBlobKeepsOldKey(t *testing.T) {
 	tpmtest.Each(t, func(t *testing.T, uri string) {
 		tp := open(t, uri, Config{})
-		id, err := tp.Identity(t.Context())
+		id, oldKey := activated(t, tp)
+		good := blobFor(t, id.EndorsementKey, id.StorageRootKey, randBytes(t, 32))
+		b, err := activation.Parse(good)
 		if err != nil {
 			t.Fatal(err)
 		}
-		oldKey := randBytes(t, 32)
-		blob, _ := activation.Build(rand.Reader, id.EndorsementKey, id.StorageRootKey, oldKey, nil)
-		if err := tp.ImportKey(t.Context(), blob); err != nil {
-			t.Fatal(err)
-		}
-		good, err := activation.Build(rand.Reader, id.EndorsementKey, id.StorageRootKey, randBytes(t, 32), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := activation.Parse(good)
 		cases := map[string][]byte{
 			"truncated":  good[:len(good)-1],
 			"trailing":   append(append([]byte(nil), good...), 0),
-			"other TPM":  mustBuild(t, otherEK(t, id.EndorsementKey), id.StorageRootKey),
-			"other SRK":  mustBuild(t, id.EndorsementKey, otherEK(t, id.StorageRootKey)),
+			"other TPM":  blobFor(t, otherEK(t, id.EndorsementKey), id.StorageRootKey, randBytes(t, 32)),
+			"other SRK":  blobFor(t, id.EndorsementKey, otherEK(t, id.StorageRootKey), randBytes(t, 32)),
 			"not a blob": []byte("hello"),
 			"empty":      nil,
 		}
@@ -287,13 +279,29 @@ func TestBadBlobKeepsOldKey(t *testing.T) {
 	})
 }
 
-func mustBuild(t *testing.T, ek, srk []byte) []byte {
+// blobFor builds an activation blob of key for the TPM with ek and srk.
+func blobFor(t *testing.T, ek, srk, key []byte) []byte {
 	t.Helper()
-	b, err := activation.Build(rand.Reader, ek, srk, randBytes(t, 32), nil)
+	b, err := activation.Build(rand.Reader, ek, srk, key, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// activated gives tp its identity and activates a fresh random key, as a
+// DPS registration would.
+func activated(t *testing.T, tp *TPM) (*Identity, []byte) {
+	t.Helper()
+	id, err := tp.Identity(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := randBytes(t, 32)
+	if err := tp.ImportKey(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, key)); err != nil {
+		t.Fatal(err)
+	}
+	return id, key
 }
 
 // otherEK returns a key of the same shape with another modulus.
@@ -338,7 +346,7 @@ func TestHierarchyPasswords(t *testing.T) {
 			t.Fatal(err)
 		}
 		key := randBytes(t, 32)
-		blob := mustBuildKey(t, id, key)
+		blob := blobFor(t, id.EndorsementKey, id.StorageRootKey, key)
 		// PolicySecret(TPM_RH_ENDORSEMENT) needs the endorsement password.
 		tp.cfg.EndorsementAuth = nil
 		if err := tp.ImportKey(t.Context(), blob); !errors.Is(err, ErrAuthorization) {
@@ -354,15 +362,6 @@ func TestHierarchyPasswords(t *testing.T) {
 	})
 }
 
-func mustBuildKey(t *testing.T, id *Identity, key []byte) []byte {
-	t.Helper()
-	b, err := activation.Build(rand.Reader, id.EndorsementKey, id.StorageRootKey, key, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func TestExplainLockout(t *testing.T) {
 	err := explain(tpm2.TPMRCLockout, "owner")
 	if !errors.Is(err, ErrLockout) || !errors.Is(err, tpm2.TPMRCLockout) || !strings.Contains(err.Error(), "tpm2_dictionarylockout") {
@@ -373,14 +372,7 @@ func TestExplainLockout(t *testing.T) {
 // Signing from many goroutines is serialized and always right.
 func TestConcurrentSign(t *testing.T) {
 	tp := open(t, "sim", Config{})
-	id, err := tp.Identity(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := randBytes(t, 32)
-	if err := tp.ImportKey(t.Context(), mustBuildKey(t, id, key)); err != nil {
-		t.Fatal(err)
-	}
+	_, key := activated(t, tp)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for g := range 8 {

@@ -117,7 +117,7 @@ func Build(rand io.Reader, ek, srk, key, encURI []byte) ([]byte, error) {
 		return nil, fmt.Errorf("random seed: %w", err)
 	}
 	unique := sha256.Sum256(append(append([]byte(nil), seed...), key...))
-	idPub := HMACKeyPublic(unique[:])
+	idPub := hmacKeyPublic(unique[:])
 	idPubBytes := tpm2.Marshal(idPub)
 	idName, err := tpm2.ObjectName(&idPub)
 	if err != nil {
@@ -196,10 +196,10 @@ func Build(rand io.Reader, ek, srk, key, encURI []byte) ([]byte, error) {
 	return b.Marshal(), nil
 }
 
-// HMACKeyPublic is the public area of the key DPS wraps, as in real DPS blobs
+// hmacKeyPublic is the public area of the key DPS wraps, as in real DPS blobs
 // (dps-tpm.md §5.3): KEYEDHASH, HMAC-SHA256, sign|userWithAuth|noDA, empty
 // authPolicy. fixedTPM and fixedParent must stay clear for Import.
-func HMACKeyPublic(unique []byte) tpm2.TPMTPublic {
+func hmacKeyPublic(unique []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{
 		Type:    tpm2.TPMAlgKeyedHash,
 		NameAlg: tpm2.TPMAlgSHA256,

@@ -94,9 +94,6 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// AuthKeyHandle returns the handle the DPS key is persisted at.
-func (t *TPM) AuthKeyHandle() tpm2.TPMHandle { return t.cfg.AuthKeyHandle }
-
 // Close closes the transport.
 func (t *TPM) Close() error {
 	t.mu.Lock()

@@ -20,19 +20,23 @@ import (
 	"github.com/google/go-tpm-tools/simulator"
 )
 
-// Protocol codes used here (TpmTcpProtocol.h).
+// Codes of the protocol (TpmTcpProtocol.h), for this server and for the
+// client in provisioner/tpm.
 const (
-	sendCommand     = 8
-	remoteHandshake = 15
-	sessionEnd      = 20
-	stop            = 21
+	// Command port.
+	SendCommand     = 8
+	RemoteHandshake = 15
+	SessionEnd      = 20
+	Stop            = 21
 
-	powerOn  = 1
-	powerOff = 2
-	reset    = 17
-
-	maxCommand = 1 << 16
+	// Platform port.
+	PowerOn  = 1
+	PowerOff = 2
+	NVOn     = 11
+	Reset    = 17
 )
+
+const maxCommand = 1 << 16
 
 // Server serves one simulator. Commands from all connections are run one at
 // a time.
@@ -92,7 +96,7 @@ func (s *Server) command(c net.Conn) error {
 			return err
 		}
 		switch code {
-		case sendCommand:
+		case SendCommand:
 			var hdr struct {
 				Locality uint8
 				Size     uint32
@@ -116,7 +120,7 @@ func (s *Server) command(c net.Conn) error {
 			if _, err := c.Write(binary.BigEndian.AppendUint32(out, 0)); err != nil {
 				return err
 			}
-		case remoteHandshake:
+		case RemoteHandshake:
 			var clientVersion uint32
 			if err := binary.Read(c, binary.BigEndian, &clientVersion); err != nil {
 				return err
@@ -125,7 +129,7 @@ func (s *Server) command(c net.Conn) error {
 			if err := binary.Write(c, binary.BigEndian, []uint32{1, 0x7, 0}); err != nil {
 				return err
 			}
-		case sessionEnd, stop:
+		case SessionEnd, Stop:
 			return nil
 		default:
 			return fmt.Errorf("unknown command-port code %d", code)
@@ -159,7 +163,7 @@ func (s *Server) platform(c net.Conn) error {
 		var err error
 		s.mu.Lock()
 		switch code {
-		case powerOn:
+		case PowerOn:
 			// The simulator package starts the TPM as it powers it on, so
 			// a client's TPM2_Startup gets TPM_RC_INITIALIZE, as after a
 			// firmware that started it.
@@ -167,13 +171,13 @@ func (s *Server) platform(c net.Conn) error {
 				err = s.sim.Reset()
 				s.on = err == nil
 			}
-		case powerOff:
+		case PowerOff:
 			s.on = false
-		case reset:
+		case Reset:
 			if s.on {
 				err = s.sim.Reset()
 			}
-		case sessionEnd, stop:
+		case SessionEnd, Stop:
 			s.mu.Unlock()
 			return nil
 		}

@@ -17,6 +17,8 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
 	"github.com/google/go-tpm/tpm2/transport/simulator"
+
+	"github.com/edgetpm/edgetpm/internal/mssim"
 )
 
 // DefaultURI is the kernel's TPM resource manager.
@@ -119,11 +121,14 @@ type mssimConn struct {
 }
 
 const (
-	mssimSendCommand = 8
-	maxResponse      = 1 << 16
-	dialTimeout      = 5 * time.Second
-	ioTimeout        = 2 * time.Minute // RSA key generation on a slow chip
+	maxResponse = 1 << 16
+	dialTimeout = 5 * time.Second
+	ioTimeout   = 2 * time.Minute // RSA key generation on a slow chip
 )
+
+// swtpmInit is swtpm's CMD_INIT on its control channel (swtpm's
+// tpm_ioctl.h), which is not an mssim platform port.
+const swtpmInit = 2
 
 var errPoweredOff = errors.New("TPM simulator returned an empty response: not powered on")
 
@@ -132,7 +137,7 @@ func (m *mssimConn) Send(cmd []byte) ([]byte, error) {
 		return nil, err
 	}
 	hdr := make([]byte, 9, 9+len(cmd))
-	binary.BigEndian.PutUint32(hdr, mssimSendCommand)
+	binary.BigEndian.PutUint32(hdr, mssim.SendCommand)
 	hdr[4] = 0 // locality
 	binary.BigEndian.PutUint32(hdr[5:], uint32(len(cmd)))
 	if _, err := m.conn.Write(append(hdr, cmd...)); err != nil {
@@ -212,7 +217,7 @@ func powerOn(addr string) error {
 	if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		return err
 	}
-	if err := platformCmd(conn, 1); err != nil {
+	if err := platformCmd(conn, mssim.PowerOn); err != nil {
 		return fmt.Errorf("POWER_ON: %w", err)
 	}
 	// Tell the two apart by whether a second word follows.
@@ -221,13 +226,12 @@ func powerOn(addr string) error {
 	_, err = io.ReadFull(conn, caps[:])
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	if err == nil {
-		// swtpm: CMD_INIT with flags 0.
-		if err := platformCmd(conn, 2, 0); err != nil {
+		if err := platformCmd(conn, swtpmInit, 0); err != nil { // flags 0
 			return fmt.Errorf("swtpm INIT: %w", err)
 		}
 		return nil
 	}
-	if err := platformCmd(conn, 11); err != nil {
+	if err := platformCmd(conn, mssim.NVOn); err != nil {
 		return fmt.Errorf("NV_ON: %w", err)
 	}
 	return nil

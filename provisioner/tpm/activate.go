@@ -19,22 +19,52 @@ var ErrActivation = errors.New("TPM refused the activation blob")
 // persists the HMAC key it carries at the auth key handle. The previous key
 // is evicted only once the new one is loaded, so a bad blob leaves it usable.
 func (t *TPM) ImportKey(ctx context.Context, blob []byte) error {
-	b, err := activation.Parse(blob)
-	if err != nil {
-		return err
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	k, err := t.activate(blob)
+	if err != nil {
+		return err
+	}
+	defer t.flush(k.handle)
+	return t.persist(k)
+}
+
+// SignChallenge activates the challenge blob of DPS's first answer and
+// returns HMAC-SHA256(challengeKey, data) without persisting the key: the
+// key is loaded, used once and flushed. The Azure SDKs persist the challenge
+// key at the auth key handle; keeping it transient means a registration that
+// fails later (disabled, refused, timed out) leaves the previous key usable.
+func (t *TPM) SignChallenge(ctx context.Context, blob, data []byte) ([]byte, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	k, err := t.activate(blob)
+	if err != nil {
+		return nil, err
+	}
+	defer t.flush(k.handle)
+	return t.hmac(k, data)
+}
+
+// activate runs ActivateCredential and Import for a blob and loads the key
+// under the SRK. The caller holds t.mu and flushes the returned handle.
+func (t *TPM) activate(blob []byte) (*key, error) {
+	b, err := activation.Parse(blob)
+	if err != nil {
+		return nil, err
+	}
 	ek, err := t.readPersistent(EKHandle)
 	if err != nil {
-		return fmt.Errorf("read endorsement key at %#x (run identity first): %w", uint32(EKHandle), err)
+		return nil, fmt.Errorf("read endorsement key at %#x (run identity first): %w", uint32(EKHandle), err)
 	}
 	srk, err := t.readPersistent(SRKHandle)
 	if err != nil {
-		return fmt.Errorf("read storage root key at %#x (run identity first): %w", uint32(SRKHandle), err)
+		return nil, fmt.Errorf("read storage root key at %#x (run identity first): %w", uint32(SRKHandle), err)
 	}
 	// The SRK has an empty authValue and userWithAuth; the owner password
 	// is not involved.
@@ -58,9 +88,9 @@ func (t *TPM) ImportKey(ctx context.Context, blob []byte) error {
 	}.Execute(t.t)
 	if err != nil {
 		if e := explain(err, "endorsement"); e != err {
-			return fmt.Errorf("activate credential: %w", e)
+			return nil, fmt.Errorf("activate credential: %w", e)
 		}
-		return fmt.Errorf("%w: ActivateCredential: the blob was not made for this TPM's EK and SRK, or is corrupt: %w", ErrActivation, err)
+		return nil, fmt.Errorf("%w: ActivateCredential: the blob was not made for this TPM's EK and SRK, or is corrupt: %w", ErrActivation, err)
 	}
 	inner := ac.CertInfo.Buffer
 	pub := tpm2.BytesAs2B[tpm2.TPMTPublic](b.Public)
@@ -77,14 +107,17 @@ func (t *TPM) ImportKey(ctx context.Context, blob []byte) error {
 		},
 	}.Execute(t.t)
 	if err != nil {
-		return fmt.Errorf("%w: Import: %w", ErrActivation, err)
+		return nil, fmt.Errorf("%w: Import: %w", ErrActivation, err)
 	}
 	ld, err := tpm2.Load{ParentHandle: srkAuth, InPrivate: imp.OutPrivate, InPublic: pub}.Execute(t.t)
 	if err != nil {
-		return fmt.Errorf("%w: Load: %w", ErrActivation, err)
+		return nil, fmt.Errorf("%w: Load: %w", ErrActivation, err)
 	}
-	defer t.flush(ld.ObjectHandle)
+	return &key{handle: ld.ObjectHandle, name: ld.Name, pub: pub}, nil
+}
 
+// persist makes the loaded key k the auth key, replacing the previous one.
+func (t *TPM) persist(k *key) error {
 	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(t.cfg.OwnerAuth)}
 	h := t.cfg.AuthKeyHandle
 	old, err := t.readPersistent(h)
@@ -99,7 +132,7 @@ func (t *TPM) ImportKey(ctx context.Context, blob []byte) error {
 	case !errors.Is(err, tpm2.TPMRCHandle):
 		return fmt.Errorf("read auth key handle %#x: %w", uint32(h), err)
 	}
-	if _, err := (tpm2.EvictControl{Auth: owner, ObjectHandle: tpm2.NamedHandle{Handle: ld.ObjectHandle, Name: ld.Name}, PersistentHandle: h}).Execute(t.t); err != nil {
+	if _, err := (tpm2.EvictControl{Auth: owner, ObjectHandle: k.named(), PersistentHandle: h}).Execute(t.t); err != nil {
 		return fmt.Errorf("persist the new key at %#x: %w", uint32(h), explain(err, "owner"))
 	}
 	return nil

@@ -28,6 +28,12 @@ func (t *TPM) Sign(ctx context.Context, data []byte) ([]byte, error) {
 	if p, err := k.pub.Contents(); err != nil || p.Type != tpm2.TPMAlgKeyedHash || !p.ObjectAttributes.SignEncrypt {
 		return nil, fmt.Errorf("the object at auth key handle %#x is not an HMAC signing key", uint32(h))
 	}
+	return t.hmac(k, data)
+}
+
+// hmac signs data with the loaded or persisted HMAC key k. The caller holds
+// t.mu.
+func (t *TPM) hmac(k *key, data []byte) ([]byte, error) {
 	if t.maxInput == 0 {
 		n, err := t.property(tpm2.TPMPTInputBuffer)
 		if err != nil {

@@ -279,6 +279,43 @@ func TestBadBlobKeepsOldKey(t *testing.T) {
 	})
 }
 
+func TestSignChallenge(t *testing.T) {
+	tpmtest.Each(t, func(t *testing.T, uri string) {
+		tp := open(t, uri, Config{})
+		id, err := tp.Identity(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		challenge := randBytes(t, 32)
+		data := []byte("0ne00000000%2Fregistrations%2F" + id.RegistrationID + "\n1767225600")
+		// Before any registration there is no auth key, and signing a
+		// challenge does not create one.
+		got, err := tp.SignChallenge(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, challenge), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := hmacSHA256(challenge, data); !bytes.Equal(got, want) {
+			t.Errorf("SignChallenge = %x, want %x", got, want)
+		}
+		if _, err := tp.Sign(t.Context(), data); !errors.Is(err, ErrNoAuthKey) {
+			t.Errorf("Sign after SignChallenge = %v, want ErrNoAuthKey: the challenge key was persisted", err)
+		}
+		// With an auth key in place, a challenge leaves it as it was.
+		_, hubKey := activated(t, tp)
+		long := randBytes(t, 3000)
+		if got, err := tp.SignChallenge(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, challenge), long); err != nil || !bytes.Equal(got, hmacSHA256(challenge, long)) {
+			t.Errorf("SignChallenge(3000 bytes) = %x, %v; want the HMAC sequence result", got, err)
+		}
+		if got, err := tp.Sign(t.Context(), data); err != nil || !bytes.Equal(got, hmacSHA256(hubKey, data)) {
+			t.Errorf("Sign after SignChallenge = %x, %v; want the auth key's HMAC", got, err)
+		}
+		bad := blobFor(t, otherEK(t, id.EndorsementKey), id.StorageRootKey, challenge)
+		if _, err := tp.SignChallenge(t.Context(), bad, data); !errors.Is(err, ErrActivation) {
+			t.Errorf("SignChallenge(blob for another TPM) = %v, want ErrActivation", err)
+		}
+	})
+}
+
 // blobFor builds an activation blob of key for the TPM with ek and srk.
 func blobFor(t *testing.T, ek, srk, key []byte) []byte {
 	t.Helper()

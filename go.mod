@@ -7,4 +7,9 @@ require (
 	github.com/google/go-tpm-tools v0.4.11
 )
 
-require golang.org/x/sys v0.45.0 // indirect
+require (
+	github.com/mattn/go-colorable v0.1.14 // indirect
+	github.com/mattn/go-isatty v0.0.20 // indirect
+	github.com/rs/zerolog v1.35.1 // indirect
+	golang.org/x/sys v0.45.0 // indirect
+)

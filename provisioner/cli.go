@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
@@ -30,6 +31,8 @@ const usage = `usage: edge-provisioner COMMAND [flags]
 Commands:
   identity   show the TPM's registration ID, endorsement key and storage root
              key, as an individual enrollment in DPS wants them
+  register   register with DPS by TPM attestation and keep the IoT hub key
+             it returns in the TPM
   token      print an IoT Hub SAS token signed inside the TPM
 
 Run 'edge-provisioner COMMAND --help' for the flags of a command.
@@ -45,6 +48,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer, env) error{
 		"identity": runIdentity,
+		"register": runRegister,
 		"token":    runToken,
 	}
 	switch args[0] {
@@ -78,18 +82,29 @@ func (f *tpmFlags) register(fs *flag.FlagSet) {
 }
 
 func (f *tpmFlags) open(getenv env) (*tpm.TPM, error) {
-	uri := f.uri
+	uri, cfg, err := f.resolve(getenv)
+	if err != nil {
+		return nil, err
+	}
+	return tpm.Open(uri, cfg)
+}
+
+// resolve applies the environment to the flags: the TPM's URI and config.
+func (f *tpmFlags) resolve(getenv env) (uri string, cfg tpm.Config, err error) {
+	uri = f.uri
 	if uri == "" {
 		uri = getenv("EDGE_TPM")
 	}
-	var cfg tpm.Config
-	var err error
+	if uri == "" {
+		uri = tpm.DefaultURI
+	}
 	if cfg.EndorsementAuth, err = secret(f.endorsementFile, getenv("EDGE_TPM_ENDORSEMENT_AUTH")); err != nil {
-		return nil, err
+		return "", cfg, err
 	}
 	if cfg.OwnerAuth, err = secret(f.ownerFile, getenv("EDGE_TPM_OWNER_AUTH")); err != nil {
-		return nil, err
+		return "", cfg, err
 	}
+	cfg.AuthKeyHandle = tpm.DefaultAuthKeyHandle
 	idx := f.authKeyIndex
 	if idx == "" {
 		idx = getenv("EDGE_TPM_AUTH_KEY_INDEX")
@@ -97,11 +112,11 @@ func (f *tpmFlags) open(getenv env) (*tpm.TPM, error) {
 	if idx != "" {
 		n, err := strconv.ParseUint(idx, 0, 32)
 		if err != nil || n > 0x7FFFFF {
-			return nil, usagef("auth key index %q: want a number from 0 to 0x7fffff", idx)
+			return "", cfg, usagef("auth key index %q: want a number from 0 to 0x7fffff", idx)
 		}
 		cfg.AuthKeyHandle = tpm.AuthKeyBase + tpm2.TPMHandle(n)
 	}
-	return tpm.Open(uri, cfg)
+	return uri, cfg, nil
 }
 
 // secret reads a password from file when one is named, else takes the
@@ -188,21 +203,32 @@ func runIdentity(ctx context.Context, args []string, stdout, _ io.Writer, getenv
 }
 
 func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv env) error {
-	fs := newFlagSet("token", "token --hub HOST --device ID [--module ID] [--ttl 1h] [--tpm URI]")
+	fs := newFlagSet("token", "token [--hub HOST --device ID] [--module ID] [--ttl 1h] [--tpm URI]")
 	var tf tpmFlags
 	tf.register(fs)
-	hub := fs.String("hub", "", "IoT hub `HOST` name, e.g. myhub.azure-devices.net")
-	device := fs.String("device", "", "device `ID`")
+	hub := fs.String("hub", "", "IoT hub `HOST` name, e.g. myhub.azure-devices.net (default: the DPS assignment's)")
+	device := fs.String("device", "", "device `ID` (default: the DPS assignment's)")
 	module := fs.String("module", "", "module `ID`, for a module token")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
+	statePath := stateFlag(fs, getenv)
 	if help, err := parse(fs, args, stdout); help || err != nil {
 		return err
 	}
-	if *hub == "" || *device == "" {
-		return usagef("token needs --hub and --device")
-	}
 	if *ttl <= 0 {
 		return usagef("--ttl must be positive")
+	}
+	if *hub == "" || *device == "" {
+		if *hub != "" || *device != "" {
+			return usagef("token needs both --hub and --device, or neither to use the DPS assignment")
+		}
+		a, err := assignment.Load(*statePath)
+		if errors.Is(err, os.ErrNotExist) {
+			return usageError{fmt.Errorf("token needs --hub and --device: %w", err)}
+		}
+		if err != nil {
+			return err
+		}
+		*hub, *device = a.AssignedHub, a.DeviceID
 	}
 	resource := sas.DeviceResource(*hub, *device)
 	if *module != "" {

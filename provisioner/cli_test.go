@@ -23,7 +23,15 @@ import (
 func runCLI(t *testing.T, environ map[string]string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	err = run(t.Context(), args, &out, &errOut, func(k string) string { return environ[k] })
+	// Never read or write the machine's own assignment.
+	state := filepath.Join(t.TempDir(), "assignment.json")
+	getenv := func(k string) string {
+		if v, ok := environ[k]; ok || k != "EDGE_PROVISIONER_STATE" {
+			return v
+		}
+		return state
+	}
+	err = run(t.Context(), args, &out, &errOut, getenv)
 	return out.String(), errOut.String(), err
 }
 

@@ -1,0 +1,131 @@
+package dpsservice
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
+)
+
+// tokenTTL is the life of the SAS token on each request; the C service
+// client uses an hour too (provisioning_service_client.c).
+const tokenTTL = time.Hour
+
+// maxBody bounds what the client reads from a response.
+const maxBody = 1 << 20
+
+// Client calls the DPS service API with a shared access policy. Its zero
+// value is not usable: set Conn. A Client is safe for concurrent use.
+type Client struct {
+	Conn ConnectionString
+	// Endpoint is the service base URL; empty means "https://" + Conn.HostName.
+	Endpoint string
+	// HTTP is the client to use; nil means http.DefaultClient.
+	HTTP *http.Client
+	// Now is the clock for token expiry; nil means time.Now.
+	Now func() time.Time
+}
+
+// PutEnrollment creates or replaces the enrollment e.RegistrationID and
+// returns it as stored. A non-empty ifMatch (an ETag, or "*") makes DPS
+// refuse with 412 when the stored enrollment has another ETag.
+func (c *Client) PutEnrollment(ctx context.Context, e Enrollment, ifMatch string) (*Enrollment, error) {
+	body, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("put enrollment %q: %w", e.RegistrationID, err)
+	}
+	var out Enrollment
+	if err := c.do(ctx, http.MethodPut, e.RegistrationID, ifMatch, body, &out); err != nil {
+		return nil, fmt.Errorf("put enrollment %q: %w", e.RegistrationID, err)
+	}
+	return &out, nil
+}
+
+// GetEnrollment returns the enrollment registrationID.
+func (c *Client) GetEnrollment(ctx context.Context, registrationID string) (*Enrollment, error) {
+	var out Enrollment
+	if err := c.do(ctx, http.MethodGet, registrationID, "", nil, &out); err != nil {
+		return nil, fmt.Errorf("get enrollment %q: %w", registrationID, err)
+	}
+	return &out, nil
+}
+
+// DeleteEnrollment deletes the enrollment registrationID; ifMatch works as
+// in PutEnrollment.
+func (c *Client) DeleteEnrollment(ctx context.Context, registrationID, ifMatch string) error {
+	if err := c.do(ctx, http.MethodDelete, registrationID, ifMatch, nil, nil); err != nil {
+		return fmt.Errorf("delete enrollment %q: %w", registrationID, err)
+	}
+	return nil
+}
+
+// do sends one request and decodes a 2xx body into out (when non-nil);
+// other statuses become a *ServiceError.
+func (c *Client) do(ctx context.Context, method, registrationID, ifMatch string, body []byte, out any) error {
+	if registrationID == "" {
+		return errors.New("empty registration ID")
+	}
+	if c.Conn.HostName == "" || len(c.Conn.Key) == 0 {
+		return errors.New("no service connection string")
+	}
+	endpoint := c.Endpoint
+	if endpoint == "" {
+		endpoint = "https://" + c.Conn.HostName
+	}
+	u := endpoint + "/enrollments/" + url.PathEscape(registrationID) + "?api-version=" + APIVersion
+	now := time.Now
+	if c.Now != nil {
+		now = c.Now
+	}
+	// sr = HostName (dps-tpm.md §10).
+	token, err := sas.New(ctx, sas.Key(c.Conn.Key), c.Conn.HostName, c.Conn.KeyName, now().Add(tokenTTL))
+	if err != nil {
+		return err
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", token)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	}
+	if ifMatch != "" {
+		req.Header.Set("If-Match", ifMatch)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return fmt.Errorf("read response: %w", err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return ParseError(resp.StatusCode, data)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode response: %w", err)
+	}
+	return nil
+}

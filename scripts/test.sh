@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: go vet, then the unit and integration tests with -race.
 # Run as root, it first installs the test peers that are missing (swtpm,
-# swtpm-tools, tpm2-tools) with apt; otherwise tests that need a missing
+# swtpm-tools, tpm2-tools, Node.js and npm) with apt; otherwise tests that need a missing
 # peer are skipped, except under CI, where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,9 @@ command -v swtpm_setup >/dev/null || missing+=(swtpm-tools)
 command -v tpm2_readpublic >/dev/null || missing+=(tpm2-tools)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v gcc >/dev/null || missing+=(gcc) # cgo: the in-process reference TPM and -race
+# Azure's Node.js DPS client, registered against the DPS emulator.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]]; then

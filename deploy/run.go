@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `usage: edge-deploy <command> [flags]
+
+commands:
+  lab dps     serve a DPS emulator for TPM attestation over HTTPS
+  lab enroll  enroll a TPM in the running lab's DPS, from
+              'edge-provisioner identity --json'
+
+Run "edge-deploy lab dps --help" for the flags of a command.
+`
+
+// usageError is a command line that cannot be run; it exits with 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+func isUsage(err error) bool {
+	var u *usageError
+	return errors.As(err, &u)
+}
+
+func isHelp(err error) bool { return errors.Is(err, flag.ErrHelp) }
+
+// run runs the command in args (without the program name).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usagef("no command given")
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "lab":
+		switch {
+		case len(args) > 1 && args[1] == "dps":
+			return labDPS(ctx, args[2:], stdout, stderr)
+		case len(args) > 1 && args[1] == "enroll":
+			return labEnroll(ctx, args[2:], os.Stdin, stdout, stderr)
+		}
+		fmt.Fprint(stderr, usage)
+		return usagef("lab: want dps or enroll")
+	}
+	fmt.Fprint(stderr, usage)
+	return usagef("unknown command %q", args[0])
+}

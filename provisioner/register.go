@@ -74,7 +74,7 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	if *regID == "" {
 		*regID = id.RegistrationID
 	}
-	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05.000", NoColor: true}).With().Timestamp().Logger()
+	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.TimeOnly, NoColor: true}).With().Timestamp().Logger()
 	c := &dps.Client{IDScope: *scope, Endpoint: *endpoint, HTTP: dps.NewHTTPClient(roots), Timeout: *timeout, Log: log}
 	log.Info().Str("registration_id", *regID).Str("endpoint", *endpoint).Msg("registering")
 	res, err := c.Register(ctx, t, dps.Request{
@@ -105,7 +105,7 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	fmt.Fprintf(stdout, "Assigned hub:     %s\nDevice ID:        %s\nStatus:           %s (%s)\nRegistration ID:  %s\nSaved to:         %s\n",
 		res.AssignedHub, res.DeviceID, res.Status, res.Substatus, res.RegistrationID, *statePath)
 	fmt.Fprintf(stdout, "Took %v: TPM %v, HTTP %v in %d requests, waiting %v over %d polls\n",
-		res.Timing.TPM+res.Timing.HTTP+res.Timing.Wait, res.Timing.TPM.Round(time.Millisecond), res.Timing.HTTP.Round(time.Millisecond),
+		(res.Timing.TPM + res.Timing.HTTP + res.Timing.Wait).Round(time.Millisecond), res.Timing.TPM.Round(time.Millisecond), res.Timing.HTTP.Round(time.Millisecond),
 		res.Timing.Requests, res.Timing.Wait.Round(time.Millisecond), res.Timing.Polls)
 	return nil
 }

@@ -208,10 +208,10 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 	}
 	if blob == nil {
 		e := parseError(rsp.status, rsp.requestID, rsp.body)
-		e.Hint = fmt.Sprintf("no enrollment for registration ID %s in ID scope %s: check the scope, and enroll the endorsement key that 'edge-provisioner identity' shows", r.req.RegistrationID, r.IDScope)
+		e.Hint = "no enrollment for this registration ID in this ID scope: check the scope, and enroll the endorsement key that 'edge-provisioner identity' shows"
 		return nil, e
 	}
-	r.Log.Info().Dur("elapsed", r.elapsed()).Int("blob_bytes", len(blob)).Msg("challenge received")
+	r.Log.Info().Stringer("elapsed", r.elapsed()).Int("blob_bytes", len(blob)).Msg("challenge received")
 
 	r.step = "key activation"
 	sign := signerFunc(func(ctx context.Context, data []byte) ([]byte, error) {
@@ -225,7 +225,7 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.Log.Info().Dur("elapsed", r.elapsed()).Msg("key activated")
+	r.Log.Info().Stringer("elapsed", r.elapsed()).Msg("key activated")
 
 	r.step = "registration"
 	rsp, err = r.send(ctx, http.MethodPut, registerURL, body)
@@ -236,7 +236,7 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.Log.Info().Dur("elapsed", r.elapsed()).Str("operation", op.OperationID).Str("status", op.Status).Msg("operation")
+	r.Log.Info().Stringer("elapsed", r.elapsed()).Str("operation", op.OperationID).Str("status", op.Status).Msg("operation")
 
 	r.step = "polling"
 	opID := op.OperationID
@@ -251,7 +251,7 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 		r.timing.Polls++
-		r.Log.Info().Dur("elapsed", r.elapsed()).Int("poll", r.timing.Polls).Str("status", op.Status).Msg("poll")
+		r.Log.Info().Stringer("elapsed", r.elapsed()).Int("poll", r.timing.Polls).Str("status", op.Status).Msg("poll")
 	}
 	rs := op.RegistrationState
 	if op.Status != statusAssigned {
@@ -277,7 +277,7 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 	if at.IsZero() {
 		at = time.Now().UTC()
 	}
-	r.Log.Info().Dur("elapsed", r.elapsed()).Str("hub", rs.AssignedHub).Str("device", rs.DeviceID).Str("substatus", rs.Substatus).Msg("assigned")
+	r.Log.Info().Stringer("elapsed", r.elapsed()).Str("hub", rs.AssignedHub).Str("device", rs.DeviceID).Str("substatus", rs.Substatus).Msg("assigned")
 	return &Result{
 		RegistrationID: r.req.RegistrationID,
 		AssignedHub:    rs.AssignedHub,

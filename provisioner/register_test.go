@@ -1,0 +1,145 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/dpsservice"
+	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/provisioner/dps"
+	"github.com/edgetpm/edgetpm/provisioner/tpm"
+)
+
+// register against the DPS emulator, then a token for the assigned device
+// from the saved assignment, checked with the registry's key.
+func TestRegisterCommand(t *testing.T) {
+	sw := tpmtest.StartSwtpm(t)
+	dir := t.TempDir()
+	ca, err := pki.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	emu, err := dpsemu.New(dpsemu.Config{RetryAfter: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(emu)
+	if srv.TLS, err = ca.ServerTLS("127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	srv.StartTLS()
+	defer srv.Close()
+
+	tp, err := tpm.Open(sw.URI, tpm.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := tp.Identity(t.Context())
+	tp.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &dpsservice.Client{Conn: emu.ConnectionString(), Endpoint: srv.URL, HTTP: dps.NewHTTPClient(ca.Pool())}
+	if _, err := svc.PutEnrollment(t.Context(), dpsservice.Enrollment{
+		RegistrationID: id.RegistrationID, DeviceID: "line-3",
+		Attestation: dpsservice.Attestation{Type: "tpm", TPM: &dpsservice.TPMAttestation{EndorsementKey: id.EndorsementKey}},
+	}, ""); err != nil {
+		t.Fatal(err)
+	}
+	payload := filepath.Join(dir, "payload.json")
+	os.WriteFile(payload, []byte(`{"line":3}`), 0o600)
+	state := filepath.Join(dir, "state", "assignment.json")
+	environ := map[string]string{"EDGE_TPM": sw.URI, "EDGE_PROVISIONER_STATE": state}
+	register := []string{"register", "--id-scope", emu.IDScope(), "--endpoint", srv.URL, "--ca-file", caFile, "--payload", payload}
+
+	// Without the lab's CA, TLS verification fails and nothing is saved.
+	if _, _, err := runCLI(t, environ, "register", "--id-scope", emu.IDScope(), "--endpoint", srv.URL, "--timeout", "3s"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("register without --ca-file = %v, want a certificate error", err)
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Errorf("a failed register left %s: %v", state, err)
+	}
+
+	out, progress, err := runCLI(t, environ, append(register, "--json")...)
+	if err != nil {
+		t.Fatalf("register: %v\n%s", err, progress)
+	}
+	var res struct {
+		dps.Result
+		State string `json:"state"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("register --json: %v\n%s", err, out)
+	}
+	if res.AssignedHub != dpsemu.DefaultHub || res.DeviceID != "line-3" || res.Status != "assigned" || res.Substatus != "initialAssignment" || res.State != state {
+		t.Errorf("register --json = %s", out)
+	}
+	for _, step := range []string{"challenge received", "key activated", "operation", "poll", "assigned"} {
+		if !strings.Contains(progress, step) {
+			t.Errorf("progress has no %q line:\n%s", step, progress)
+		}
+	}
+	if strings.Contains(progress, "sig=") {
+		t.Errorf("progress shows a token:\n%s", progress)
+	}
+	a, err := assignment.Load(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.AssignedHub != res.AssignedHub || a.DeviceID != "line-3" || a.TPM != sw.URI || a.AuthKeyHandle != uint32(tpm.DefaultAuthKeyHandle) || a.IDScope != emu.IDScope() {
+		t.Errorf("saved assignment = %+v", a)
+	}
+	if fi, err := os.Stat(state); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("assignment file mode = %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+
+	human, _, err := runCLI(t, environ, register...)
+	if err != nil || !strings.Contains(human, "Assigned hub:     "+dpsemu.DefaultHub) || !strings.Contains(human, "Device ID:        line-3") {
+		t.Errorf("register = %v\n%s", err, human)
+	}
+
+	out, _, err = runCLI(t, environ, "token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := sas.Parse(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, ok := emu.Registry().Get(a.AssignedHub, a.DeviceID)
+	if !ok {
+		t.Fatal("the registry has no device")
+	}
+	if err := tok.MatchAudience(sas.DeviceResource(a.AssignedHub, a.DeviceID)); err != nil {
+		t.Error(err)
+	}
+	if err := tok.Verify(dev.PrimaryKey, time.Now()); err != nil {
+		t.Errorf("token from the assignment does not verify with the hub key: %v", err)
+	}
+}
+
+func TestRegisterUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"register"},
+		{"register", "--id-scope", "s", "extra"},
+		{"register", "--id-scope", "s", "--timeout", "0s"},
+		{"token", "--tpm", "sim", "--hub", "h"},
+	} {
+		if _, _, err := runCLI(t, nil, args...); exitCode(err) != 2 {
+			t.Errorf("edge-provisioner %q: exit %d (%v), want 2", args, exitCode(err), err)
+		}
+	}
+}

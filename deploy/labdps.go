@@ -80,14 +80,8 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab dps [flags]\n\nServe a DPS emulator for TPM attestation over HTTPS.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if isHelp(err) {
-			return err
-		}
-		return &usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("lab dps: unexpected argument %q", fs.Arg(0))
+	if err := parse(fs, args); err != nil {
+		return err
 	}
 	// The C SDK honours retry-after only within 1..300 s (dps-tpm.md §8.2).
 	if *retryAfter < 1 || *retryAfter > 300 {

@@ -31,14 +31,8 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		fmt.Fprintf(fs.Output(), "usage: edge-provisioner identity --json | edge-deploy lab enroll [flags]\n\nEnroll a TPM in the running lab's DPS.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if isHelp(err) {
-			return err
-		}
-		return &usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("lab enroll: unexpected argument %q", fs.Arg(0))
+	if err := parse(fs, args); err != nil {
+		return err
 	}
 	var in io.Reader = stdin
 	if *identity != "-" {

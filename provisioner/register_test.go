@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,8 +10,8 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/dpsemu/dpstest"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/tpmtest"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
@@ -24,25 +23,8 @@ import (
 func TestRegisterCommand(t *testing.T) {
 	sw := tpmtest.StartSwtpm(t)
 	dir := t.TempDir()
-	ca, err := pki.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, ca.CertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	emu, err := dpsemu.New(dpsemu.Config{RetryAfter: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(emu)
-	if srv.TLS, err = ca.ServerTLS("127.0.0.1"); err != nil {
-		t.Fatal(err)
-	}
-	srv.StartTLS()
-	defer srv.Close()
-
+	emu := dpstest.Start(t, dpsemu.Config{RetryAfter: 1}, nil)
+	caFile := emu.CAFile(t)
 	tp, err := tpm.Open(sw.URI, tpm.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -52,21 +34,15 @@ func TestRegisterCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := &dpsservice.Client{Conn: emu.ConnectionString(), Endpoint: srv.URL, HTTP: dps.NewHTTPClient(ca.Pool())}
-	if _, err := svc.PutEnrollment(t.Context(), dpsservice.Enrollment{
-		RegistrationID: id.RegistrationID, DeviceID: "line-3",
-		Attestation: dpsservice.Attestation{Type: "tpm", TPM: &dpsservice.TPMAttestation{EndorsementKey: id.EndorsementKey}},
-	}, ""); err != nil {
-		t.Fatal(err)
-	}
+	emu.EnrollTPM(t, id.RegistrationID, id.EndorsementKey, func(e *dpsservice.Enrollment) { e.DeviceID = "line-3" })
 	payload := filepath.Join(dir, "payload.json")
 	os.WriteFile(payload, []byte(`{"line":3}`), 0o600)
 	state := filepath.Join(dir, "state", "assignment.json")
 	environ := map[string]string{"EDGE_TPM": sw.URI, "EDGE_PROVISIONER_STATE": state}
-	register := []string{"register", "--id-scope", emu.IDScope(), "--endpoint", srv.URL, "--ca-file", caFile, "--payload", payload}
+	register := []string{"register", "--id-scope", emu.IDScope(), "--endpoint", emu.URL, "--ca-file", caFile, "--payload", payload}
 
 	// Without the lab's CA, TLS verification fails and nothing is saved.
-	if _, _, err := runCLI(t, environ, "register", "--id-scope", emu.IDScope(), "--endpoint", srv.URL, "--timeout", "3s"); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, _, err := runCLI(t, environ, "register", "--id-scope", emu.IDScope(), "--endpoint", emu.URL, "--timeout", "3s"); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("register without --ca-file = %v, want a certificate error", err)
 	}
 	if _, err := os.Stat(state); !os.IsNotExist(err) {

@@ -18,53 +18,26 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/dpsemu/dpstest"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/tpmtest"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
-// lab is a DPS emulator behind TLS, as a device sees DPS.
-type lab struct {
-	emu  *dpsemu.Server
-	url  string
-	http *http.Client
-	svc  *dpsservice.Client
-}
+// lab is the DPS emulator as a device reaches it.
+type lab struct{ *dpstest.Server }
 
-// newLab starts the emulator; wrap, when not nil, stands between the
-// device and the emulator (to tamper with what passes).
 func newLab(t testing.TB, cfg dpsemu.Config, wrap func(http.Handler) http.Handler) *lab {
-	t.Helper()
-	ca, err := pki.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
 	if cfg.RetryAfter == 0 {
 		cfg.RetryAfter = 1
 	}
-	emu, err := dpsemu.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var h http.Handler = emu
-	if wrap != nil {
-		h = wrap(emu)
-	}
-	srv := httptest.NewUnstartedServer(h)
-	if srv.TLS, err = ca.ServerTLS("127.0.0.1"); err != nil {
-		t.Fatal(err)
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	hc := dps.NewHTTPClient(ca.Pool())
-	return &lab{emu: emu, url: srv.URL, http: hc, svc: &dpsservice.Client{Conn: emu.ConnectionString(), Endpoint: srv.URL, HTTP: hc}}
+	return &lab{dpstest.Start(t, cfg, wrap)}
 }
 
 func (l *lab) client(log io.Writer) *dps.Client {
-	c := &dps.Client{IDScope: l.emu.IDScope(), Endpoint: l.url, HTTP: l.http, Timeout: 20 * time.Second}
+	c := &dps.Client{IDScope: l.IDScope(), Endpoint: l.URL, HTTP: l.HTTP, Timeout: 20 * time.Second}
 	if log != nil {
 		c.Log = zerolog.New(log)
 	}
@@ -73,16 +46,7 @@ func (l *lab) client(log io.Writer) *dps.Client {
 
 func (l *lab) enroll(t testing.TB, id *tpm.Identity, mutate func(*dpsservice.Enrollment)) {
 	t.Helper()
-	e := dpsservice.Enrollment{
-		RegistrationID: id.RegistrationID,
-		Attestation:    dpsservice.Attestation{Type: "tpm", TPM: &dpsservice.TPMAttestation{EndorsementKey: id.EndorsementKey}},
-	}
-	if mutate != nil {
-		mutate(&e)
-	}
-	if _, err := l.svc.PutEnrollment(t.Context(), e, ""); err != nil {
-		t.Fatal(err)
-	}
+	l.EnrollTPM(t, id.RegistrationID, id.EndorsementKey, mutate)
 }
 
 func openTPM(t testing.TB, uri string) (*tpm.TPM, *tpm.Identity) {
@@ -107,7 +71,7 @@ func request(id *tpm.Identity) dps.Request {
 // registry holds for the device, as the IoT Hub emulator will check them.
 func checkHubKey(t testing.TB, l *lab, tp *tpm.TPM, res *dps.Result) {
 	t.Helper()
-	dev, ok := l.emu.Registry().Get(res.AssignedHub, res.DeviceID)
+	dev, ok := l.Registry().Get(res.AssignedHub, res.DeviceID)
 	if !ok {
 		t.Fatalf("registry has no device %s on %s", res.DeviceID, res.AssignedHub)
 	}
@@ -160,7 +124,7 @@ func TestRegister(t *testing.T) {
 			t.Errorf("the log holds a token:\n%s", log.String())
 		}
 		checkHubKey(t, l, tp, res)
-		e, err := l.svc.GetEnrollment(t.Context(), id.RegistrationID)
+		e, err := l.Service.GetEnrollment(t.Context(), id.RegistrationID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,7 +226,7 @@ func TestRegisterFailuresKeepKey(t *testing.T) {
 				l.enroll(t, id, tc.enroll)
 			}
 			skew.Store(int64(tc.skew))
-			l.emu.SetFaults(tc.faults)
+			l.SetFaults(tc.faults)
 			c := l.client(nil)
 			if tc.client != nil {
 				tc.client(c)
@@ -310,7 +274,7 @@ func TestRegisterRetries(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			l := newLab(t, dpsemu.Config{}, nil)
 			l.enroll(t, id, nil)
-			l.emu.SetFaults(f)
+			l.SetFaults(f)
 			var log bytes.Buffer
 			res, err := l.client(&log).Register(t.Context(), tp, request(id))
 			if err != nil {

@@ -114,7 +114,7 @@ func (c *Client) Register(ctx context.Context, dev Device, req Request) (*Result
 	if err := c.check(req); err != nil {
 		return nil, err
 	}
-	timeout := cmp(c.Timeout, DefaultTimeout)
+	timeout := orDefault(c.Timeout, DefaultTimeout)
 	ctx, cancel := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("%w after %v", ErrTimeout, timeout))
 	defer cancel()
 	r := &registration{Client: c, dev: dev, req: req, start: time.Now()}
@@ -161,7 +161,7 @@ func validRegistrationID(s string) bool {
 	return true
 }
 
-func cmp[T comparable](v, def T) T {
+func orDefault[T comparable](v, def T) T {
 	var zero T
 	if v == zero {
 		return def
@@ -220,7 +220,7 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 		return r.dev.SignChallenge(ctx, blob, data)
 	})
 	// The token must outlive every poll; C signs for 40 min, C# for a day.
-	ttl := max(time.Hour, cmp(r.Timeout, DefaultTimeout))
+	ttl := max(time.Hour, orDefault(r.Timeout, DefaultTimeout))
 	r.token, err = sas.New(ctx, sign, sas.DPSResource(r.IDScope, r.req.RegistrationID), keyName, time.Now().Add(ttl))
 	if err != nil {
 		return nil, err
@@ -308,9 +308,9 @@ func (r *registration) operation(rsp *response) (*operation, error) {
 }
 
 func (r *registration) url(tail string) string {
-	base := strings.TrimSuffix(cmp(r.Endpoint, GlobalEndpoint), "/")
+	base := strings.TrimSuffix(orDefault(r.Endpoint, GlobalEndpoint), "/")
 	return fmt.Sprintf("%s/%s/registrations/%s/%s?api-version=%s", base,
-		url.PathEscape(r.IDScope), url.PathEscape(r.req.RegistrationID), tail, url.QueryEscape(cmp(r.APIVersion, APIVersion)))
+		url.PathEscape(r.IDScope), url.PathEscape(r.req.RegistrationID), tail, url.QueryEscape(orDefault(r.APIVersion, APIVersion)))
 }
 
 // wait sleeps before the next poll: retry-after when DPS sent one within
@@ -318,7 +318,7 @@ func (r *registration) url(tail string) string {
 func (r *registration) wait(ctx context.Context, retryAfter time.Duration) error {
 	d := retryAfter
 	if d <= 0 {
-		d = cmp(r.PollInterval, DefaultPollInterval)
+		d = orDefault(r.PollInterval, DefaultPollInterval)
 	}
 	d = backoff.Jitter(d)
 	t := time.Now()

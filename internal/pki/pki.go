@@ -40,30 +40,41 @@ type CA struct {
 
 // NewCA creates a CA with a fresh ECDSA P-256 key, valid for ten years.
 func NewCA() (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "edgetpm lab CA", Organization: []string{"edgetpm lab"}},
-		NotBefore:             now.Add(-backdate),
-		NotAfter:              now.Add(caLifetime),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	// Self-signed: the template is its own parent.
+	der, key, err := issue(tmpl, caLifetime, tmpl, nil)
 	if err != nil {
 		return nil, fmt.Errorf("create CA certificate: %w", err)
 	}
 	return newCA(der, key)
+}
+
+// issue signs tmpl, with a fresh P-256 key, a random serial and a validity
+// of lifetime, by parent's key (the new key itself when parentKey is nil).
+func issue(tmpl *x509.Certificate, lifetime time.Duration, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) ([]byte, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	if parentKey == nil {
+		parentKey = key
+	}
+	if tmpl.SerialNumber, err = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127)); err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-backdate), now.Add(lifetime)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	return der, key, nil
 }
 
 func newCA(der []byte, key *ecdsa.PrivateKey) (*CA, error) {
@@ -103,22 +114,10 @@ func (c *CA) ServerTLS(hosts ...string) (*tls.Config, error) {
 	if len(hosts) == 0 {
 		return nil, errors.New("server certificate needs at least one host name")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate server key: %w", err)
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: hosts[0]},
-		NotBefore:    now.Add(-backdate),
-		NotAfter:     now.Add(leafLifetime),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{CommonName: hosts[0]},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -127,7 +126,7 @@ func (c *CA) ServerTLS(hosts ...string) (*tls.Config, error) {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
+	der, key, err := issue(tmpl, leafLifetime, c.cert, c.key)
 	if err != nil {
 		return nil, fmt.Errorf("issue server certificate for %v: %w", hosts, err)
 	}
@@ -135,14 +134,6 @@ func (c *CA) ServerTLS(hosts ...string) (*tls.Config, error) {
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{{Certificate: [][]byte{der, c.cert.Raw}, PrivateKey: key}},
 	}, nil
-}
-
-func serialNumber() (*big.Int, error) {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, fmt.Errorf("certificate serial number: %w", err)
-	}
-	return n, nil
 }
 
 // File names LoadOrCreateCA uses in its folder.

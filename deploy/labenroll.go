@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"flag"
@@ -74,13 +73,9 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	caPEM, err := read(pki.CertFile)
+	roots, err := dps.TrustFile(filepath.Join(*dir, pki.CertFile))
 	if err != nil {
 		return err
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM([]byte(caPEM)) {
-		return fmt.Errorf("the lab's %s holds no certificate", pki.CertFile)
 	}
 	c := &dpsservice.Client{Conn: conn, Endpoint: endpoint, HTTP: dps.NewHTTPClient(roots)}
 	e, err := c.PutEnrollment(ctx, dpsservice.Enrollment{

@@ -5,13 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +20,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
+	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
@@ -139,7 +138,7 @@ func TestLabDPS(t *testing.T) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		t.Fatal("ca.pem holds no certificate")
 	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	hc := dps.NewHTTPClient(pool)
 	defer hc.CloseIdleConnections()
 	conn, err := dpsservice.ParseConnectionString(string(connstr))
 	if err != nil {
@@ -259,7 +258,7 @@ func TestLabEnroll(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(readFile(t, filepath.Join(dir, "ca.pem"), 0o644))
-	svc := &dpsservice.Client{Conn: conn, Endpoint: l.Endpoint, HTTP: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
+	svc := &dpsservice.Client{Conn: conn, Endpoint: l.Endpoint, HTTP: dps.NewHTTPClient(pool)}
 	e, err := svc.GetEnrollment(t.Context(), regID)
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -50,7 +49,7 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		}
 		payload = b
 	}
-	roots, err := trustedRoots(*caFile)
+	roots, err := dps.TrustFile(*caFile)
 	if err != nil {
 		return err
 	}
@@ -117,25 +116,6 @@ func stateFlag(fs *flag.FlagSet, getenv env) *string {
 		def = assignment.DefaultPath
 	}
 	return fs.String("state", def, "the DPS assignment `FILE` (default $EDGE_PROVISIONER_STATE, else "+assignment.DefaultPath+")")
-}
-
-// trustedRoots is the system's CA pool plus the certificates in caFile.
-func trustedRoots(caFile string) (*x509.CertPool, error) {
-	if caFile == "" {
-		return nil, nil
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("read CA file: %w", err)
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
-	}
-	return pool, nil
 }
 
 // checkWritable makes path's folder (0700) when missing and checks that a

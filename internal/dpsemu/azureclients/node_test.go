@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -30,10 +28,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/dpsemu/dpstest"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/mssim"
-	"github.com/edgetpm/edgetpm/internal/pki"
-	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
@@ -63,53 +60,36 @@ func TestNodeSDKRegistersWithTPM(t *testing.T) {
 		hub      = "node-hub.azure-devices.net"
 		deviceID = "node-tpm-device"
 	)
-	ca, err := pki.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.New("")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Operations stay "assigning" for assignDelay on the emulator's clock,
 	// which the recorder moves past it once the SDK has polled one 202: so
 	// the SDK always sees an assigning poll, however slow the machine. The
 	// clock stays near real time, since the SDK's SAS expiry is real time.
 	const assignDelay = 10 * time.Minute
 	var skew atomic.Int64
-	emu, err := dpsemu.New(dpsemu.Config{
+	var rec *recorder
+	emu := dpstest.Start(t, dpsemu.Config{
 		IDScope:         idScope,
 		ServiceHostName: "node-dps.azure-devices-provisioning.net",
 		Hubs:            []dpsemu.Hub{{HostName: hub}},
-		Registry:        reg,
 		RetryAfter:      1,
 		AssignDelay:     assignDelay,
 		Now:             func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
 		Log:             zerolog.New(zerolog.NewTestWriter(t)),
+	}, func(next http.Handler) http.Handler {
+		rec = &recorder{t: t, next: next, afterAssigningPoll: func() { skew.Store(int64(assignDelay)) }}
+		return rec
 	})
+	dpsURL, err := url.Parse(emu.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{t: t, next: emu, afterAssigningPoll: func() { skew.Store(int64(assignDelay)) }}
-	srv := httptest.NewUnstartedServer(rec)
-	srv.TLS, err = ca.ServerTLS("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	dpsAddr := srv.Listener.Addr().(*net.TCPAddr)
-
-	caFile := filepath.Join(t.TempDir(), pki.CertFile)
-	if err := os.WriteFile(caFile, ca.CertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	caFile := emu.CAFile(t)
 	signData := []byte("node sdk key check\n" + strconv.FormatInt(time.Now().Unix(), 10))
 	env := []string{
 		"TPM_HOST=127.0.0.1",
 		"TPM_PORT=" + strconv.Itoa(tpmPort),
 		"DPS_HOST=127.0.0.1",
-		"DPS_PORT=" + strconv.Itoa(dpsAddr.Port),
+		"DPS_PORT=" + dpsURL.Port(),
 		"ID_SCOPE=" + emu.IDScope(),
 		"SIGN_DATA=" + base64.StdEncoding.EncodeToString(signData),
 		"NODE_EXTRA_CA_CERTS=" + caFile,
@@ -128,21 +108,7 @@ func TestNodeSDKRegistersWithTPM(t *testing.T) {
 		t.Fatalf("Node registration ID = %q, want %q (dps-tpm.md §3.4 over its EK)", id.RegistrationID, want)
 	}
 
-	svc := dpsservice.Client{
-		Conn:     emu.ConnectionString(),
-		Endpoint: srv.URL,
-		HTTP:     &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}},
-	}
-	if _, err := svc.PutEnrollment(t.Context(), dpsservice.Enrollment{
-		RegistrationID: id.RegistrationID,
-		DeviceID:       deviceID,
-		Attestation: dpsservice.Attestation{
-			Type: "tpm",
-			TPM:  &dpsservice.TPMAttestation{EndorsementKey: id.EndorsementKey},
-		},
-	}, ""); err != nil {
-		t.Fatalf("enroll %s: %v", id.RegistrationID, err)
-	}
+	emu.EnrollTPM(t, id.RegistrationID, id.EndorsementKey, func(e *dpsservice.Enrollment) { e.DeviceID = deviceID })
 
 	// Step 2: the SDK's registration, then a signature with the imported key.
 	var res struct {

@@ -102,7 +102,7 @@ type Server struct {
 	log         zerolog.Logger
 	mux         *http.ServeMux
 
-	mu          sync.Mutex // guards st and assignDelay
+	mu          sync.Mutex // guards st
 	st          state
 	assignDelay time.Duration
 
@@ -206,14 +206,6 @@ func (s *Server) SetFaults(f Faults) {
 	s.faultMu.Lock()
 	defer s.faultMu.Unlock()
 	s.faults = f
-}
-
-// SetAssignDelay changes how long operations created from now on stay
-// "assigning".
-func (s *Server) SetAssignDelay(d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.assignDelay = d
 }
 
 // now returns the time in UTC at the 100 ns precision DPS timestamps have

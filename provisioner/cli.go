@@ -10,14 +10,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/provisioner/settings"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
@@ -64,73 +63,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	return cmd(ctx, args[1:], stdout, stderr, getenv)
 }
 
-// tpmFlags are the TPM settings every command takes. Passwords come from a
-// file or the environment, never from the command line, where any user
-// could read them in the process list.
-type tpmFlags struct {
-	uri             string
-	endorsementFile string
-	ownerFile       string
-	authKeyIndex    string
+// loadSettings parses a command's flags, registered on fs with l, and
+// loads its settings. A bad setting, wherever it came from, is a usage
+// error.
+func loadSettings(fs *flag.FlagSet, l *settings.Loader, args []string, stdout io.Writer, getenv env) (s *settings.Settings, help bool, err error) {
+	if help, err := parse(fs, args, stdout); help || err != nil {
+		return nil, help, err
+	}
+	if s, err = l.Load(getenv); err != nil {
+		return nil, false, usageError{err}
+	}
+	return s, false, nil
 }
 
-func (f *tpmFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.uri, "tpm", "", "TPM `URI`: device:/dev/tpmrm0, mssim://HOST:PORT or sim (default $EDGE_TPM, else "+tpm.DefaultURI+")")
-	fs.StringVar(&f.endorsementFile, "endorsement-auth-file", "", "read the endorsement hierarchy password from `FILE` (default $EDGE_TPM_ENDORSEMENT_AUTH, else empty)")
-	fs.StringVar(&f.ownerFile, "owner-auth-file", "", "read the owner hierarchy password from `FILE` (default $EDGE_TPM_OWNER_AUTH, else empty)")
-	fs.StringVar(&f.authKeyIndex, "auth-key-index", "", "persistent handle of the DPS key, as an `INDEX` added to 0x81000000 like aziot's auth_key_index (default $EDGE_TPM_AUTH_KEY_INDEX, else 0x100)")
+// openTPM opens the TPM the settings name.
+func openTPM(s *settings.Settings) (*tpm.TPM, error) {
+	return tpm.Open(s.TPM.URI, tpmConfig(s))
 }
 
-func (f *tpmFlags) open(getenv env) (*tpm.TPM, error) {
-	uri, cfg, err := f.resolve(getenv)
-	if err != nil {
-		return nil, err
+func tpmConfig(s *settings.Settings) tpm.Config {
+	return tpm.Config{
+		EndorsementAuth: s.TPM.EndorsementAuth,
+		OwnerAuth:       s.TPM.OwnerAuth,
+		AuthKeyHandle:   tpm.AuthKeyBase + tpm2.TPMHandle(s.TPM.AuthKeyIndex),
 	}
-	return tpm.Open(uri, cfg)
-}
-
-// resolve applies the environment to the flags: the TPM's URI and config.
-func (f *tpmFlags) resolve(getenv env) (uri string, cfg tpm.Config, err error) {
-	uri = f.uri
-	if uri == "" {
-		uri = getenv("EDGE_TPM")
-	}
-	if uri == "" {
-		uri = tpm.DefaultURI
-	}
-	if cfg.EndorsementAuth, err = secret(f.endorsementFile, getenv("EDGE_TPM_ENDORSEMENT_AUTH")); err != nil {
-		return "", cfg, err
-	}
-	if cfg.OwnerAuth, err = secret(f.ownerFile, getenv("EDGE_TPM_OWNER_AUTH")); err != nil {
-		return "", cfg, err
-	}
-	cfg.AuthKeyHandle = tpm.DefaultAuthKeyHandle
-	idx := f.authKeyIndex
-	if idx == "" {
-		idx = getenv("EDGE_TPM_AUTH_KEY_INDEX")
-	}
-	if idx != "" {
-		n, err := strconv.ParseUint(idx, 0, 32)
-		if err != nil || n > 0x7FFFFF {
-			return "", cfg, usagef("auth key index %q: want a number from 0 to 0x7fffff", idx)
-		}
-		cfg.AuthKeyHandle = tpm.AuthKeyBase + tpm2.TPMHandle(n)
-	}
-	return uri, cfg, nil
-}
-
-// secret reads a password from file when one is named, else takes the
-// environment's value. One trailing newline in a file is not part of it.
-func secret(file, fromEnv string) ([]byte, error) {
-	if file == "" {
-		return []byte(fromEnv), nil
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("read hierarchy password: %w", err)
-	}
-	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-	return []byte(s), nil
 }
 
 // parse parses a command's flags; --help prints them and is not an error.
@@ -161,13 +117,13 @@ func newFlagSet(name, synopsis string) *flag.FlagSet {
 
 func runIdentity(ctx context.Context, args []string, stdout, _ io.Writer, getenv env) error {
 	fs := newFlagSet("identity", "identity [--tpm URI] [--json]")
-	var tf tpmFlags
-	tf.register(fs)
+	l := settings.NewLoader(fs, settings.TPMGroup)
 	asJSON := fs.Bool("json", false, "print JSON: registrationId, endorsementKey, storageRootKey, endorsementKeyCertificate")
-	if help, err := parse(fs, args, stdout); help || err != nil {
+	s, help, err := loadSettings(fs, l, args, stdout, getenv)
+	if help || err != nil {
 		return err
 	}
-	t, err := tf.open(getenv)
+	t, err := openTPM(s)
 	if err != nil {
 		return err
 	}
@@ -204,14 +160,13 @@ func runIdentity(ctx context.Context, args []string, stdout, _ io.Writer, getenv
 
 func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv env) error {
 	fs := newFlagSet("token", "token [--hub HOST --device ID] [--module ID] [--ttl 1h] [--tpm URI]")
-	var tf tpmFlags
-	tf.register(fs)
+	l := settings.NewLoader(fs, settings.TPMGroup|settings.StateGroup)
 	hub := fs.String("hub", "", "IoT hub `HOST` name, e.g. myhub.azure-devices.net (default: the DPS assignment's)")
 	device := fs.String("device", "", "device `ID` (default: the DPS assignment's)")
 	module := fs.String("module", "", "module `ID`, for a module token")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
-	statePath := stateFlag(fs, getenv)
-	if help, err := parse(fs, args, stdout); help || err != nil {
+	s, help, err := loadSettings(fs, l, args, stdout, getenv)
+	if help || err != nil {
 		return err
 	}
 	if *ttl <= 0 {
@@ -221,7 +176,7 @@ func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv en
 		if *hub != "" || *device != "" {
 			return usagef("token needs both --hub and --device, or neither to use the DPS assignment")
 		}
-		a, err := assignment.Load(*statePath)
+		a, err := assignment.Load(s.State)
 		if errors.Is(err, os.ErrNotExist) {
 			return usageError{fmt.Errorf("token needs --hub and --device: %w", err)}
 		}
@@ -234,7 +189,7 @@ func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv en
 	if *module != "" {
 		resource = sas.ModuleResource(*hub, *device, *module)
 	}
-	t, err := tf.open(getenv)
+	t, err := openTPM(s)
 	if err != nil {
 		return err
 	}

@@ -23,13 +23,20 @@ import (
 func runCLI(t *testing.T, environ map[string]string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	// Never read or write the machine's own assignment.
-	state := filepath.Join(t.TempDir(), "assignment.json")
+	// Never read or write the machine's own assignment or settings.
+	dir := t.TempDir()
+	defaults := map[string]string{
+		"EDGE_PROVISIONER_STATE":  filepath.Join(dir, "assignment.json"),
+		"EDGE_PROVISIONER_CONFIG": filepath.Join(dir, "empty.toml"),
+	}
+	if err := os.WriteFile(defaults["EDGE_PROVISIONER_CONFIG"], nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	getenv := func(k string) string {
-		if v, ok := environ[k]; ok || k != "EDGE_PROVISIONER_STATE" {
+		if v, ok := environ[k]; ok {
 			return v
 		}
-		return state
+		return defaults[k]
 	}
 	err = run(t.Context(), args, &out, &errOut, getenv)
 	return out.String(), errOut.String(), err

@@ -33,6 +33,14 @@ Commands:
   register   register with DPS by TPM attestation and keep the IoT hub key
              it returns in the TPM
   token      print an IoT Hub SAS token signed inside the TPM
+  provision  the whole flow: TPM, DPS registration, /etc/aziot/config.toml,
+             apply, side-load images, wait for the runtime
+  status     the TPM, the saved identity, config.toml and the runtime
+  doctor     check everything provisioning needs, each with a remedy
+  image load side-load image archives into containerd (or Docker)
+
+Settings come from /etc/edge-provisioner/config.toml (--config), then the
+environment, then flags.
 
 Run 'edge-provisioner COMMAND --help' for the flags of a command.
 `
@@ -46,9 +54,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 		return usagef("no command given")
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer, env) error{
-		"identity": runIdentity,
-		"register": runRegister,
-		"token":    runToken,
+		"identity":  runIdentity,
+		"register":  runRegister,
+		"token":     runToken,
+		"provision": runProvision,
+		"status":    runStatus,
+		"doctor":    runDoctor,
+		"image":     runImage,
 	}
 	switch args[0] {
 	case "-h", "-help", "--help", "help":
@@ -67,13 +79,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 // loads its settings. A bad setting, wherever it came from, is a usage
 // error.
 func loadSettings(fs *flag.FlagSet, l *settings.Loader, args []string, stdout io.Writer, getenv env) (s *settings.Settings, help bool, err error) {
+	rest, s, help, err := loadSettingsArgs(fs, l, args, stdout, getenv)
+	if err == nil && !help && len(rest) > 0 {
+		return nil, false, usagef("unexpected argument %q", rest[0])
+	}
+	return s, help, err
+}
+
+// loadSettingsArgs is loadSettings for a command that takes arguments
+// after its flags.
+func loadSettingsArgs(fs *flag.FlagSet, l *settings.Loader, args []string, stdout io.Writer, getenv env) (rest []string, s *settings.Settings, help bool, err error) {
 	if help, err := parse(fs, args, stdout); help || err != nil {
-		return nil, help, err
+		return nil, nil, help, err
 	}
 	if s, err = l.Load(getenv); err != nil {
-		return nil, false, usageError{err}
+		return nil, nil, false, usageError{err}
 	}
-	return s, false, nil
+	return fs.Args(), s, false, nil
 }
 
 // openTPM opens the TPM the settings name.
@@ -99,9 +121,6 @@ func parse(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, err er
 			return true, nil
 		}
 		return false, usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return false, usagef("unexpected argument %q", fs.Arg(0))
 	}
 	return false, nil
 }

@@ -22,14 +22,20 @@ func main() {
 	os.Exit(exitCode(err))
 }
 
-// exitCode is 0 on success, 2 for a usage error, 1 for any other failure.
+// exitCode is 0 on success, 2 for a usage error, the step's code when a
+// step of provision failed, 1 for any other failure.
 func exitCode(err error) int {
-	var u usageError
+	var (
+		u    usageError
+		step *stepError
+	)
 	switch {
 	case err == nil:
 		return 0
 	case errors.As(err, &u):
 		return 2
+	case errors.As(err, &step):
+		return step.code
 	default:
 		return 1
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
+	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
 func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
@@ -27,8 +28,20 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	if s.DPS.IDScope == "" {
 		return usagef("register needs --id-scope (or dps.id_scope in the settings file)")
 	}
-	log := progressLog(stderr)
-	res, err := register(ctx, s, log)
+	// Fail on an unwritable state folder before touching DPS or the TPM.
+	if err := checkWritable(s.State); err != nil {
+		return err
+	}
+	t, err := openTPM(s)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	id, err := t.Identity(ctx)
+	if err != nil {
+		return err
+	}
+	res, err := register(ctx, s, t, id, progressLog(stderr))
 	if err != nil {
 		return err
 	}
@@ -55,7 +68,7 @@ func progressLog(w io.Writer) zerolog.Logger {
 
 // register registers the TPM's identity with DPS, keeps the hub key in the
 // TPM and saves the assignment.
-func register(ctx context.Context, s *settings.Settings, log zerolog.Logger) (*dps.Result, error) {
+func register(ctx context.Context, s *settings.Settings, t *tpm.TPM, id *tpm.Identity, log zerolog.Logger) (*dps.Result, error) {
 	var payload json.RawMessage
 	if s.DPS.PayloadFile != "" {
 		b, err := os.ReadFile(s.DPS.PayloadFile)
@@ -71,23 +84,10 @@ func register(ctx context.Context, s *settings.Settings, log zerolog.Logger) (*d
 	if err != nil {
 		return nil, err
 	}
-	// Fail on an unwritable state folder before touching DPS or the TPM.
 	if err := checkWritable(s.State); err != nil {
 		return nil, err
 	}
-	t, err := openTPM(s)
-	if err != nil {
-		return nil, err
-	}
-	defer t.Close()
-	id, err := t.Identity(ctx)
-	if err != nil {
-		return nil, err
-	}
-	regID := s.DPS.RegistrationID
-	if regID == "" {
-		regID = id.RegistrationID
-	}
+	regID := registrationID(s, id)
 	c := &dps.Client{IDScope: s.DPS.IDScope, Endpoint: s.DPS.Endpoint, HTTP: dps.NewHTTPClient(roots), Timeout: time.Duration(s.DPS.Timeout), Log: log}
 	log.Info().Str("registration_id", regID).Str("endpoint", s.DPS.Endpoint).Msg("registering")
 	res, err := c.Register(ctx, t, dps.Request{
@@ -108,6 +108,14 @@ func register(ctx context.Context, s *settings.Settings, log zerolog.Logger) (*d
 		return nil, fmt.Errorf("registered, but could not save the assignment: %w", err)
 	}
 	return res, nil
+}
+
+// registrationID is the one configured, else the one the EK gives.
+func registrationID(s *settings.Settings, id *tpm.Identity) string {
+	if s.DPS.RegistrationID != "" {
+		return s.DPS.RegistrationID
+	}
+	return id.RegistrationID
 }
 
 // checkWritable makes path's folder (0700) when missing and checks that a

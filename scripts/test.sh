@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: go vet, then the unit and integration tests with -race.
 # Run as root, it first installs the test peers that are missing (swtpm,
-# swtpm-tools, tpm2-tools, Node.js and npm) with apt; otherwise tests that need a missing
-# peer are skipped, except under CI, where they fail.
+# swtpm-tools, tpm2-tools, containerd, runc, Docker's engine, Node.js and
+# npm) with apt; otherwise tests that need a missing peer are skipped,
+# except under CI, where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,12 @@ command -v swtpm_setup >/dev/null || missing+=(swtpm-tools)
 command -v tpm2_readpublic >/dev/null || missing+=(tpm2-tools)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v gcc >/dev/null || missing+=(gcc) # cgo: the in-process reference TPM and -race
+# Image side-load and runtime health against real daemons, each test
+# starting its own in a temp folder: containerd 1.6 runs containers with
+# runc; dockerd 20.10 keeps images in its classic store.
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+command -v dockerd >/dev/null || missing+=(docker.io)
 # Azure's Node.js DPS client, registered against the DPS emulator.
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)

@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/edgetpm/edgetpm/provisioner/dps"
+	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
+	"github.com/edgetpm/edgetpm/provisioner/settings"
+	"github.com/edgetpm/edgetpm/provisioner/tpm"
+)
+
+// maxClockSkew is how far the clock may be from DPS's: SAS tokens are
+// refused beyond five minutes (dps-tpm.md §7.2).
+const maxClockSkew = 5 * time.Minute
+
+// aziotSockets are the sockets the IoT Edge services listen on once
+// 'config apply' has started them (iot-identity-service, aziot-edged).
+var aziotSockets = []string{
+	"/run/aziot/keyd.sock", "/run/aziot/certd.sock", "/run/aziot/identityd.sock", "/run/aziot/tpmd.sock",
+	"/var/run/iotedge/mgmt.sock", "/var/run/iotedge/workload.sock",
+}
+
+// check is one line of doctor's report.
+type check struct {
+	Name   string `json:"check"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+	Remedy string `json:"remedy,omitempty"`
+}
+
+// errChecksFailed is doctor's error when a check fails: exit code 1.
+var errChecksFailed = errors.New("checks failed")
+
+func runDoctor(ctx context.Context, args []string, stdout, _ io.Writer, getenv env) error {
+	fs := newFlagSet("doctor", "doctor [--config FILE] [flags] [--json]")
+	l := settings.NewLoader(fs, settings.TPMGroup|settings.DPSGroup|settings.AziotGroup|settings.ContainerdGroup|settings.StateGroup)
+	asJSON := fs.Bool("json", false, "print JSON")
+	s, help, err := loadSettings(fs, l, args, stdout, getenv)
+	if help || err != nil {
+		return err
+	}
+	d := &doctor{s: s}
+	d.tpm(ctx)
+	d.dps(ctx)
+	d.config()
+	d.aziot()
+	d.containerd(ctx)
+
+	failed := 0
+	for _, c := range d.checks {
+		if !c.OK {
+			failed++
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(d.checks); err != nil {
+			return err
+		}
+	} else {
+		for _, c := range d.checks {
+			mark := "PASS"
+			if !c.OK {
+				mark = "FAIL"
+			}
+			fmt.Fprintf(stdout, "%s  %-24s %s\n", mark, c.Name, c.Detail)
+			if !c.OK && c.Remedy != "" {
+				fmt.Fprintf(stdout, "      %-24s remedy: %s\n", "", c.Remedy)
+			}
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d %w", failed, len(d.checks), errChecksFailed)
+	}
+	return nil
+}
+
+// doctor runs the checks, each independent of the others where it can be.
+type doctor struct {
+	s      *settings.Settings
+	checks []check
+}
+
+func (d *doctor) pass(name, format string, args ...any) {
+	d.checks = append(d.checks, check{Name: name, OK: true, Detail: fmt.Sprintf(format, args...)})
+}
+
+func (d *doctor) fail(name, detail, remedy string) {
+	d.checks = append(d.checks, check{Name: name, Detail: detail, Remedy: remedy})
+}
+
+func (d *doctor) tpm(ctx context.Context) {
+	uri := d.s.TPM.URI
+	t, err := openTPM(d.s)
+	if err != nil {
+		d.fail("TPM device", err.Error(), "enable the TPM 2.0 in the firmware and load its driver (tpm_crb or tpm_tis); run as root or in the tss group")
+		for _, name := range []string{"resource manager", "EK and SRK", "hierarchy authorization", "hub key"} {
+			d.fail(name, "not checked: the TPM cannot be opened", "")
+		}
+		return
+	}
+	defer t.Close()
+	d.pass("TPM device", "opened %s", uri)
+
+	switch path, ok := strings.CutPrefix(uri, "device:"); {
+	case !ok:
+		d.pass("resource manager", "%s is a simulator, not shared through the kernel", uri)
+	case strings.HasPrefix(filepath.Base(path), "tpmrm"):
+		d.pass("resource manager", "%s is the kernel's resource manager", path)
+	default:
+		d.fail("resource manager", path+" is the raw TPM, which one process at a time may hold",
+			"use --tpm device:/dev/tpmrm0 (tpm.uri): aziot-tpmd needs the TPM too")
+	}
+
+	st, err := t.Status(ctx)
+	switch {
+	case err != nil:
+		d.fail("EK and SRK", err.Error(), "")
+	case st.EndorsementKey && st.StorageRootKey:
+		d.pass("EK and SRK", "persisted at %#x and %#x (manufacturer %s)", uint32(tpm.EKHandle), uint32(tpm.SRKHandle), st.Manufacturer)
+	default:
+		d.fail("EK and SRK", fmt.Sprintf("EK persisted: %v, SRK persisted: %v", st.EndorsementKey, st.StorageRootKey),
+			"run 'edge-provisioner identity' or 'provision', which create and persist them")
+	}
+
+	if err := t.CheckAuthorization(ctx); err != nil {
+		d.fail("hierarchy authorization", err.Error(), "give the passwords in tpm.endorsement_password_file and tpm.owner_password_file, or in $"+settings.EnvEndorsementAuth+" and $"+settings.EnvOwnerAuth)
+	} else {
+		d.pass("hierarchy authorization", "the endorsement and owner passwords work")
+	}
+
+	switch {
+	case st == nil:
+		d.fail("hub key", "not checked: the TPM's status could not be read", "")
+	case st.AuthKey:
+		d.pass("hub key", "present at %#x (auth_key_index %#x)", st.AuthKeyHandle, d.s.TPM.AuthKeyIndex)
+	default:
+		d.fail("hub key", fmt.Sprintf("nothing at %#x (auth_key_index %#x)", st.AuthKeyHandle, d.s.TPM.AuthKeyIndex),
+			"run 'edge-provisioner register' or 'provision', once the device is enrolled in DPS")
+	}
+}
+
+func (d *doctor) dps(ctx context.Context) {
+	u, err := url.Parse(d.s.DPS.Endpoint)
+	if err != nil {
+		d.fail("DPS DNS", err.Error(), "fix dps.endpoint")
+		return
+	}
+	host := u.Hostname()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, host)
+	if err != nil {
+		d.fail("DPS DNS", err.Error(), "check /etc/resolv.conf and that the network allows DNS")
+		d.fail("DPS TLS", "not checked: "+host+" does not resolve", "")
+		d.fail("clock", "not checked: DPS is not reachable", "")
+		return
+	}
+	d.pass("DPS DNS", "%s is %s", host, strings.Join(addrs, ", "))
+
+	roots, err := dps.TrustFile(d.s.DPS.CAFile)
+	if err != nil {
+		d.fail("DPS TLS", err.Error(), "fix dps.ca_file")
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.s.DPS.Endpoint, nil)
+	if err != nil {
+		d.fail("DPS TLS", err.Error(), "fix dps.endpoint")
+		return
+	}
+	start := time.Now()
+	resp, err := dps.NewHTTPClient(roots).Do(req)
+	if err != nil {
+		d.fail("DPS TLS", err.Error(), "allow outbound HTTPS (443) to "+host+" in the firewall or proxy (HTTPS_PROXY); for a private CA set dps.ca_file")
+		d.fail("clock", "not checked: DPS is not reachable", "")
+		return
+	}
+	resp.Body.Close()
+	rtt := time.Since(start)
+	d.pass("DPS TLS", "%s answered over %s, certificate verified (%v)", host, tlsVersion(resp), rtt.Round(time.Millisecond))
+
+	date, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		d.fail("clock", "DPS sent no Date header to compare with", "")
+		return
+	}
+	// The Date header has one-second resolution and was sent mid-request.
+	skew := time.Until(date.Add(rtt / 2)).Round(time.Second)
+	if skew < 0 {
+		skew = -skew
+	}
+	if skew > maxClockSkew {
+		d.fail("clock", fmt.Sprintf("%v away from DPS's clock; SAS tokens are refused beyond %v", skew, maxClockSkew),
+			"synchronise the clock: timedatectl set-ntp true (or chrony), and check the RTC battery")
+		return
+	}
+	d.pass("clock", "within %v of DPS's clock", max(skew, time.Second))
+}
+
+func tlsVersion(resp *http.Response) string {
+	if resp.TLS == nil {
+		return "plain HTTP"
+	}
+	switch resp.TLS.Version {
+	case 0x0304:
+		return "TLS 1.3"
+	case 0x0303:
+		return "TLS 1.2"
+	}
+	return fmt.Sprintf("TLS %#x", resp.TLS.Version)
+}
+
+func (d *doctor) config() {
+	const name = "config.toml"
+	path := d.s.Aziot.Config
+	data, err := os.ReadFile(path)
+	if err != nil {
+		d.fail(name, err.Error(), "run 'edge-provisioner provision', which writes it")
+		return
+	}
+	if err := edgeconfig.Validate(data); err != nil {
+		d.fail(name, err.Error(), "fix it, or run 'edge-provisioner provision' to set the provisioning part")
+		return
+	}
+	doc, err := edgeconfig.Parse(data)
+	if err != nil {
+		d.fail(name, err.Error(), "")
+		return
+	}
+	p := doc.Provisioning()
+	if p.Source != "dps" || p.Method != "tpm" {
+		d.fail(name, fmt.Sprintf("%s provisions by %q (attestation %q), not DPS with TPM", path, p.Source, p.Method), "run 'edge-provisioner provision --force'")
+		return
+	}
+	d.pass(name, "%s is valid: DPS with TPM, ID scope %s, registration ID %s", path, p.IDScope, p.RegistrationID)
+}
+
+func (d *doctor) aziot() {
+	var missing []string
+	for _, s := range aziotSockets {
+		if _, err := os.Stat(s); err != nil {
+			missing = append(missing, s)
+		}
+	}
+	if len(missing) > 0 {
+		d.fail("aziot services", "no "+strings.Join(missing, ", "),
+			"install aziot-edge, run 'iotedge config apply', then see 'iotedge system status' and 'iotedge check'")
+		return
+	}
+	d.pass("aziot services", "keyd, certd, identityd, tpmd and edged are listening")
+}
+
+func (d *doctor) containerd(ctx context.Context) {
+	s := *d.s
+	s.Images.DockerSocket = "" // only the daemon is checked here
+	c, err := newContainerd(ctx, &s, zerolog.Nop())
+	if err != nil {
+		d.fail("containerd", err.Error(), "start containerd (systemctl start containerd), or point images.containerd_address at Docker's (/run/containerd/containerd.sock or /run/docker/containerd/containerd.sock)")
+		return
+	}
+	defer c.Close()
+	v, err := c.Version(ctx)
+	if err != nil {
+		d.fail("containerd", err.Error(), "")
+		return
+	}
+	d.pass("containerd", "containerd %s at %s", v, s.Images.ContainerdAddress)
+}

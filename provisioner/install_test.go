@@ -1,0 +1,65 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/edgetpm/edgetpm/provisioner/settings"
+)
+
+// scripts/install.sh lays out the binary, the example settings, the state
+// folder and the unit, and keeps an operator's settings on a reinstall.
+func TestInstallScript(t *testing.T) {
+	prefix := t.TempDir()
+	bin := filepath.Join(t.TempDir(), "edge-provisioner")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	install := func() {
+		t.Helper()
+		out, err := exec.Command("bash", "../scripts/install.sh", "--binary", bin, "--prefix", prefix).CombinedOutput()
+		if err != nil {
+			t.Fatalf("install.sh: %v\n%s", err, out)
+		}
+	}
+	install()
+	for path, mode := range map[string]os.FileMode{
+		"usr/local/bin/edge-provisioner":              0o755,
+		"etc/edge-provisioner/config.toml":            0o640,
+		"var/lib/edge-provisioner":                    0o700 | os.ModeDir,
+		"etc/systemd/system/edge-provisioner.service": 0o644,
+	} {
+		fi, err := os.Stat(filepath.Join(prefix, path))
+		if err != nil || fi.Mode() != mode {
+			t.Errorf("%s: mode %v (%v), want %v", path, fi.Mode(), err, mode)
+		}
+	}
+	// The example settings it installs load as they are.
+	s := settings.Defaults()
+	data, _ := os.ReadFile(filepath.Join(prefix, "etc/edge-provisioner/config.toml"))
+	if err := settings.Parse("config.toml", data, &s); err != nil {
+		t.Fatalf("installed settings: %v", err)
+	}
+	if err := s.Validate(); err != nil {
+		t.Errorf("installed settings: %v", err)
+	}
+	// It documents the defaults, so it says what they are.
+	want := settings.Defaults()
+	want.DPS.IDScope = "0ne00000000"
+	if len(s.Images.Files) == 0 {
+		s.Images.Files = nil // files = [] in the example
+	}
+	if !reflect.DeepEqual(s, want) {
+		t.Errorf("the example settings are not the defaults:\n%+v\nwant\n%+v", s, want)
+	}
+
+	mine := []byte("[dps]\nid_scope = \"0ne00MINE\"\n")
+	os.WriteFile(filepath.Join(prefix, "etc/edge-provisioner/config.toml"), mine, 0o640)
+	install()
+	if got, _ := os.ReadFile(filepath.Join(prefix, "etc/edge-provisioner/config.toml")); string(got) != string(mine) {
+		t.Errorf("a reinstall replaced the operator's settings with:\n%s", got)
+	}
+}

@@ -37,6 +37,11 @@ type Daemon struct {
 	proc *process
 }
 
+// EnvBinary names the containerd binary Start runs, instead of the one on
+// PATH: scripts/test.sh runs the containerd tests a second time with a
+// containerd 1.7 it builds, as Debian 12 ships 1.6 and Docker ships 1.7.
+const EnvBinary = "EDGE_TEST_CONTAINERD"
+
 // Start starts containerd with its own root, state and socket, without
 // the CRI plugin, and waits until it answers. When the test ends it stops
 // it (SIGTERM, then SIGKILL) and removes its folders; when the test failed
@@ -44,7 +49,10 @@ type Daemon struct {
 func Start(t testing.TB) *Daemon {
 	t.Helper()
 	needRoot(t)
-	tpmtest.Need(t, "containerd")
+	bin := os.Getenv(EnvBinary)
+	if bin == "" {
+		bin = tpmtest.Need(t, "containerd")
+	}
 	tpmtest.Need(t, "runc")
 	tpmtest.Need(t, "containerd-shim-runc-v2")
 	dir := tempDir(t, "ctd")
@@ -65,7 +73,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.proc = startProcess(t, dir, "containerd", "--config", cfg)
+	d.proc = startProcess(t, dir, bin, "--config", cfg)
 	d.proc.wait(t, func(ctx context.Context) error {
 		c, err := containerd.New(d.Address, containerd.WithTimeout(time.Second))
 		if err != nil {
@@ -232,7 +240,7 @@ type process struct {
 // the test ends.
 func startProcess(t testing.TB, dir, name string, args ...string) *process {
 	t.Helper()
-	p := &process{name: name, log: filepath.Join(dir, name+".log"), exited: make(chan struct{})}
+	p := &process{name: name, log: filepath.Join(dir, filepath.Base(name)+".log"), exited: make(chan struct{})}
 	logf, err := os.Create(p.log)
 	if err != nil {
 		t.Fatal(err)

@@ -12,10 +12,8 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/dpsemu/dpstest"
-	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/tpmtest"
 	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
-	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
 // fakeApplyTool puts an iotedge on PATH that does what 'iotedge config
@@ -59,16 +57,7 @@ func newWorld(t *testing.T) *world {
 	t.Helper()
 	sw := tpmtest.StartSwtpm(t)
 	emu := dpstest.Start(t, dpsemu.Config{RetryAfter: 1}, nil)
-	tp, err := tpm.Open(sw.URI, tpm.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := tp.Identity(t.Context())
-	tp.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu.EnrollTPM(t, id.RegistrationID, id.EndorsementKey, func(e *dpsservice.Enrollment) { e.DeviceID = "press-7" })
+	regID := enroll(t, emu, sw.URI, "press-7")
 
 	ctd := containerdtest.Start(t)
 	dir := t.TempDir()
@@ -84,7 +73,7 @@ func newWorld(t *testing.T) *world {
 	w := &world{
 		settings: filepath.Join(dir, "provisioner.toml"),
 		aziot:    filepath.Join(dir, "aziot", "config.toml"),
-		regID:    id.RegistrationID,
+		regID:    regID,
 		emu:      emu,
 		ctd:      ctd,
 		image:    image,

@@ -25,16 +25,7 @@ func TestRegisterCommand(t *testing.T) {
 	dir := t.TempDir()
 	emu := dpstest.Start(t, dpsemu.Config{RetryAfter: 1}, nil)
 	caFile := emu.CAFile(t)
-	tp, err := tpm.Open(sw.URI, tpm.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := tp.Identity(t.Context())
-	tp.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu.EnrollTPM(t, id.RegistrationID, id.EndorsementKey, func(e *dpsservice.Enrollment) { e.DeviceID = "line-3" })
+	enroll(t, emu, sw.URI, "line-3")
 	payload := filepath.Join(dir, "payload.json")
 	os.WriteFile(payload, []byte(`{"line":3}`), 0o600)
 	state := filepath.Join(dir, "state", "assignment.json")
@@ -105,6 +96,23 @@ func TestRegisterCommand(t *testing.T) {
 	if err := tok.Verify(dev.PrimaryKey, time.Now()); err != nil {
 		t.Errorf("token from the assignment does not verify with the hub key: %v", err)
 	}
+}
+
+// enroll enrolls the TPM at uri in the emulator as deviceID and returns
+// its registration ID.
+func enroll(t *testing.T, emu *dpstest.Server, uri, deviceID string) string {
+	t.Helper()
+	tp, err := tpm.Open(uri, tpm.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := tp.Identity(t.Context())
+	tp.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	emu.EnrollTPM(t, id.RegistrationID, id.EndorsementKey, func(e *dpsservice.Enrollment) { e.DeviceID = deviceID })
+	return id.RegistrationID
 }
 
 func TestRegisterUsage(t *testing.T) {

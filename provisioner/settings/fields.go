@@ -57,7 +57,7 @@ func (s *Settings) fields() []field {
 		{"tpm.owner_password_file", "", "owner-auth-file", "read the owner hierarchy password from `FILE` (or set $" + EnvOwnerAuth + ")", TPMGroup, (*stringValue)(&s.TPM.OwnerPasswordFile), false},
 
 		{"aziot.config", "EDGE_AZIOT_CONFIG", "aziot-config", "the IoT Edge runtime's config `FILE`", AziotGroup, (*stringValue)(&s.Aziot.Config), false},
-		{"aziot.hostname", "EDGE_AZIOT_HOSTNAME", "hostname", "hostname written to config.toml (default: keep the file's)", AziotGroup, (*stringValue)(&s.Aziot.Hostname), false},
+		{"aziot.hostname", "EDGE_AZIOT_HOSTNAME", "hostname", "host `NAME` written to config.toml (default: keep the file's)", AziotGroup, (*stringValue)(&s.Aziot.Hostname), false},
 		{"aziot.auto_reprovisioning_mode", "EDGE_AZIOT_AUTO_REPROVISIONING_MODE", "auto-reprovisioning-mode", "`MODE`: Dynamic, AlwaysOnStartup or OnErrorOnly", AziotGroup, (*stringValue)(&s.Aziot.AutoReprovisioningMode), false},
 		{"aziot.apply", "EDGE_AZIOT_APPLY", "no-apply", "write config.toml but do not run 'iotedge config apply'", ProvisionGroup, (*invertedBool)(&s.Aziot.Apply), true},
 

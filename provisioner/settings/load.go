@@ -75,6 +75,9 @@ func (r *recorder) String() string {
 	if r == nil || r.v == nil {
 		return ""
 	}
+	if r.bool && r.v.String() == "false" {
+		return "" // a --no-X flag not given: nothing to show as its default
+	}
 	return r.v.String()
 }
 

@@ -27,8 +27,8 @@ const (
 	StateGroup
 )
 
-// field is one setting's key in the file, its environment variable and
-// its flag. A field without an env or flag has none.
+// field is one setting's key in the file, its environment variable (none
+// when empty) and its flag.
 type field struct {
 	key, env, flag, usage string
 	group                 Group

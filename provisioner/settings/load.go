@@ -30,26 +30,21 @@ type Loader struct {
 }
 
 // NewLoader registers --config and the flags of groups on fs. Flag values
-// are recorded, not applied, until Load: the file they override is only
-// known once --config is parsed.
+// are applied again by Load, over the file, which is only known once
+// --config is parsed, and over the environment.
 func NewLoader(fs *flag.FlagSet, groups Group) *Loader {
 	l := &Loader{s: Defaults()}
 	fs.StringVar(&l.config, "config", "", "read settings from `FILE` (default $"+EnvConfig+", else "+DefaultPath+" when present)")
 	l.fields = l.s.fields()
 	for _, f := range l.fields {
-		if f.flag == "" || f.group&groups == 0 {
+		if f.group&groups == 0 {
 			continue
 		}
-		rec := &recorder{l: l, name: f.flag, v: f.value, bool: f.inverted}
-		usage := f.usage
-		if f.key != "" {
-			usage += " [" + f.key
-			if f.env != "" {
-				usage += ", $" + f.env
-			}
-			usage += "]"
+		where := f.key
+		if f.env != "" {
+			where += ", $" + f.env
 		}
-		fs.Var(rec, f.flag, usage)
+		fs.Var(&recorder{l: l, name: f.flag, v: f.value, isBool: f.inverted}, f.flag, f.usage+" ["+where+"]")
 	}
 	return l
 }
@@ -57,10 +52,10 @@ func NewLoader(fs *flag.FlagSet, groups Group) *Loader {
 // recorder applies a flag's value at once, so a bad one is a usage error
 // while flags are parsed, and again in Load, over the file and environment.
 type recorder struct {
-	l    *Loader
-	name string
-	v    flag.Value
-	bool bool
+	l      *Loader
+	name   string
+	v      flag.Value
+	isBool bool
 }
 
 func (r *recorder) Set(s string) error {
@@ -75,13 +70,13 @@ func (r *recorder) String() string {
 	if r == nil || r.v == nil {
 		return ""
 	}
-	if r.bool && r.v.String() == "false" {
+	if r.isBool && r.v.String() == "false" {
 		return "" // a --no-X flag not given: nothing to show as its default
 	}
 	return r.v.String()
 }
 
-func (r *recorder) IsBoolFlag() bool { return r != nil && r.bool }
+func (r *recorder) IsBoolFlag() bool { return r != nil && r.isBool }
 
 type flagValue struct {
 	name string
@@ -104,7 +99,7 @@ func (l *Loader) Load(getenv func(string) string) (*Settings, error) {
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
-		if err := decode(path, data, s); err != nil {
+		if err := Parse(path, data, s); err != nil {
 			return nil, err
 		}
 	case !required && errors.Is(err, os.ErrNotExist):
@@ -205,9 +200,7 @@ func (e *FileError) Error() string {
 
 // Parse decodes a settings file over s; unknown keys and wrong types are
 // errors at their line and column.
-func Parse(path string, data []byte, s *Settings) error { return decode(path, data, s) }
-
-func decode(path string, data []byte, s *Settings) error {
+func Parse(path string, data []byte, s *Settings) error {
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(s)

@@ -218,6 +218,9 @@ func (p *provisioner) config(context.Context) (string, string, error) {
 	if err != nil {
 		return "", "", err
 	}
+	if _, err := doc.EnsureAgent(p.s.Aziot.AgentImage); err != nil {
+		return "", "", err
+	}
 	if p.dryRun {
 		diff := edgeconfig.Diff(path, old, doc.Bytes())
 		if diff == "" {

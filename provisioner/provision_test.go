@@ -183,13 +183,20 @@ func TestProvision(t *testing.T) {
 			TCTI         string `toml:"tcti"`
 			AuthKeyIndex int64  `toml:"auth_key_index"`
 		} `toml:"tpm"`
+		Agent struct {
+			Name   string `toml:"name"`
+			Config struct {
+				Image string `toml:"image"`
+			} `toml:"config"`
+		} `toml:"agent"`
 	}
 	if err := toml.Unmarshal(data, &conf); err != nil {
 		t.Fatalf("config.toml: %v\n%s", err, data)
 	}
 	p := conf.Provisioning
 	if conf.Hostname != "press-7-host" || p.Source != "dps" || p.GlobalEndpoint != w.emu.URL || p.IDScope != w.emu.IDScope() ||
-		p.Attestation.Method != "tpm" || p.Attestation.RegistrationID != w.regID || conf.TPM.AuthKeyIndex != 0x100 || !strings.HasPrefix(conf.TPM.TCTI, "mssim:host=127.0.0.1,port=") {
+		p.Attestation.Method != "tpm" || p.Attestation.RegistrationID != w.regID || conf.TPM.AuthKeyIndex != 0x100 ||
+		conf.Agent.Name != "edgeAgent" || conf.Agent.Config.Image != "mcr.microsoft.com/azureiotedge-agent:1.5" || !strings.HasPrefix(conf.TPM.TCTI, "mssim:host=127.0.0.1,port=") {
 		t.Errorf("config.toml =\n%s", data)
 	}
 	if fi, err := os.Stat(w.aziot); err != nil || fi.Mode().Perm() != 0o600 {

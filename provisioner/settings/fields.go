@@ -59,6 +59,7 @@ func (s *Settings) fields() []field {
 		{"aziot.config", "EDGE_AZIOT_CONFIG", "aziot-config", "the IoT Edge runtime's config `FILE`", AziotGroup, (*stringValue)(&s.Aziot.Config), false},
 		{"aziot.hostname", "EDGE_AZIOT_HOSTNAME", "hostname", "host `NAME` written to config.toml (default: keep the file's)", AziotGroup, (*stringValue)(&s.Aziot.Hostname), false},
 		{"aziot.auto_reprovisioning_mode", "EDGE_AZIOT_AUTO_REPROVISIONING_MODE", "auto-reprovisioning-mode", "`MODE`: Dynamic, AlwaysOnStartup or OnErrorOnly", AziotGroup, (*stringValue)(&s.Aziot.AutoReprovisioningMode), false},
+		{"aziot.agent_image", "EDGE_AZIOT_AGENT_IMAGE", "agent-image", "edgeAgent `IMAGE`, written when config.toml has no [agent] table", AziotGroup, (*stringValue)(&s.Aziot.AgentImage), false},
 		{"aziot.apply", "EDGE_AZIOT_APPLY", "no-apply", "write config.toml but do not run 'iotedge config apply'", ProvisionGroup, (*invertedBool)(&s.Aziot.Apply), true},
 
 		{"images.files", "EDGE_IMAGES", "image", "side-load the image archive `FILE` (repeatable; the variable takes a comma-separated list)", ProvisionGroup, &listValue{list: &s.Images.Files}, false},

@@ -63,7 +63,10 @@ type Aziot struct {
 	Config                 string `toml:"config"`
 	Hostname               string `toml:"hostname"` // empty keeps the file's
 	AutoReprovisioningMode string `toml:"auto_reprovisioning_mode"`
-	Apply                  bool   `toml:"apply"`
+	// AgentImage is edgeAgent's image, written only when config.toml has
+	// no [agent] table.
+	AgentImage string `toml:"agent_image"`
+	Apply      bool   `toml:"apply"`
 }
 
 // Images are module image archives to side-load, and where to.
@@ -90,7 +93,7 @@ func Defaults() Settings {
 			Register: true,
 		},
 		TPM:   TPM{URI: "device:/dev/tpmrm0", AuthKeyIndex: 0x100},
-		Aziot: Aziot{Config: "/etc/aziot/config.toml", AutoReprovisioningMode: "Dynamic", Apply: true},
+		Aziot: Aziot{Config: "/etc/aziot/config.toml", AutoReprovisioningMode: "Dynamic", AgentImage: "mcr.microsoft.com/azureiotedge-agent:1.5", Apply: true},
 		Images: Images{
 			ContainerdAddress:   "/run/containerd/containerd.sock",
 			ContainerdNamespace: "moby",
@@ -127,6 +130,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.Aziot.Config == "" {
 		bad("aziot.config", "must not be empty")
+	}
+	if s.Aziot.AgentImage == "" {
+		bad("aziot.agent_image", "must not be empty")
 	}
 	if s.Images.ContainerdAddress == "" {
 		bad("images.containerd_address", "must not be empty")

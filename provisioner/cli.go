@@ -103,6 +103,21 @@ func openTPM(s *settings.Settings) (*tpm.TPM, error) {
 	return tpm.Open(s.TPM.URI, tpmConfig(s))
 }
 
+// openIdentity opens the TPM and reads its identity, persisting the EK and
+// SRK when missing. The caller closes the TPM.
+func openIdentity(ctx context.Context, s *settings.Settings) (*tpm.TPM, *tpm.Identity, error) {
+	t, err := openTPM(s)
+	if err != nil {
+		return nil, nil, err
+	}
+	id, err := t.Identity(ctx)
+	if err != nil {
+		t.Close()
+		return nil, nil, err
+	}
+	return t, id, nil
+}
+
 func tpmConfig(s *settings.Settings) tpm.Config {
 	return tpm.Config{
 		EndorsementAuth: s.TPM.EndorsementAuth,
@@ -142,15 +157,11 @@ func runIdentity(ctx context.Context, args []string, stdout, _ io.Writer, getenv
 	if help || err != nil {
 		return err
 	}
-	t, err := openTPM(s)
+	t, id, err := openIdentity(ctx, s)
 	if err != nil {
 		return err
 	}
 	defer t.Close()
-	id, err := t.Identity(ctx)
-	if err != nil {
-		return err
-	}
 	var certPEM *string
 	if id.EKCertificate != nil {
 		s := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.EKCertificate.Raw}))

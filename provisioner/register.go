@@ -32,15 +32,11 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	if err := checkWritable(s.State); err != nil {
 		return err
 	}
-	t, err := openTPM(s)
+	t, id, err := openIdentity(ctx, s)
 	if err != nil {
 		return err
 	}
 	defer t.Close()
-	id, err := t.Identity(ctx)
-	if err != nil {
-		return err
-	}
 	res, err := register(ctx, s, t, id, progressLog(stderr))
 	if err != nil {
 		return err

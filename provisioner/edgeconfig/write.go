@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"regexp"
 	"time"
 
 	"github.com/aymanbagabas/go-udiff"
@@ -78,7 +79,12 @@ func writeRoot(path string, data []byte) error {
 }
 
 // Diff returns a unified diff from old to new, labelled path and
-// path+" (new)", or "" when they are equal.
+// path+" (new)", or "" when they are equal. The values of hierarchy
+// passwords are shown as "<redacted>": a diff goes to terminals and logs.
 func Diff(path string, old, new []byte) string {
-	return udiff.Unified(path, path+" (new)", string(old), string(new))
+	return secretValue.ReplaceAllString(udiff.Unified(path, path+" (new)", string(old), string(new)), `$1"<redacted>"`)
 }
+
+// secretValue matches an endorsement or owner password assignment, in any
+// of TOML's string forms, dotted or in an inline table.
+var secretValue = regexp.MustCompile(`\b((?:endorsement|owner)\s*=\s*)("(?:[^"\\]|\\.)*"|'[^']*')`)

@@ -119,6 +119,20 @@ func TestWriteFailureKeepsOriginal(t *testing.T) {
 	wantFile(t, path, original)
 }
 
+func TestDiffRedactsPasswords(t *testing.T) {
+	old := []byte("[tpm.hierarchy_authorization]\nendorsement = \"old-e\"\nowner = 'old-o'\n")
+	new := []byte("[tpm]\nhierarchy_authorization = { endorsement = \"pw-n\\\"e\", owner = \"pw-new-o\" }\n")
+	d := Diff("c.toml", old, new)
+	for _, secret := range []string{"old-e", "old-o", "pw-n", "pw-new-o"} {
+		if strings.Contains(d, secret) {
+			t.Errorf("Diff shows the password %q:\n%s", secret, d)
+		}
+	}
+	if strings.Count(d, `"<redacted>"`) != 4 {
+		t.Errorf("Diff does not show the four passwords redacted:\n%s", d)
+	}
+}
+
 func TestDiff(t *testing.T) {
 	old := []byte("hostname = \"a\"\n\n[provisioning]\nsource = \"manual\"\n")
 	new := []byte("hostname = \"a\"\n\n[provisioning]\nsource = \"dps\"\n")

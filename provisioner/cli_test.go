@@ -20,7 +20,7 @@ import (
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
-func runCLI(t *testing.T, environ map[string]string, args ...string) (stdout, stderr string, err error) {
+func runCLI(t testing.TB, environ map[string]string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	// Never read or write the machine's own assignment or settings.

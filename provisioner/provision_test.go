@@ -20,7 +20,7 @@ import (
 // apply' does to files (edge-runtime.md §7.1: it writes each service's
 // config.d/00-super.toml) and logs its arguments. The real one needs the
 // aziot packages, which Debian does not ship. exit is its exit status.
-func fakeApplyTool(t *testing.T, exit int) (log string) {
+func fakeApplyTool(t testing.TB, exit int) (log string) {
 	t.Helper()
 	dir := t.TempDir()
 	log = filepath.Join(dir, "calls")
@@ -53,7 +53,7 @@ type world struct {
 	image    string
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	sw := tpmtest.StartSwtpm(t)
 	emu := dpstest.Start(t, dpsemu.Config{RetryAfter: 1}, nil)
@@ -109,7 +109,7 @@ timeout = "20s"
 }
 
 // loadForTest side-loads an archive the way 'image load' does.
-func loadForTest(t *testing.T, d *containerdtest.Daemon, ns, path string) error {
+func loadForTest(t testing.TB, d *containerdtest.Daemon, ns, path string) error {
 	t.Helper()
 	_, _, err := runCLI(t, nil, "image", "load", "--containerd-address", d.Address, "--containerd-namespace", ns, "--docker-socket", "", path)
 	return err
@@ -318,5 +318,22 @@ func TestProvisionQueuesApplyUnderSystemd(t *testing.T) {
 	}
 	if _, err := os.Stat(calls); !os.IsNotExist(err) {
 		t.Error("iotedge ran directly under systemd")
+	}
+}
+
+// BenchmarkProvisionUnchanged is provision on a provisioned device (swtpm,
+// containerd with edgeAgent and edgeHub running, one image present): what
+// every boot of the systemd unit costs. The first run is dominated by DPS's
+// retry-after; BenchmarkRegister in provisioner/dps measures that.
+func BenchmarkProvisionUnchanged(b *testing.B) {
+	w := newWorld(b)
+	fakeApplyTool(b, 0)
+	if _, progress, err := runCLI(b, w.env, "provision"); err != nil {
+		b.Fatalf("provision: %v\n%s", err, progress)
+	}
+	for b.Loop() {
+		if _, progress, err := runCLI(b, w.env, "provision"); err != nil || !strings.Contains(progress, "nothing changed") {
+			b.Fatalf("provision again = %v\n%s", err, progress)
+		}
 	}
 }

@@ -100,7 +100,7 @@ func TestRegisterCommand(t *testing.T) {
 
 // enroll enrolls the TPM at uri in the emulator as deviceID and returns
 // its registration ID.
-func enroll(t *testing.T, emu *dpstest.Server, uri, deviceID string) string {
+func enroll(t testing.TB, emu *dpstest.Server, uri, deviceID string) string {
 	t.Helper()
 	tp, err := tpm.Open(uri, tpm.Config{})
 	if err != nil {

@@ -1,0 +1,206 @@
+package edgehub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// MaxMessageSize is edgeHub's limit on a message: body plus every
+// property key and value (edge-runtime.md §4.5).
+const MaxMessageSize = 256 * 1024
+
+// ErrTooLarge is a message over MaxMessageSize; edgeHub would drop it.
+var ErrTooLarge = errors.New("message over 256 KiB with its properties")
+
+// Message is telemetry sent to an output or received on an input.
+type Message struct {
+	Body []byte
+	// ID is $.mid: stable across re-sends, so duplicates can be dropped.
+	ID              string
+	CorrelationID   string
+	ContentType     string
+	ContentEncoding string
+	// Properties are the application properties.
+	Properties map[string]string
+	// From is the sender's "device/module" ($.cdid/$.cmid) on inputs.
+	From string
+}
+
+// NewMessageID returns a random message ID.
+func NewMessageID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (m *Message) system(output string) map[string]string {
+	sys := map[string]string{}
+	set := func(k, v string) {
+		if v != "" {
+			sys[k] = v
+		}
+	}
+	set(PropOutput, output)
+	set(PropMessageID, m.ID)
+	set(PropCorrelationID, m.CorrelationID)
+	set(PropContentType, m.ContentType)
+	set(PropContentEncoding, m.ContentEncoding)
+	return sys
+}
+
+// Publish sends m to output ("" in device mode) at QoS 1 and returns once
+// it is acknowledged. A connection that drops before the PUBACK is waited
+// out and the message sent again, with the same ID, until ctx ends.
+func (s *Session) Publish(ctx context.Context, output string, m *Message) error {
+	if m.ID == "" {
+		m.ID = NewMessageID()
+	}
+	sys := m.system(output)
+	if len(m.Body)+propertiesSize(sys, m.Properties) > MaxMessageSize {
+		return ErrTooLarge
+	}
+	topic := s.cfg.Identity.prefix() + "/messages/events/" + encodeProperties(sys, m.Properties)
+	for {
+		cli, err := s.connected(ctx)
+		if err != nil {
+			return err
+		}
+		err = wait(ctx, cli.Publish(topic, 1, false, m.Body))
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		s.cfg.Log.Debug().Err(err).Str("mid", m.ID).Msg("publish interrupted; sending again once connected")
+		// Let the session notice the loss before asking again.
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// subscribe makes this connection's subscriptions: inputs (modules only),
+// twin responses and desired patches, and methods.
+func (s *Session) subscribe(ctx context.Context, cli mqtt.Client) error {
+	filters := map[string]mqtt.MessageHandler{
+		"$iothub/twin/res/#":                    s.onTwinResponse,
+		"$iothub/twin/PATCH/properties/desired/#": s.onDesired,
+		"$iothub/methods/POST/#":                s.onMethod,
+	}
+	if s.cfg.Identity.ModuleID != "" {
+		filters[s.cfg.Identity.prefix()+"/inputs/#"] = s.onInput
+	}
+	qos := map[string]byte{}
+	for f := range filters {
+		qos[f] = 1
+	}
+	if err := wait(ctx, cli.SubscribeMultiple(qos, func(c mqtt.Client, msg mqtt.Message) {
+		for f, h := range filters {
+			if match(f, msg.Topic()) {
+				h(c, msg)
+				return
+			}
+		}
+		msg.Ack()
+	})); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	return nil
+}
+
+// match reports whether topic falls under a filter ending in "/#".
+func match(filter, topic string) bool {
+	return strings.HasPrefix(topic, strings.TrimSuffix(filter, "#"))
+}
+
+// onInput parses devices/{d}/modules/{m}/inputs/{input}/{props} and acks
+// once the handler has taken the message.
+func (s *Session) onInput(_ mqtt.Client, msg mqtt.Message) {
+	input, m, err := s.parseInput(msg.Topic(), msg.Payload())
+	if err != nil {
+		s.cfg.Log.Warn().Err(err).Str("topic", msg.Topic()).Msg("dropping an input message")
+		msg.Ack()
+		return
+	}
+	if s.cfg.Input == nil {
+		msg.Ack()
+		return
+	}
+	if err := s.cfg.Input(context.Background(), input, m); err != nil {
+		// No PUBACK: edgeHub redelivers after its ack timeout (§8).
+		s.cfg.Log.Warn().Err(err).Str("input", input).Str("mid", m.ID).Msg("input not taken")
+		return
+	}
+	msg.Ack()
+}
+
+// ParseInputTopic splits an input topic into the input name and the
+// message's properties.
+func (s *Session) parseInput(topic string, body []byte) (string, *Message, error) {
+	rest, ok := strings.CutPrefix(topic, s.cfg.Identity.prefix()+"/inputs/")
+	if !ok {
+		return "", nil, fmt.Errorf("not an input topic")
+	}
+	name, bag, _ := strings.Cut(rest, "/")
+	input, err := url.PathUnescape(name)
+	if err != nil || input == "" {
+		return "", nil, fmt.Errorf("input name %q", name)
+	}
+	sys, app, err := ParseProperties(bag)
+	if err != nil {
+		return "", nil, err
+	}
+	m := &Message{
+		Body: body, ID: sys[PropMessageID], CorrelationID: sys[PropCorrelationID],
+		ContentType: sys[PropContentType], ContentEncoding: sys[PropContentEncoding], Properties: app,
+	}
+	if d := sys[PropConnDevice]; d != "" {
+		m.From = d
+		if mod := sys[PropConnModule]; mod != "" {
+			m.From += "/" + mod
+		}
+	}
+	return input, m, nil
+}
+
+// onMethod answers $iothub/methods/POST/{name}/?$rid={rid}.
+func (s *Session) onMethod(c mqtt.Client, msg mqtt.Message) {
+	msg.Ack()
+	rest := strings.TrimPrefix(msg.Topic(), "$iothub/methods/POST/")
+	name, query, _ := strings.Cut(rest, "/")
+	rid := queryValue(query, "$rid")
+	if name == "" || rid == "" {
+		s.cfg.Log.Warn().Str("topic", msg.Topic()).Msg("method request without a name or $rid")
+		return
+	}
+	status, resp := 404, []byte(`{"message":"no such method"}`)
+	if s.cfg.Method != nil {
+		status, resp = s.cfg.Method(context.Background(), name, msg.Payload())
+	}
+	c.Publish("$iothub/methods/res/"+strconv.Itoa(status)+"/?$rid="+escape(rid), 0, false, resp)
+}
+
+// queryValue reads key from a "?a=b&c=d" query without decoding "+".
+func queryValue(query, key string) string {
+	query = strings.TrimPrefix(query, "?")
+	for kv := range strings.SplitSeq(query, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		if dk, err := url.PathUnescape(k); err == nil && dk == key {
+			dv, _ := url.PathUnescape(v)
+			return dv
+		}
+	}
+	return ""
+}

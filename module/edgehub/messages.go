@@ -95,9 +95,9 @@ func (s *Session) Publish(ctx context.Context, output string, m *Message) error 
 // twin responses and desired patches, and methods.
 func (s *Session) subscribe(ctx context.Context, cli mqtt.Client) error {
 	filters := map[string]mqtt.MessageHandler{
-		"$iothub/twin/res/#":                    s.onTwinResponse,
+		"$iothub/twin/res/#":                      s.onTwinResponse,
 		"$iothub/twin/PATCH/properties/desired/#": s.onDesired,
-		"$iothub/methods/POST/#":                s.onMethod,
+		"$iothub/methods/POST/#":                  s.onMethod,
 	}
 	if s.cfg.Identity.ModuleID != "" {
 		filters[s.cfg.Identity.prefix()+"/inputs/#"] = s.onInput

@@ -114,7 +114,7 @@ var ErrNotAuthorized = errors.New("not authorized (CONNACK 5)")
 func (s *Session) Run(ctx context.Context) error {
 	log := s.cfg.Log
 	opts := mqtt.NewClientOptions().
-		AddBroker("tls://"+s.cfg.Identity.address()).
+		AddBroker("tls://" + s.cfg.Identity.address()).
 		SetClientID(s.cfg.Identity.clientID()).
 		SetCredentialsProvider(func() (string, string) { return s.cfg.Identity.username(), *s.password.Load() }).
 		SetTLSConfig(&tls.Config{RootCAs: s.cfg.RootCAs, ServerName: s.cfg.Identity.Host, MinVersion: tls.VersionTLS12}).

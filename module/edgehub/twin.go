@@ -16,7 +16,9 @@ type TwinError struct {
 	Body   string
 }
 
-func (e *TwinError) Error() string { return fmt.Sprintf("twin request: status %d: %s", e.Status, e.Body) }
+func (e *TwinError) Error() string {
+	return fmt.Sprintf("twin request: status %d: %s", e.Status, e.Body)
+}
 
 // errConnectionLost ends requests whose connection went away before the
 // answer came; ask again once connected.

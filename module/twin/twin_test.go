@@ -1,0 +1,155 @@
+package twin
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	c, err := Parse([]byte(`{"$version":3,"layeredProperties":{"x":1},"output":"plant","batching":{"enabled":true,"linger":"250ms"},
+		"sources":[{"name":"press","url":"tcp://127.0.0.1:1883","topics":[{"filter":"plant/#","qos":1,"properties":{"line":"3"}}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Output != "plant" || !c.Batching.Enabled || c.Batching.Linger != Duration(250*time.Millisecond) || c.Batching.MaxBytes != 4096 ||
+		len(c.Sources) != 1 || c.Sources[0].Topics[0].Properties["line"] != "3" || c.LogLevel != "info" {
+		t.Errorf("Parse = %+v", c)
+	}
+	for _, tc := range []struct{ doc, want string }{
+		{`{"output":"bad name"}`, "output"},
+		{`{"logLevel":"loud"}`, "logLevel"},
+		{`{"batching":{"maxBytes":300000}}`, "batching.maxBytes"},
+		{`{"batching":{"lingr":"1s"}}`, "unknown field"},
+		{`{"queue":{"whenFull":"explode"}}`, "queue.whenFull"},
+		{`{"reportInterval":"soon"}`, "duration"},
+		{`{"sources":[{"name":"a","url":"tcp://h:1","topics":[]},{"name":"a","url":"h","topics":[{"filter":"x","qos":2}]}]}`, "sources[1].name"},
+		{`[1]`, "desired properties"},
+	} {
+		if _, err := Parse([]byte(tc.doc)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(%s) = %v, want an error about %s", tc.doc, err, tc.want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"$version":1,"output":"x","sources":[{"name":"a","url":"tcp://h:1","topics":[{"filter":"#"}]}]}`))
+	f.Add([]byte(`{"batching":{"linger":5}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse accepted an invalid configuration: %v", err)
+		}
+		// What is reported re-parses to the same configuration.
+		out, _ := json.Marshal(c)
+		if _, err := Parse(out); err != nil {
+			t.Fatalf("effective configuration does not parse back: %v\n%s", err, out)
+		}
+	})
+}
+
+// twinService is the twin as IoT Hub keeps it, reached through Get and
+// Report the way the session reaches edgeHub.
+type twinService struct {
+	desired  map[string]any
+	reported []map[string]any
+	gets     int
+}
+
+func (s *twinService) get(context.Context) ([]byte, error) {
+	s.gets++
+	return json.Marshal(map[string]any{"desired": s.desired, "reported": map[string]any{"$version": 1}})
+}
+
+func (s *twinService) report(_ context.Context, patch []byte) error {
+	var p map[string]any
+	if err := json.Unmarshal(patch, &p); err != nil {
+		return err
+	}
+	s.reported = append(s.reported, p["configuration"].(map[string]any))
+	return nil
+}
+
+func (s *twinService) last() map[string]any { return s.reported[len(s.reported)-1] }
+
+func TestReconciler(t *testing.T) {
+	svc := &twinService{desired: map[string]any{"$version": 3.0, "output": "plant", "logLevel": "debug"}}
+	var applied []Config
+	state := filepath.Join(t.TempDir(), "desired.json")
+	r := &Reconciler{Get: svc.get, Report: svc.report, StatePath: state, Apply: func(c Config) error { applied = append(applied, c); return nil }}
+	if c, err := r.Start(); err != nil || c.Output != "telemetry" {
+		t.Fatalf("Start without state = %+v, %v; want the defaults", c, err)
+	}
+	ctx := t.Context()
+	if err := r.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r.Version() != 3 || applied[len(applied)-1].Output != "plant" || svc.last()["status"] != "applied" || svc.last()["version"] != 3.0 {
+		t.Fatalf("after Sync: version %d, applied %+v, reported %v", r.Version(), applied, svc.last())
+	}
+	n := len(applied)
+	// A duplicate and an old patch change nothing.
+	for _, p := range []string{`{"$version":3,"output":"old"}`, `{"$version":2,"output":"older"}`} {
+		if err := r.Patch(ctx, []byte(p)); err != nil || len(applied) != n {
+			t.Errorf("Patch(%s) = %v, applied %d times, want ignored", p, err, len(applied)-n)
+		}
+	}
+	// The next version merges; null deletes.
+	if err := r.Patch(ctx, []byte(`{"$version":4,"logLevel":null,"batching":{"enabled":true}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if c := applied[len(applied)-1]; r.Version() != 4 || c.LogLevel != "info" || !c.Batching.Enabled || c.Output != "plant" {
+		t.Errorf("after patch 4: version %d, config %+v", r.Version(), c)
+	}
+	// An invalid document is rejected; the last good configuration stays.
+	if err := r.Patch(ctx, []byte(`{"$version":5,"queue":{"whenFull":"explode"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if last := svc.last(); r.Version() != 5 || last["status"] != "rejected" || !strings.Contains(last["reason"].(string), "whenFull") ||
+		last["effective"].(map[string]any)["output"] != "plant" {
+		t.Errorf("after invalid patch 5: version %d, reported %v", r.Version(), last)
+	}
+	// A gap fetches the whole twin.
+	svc.desired = map[string]any{"$version": 9.0, "output": "line9"}
+	gets := svc.gets
+	if err := r.Patch(ctx, []byte(`{"$version":9,"output":"line9"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if svc.gets != gets+1 || r.Version() != 9 || applied[len(applied)-1].Output != "line9" {
+		t.Errorf("gap: gets %d→%d, version %d, config %+v", gets, svc.gets, r.Version(), applied[len(applied)-1])
+	}
+
+	// A restart offline starts from the last good configuration.
+	r2 := &Reconciler{Get: svc.get, Report: svc.report, StatePath: state, Apply: func(Config) error { return nil }}
+	if c, err := r2.Start(); err != nil || c.Output != "line9" {
+		t.Errorf("Start after a restart = %+v, %v; want the last good configuration", c, err)
+	}
+}
+
+func TestReconcilerApplyFailureKeepsConfig(t *testing.T) {
+	svc := &twinService{desired: map[string]any{"$version": 1.0, "output": "a"}}
+	fail := false
+	r := &Reconciler{Get: svc.get, Report: svc.report, Apply: func(c Config) error {
+		if fail {
+			return context.DeadlineExceeded
+		}
+		return nil
+	}}
+	r.Start()
+	if err := r.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	fail = true
+	if err := r.Patch(t.Context(), []byte(`{"$version":2,"output":"b"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if last := svc.last(); last["status"] != "rejected" || last["effective"].(map[string]any)["output"] != "a" {
+		t.Errorf("a configuration the relay could not apply = %v, want rejected with the old one effective", last)
+	}
+}

@@ -111,3 +111,19 @@ func TestEnvironmentFrom(t *testing.T) {
 		t.Error("x509 auth scheme accepted")
 	}
 }
+
+func TestParseConnectionString(t *testing.T) {
+	id, key, err := ParseConnectionString("HostName=h.azure-devices.net;DeviceId=edge1;ModuleId=relay;SharedAccessKey=c2VjcmV0;GatewayHostName=gw")
+	if err != nil || id != (Identity{HubHostName: "h.azure-devices.net", DeviceID: "edge1", ModuleID: "relay", Host: "gw"}) || string(key) != "secret" {
+		t.Errorf("ParseConnectionString = %+v, %q, %v", id, key, err)
+	}
+	id, _, err = ParseConnectionString("HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0")
+	if err != nil || id.Host != "h" || id.ModuleID != "" {
+		t.Errorf("device connection string = %+v, %v", id, err)
+	}
+	for _, bad := range []string{"", "HostName=h;DeviceId=d", "HostName=h;DeviceId=d;SharedAccessKey=!!", "HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0;Extra=1", "HostName=h;HostName=i;DeviceId=d;SharedAccessKey=c2VjcmV0", "junk"} {
+		if _, key, err := ParseConnectionString(bad); err == nil || (key != nil && strings.Contains(err.Error(), string(key))) {
+			t.Errorf("ParseConnectionString(%q) = %v", bad, err)
+		}
+	}
+}

@@ -1,0 +1,204 @@
+package edgehub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/internal/hubemu"
+	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/sas"
+)
+
+var moduleKey = []byte("0123456789abcdef0123456789abcdef")
+
+// bench is the hub emulator with a relay module and a sensor module, and a
+// route from the sensor to the relay's input and from the relay to
+// $upstream.
+func bench(t *testing.T, cfg hubemu.Config) *hubtest.Server {
+	t.Helper()
+	cfg.Key = hubtest.Keys(map[string][]byte{"edge1/relay": moduleKey, "edge1/sensor": moduleKey})
+	cfg.Routes = map[string]string{
+		"sensorToRelay": `FROM /messages/modules/sensor/outputs/* INTO BrokeredEndpoint("/modules/relay/inputs/readings")`,
+		"relayUp":       `FROM /messages/modules/relay/outputs/* INTO $upstream`,
+	}
+	return hubtest.Start(t, cfg)
+}
+
+// start runs a Session for the relay module until the test ends.
+func start(t *testing.T, hub *hubtest.Server, cfg Config) *Session {
+	t.Helper()
+	cfg.Identity = Identity{HubHostName: hub.HubHostName(), DeviceID: "edge1", ModuleID: "relay", Host: hub.GatewayHostName(), Address: hub.Addr}
+	if cfg.Signer == nil {
+		cfg.Signer = sas.Key(moduleKey)
+	}
+	cfg.RootCAs = hub.Pool
+	if cfg.Backoff.Base == 0 {
+		cfg.Backoff = backoff.Backoff{Base: 50 * time.Millisecond, Max: 500 * time.Millisecond}
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return s
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// Send, receive on an input, twin, methods: the whole contract once.
+func TestSession(t *testing.T) {
+	hub := bench(t, hubemu.Config{})
+	var inputs sync.Map
+	var desired atomic.Value
+	connected := make(chan struct{}, 10)
+	s := start(t, hub, Config{
+		Input: func(_ context.Context, input string, m *Message) error {
+			inputs.Store(m.ID, input+" from "+m.From)
+			return nil
+		},
+		Method: func(_ context.Context, name string, payload []byte) (int, []byte) {
+			return 200, []byte(fmt.Sprintf(`{"method":%q,"got":%s}`, name, payload))
+		},
+		Desired:   func(p []byte) { desired.Store(string(p)) },
+		Connected: func(context.Context) { connected <- struct{}{} },
+	})
+	ctx := t.Context()
+	<-connected
+
+	m := &Message{Body: []byte(`{"t":21.5}`), ContentType: "application/json", ContentEncoding: "utf-8", Properties: map[string]string{"site": "plant 1"}}
+	if err := s.Publish(ctx, "alerts", m); err != nil {
+		t.Fatal(err)
+	}
+	up, err := hub.WaitUpstream(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := up[0]
+	if string(got.Body) != `{"t":21.5}` || got.System["$.mid"] != m.ID || got.System["$.ct"] != "application/json" || got.Properties["site"] != "plant 1" || got.Output != "alerts" {
+		t.Errorf("upstream = %+v", got)
+	}
+
+	// A sensor's message routed to our input.
+	if err := hub.SendToInput(ctx, "edge1", "relay", "readings", hubemu.Message{Body: []byte("x"), System: map[string]string{"$.mid": "in-1", "$.cdid": "edge1", "$.cmid": "sensor"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the input message", func() bool { v, ok := inputs.Load("in-1"); return ok && v == "readings from edge1/sensor" })
+
+	// Twin: report, read back, desired pushed.
+	if err := s.ReportProperties(ctx, []byte(`{"state":"ok"}`)); err != nil {
+		t.Fatal(err)
+	}
+	tw, err := s.GetTwin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct{ Reported map[string]any }
+	json.Unmarshal(tw, &doc)
+	if doc.Reported["state"] != "ok" {
+		t.Errorf("twin after report = %s", tw)
+	}
+	if _, err := hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"output":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the desired patch", func() bool { v, _ := desired.Load().(string); return v != "" })
+
+	// A direct method.
+	status, resp, err := hub.InvokeMethod(ctx, "edge1", "relay", "ping", json.RawMessage(`{"n":1}`), 5*time.Second)
+	if err != nil || status != 200 || string(resp) != `{"method":"ping","got":{"n":1}}` {
+		t.Errorf("InvokeMethod = %d %s %v", status, resp, err)
+	}
+}
+
+// A stream while tokens live two seconds: the session renews by
+// reconnecting and nothing is lost; the hub's re-authentication drops any
+// connection whose token it would not accept.
+func TestTokenRenewalLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for several token lifetimes")
+	}
+	hub := bench(t, hubemu.Config{ReauthInterval: 200 * time.Millisecond})
+	s := start(t, hub, Config{TokenTTL: 2 * time.Second})
+	ctx := t.Context()
+	const n = 300
+	for i := range n {
+		m := &Message{ID: fmt.Sprintf("m%03d", i), Body: []byte(fmt.Sprint(i))}
+		if err := s.Publish(ctx, "out", m); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // about 6 s: three token lifetimes
+	}
+	if s.TokenRenewals() < 2 {
+		t.Errorf("%d token renewals in 6 s of 2 s tokens, want at least 2", s.TokenRenewals())
+	}
+	seen := map[string]bool{}
+	for _, m := range hub.Upstream() {
+		seen[m.System["$.mid"]] = true
+	}
+	for i := range n {
+		if id := fmt.Sprintf("m%03d", i); !seen[id] {
+			t.Fatalf("message %s never arrived (%d distinct of %d)", id, len(seen), n)
+		}
+	}
+}
+
+// CONNACK 5 (a signer that signs wrong at first) is answered with a fresh
+// token; a hub that drops every connection or refuses for a while is
+// waited out; publishes made meanwhile get through.
+func TestRecovery(t *testing.T) {
+	hub := bench(t, hubemu.Config{})
+	var bad atomic.Int32
+	bad.Store(2)
+	s := start(t, hub, Config{Signer: signerFunc(func(ctx context.Context, data []byte) ([]byte, error) {
+		if bad.Add(-1) >= 0 {
+			return sas.Key("wrong key").Sign(ctx, data)
+		}
+		return sas.Key(moduleKey).Sign(ctx, data)
+	})})
+	ctx := t.Context()
+	if err := s.Publish(ctx, "out", &Message{ID: "after-5", Body: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	hub.RefuseConnects(500 * time.Millisecond)
+	hub.DropAll()
+	if err := s.Publish(ctx, "out", &Message{ID: "after-drop", Body: []byte("2")}); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, m := range hub.Upstream() {
+		seen[m.System["$.mid"]] = true
+	}
+	if !seen["after-5"] || !seen["after-drop"] {
+		t.Errorf("upstream has %v, want both messages", seen)
+	}
+}
+
+type signerFunc func(context.Context, []byte) ([]byte, error)
+
+func (f signerFunc) Sign(ctx context.Context, data []byte) ([]byte, error) { return f(ctx, data) }

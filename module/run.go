@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/module/edgehub"
+	"github.com/edgetpm/edgetpm/module/twin"
+	"github.com/edgetpm/edgetpm/module/workload"
+	"github.com/edgetpm/edgetpm/provisioner/tpm"
+)
+
+// env looks up an environment variable (os.Getenv in main).
+type env func(string) string
+
+func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) error {
+	fs := flag.NewFlagSet("edge-relay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data", envOr(getenv, "EDGE_RELAY_DATA", "/data"), "`DIR` for the queue and the last good configuration: a volume, so they survive re-creating the container [$EDGE_RELAY_DATA]")
+	deviceState := fs.String("device-state", getenv("EDGE_RELAY_DEVICE_STATE"), "run as the device in `FILE`, the assignment edge-provisioner saved, signing in the TPM [$EDGE_RELAY_DEVICE_STATE]")
+	caFile := fs.String("ca-file", getenv("EdgeModuleCACertificateFile"), "trust the CA certificates in `PEM` (development and device mode; IoT Edge gives its own) [$EdgeModuleCACertificateFile]")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	level := new(logLevel)
+	level.Store(int32(zerolog.InfoLevel))
+	log := newLogger(stderr, level)
+
+	conn, err := connection(ctx, getenv, *deviceState, *caFile)
+	if err != nil {
+		return usageError{err}
+	}
+	defer conn.close()
+	log.Info().Str("mode", conn.mode).Str("device", conn.id.DeviceID).Str("module", conn.id.ModuleID).Str("host", conn.id.Host).Msg("starting")
+
+	r := &relay{log: log, level: level, started: time.Now()}
+	var sess *edgehub.Session
+	rec := &twin.Reconciler{
+		Get:       func(ctx context.Context) ([]byte, error) { return sess.GetTwin(ctx) },
+		Report:    func(ctx context.Context, p []byte) error { return sess.ReportProperties(ctx, p) },
+		Apply:     r.apply,
+		StatePath: filepath.Join(*dataDir, "desired.json"),
+		Log:       log,
+	}
+	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+		return fmt.Errorf("data folder: %w", err)
+	}
+	if _, err := rec.Start(); err != nil {
+		return err
+	}
+	sess, err = edgehub.New(edgehub.Config{
+		Identity: conn.id,
+		Signer:   conn.signer,
+		RootCAs:  conn.roots,
+		Input:    func(ctx context.Context, input string, m *edgehub.Message) error { return r.forward(ctx, sess, input, m) },
+		Method:   r.method,
+		Desired: func(patch []byte) {
+			if err := rec.Patch(ctx, patch); err != nil {
+				log.Warn().Err(err).Msg("desired patch")
+			}
+		},
+		Connected: func(ctx context.Context) {
+			if err := rec.Sync(ctx); err != nil {
+				log.Warn().Err(err).Msg("twin sync")
+			}
+		},
+		Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	r.session = sess
+	return sess.Run(ctx)
+}
+
+func envOr(getenv env, key, def string) string {
+	if v := getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// conn is how this process connects: its identity, signer and trust.
+type conn struct {
+	mode   string
+	id     edgehub.Identity
+	signer sas.Signer
+	roots  *x509.CertPool
+	close  func()
+}
+
+// connection picks the mode from the environment: a connection string
+// (development), the IoT Edge environment (a module), or a device
+// assignment (device mode, TPM).
+func connection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
+	roots, err := trust(caFile)
+	if err != nil {
+		return nil, err
+	}
+	nothing := func() {}
+	if cs := envOr(getenv, "EdgeHubConnectionString", getenv("IotHubConnectionString")); cs != "" {
+		id, key, err := edgehub.ParseConnectionString(cs)
+		if err != nil {
+			return nil, err
+		}
+		return &conn{"development", id, sas.Key(key), roots, nothing}, nil
+	}
+	if deviceState != "" {
+		a, err := assignment.Load(deviceState)
+		if err != nil {
+			return nil, err
+		}
+		t, err := tpm.Open(a.TPM, tpm.Config{AuthKeyHandle: tpmHandle(a.AuthKeyHandle)})
+		if err != nil {
+			return nil, err
+		}
+		id := edgehub.Identity{HubHostName: a.AssignedHub, DeviceID: a.DeviceID, Host: a.AssignedHub, Address: getenv("EDGE_RELAY_HUB_ADDRESS")}
+		return &conn{"device", id, t, roots, func() { t.Close() }}, nil
+	}
+	e, err := edgehub.EnvironmentFrom(getenv)
+	if err != nil {
+		return nil, fmt.Errorf("%w (or set EdgeHubConnectionString, or --device-state)", err)
+	}
+	w, err := workload.New(e.WorkloadURI, e.ModuleID, e.GenerationID, e.APIVersion)
+	if err != nil {
+		return nil, err
+	}
+	bundle, err := w.TrustBundle(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(bundle) {
+		return nil, errors.New("the workload API's trust bundle holds no certificate")
+	}
+	id := e.Identity()
+	id.Address = getenv("EDGE_RELAY_HUB_ADDRESS")
+	return &conn{"module", id, w, pool, nothing}, nil
+}
+
+// trust is the system roots plus the certificates in caFile.
+func trust(caFile string) (*x509.CertPool, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA file: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	return pool, nil
+}
+
+// logLevel is the level setLogLevel changes while logs are written.
+type logLevel struct{ atomic.Int32 }
+
+func (l *logLevel) get() zerolog.Level { return zerolog.Level(l.Load()) }

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/edgetpm/edgetpm/internal/hubemu"
+	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/workloademu"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var relayKey = []byte("relay-module-key-0123456789abcdef")
+
+// syncBuffer is a log the relay writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// edge is an IoT Edge device in the small: the hub emulator as edgeHub,
+// the workload API on a unix socket, and edge-relay started as IoT Edge
+// starts a module, with its environment.
+type edge struct {
+	hub  *hubtest.Server
+	log  *syncBuffer
+	data string
+	stop func() error
+}
+
+func startEdge(t *testing.T) *edge {
+	t.Helper()
+	hub := hubtest.Start(t, hubemu.Config{
+		Key: hubtest.Keys(map[string][]byte{"edge1/relay": relayKey}),
+		Routes: map[string]string{
+			"up": `FROM /messages/modules/relay/outputs/* INTO $upstream`,
+		},
+	})
+	wl, err := workloademu.New(workloademu.Config{
+		Key: func(m string) ([]byte, bool) { return relayKey, m == "relay" },
+		// The hub's server certificate is issued by this CA: IoT Edge's
+		// trust bundle holds the Edge CA that issued edgeHub's.
+		TrustBundle: hub.CA.CertPEM(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "relay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "workload.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	wlDone := make(chan error, 1)
+	go func() { wlDone <- wl.Serve(ctx, sock) }()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	environ := map[string]string{
+		"IOTEDGE_WORKLOADURI": "unix://" + sock, "IOTEDGE_AUTHSCHEME": "sasToken", "IOTEDGE_MODULEGENERATIONID": "1",
+		"IOTEDGE_IOTHUBHOSTNAME": hub.HubHostName(), "IOTEDGE_GATEWAYHOSTNAME": hub.GatewayHostName(),
+		"IOTEDGE_DEVICEID": "edge1", "IOTEDGE_MODULEID": "relay", "IOTEDGE_APIVERSION": "2022-08-03",
+		"EDGE_RELAY_HUB_ADDRESS": hub.Addr,
+	}
+	e := &edge{hub: hub, log: &syncBuffer{}, data: filepath.Join(dir, "data")}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--data", e.data}, nil, e.log, func(k string) string { return environ[k] })
+	}()
+	e.stop = func() error {
+		cancel()
+		err := <-done
+		if werr := <-wlDone; werr != nil && err == nil {
+			err = werr
+		}
+		return err
+	}
+	t.Cleanup(func() {
+		if err := e.stop(); err != nil {
+			t.Errorf("edge-relay: %v", err)
+		}
+	})
+	waitFor(t, "the relay to connect", func() bool { return hub.Connected("edge1", "relay") })
+	return e
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// reported reads the module twin's reported "configuration".
+func reported(t *testing.T, hub *hubtest.Server) map[string]any {
+	t.Helper()
+	tw, err := hub.Twin("edge1", "relay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		Configuration map[string]any `json:"configuration"`
+	}
+	json.Unmarshal(tw.Reported, &r)
+	return r.Configuration
+}
+
+func TestModule(t *testing.T) {
+	e := startEdge(t)
+	ctx := t.Context()
+
+	// The twin is applied on connect and reported.
+	waitFor(t, "the first report", func() bool { return reported(t, e.hub) != nil })
+	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"output":"plant","logLevel":"debug"}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the desired patch applied", func() bool { c := reported(t, e.hub); return c["status"] == "applied" && c["version"] == 2.0 })
+
+	// Inputs go out on the configured output with their $.mid.
+	for i := range 5 {
+		err := e.hub.SendToInput(ctx, "edge1", "relay", "readings", hubemu.Message{Body: []byte(fmt.Sprint(i)), System: map[string]string{"$.mid": fmt.Sprint("r", i)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	up, err := e.hub.WaitUpstream(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range up {
+		if m.Output != "plant" || m.System["$.mid"] != fmt.Sprint("r", i) || m.Properties["input"] != "readings" {
+			t.Errorf("upstream[%d] = %+v", i, m)
+		}
+	}
+
+	// An invalid document is rejected and the old configuration stays.
+	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"queue":{"whenFull":"explode"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the rejection", func() bool { return reported(t, e.hub)["status"] == "rejected" })
+	if eff := reported(t, e.hub)["effective"].(map[string]any); eff["output"] != "plant" {
+		t.Errorf("effective after a rejected document = %v", eff)
+	}
+
+	// Direct methods.
+	for _, tc := range []struct {
+		method, payload string
+		status          int
+		want            string
+	}{
+		{"ping", `{}`, 200, `"pong":true`},
+		{"stats", ``, 200, `"sent":5`},
+		{"flush", ``, 200, `"flushed"`},
+		{"setLogLevel", `{"level":"warn"}`, 200, `"level":"warn"`},
+		{"setLogLevel", `{"level":"loud"}`, 400, `level must be`},
+		{"setLogLevel", `nonsense`, 400, `want`},
+		{"reboot", `{}`, 404, `no method reboot`},
+	} {
+		payload := json.RawMessage(tc.payload)
+		if tc.payload == "" {
+			payload = nil
+		}
+		status, resp, err := e.hub.InvokeMethod(ctx, "edge1", "relay", tc.method, payload, 5*time.Second)
+		if err != nil || status != tc.status || !strings.Contains(string(resp), tc.want) {
+			t.Errorf("%s(%s) = %d %s %v; want %d with %s", tc.method, tc.payload, status, resp, err, tc.status, tc.want)
+		}
+	}
+
+	// The log is in IoT Edge's format, and no token reached it.
+	log := e.log.String()
+	if !regexp.MustCompile(`(?m)^<6> \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \+00:00 connected`).MatchString(log) {
+		t.Errorf("log lines are not in the IoT Edge format:\n%s", log)
+	}
+	if strings.Contains(log, "sig=") || strings.Contains(log, "SharedAccessSignature") {
+		t.Errorf("the log shows a token:\n%s", log)
+	}
+
+	// The last good configuration is kept for an offline start.
+	b, err := os.ReadFile(filepath.Join(e.data, "desired.json"))
+	if err != nil || !strings.Contains(string(b), `"output":"plant"`) {
+		t.Errorf("kept configuration = %s, %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(e.data, "desired.json")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("kept configuration mode = %v, %v; want 0600", fi.Mode(), err)
+	}
+}
+
+// Desired patches made while the module is away are applied when it is
+// back: the twin is fetched again on every connect.
+func TestDesiredWhileOffline(t *testing.T) {
+	e := startEdge(t)
+	waitFor(t, "the first report", func() bool { return reported(t, e.hub) != nil })
+	e.hub.RefuseConnects(time.Second)
+	e.hub.DropAll()
+	waitFor(t, "the relay to drop", func() bool { return !e.hub.Connected("edge1", "relay") })
+	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"output":"offline1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"logLevel":"warn"}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the offline patches applied", func() bool {
+		c := reported(t, e.hub)
+		eff, _ := c["effective"].(map[string]any)
+		return c["status"] == "applied" && eff["output"] == "offline1" && eff["logLevel"] == "warn"
+	})
+}
+
+func TestUsage(t *testing.T) {
+	err := run(t.Context(), []string{"--data", t.TempDir()}, nil, &syncBuffer{}, func(string) string { return "" })
+	if exitCode(err) != 2 || !strings.Contains(err.Error(), "IOTEDGE_WORKLOADURI") {
+		t.Errorf("edge-relay without an environment = %v (exit %d), want a usage error naming what is missing", err, exitCode(err))
+	}
+}

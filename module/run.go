@@ -67,8 +67,10 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		Identity: conn.id,
 		Signer:   conn.signer,
 		RootCAs:  conn.roots,
-		Input:    func(ctx context.Context, input string, m *edgehub.Message) error { return r.forward(ctx, sess, input, m) },
-		Method:   r.method,
+		Input: func(ctx context.Context, input string, m *edgehub.Message) error {
+			return r.forward(ctx, sess, input, m)
+		},
+		Method: r.method,
 		Desired: func(patch []byte) {
 			if err := rec.Patch(ctx, patch); err != nil {
 				log.Warn().Err(err).Msg("desired patch")

@@ -244,3 +244,10 @@ func TestUsage(t *testing.T) {
 		t.Errorf("edge-relay without an environment = %v (exit %d), want a usage error naming what is missing", err, exitCode(err))
 	}
 }
+
+func writeFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

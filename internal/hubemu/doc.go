@@ -1,0 +1,31 @@
+// Package hubemu emulates edgeHub, and IoT Hub's MQTT endpoint for devices
+// and modules, as strictly as edgeHub treats what a module sends
+// (edge-runtime.md §3, §4, §5, §8, §9):
+//
+//   - MQTT 3.1.1 over TLS only; CONNECT checked like edgeHub: client id
+//     equal to the identity, the username rules of MqttUsernameParser, a SAS
+//     token verified with the identity key for the hub or gateway host, and
+//     CONNACK 5 or 3 as edgeHub answers; a second connection of an identity
+//     closes the first; connections whose token has expired are closed at
+//     the next re-authentication;
+//   - telemetry on the four inbound topic forms with property bags, routed
+//     by edgeHub routes to $upstream (a sink the tests read) or to module
+//     inputs, and acknowledged only once recorded or queued;
+//   - delivery to module inputs one message at a time, waiting for the
+//     PUBACK and retrying with backoff until the message's TTL;
+//   - module and device twins (GET, reported patches answered 204 without
+//     $version, desired pushes only to connected modules) and direct
+//     methods; a twin request without $rid closes the connection, as the
+//     exception it raises in edgeHub does;
+//   - a service API shaped like IoT Hub's REST API, and faults injected at
+//     run time (dropped connections, held PUBACKs, refused CONNECTs).
+//
+// The MQTT protocol itself is github.com/mochi-mqtt/server, driven through
+// its hooks: everything a client publishes is consumed by the emulator
+// (mochi never forwards it between clients), and everything the emulator
+// sends is written to the client directly, so that acknowledgements and
+// packet identifiers stay under the emulator's control.
+//
+// A Server is safe for concurrent use. Serve runs it on a listener until its
+// context ends; the package hubtest starts one for tests.
+package hubemu

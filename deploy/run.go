@@ -15,6 +15,9 @@ commands:
   lab dps     serve a DPS emulator for TPM attestation over HTTPS
   lab enroll  enroll a TPM in the running lab's DPS, from
               'edge-provisioner identity --json'
+  lab hub     serve an edgeHub and IoT Hub emulator (MQTT over TLS and a
+              service API) for the devices lab dps assigns
+  lab workload serve the IoT Edge workload API for a device's modules
 
 Run "edge-deploy lab dps --help" for the flags of a command.
 `
@@ -52,9 +55,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return labDPS(ctx, args[2:], stdout, stderr)
 		case len(args) > 1 && args[1] == "enroll":
 			return labEnroll(ctx, args[2:], os.Stdin, stdout, stderr)
+		case len(args) > 1 && args[1] == "hub":
+			return labHub(ctx, args[2:], stdout, stderr)
+		case len(args) > 1 && args[1] == "workload":
+			return labWorkload(ctx, args[2:], stdout, stderr)
 		}
 		fmt.Fprint(stderr, usage)
-		return usagef("lab: want dps or enroll")
+		return usagef("lab: want dps, enroll, hub or workload")
 	}
 	fmt.Fprint(stderr, usage)
 	return usagef("unknown command %q", args[0])

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"path/filepath"
 	"testing"
@@ -68,4 +69,30 @@ func TestDeviceMode(t *testing.T) {
 	if err != nil || status != 200 {
 		t.Errorf("ping the device = %d %s %v", status, resp, err)
 	}
+}
+
+// Development mode: a module connection string and a CA file.
+func TestDevelopmentMode(t *testing.T) {
+	hub := hubtest.Start(t, hubemu.Config{Key: hubtest.Keys(map[string][]byte{"edge1/relay": relayKey})})
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	writeFile(t, caFile, hub.CA.CertPEM())
+	environ := map[string]string{
+		"EdgeHubConnectionString": "HostName=" + hub.HubHostName() + ";GatewayHostName=" + hub.GatewayHostName() +
+			";DeviceId=edge1;ModuleId=relay;SharedAccessKey=" + base64.StdEncoding.EncodeToString(relayKey),
+		"EdgeModuleCACertificateFile": caFile,
+		"EDGE_RELAY_HUB_ADDRESS":      hub.Addr,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--data", filepath.Join(dir, "data")}, nil, &syncBuffer{}, func(k string) string { return environ[k] })
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("edge-relay: %v", err)
+		}
+	}()
+	waitFor(t, "the module to connect", func() bool { return hub.Connected("edge1", "relay") })
 }

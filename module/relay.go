@@ -66,6 +66,17 @@ type stats struct {
 	LogLevel      string `json:"logLevel"`
 }
 
+func (r *relay) stats() stats {
+	st := stats{Received: r.received.Load(), Sent: r.sent.Load(), Uptime: time.Since(r.started).Round(time.Second).String(), LogLevel: r.level.get().String()}
+	if r.session != nil {
+		st.TokenRenewals = r.session.TokenRenewals()
+	}
+	if c := r.config.Load(); c != nil {
+		st.Output = c.Output
+	}
+	return st
+}
+
 // method answers direct methods: ping, stats, flush, setLogLevel.
 func (r *relay) method(_ context.Context, name string, payload []byte) (int, []byte) {
 	answer := func(status int, v any) (int, []byte) {
@@ -76,10 +87,7 @@ func (r *relay) method(_ context.Context, name string, payload []byte) (int, []b
 	case "ping":
 		return answer(200, map[string]any{"pong": true, "time": time.Now().UTC()})
 	case "stats":
-		return answer(200, stats{
-			Received: r.received.Load(), Sent: r.sent.Load(), TokenRenewals: r.session.TokenRenewals(),
-			Uptime: time.Since(r.started).Round(time.Second).String(), Output: r.config.Load().Output, LogLevel: r.level.get().String(),
-		})
+		return answer(200, r.stats())
 	case "flush":
 		// Inputs are relayed as they come: nothing waits to be flushed.
 		return answer(200, map[string]any{"flushed": 0})

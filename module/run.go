@@ -55,6 +55,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		Report:    func(ctx context.Context, p []byte) error { return sess.ReportProperties(ctx, p) },
 		Apply:     r.apply,
 		StatePath: filepath.Join(*dataDir, "desired.json"),
+		Counters:  func() any { return r.stats() },
 		Log:       log,
 	}
 	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
@@ -108,8 +109,18 @@ type conn struct {
 
 // connection picks the mode from the environment: a connection string
 // (development), the IoT Edge environment (a module), or a device
-// assignment (device mode, TPM).
+// assignment (device mode, TPM). $EDGE_RELAY_HUB_ADDRESS, when set, is
+// dialled instead of the host (the lab, where the gateway's name does not
+// resolve); the certificate is still checked against the host's name.
 func connection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
+	c, err := pickConnection(ctx, getenv, deviceState, caFile)
+	if err == nil {
+		c.id.Address = getenv("EDGE_RELAY_HUB_ADDRESS")
+	}
+	return c, err
+}
+
+func pickConnection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
 	roots, err := trust(caFile)
 	if err != nil {
 		return nil, err
@@ -131,7 +142,7 @@ func connection(ctx context.Context, getenv env, deviceState, caFile string) (*c
 		if err != nil {
 			return nil, err
 		}
-		id := edgehub.Identity{HubHostName: a.AssignedHub, DeviceID: a.DeviceID, Host: a.AssignedHub, Address: getenv("EDGE_RELAY_HUB_ADDRESS")}
+		id := edgehub.Identity{HubHostName: a.AssignedHub, DeviceID: a.DeviceID, Host: a.AssignedHub}
 		return &conn{"device", id, t, roots, func() { t.Close() }}, nil
 	}
 	e, err := edgehub.EnvironmentFrom(getenv)
@@ -150,9 +161,7 @@ func connection(ctx context.Context, getenv env, deviceState, caFile string) (*c
 	if !pool.AppendCertsFromPEM(bundle) {
 		return nil, errors.New("the workload API's trust bundle holds no certificate")
 	}
-	id := e.Identity()
-	id.Address = getenv("EDGE_RELAY_HUB_ADDRESS")
-	return &conn{"module", id, w, pool, nothing}, nil
+	return &conn{"module", e.Identity(), w, pool, nothing}, nil
 }
 
 // trust is the system roots plus the certificates in caFile.

@@ -147,6 +147,9 @@ func TestModule(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the desired patch applied", func() bool { c := reported(t, e.hub); return c["status"] == "applied" && c["version"] == 2.0 })
+	if counters, ok := reported(t, e.hub)["counters"].(map[string]any); !ok || counters["logLevel"] != "debug" {
+		t.Errorf("reported counters = %v", reported(t, e.hub)["counters"])
+	}
 
 	// Inputs go out on the configured output with their $.mid.
 	for i := range 5 {

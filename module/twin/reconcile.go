@@ -25,7 +25,9 @@ type Reconciler struct {
 	// StatePath keeps the last good configuration (0600), so the module
 	// starts with it while offline.
 	StatePath string
-	Log       zerolog.Logger
+	// Counters, when set, adds the module's counters to each report.
+	Counters func() any
+	Log      zerolog.Logger
 
 	mu      sync.Mutex
 	version int64          // desired $version applied (or rejected)
@@ -146,6 +148,9 @@ func (r *Reconciler) apply(ctx context.Context, v int64) error {
 		r.Log.Info().Int64("version", v).Msg("desired properties applied")
 	}
 	report["effective"] = r.good
+	if r.Counters != nil {
+		report["counters"] = r.Counters()
+	}
 	patch, _ := json.Marshal(map[string]any{"configuration": report})
 	if err := r.Report(ctx, patch); err != nil {
 		return fmt.Errorf("report configuration: %w", err)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: go vet, then the unit and integration tests with -race.
 # Run as root, it first installs the test peers that are missing (swtpm,
-# swtpm-tools, tpm2-tools, containerd, runc, Docker's engine, Node.js and
-# npm) with apt; otherwise tests that need a missing peer are skipped,
+# swtpm-tools, tpm2-tools, containerd, runc, Docker's engine, Mosquitto,
+# Node.js and npm) with apt; otherwise tests that need a missing peer are skipped,
 # except under CI, where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ command -v gcc >/dev/null || missing+=(gcc) # cgo: the in-process reference TPM 
 command -v containerd >/dev/null || missing+=(containerd)
 command -v runc >/dev/null || missing+=(runc)
 command -v dockerd >/dev/null || missing+=(docker.io)
+# Local MQTT producers publish to a real Mosquitto, one per test.
+command -v mosquitto >/dev/null || missing+=(mosquitto)
 # Azure's Node.js DPS client, registered against the DPS emulator.
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)

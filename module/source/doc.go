@@ -1,0 +1,48 @@
+// Package source relays telemetry from a plant's local MQTT brokers
+// (Mosquitto, Node-RED, PLC gateways) into the durable queue, one
+// [Manager] for all the sources the module twin configures.
+//
+// The promise is store-and-forward without loss: a QoS 1 message is
+// acknowledged to the local broker (PUBACK) only after the queue has
+// written it to disk. While the queue refuses (full under backpressure, or
+// a disk error) the acknowledgement is held and the append retried with
+// backoff; the broker's in-flight window (Mosquitto's
+// max_inflight_messages, 20 by default) then stops it sending more, and it
+// queues the rest for us. If the source is stopped first, the broker sends
+// the unacknowledged messages again on the next connection, because every
+// source keeps a persistent session (clean session off) under a client ID
+// that stays the same across restarts:
+//
+//	edge-relay-<source name>-<8 hex digits>
+//
+// The last part is a hash of $IOTEDGE_DEVICEID and $IOTEDGE_MODULEID, so
+// that two relays on different devices never take over each other's
+// session on a shared broker. Outside IoT Edge it is random per Manager,
+// and a restart starts a new session.
+//
+// Delivery is at least once. Redeliveries get a new message ID and may
+// duplicate what was queued just before a connection dropped. QoS 0
+// subscriptions are best effort: nothing is acknowledged and a message the
+// queue refuses when the source stops is lost.
+//
+// Each message becomes one [queue.Message]:
+//
+//   - ID: 128 random bits in hex, kept for every send attempt ($.mid);
+//   - Source: "mqtt:<source name>", the unit of ordering;
+//   - Output: the topic's output, else the default output;
+//   - Properties: the topic's configured properties, then [PropTopic]
+//     (the MQTT topic) and, for a retained message delivered because we
+//     subscribed, [PropRetained]; these two win over configured keys;
+//   - ContentType "application/json" and ContentEncoding "utf-8" when the
+//     payload is valid UTF-8 JSON (so IoT Hub can route on the body),
+//     both empty otherwise;
+//   - Body: the payload as received.
+//
+// Order is kept per source: paho calls the handler for one message at a
+// time (OrderMatters) and a single worker appends what it hands over, in
+// batches, in order. Changing a source's configuration restarts it:
+// filters it no longer has are unsubscribed from the kept session, and a
+// removed source (or one moved to another broker) has its session ended
+// with a clean-session connect, so the broker stops keeping messages for
+// it.
+package source

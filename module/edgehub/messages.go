@@ -33,6 +33,8 @@ type Message struct {
 	Properties map[string]string
 	// From is the sender's "device/module" ($.cdid/$.cmid) on inputs.
 	From string
+	// Expiry is $.exp: after it the message is stale. Zero is never.
+	Expiry time.Time
 }
 
 // NewMessageID returns a random message ID.
@@ -54,6 +56,9 @@ func (m *Message) system(output string) map[string]string {
 	set(PropCorrelationID, m.CorrelationID)
 	set(PropContentType, m.ContentType)
 	set(PropContentEncoding, m.ContentEncoding)
+	if !m.Expiry.IsZero() {
+		set(PropExpiry, m.Expiry.UTC().Format(time.RFC3339Nano))
+	}
 	return sys
 }
 
@@ -165,6 +170,10 @@ func (s *Session) parseInput(topic string, body []byte) (string, *Message, error
 	m := &Message{
 		Body: body, ID: sys[PropMessageID], CorrelationID: sys[PropCorrelationID],
 		ContentType: sys[PropContentType], ContentEncoding: sys[PropContentEncoding], Properties: app,
+	}
+	if exp := sys[PropExpiry]; exp != "" {
+		// An unreadable $.exp is not a reason to lose the message.
+		m.Expiry, _ = time.Parse(time.RFC3339Nano, exp)
 	}
 	if d := sys[PropConnDevice]; d != "" {
 		m.From = d

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestEncodeProperties(t *testing.T) {
@@ -62,8 +63,9 @@ func FuzzParseProperties(f *testing.F) {
 
 func TestParseInput(t *testing.T) {
 	s := &Session{cfg: Config{Identity: Identity{HubHostName: "h", DeviceID: "edge1", ModuleID: "relay", Host: "gw"}}}
-	input, m, err := s.parseInput("devices/edge1/modules/relay/inputs/in%201/%24.mid=7&%24.ct=application%2Fjson&%24.cdid=edge1&%24.cmid=sensor&k=v", []byte("{}"))
-	if err != nil || input != "in 1" || m.ID != "7" || m.ContentType != "application/json" || m.From != "edge1/sensor" || m.Properties["k"] != "v" {
+	input, m, err := s.parseInput("devices/edge1/modules/relay/inputs/in%201/%24.mid=7&%24.ct=application%2Fjson&%24.cdid=edge1&%24.cmid=sensor&%24.exp=2026-11-23T10%3A00%3A00Z&k=v", []byte("{}"))
+	if err != nil || input != "in 1" || m.ID != "7" || m.ContentType != "application/json" || m.From != "edge1/sensor" || m.Properties["k"] != "v" ||
+		!m.Expiry.Equal(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)) {
 		t.Errorf("parseInput = %q, %+v, %v", input, m, err)
 	}
 	for _, topic := range []string{"devices/edge1/modules/other/inputs/x/", "devices/edge1/modules/relay/inputs//", "devices/edge1/modules/relay/inputs/x/k=%zz"} {

@@ -102,6 +102,13 @@ func New(cfg Config) (*Session, error) {
 	return &Session{cfg: cfg, up: make(chan struct{}), lost: make(chan error, 1)}, nil
 }
 
+// Connected reports whether the session is connected now.
+func (s *Session) Connected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cli != nil
+}
+
 // TokenRenewals counts reconnects made to replace a token.
 func (s *Session) TokenRenewals() int64 { return s.renewals.Load() }
 

@@ -56,7 +56,7 @@ func TestDeviceMode(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--data", filepath.Join(dir, "data"), "--device-state", state, "--ca-file", caFile}, nil, &syncBuffer{}, func(k string) string { return environ[k] })
+		done <- run(ctx, []string{"--metrics-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "data"), "--device-state", state, "--ca-file", caFile}, nil, &syncBuffer{}, func(k string) string { return environ[k] })
 	}()
 	defer func() {
 		cancel()
@@ -86,7 +86,7 @@ func TestDevelopmentMode(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--data", filepath.Join(dir, "data")}, nil, &syncBuffer{}, func(k string) string { return environ[k] })
+		done <- run(ctx, []string{"--metrics-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "data")}, nil, &syncBuffer{}, func(k string) string { return environ[k] })
 	}()
 	defer func() {
 		cancel()

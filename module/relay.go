@@ -11,74 +11,117 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/module/edgehub"
+	"github.com/edgetpm/edgetpm/module/queue"
+	"github.com/edgetpm/edgetpm/module/relay"
+	"github.com/edgetpm/edgetpm/module/source"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
 func tpmHandle(h uint32) tpm2.TPMHandle { return tpm2.TPMHandle(h) }
 
-// relay forwards what arrives on inputs to the configured output and
-// answers direct methods. The durable queue between the two comes with
-// the store-and-forward work; until then an input is acknowledged only
-// once edgeHub has acknowledged its copy, so nothing is lost either way.
-type relay struct {
+// app ties the module together: the configuration in effect, the
+// pipeline, the direct methods and the reported summary.
+type app struct {
 	log     zerolog.Logger
 	level   *logLevel
-	session *edgehub.Session
-	config  atomic.Pointer[twin.Config]
 	started time.Time
 
-	received, sent atomic.Int64
+	session *edgehub.Session
+	queue   *queue.Queue
+	relay   *relay.Relay
+	sources *source.Manager
+
+	config atomic.Pointer[twin.Config]
 }
 
-// apply puts a configuration into effect, live.
-func (r *relay) apply(c twin.Config) error {
+// apply puts a configuration into effect, live. Before the pipeline exists
+// (the last good configuration at start) it only records it.
+func (a *app) apply(c twin.Config) error {
 	l, err := zerolog.ParseLevel(c.LogLevel)
 	if err != nil {
 		return err
 	}
-	r.level.Store(int32(l))
-	r.config.Store(&c)
+	if a.relay != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := a.sources.Apply(ctx, c.Sources, c.Output); err != nil {
+			return err
+		}
+		a.queue.SetLimits(c.Queue.MaxBytes, time.Duration(c.Queue.MaxAge), policy(c.Queue.WhenFull))
+		a.relay.SetConfig(c)
+	}
+	a.level.Store(int32(l))
+	a.config.Store(&c)
 	return nil
 }
 
-// forward relays an input message to the output, keeping its $.mid.
-func (r *relay) forward(ctx context.Context, s *edgehub.Session, input string, m *edgehub.Message) error {
-	r.received.Add(1)
-	out := &edgehub.Message{Body: m.Body, ID: m.ID, CorrelationID: m.CorrelationID, ContentType: m.ContentType, ContentEncoding: m.ContentEncoding, Properties: m.Properties}
-	if out.Properties == nil {
-		out.Properties = map[string]string{}
-	}
-	out.Properties["input"] = input
-	if err := s.Publish(ctx, r.config.Load().Output, out); err != nil {
-		return err
-	}
-	r.sent.Add(1)
-	return nil
-}
-
-// stats is what the stats method returns.
+// stats is what the stats method returns and the summary reports.
 type stats struct {
-	Received      int64  `json:"received"`
-	Sent          int64  `json:"sent"`
-	TokenRenewals int64  `json:"tokenRenewals"`
-	Uptime        string `json:"uptime"`
-	Output        string `json:"output"`
-	LogLevel      string `json:"logLevel"`
+	Uptime        string                        `json:"uptime"`
+	Connected     bool                          `json:"connected"`
+	TokenRenewals int64                         `json:"tokenRenewals"`
+	Output        string                        `json:"output"`
+	LogLevel      string                        `json:"logLevel"`
+	Queue         *queueStats                   `json:"queue,omitempty"`
+	Sources       map[string]source.SourceStats `json:"sources,omitempty"`
 }
 
-func (r *relay) stats() stats {
-	st := stats{Received: r.received.Load(), Sent: r.sent.Load(), Uptime: time.Since(r.started).Round(time.Second).String(), LogLevel: r.level.get().String()}
-	if r.session != nil {
-		st.TokenRenewals = r.session.TokenRenewals()
-	}
-	if c := r.config.Load(); c != nil {
+type queueStats struct {
+	Depth        int64            `json:"depth"`
+	Bytes        int64            `json:"bytes"`
+	DiskBytes    int64            `json:"diskBytes"`
+	OldestAgeSec float64          `json:"oldestAgeSeconds"`
+	Appended     int64            `json:"appended"`
+	Acked        int64            `json:"acknowledged"`
+	Dropped      map[string]int64 `json:"dropped"`
+	Corrupt      int64            `json:"corrupt"`
+}
+
+func (a *app) stats() stats {
+	st := stats{Uptime: time.Since(a.started).Round(time.Second).String(), LogLevel: a.level.get().String()}
+	if c := a.config.Load(); c != nil {
 		st.Output = c.Output
+	}
+	if a.session != nil {
+		st.Connected, st.TokenRenewals = a.session.Connected(), a.session.TokenRenewals()
+	}
+	if a.queue != nil {
+		q := a.queue.Stats()
+		st.Queue = &queueStats{q.Depth, q.Bytes, q.DiskBytes, q.OldestAge.Seconds(), q.Appended, q.Acked, q.Dropped, q.Corrupt}
+	}
+	if a.sources != nil {
+		st.Sources = a.sources.Stats()
 	}
 	return st
 }
 
+// report sends the summary to reported properties every reportInterval
+// while connected, at most that often.
+func (a *app) report(ctx context.Context, s *edgehub.Session) error {
+	for {
+		interval := time.Minute
+		if c := a.config.Load(); c != nil {
+			interval = time.Duration(c.ReportInterval)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+		if !s.Connected() {
+			continue
+		}
+		patch, _ := json.Marshal(map[string]any{"summary": a.stats()})
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := s.ReportProperties(rctx, patch); err != nil && ctx.Err() == nil {
+			a.log.Debug().Err(err).Msg("report summary")
+		}
+		cancel()
+	}
+}
+
 // method answers direct methods: ping, stats, flush, setLogLevel.
-func (r *relay) method(_ context.Context, name string, payload []byte) (int, []byte) {
+func (a *app) method(ctx context.Context, name string, payload []byte) (int, []byte) {
 	answer := func(status int, v any) (int, []byte) {
 		b, _ := json.Marshal(v)
 		return status, b
@@ -87,10 +130,15 @@ func (r *relay) method(_ context.Context, name string, payload []byte) (int, []b
 	case "ping":
 		return answer(200, map[string]any{"pong": true, "time": time.Now().UTC()})
 	case "stats":
-		return answer(200, r.stats())
+		return answer(200, a.stats())
 	case "flush":
-		// Inputs are relayed as they come: nothing waits to be flushed.
-		return answer(200, map[string]any{"flushed": 0})
+		fctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		n, err := a.relay.Flush(fctx)
+		if err != nil {
+			return answer(504, map[string]string{"message": "flush: " + err.Error()})
+		}
+		return answer(200, map[string]any{"flushed": n})
 	case "setLogLevel":
 		var req struct {
 			Level string `json:"level"`
@@ -102,8 +150,8 @@ func (r *relay) method(_ context.Context, name string, payload []byte) (int, []b
 		if err != nil || req.Level == "" || l < zerolog.DebugLevel || l > zerolog.ErrorLevel {
 			return answer(400, map[string]string{"message": "level must be debug, info, warn or error"})
 		}
-		r.level.Store(int32(l))
-		r.log.Info().Str("level", l.String()).Msg("log level set")
+		a.level.Store(int32(l))
+		a.log.Info().Str("level", l.String()).Msg("log level set")
 		return answer(200, map[string]string{"level": l.String()})
 	}
 	return answer(404, map[string]string{"message": "no method " + name + "; try ping, stats, flush or setLogLevel"})

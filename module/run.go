@@ -7,16 +7,22 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/module/edgehub"
+	"github.com/edgetpm/edgetpm/module/queue"
+	"github.com/edgetpm/edgetpm/module/relay"
+	"github.com/edgetpm/edgetpm/module/source"
 	"github.com/edgetpm/edgetpm/module/twin"
 	"github.com/edgetpm/edgetpm/module/workload"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -30,6 +36,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 	fs.SetOutput(stderr)
 	dataDir := fs.String("data", envOr(getenv, "EDGE_RELAY_DATA", "/data"), "`DIR` for the queue and the last good configuration: a volume, so they survive re-creating the container [$EDGE_RELAY_DATA]")
 	deviceState := fs.String("device-state", getenv("EDGE_RELAY_DEVICE_STATE"), "run as the device in `FILE`, the assignment edge-provisioner saved, signing in the TPM [$EDGE_RELAY_DEVICE_STATE]")
+	listen := fs.String("metrics-addr", envOr(getenv, "EDGE_RELAY_METRICS_ADDR", ":9600"), "`ADDRESS` serving /metrics, /healthz and /readyz [$EDGE_RELAY_METRICS_ADDR]")
 	caFile := fs.String("ca-file", getenv("EdgeModuleCACertificateFile"), "trust the CA certificates in `PEM` (development and device mode; IoT Edge gives its own) [$EdgeModuleCACertificateFile]")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -48,30 +55,37 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 	defer conn.close()
 	log.Info().Str("mode", conn.mode).Str("device", conn.id.DeviceID).Str("module", conn.id.ModuleID).Str("host", conn.id.Host).Msg("starting")
 
-	r := &relay{log: log, level: level, started: time.Now()}
+	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+		return fmt.Errorf("data folder: %w", err)
+	}
+	a := &app{log: log, level: level, started: time.Now()}
 	var sess *edgehub.Session
 	rec := &twin.Reconciler{
 		Get:       func(ctx context.Context) ([]byte, error) { return sess.GetTwin(ctx) },
 		Report:    func(ctx context.Context, p []byte) error { return sess.ReportProperties(ctx, p) },
-		Apply:     r.apply,
+		Apply:     a.apply,
 		StatePath: filepath.Join(*dataDir, "desired.json"),
-		Counters:  func() any { return r.stats() },
+		Counters:  func() any { return a.stats() },
 		Log:       log,
 	}
-	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
-		return fmt.Errorf("data folder: %w", err)
-	}
-	if _, err := rec.Start(); err != nil {
+	cfg, err := rec.Start()
+	if err != nil {
 		return err
 	}
+	q, err := queue.Open(queue.Options{
+		Dir: filepath.Join(*dataDir, "queue"), MaxBytes: cfg.Queue.MaxBytes, MaxAge: time.Duration(cfg.Queue.MaxAge),
+		WhenFull: policy(cfg.Queue.WhenFull), Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer q.Close()
 	sess, err = edgehub.New(edgehub.Config{
 		Identity: conn.id,
 		Signer:   conn.signer,
 		RootCAs:  conn.roots,
-		Input: func(ctx context.Context, input string, m *edgehub.Message) error {
-			return r.forward(ctx, sess, input, m)
-		},
-		Method: r.method,
+		Input:    func(ctx context.Context, input string, m *edgehub.Message) error { return a.relay.Input(ctx, input, m) },
+		Method:   a.method,
 		Desired: func(patch []byte) {
 			if err := rec.Patch(ctx, patch); err != nil {
 				log.Warn().Err(err).Msg("desired patch")
@@ -87,8 +101,44 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 	if err != nil {
 		return err
 	}
-	r.session = sess
-	return sess.Run(ctx)
+	a.session, a.queue = sess, q
+	a.relay = relay.New(q, sess, cfg, relay.Options{Log: log})
+	a.relay.Metrics.SetConnected(sess.Connected)
+	a.relay.Metrics.TokenRenewals(sess.TokenRenewals)
+	a.sources = source.NewManager(a.relay, cfg.Output, log, getenv)
+	if err := a.apply(cfg); err != nil {
+		return err
+	}
+
+	srv := &http.Server{Addr: *listen, Handler: a.relay.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return sess.Run(ctx) })
+	g.Go(func() error { return a.relay.Run(ctx) })
+	g.Go(func() error { return a.sources.Run(ctx) })
+	g.Go(func() error { return a.report(ctx, sess) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		return srv.Close()
+	})
+	return g.Wait()
+}
+
+// policy maps the twin's whenFull to the queue's.
+func policy(whenFull string) queue.Policy {
+	if whenFull == "dropOldest" {
+		return queue.DropOldest
+	}
+	return queue.Backpressure
 }
 
 func envOr(getenv env, key, def string) string {

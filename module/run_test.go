@@ -93,7 +93,7 @@ func startEdge(t *testing.T) *edge {
 	e := &edge{hub: hub, log: &syncBuffer{}, data: filepath.Join(dir, "data")}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--data", e.data}, nil, e.log, func(k string) string { return environ[k] })
+		done <- run(ctx, []string{"--metrics-addr", "127.0.0.1:0", "--data", e.data}, nil, e.log, func(k string) string { return environ[k] })
 	}()
 	e.stop = func() error {
 		cancel()
@@ -184,7 +184,7 @@ func TestModule(t *testing.T) {
 		want            string
 	}{
 		{"ping", `{}`, 200, `"pong":true`},
-		{"stats", ``, 200, `"sent":5`},
+		{"stats", ``, 200, `"acknowledged":5`},
 		{"flush", ``, 200, `"flushed"`},
 		{"setLogLevel", `{"level":"warn"}`, 200, `"level":"warn"`},
 		{"setLogLevel", `{"level":"loud"}`, 400, `level must be`},

@@ -96,6 +96,37 @@ func (s *Session) Publish(ctx context.Context, output string, m *Message) error 
 	}
 }
 
+// Pending is a publish awaiting its PUBACK.
+type Pending struct{ tok mqtt.Token }
+
+// Done is closed when the PUBACK came or the connection ended first.
+func (p Pending) Done() <-chan struct{} { return p.tok.Done() }
+
+// Err is nil once acknowledged; an error means the connection ended first
+// and the message must be sent again (with the same ID).
+func (p Pending) Err() error { return p.tok.Error() }
+
+// Send starts a QoS 1 publish of m to output once connected and returns
+// without waiting for the PUBACK, so a window of messages can be in
+// flight. One connection delivers in the order sent, and edgeHub
+// processes one connection's PUBLISHes in order (edge-runtime.md §8), so
+// messages sent in order arrive in order; after a lost connection, send
+// the unacknowledged ones again in the same order.
+func (s *Session) Send(ctx context.Context, output string, m *Message) (Pending, error) {
+	if m.ID == "" {
+		m.ID = NewMessageID()
+	}
+	sys := m.system(output)
+	if len(m.Body)+propertiesSize(sys, m.Properties) > MaxMessageSize {
+		return Pending{}, ErrTooLarge
+	}
+	cli, err := s.connected(ctx)
+	if err != nil {
+		return Pending{}, err
+	}
+	return Pending{cli.Publish(s.cfg.Identity.prefix()+"/messages/events/"+encodeProperties(sys, m.Properties), 1, false, m.Body)}, nil
+}
+
 // subscribe makes this connection's subscriptions: inputs (modules only),
 // twin responses and desired patches, and methods.
 func (s *Session) subscribe(ctx context.Context, cli mqtt.Client) error {

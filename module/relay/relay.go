@@ -30,15 +30,20 @@ type store interface {
 	Stats() queue.Stats
 }
 
-// hub sends a message to an output and returns once it is acknowledged,
-// re-sending it with the same ID across reconnects.
+// hub starts a publish once connected and returns without waiting for its
+// PUBACK.
 type hub interface {
-	Publish(ctx context.Context, output string, m *edgehub.Message) error
+	Send(ctx context.Context, output string, m *edgehub.Message) (edgehub.Pending, error)
 }
 
-// DefaultWindow is how many publishes may await their PUBACK at once;
-// edgeHub stops reading a client at 100 pending (edge-runtime.md §8).
+// DefaultWindow is how many publishes of one worker may await their PUBACK
+// at once; edgeHub stops reading a client at 100 pending (edge-runtime.md
+// §8), which slows us down but loses nothing.
 const DefaultWindow = 32
+
+// workers is how many publish in parallel, each for its share of the
+// sources, so one slow source does not hold the others back.
+const numWorkers = 4
 
 // Relay is the pipeline. Create it with New; Run publishes.
 type Relay struct {
@@ -158,7 +163,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer cancel()
 	r.running.Store(true)
 	defer r.running.Store(false)
-	workers := make([]*worker, r.window)
+	workers := make([]*worker, numWorkers)
 	var wg sync.WaitGroup
 	for i := range workers {
 		w := &worker{r: r, in: make(chan *queue.Message, 64), flush: make(chan chan int)}

@@ -239,3 +239,32 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// edgeHub dropping every connection and refusing connects under load:
+// the window is sent again after each reconnect and nothing is lost.
+func TestHubDropsUnderLoad(t *testing.T) {
+	p := start(t, config(nil))
+	ctx := t.Context()
+	const n = 3000
+	go func() {
+		for range 4 {
+			time.Sleep(50 * time.Millisecond)
+			p.hub.RefuseConnects(100 * time.Millisecond)
+			p.hub.DropAll()
+		}
+	}()
+	for i := range n {
+		m := &queue.Message{ID: fmt.Sprintf("m%04d", i), Source: fmt.Sprint("mqtt:s", i%3), Output: "telemetry", Body: []byte("x")}
+		if err := p.r.Append(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "every message upstream", func() bool {
+		seen := map[string]bool{}
+		for _, m := range p.hub.Upstream() {
+			seen[m.System["$.mid"]] = true
+		}
+		return len(seen) == n
+	})
+	waitFor(t, "the queue to empty", func() bool { return p.q.Stats().Depth == 0 })
+}

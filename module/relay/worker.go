@@ -14,11 +14,20 @@ import (
 )
 
 // worker publishes the messages of the sources sharded to it, in order,
-// batching small JSON readings when the configuration asks for it.
+// with up to window publishes awaiting their PUBACK, batching small JSON
+// readings when the configuration asks for it.
 type worker struct {
-	r     *Relay
-	in    chan *queue.Message
-	flush chan chan int
+	r        *Relay
+	in       chan *queue.Message
+	flush    chan chan int
+	inflight []flight
+}
+
+// flight is a publish awaiting its PUBACK.
+type flight struct {
+	msgs    []*queue.Message
+	out     *edgehub.Message
+	pending edgehub.Pending
 }
 
 func (w *worker) run(ctx context.Context) {
@@ -53,9 +62,15 @@ func (w *worker) run(ctx context.Context) {
 		}
 	}
 	for {
+		var acked <-chan struct{}
+		if len(w.inflight) > 0 {
+			acked = w.inflight[0].pending.Done()
+		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-acked:
+			w.settle(ctx)
 		case m := <-w.in:
 			take(m)
 		case <-linger:
@@ -72,14 +87,17 @@ func (w *worker) run(ctx context.Context) {
 			}
 			n := len(pending)
 			send()
+			for len(w.inflight) > 0 && ctx.Err() == nil {
+				<-w.inflight[0].pending.Done()
+				w.settle(ctx)
+			}
 			done <- n
 		}
 	}
 }
 
-// send publishes msgs as one message (a batch when more than one) and
-// acknowledges them in the queue once edgeHub has. It returns when that is
-// done, or when ctx ends: then they stay queued.
+// send starts publishing msgs as one message (a batch when more than one),
+// waiting for room in the window first.
 func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 	r := w.r
 	now := r.now()
@@ -95,24 +113,57 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 	if len(live) == 0 {
 		return
 	}
-	out := message(live)
-	err := r.hub.Publish(ctx, live[0].Output, out)
+	for len(w.inflight) >= r.window && ctx.Err() == nil {
+		select {
+		case <-w.inflight[0].pending.Done():
+			w.settle(ctx)
+		case <-ctx.Done():
+		}
+	}
+	f := flight{msgs: live, out: message(live)}
+	p, err := r.hub.Send(ctx, live[0].Output, f.out)
 	switch {
 	case errors.Is(err, edgehub.ErrTooLarge):
 		// edgeHub would drop it anyway (edge-runtime.md §4.5).
-		r.log.Warn().Str("mid", out.ID).Int("bytes", len(out.Body)).Msg("message over 256 KiB dropped")
+		r.log.Warn().Str("mid", f.out.ID).Int("bytes", len(f.out.Body)).Msg("message over 256 KiB dropped")
 		r.Metrics.Dropped.WithLabelValues("too_large").Add(float64(len(live)))
+		r.ack(seqs(live)...)
+		return
 	case err != nil:
 		return // ctx ended; the messages stay queued
-	default:
+	}
+	f.pending = p
+	w.inflight = append(w.inflight, f)
+}
+
+// settle handles the head of the window once it is done: acknowledged, it
+// leaves the queue; if the connection ended first, every publish in the
+// window is sent again, in order, on the next connection.
+func (w *worker) settle(ctx context.Context) {
+	r := w.r
+	head := w.inflight[0]
+	if head.pending.Err() == nil {
+		w.inflight = w.inflight[1:]
 		r.Metrics.Sent.Inc()
-		r.Metrics.Acknowledged.Add(float64(len(live)))
+		r.Metrics.Acknowledged.Add(float64(len(head.msgs)))
+		r.ack(seqs(head.msgs)...)
+		return
 	}
-	seqs := make([]uint64, len(live))
-	for i, m := range live {
-		seqs[i] = m.Seq
+	for i := range w.inflight {
+		p, err := r.hub.Send(ctx, w.inflight[i].msgs[0].Output, w.inflight[i].out)
+		if err != nil {
+			return // ctx ended; still queued
+		}
+		w.inflight[i].pending = p
 	}
-	r.ack(seqs...)
+}
+
+func seqs(msgs []*queue.Message) []uint64 {
+	out := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.Seq
+	}
+	return out
 }
 
 func (r *Relay) ack(seqs ...uint64) {

@@ -66,27 +66,20 @@ func (m *Message) system(output string) map[string]string {
 // it is acknowledged. A connection that drops before the PUBACK is waited
 // out and the message sent again, with the same ID, until ctx ends.
 func (s *Session) Publish(ctx context.Context, output string, m *Message) error {
-	if m.ID == "" {
-		m.ID = NewMessageID()
-	}
-	sys := m.system(output)
-	if len(m.Body)+propertiesSize(sys, m.Properties) > MaxMessageSize {
-		return ErrTooLarge
-	}
-	topic := s.cfg.Identity.prefix() + "/messages/events/" + encodeProperties(sys, m.Properties)
 	for {
-		cli, err := s.connected(ctx)
+		p, err := s.Send(ctx, output, m)
 		if err != nil {
 			return err
 		}
-		err = wait(ctx, cli.Publish(topic, 1, false, m.Body))
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
+		select {
+		case <-p.Done():
+		case <-ctx.Done():
 			return context.Cause(ctx)
 		}
-		s.cfg.Log.Debug().Err(err).Str("mid", m.ID).Msg("publish interrupted; sending again once connected")
+		if p.Err() == nil {
+			return nil
+		}
+		s.cfg.Log.Debug().Err(p.Err()).Str("mid", m.ID).Msg("publish interrupted; sending again once connected")
 		// Let the session notice the loss before asking again.
 		select {
 		case <-time.After(50 * time.Millisecond):

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,7 +32,8 @@ const benchMessages = 20000
 // them (queued and fsync'd before the broker gets its ack) and publishes
 // them to the edgeHub emulator over TLS. Side by side in the same run, the
 // limit: a plain paho QoS 1 publisher sending straight to the emulator
-// with no queue. It reports both rates, their ratio, intake-to-PUBACK
+// with no queue; and the Mosquitto hop alone, which the relay's path also
+// crosses. It reports the rates, the relay's share of the direct one, intake-to-PUBACK
 // latency (producer publish to the emulator's record) and peak resident
 // memory of the whole process (producer, relay and emulator together).
 // Bytes on disk per message are the queue's own benchmark's.
@@ -42,6 +44,8 @@ func BenchmarkPipeline(b *testing.B) {
 	})
 	for b.Loop() {
 		direct := directRate(b, hub)
+		hop := mosquittoRate(b)
+		b.ReportMetric(hop, "mosquitto-hop-msgs/s")
 		rate, p50, p99, rss := pipelineRun(b, hub)
 		b.ReportMetric(direct, "direct-msgs/s")
 		b.ReportMetric(rate, "relay-msgs/s")
@@ -75,6 +79,36 @@ func directRate(b *testing.B, hub *hubtest.Server) float64 {
 		b.Fatalf("direct: %d of %d recorded", got, benchMessages)
 	}
 	return benchMessages / d.Seconds()
+}
+
+// mosquittoRate is the broker hop alone: a producer through Mosquitto to
+// a paho subscriber that acknowledges at once, nothing queued or sent on.
+func mosquittoRate(b *testing.B) float64 {
+	br := startBroker(b, brokerOptions{extra: []string{"max_inflight_messages 1000", "max_queued_messages 1000000"}})
+	var got atomic.Int64
+	all := make(chan struct{})
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(br.URL).SetClientID("hop"))
+	if t := sub.Connect(); t.Wait() && t.Error() != nil {
+		b.Fatal(t.Error())
+	}
+	defer sub.Disconnect(10)
+	sub.Subscribe("bench/#", 1, func(mqtt.Client, mqtt.Message) {
+		if got.Add(1) == benchMessages {
+			close(all)
+		}
+	}).Wait()
+	p := newProducer(b, br)
+	body := make([]byte, 256)
+	start := time.Now()
+	for range benchMessages {
+		p.cli.Publish("bench/hop", 1, false, body)
+	}
+	select {
+	case <-all:
+	case <-time.After(time.Minute):
+		b.Fatalf("%d of %d through Mosquitto", got.Load(), benchMessages)
+	}
+	return benchMessages / time.Since(start).Seconds()
 }
 
 func pipelineRun(b *testing.B, hub *hubtest.Server) (rate float64, p50, p99 time.Duration, rss float64) {

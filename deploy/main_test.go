@@ -20,27 +20,13 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
+	"github.com/edgetpm/edgetpm/internal/syncbuf"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
-// syncBuffer is written by run's goroutine and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is written by one goroutine and read by the test.
+type syncBuffer = syncbuf.Buffer
 
 // lab is a running "edge-deploy lab dps".
 type lab struct {

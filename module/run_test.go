@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/syncbuf"
 	"github.com/edgetpm/edgetpm/internal/workloademu"
 )
 
@@ -24,23 +23,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var relayKey = []byte("relay-module-key-0123456789abcdef")
 
-// syncBuffer is a log the relay writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is written by one goroutine and read by the test.
+type syncBuffer = syncbuf.Buffer
 
 // edge is an IoT Edge device in the small: the hub emulator as edgeHub,
 // the workload API on a unix socket, and edge-relay started as IoT Edge

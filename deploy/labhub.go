@@ -99,7 +99,8 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		ln.Close()
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{Handler: emu.ServiceHandler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+	// A copy: http.Server adds its HTTP/2 settings to the config it gets.
+	srv := &http.Server{Handler: emu.ServiceHandler(), TLSConfig: tlsConfig.Clone(), ReadHeaderTimeout: 10 * time.Second}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	mqttDone := make(chan error, 1)

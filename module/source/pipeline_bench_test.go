@@ -44,8 +44,8 @@ func BenchmarkPipeline(b *testing.B) {
 	})
 	for b.Loop() {
 		direct := directRate(b, hub)
-		hop := mosquittoRate(b)
-		b.ReportMetric(hop, "mosquitto-hop-msgs/s")
+		b.ReportMetric(mosquittoRate(b, false), "mosquitto-hop-msgs/s")
+		b.ReportMetric(mosquittoRate(b, true), "mosquitto-hop-manual-ack-msgs/s")
 		rate, p50, p99, rss := pipelineRun(b, hub)
 		b.ReportMetric(direct, "direct-msgs/s")
 		b.ReportMetric(rate, "relay-msgs/s")
@@ -82,21 +82,29 @@ func directRate(b *testing.B, hub *hubtest.Server) float64 {
 }
 
 // mosquittoRate is the broker hop alone: a producer through Mosquitto to
-// a paho subscriber that acknowledges at once, nothing queued or sent on.
-func mosquittoRate(b *testing.B) float64 {
+// a paho subscriber that acknowledges at once, nothing queued or sent on;
+// with manual set, acknowledged by msg.Ack() from another goroutine, as
+// the relay's sources do.
+func mosquittoRate(b *testing.B, manual bool) float64 {
 	br := startBroker(b, brokerOptions{extra: []string{"max_inflight_messages 1000", "max_queued_messages 1000000"}})
 	var got atomic.Int64
 	all := make(chan struct{})
-	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(br.URL).SetClientID("hop"))
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(br.URL).SetClientID("hop").SetOrderMatters(true).SetAutoAckDisabled(manual))
 	if t := sub.Connect(); t.Wait() && t.Error() != nil {
 		b.Fatal(t.Error())
 	}
 	defer sub.Disconnect(10)
-	sub.Subscribe("bench/#", 1, func(mqtt.Client, mqtt.Message) {
-		if got.Add(1) == benchMessages {
-			close(all)
+	acks := make(chan mqtt.Message, 4096)
+	defer close(acks)
+	go func() {
+		for m := range acks {
+			m.Ack()
+			if got.Add(1) == benchMessages {
+				close(all)
+			}
 		}
-	}).Wait()
+	}()
+	sub.Subscribe("bench/#", 1, func(_ mqtt.Client, m mqtt.Message) { acks <- m }).Wait()
 	p := newProducer(b, br)
 	body := make([]byte, 256)
 	start := time.Now()

@@ -73,7 +73,7 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	roots, err := dps.TrustFile(filepath.Join(*dir, pki.CertFile))
+	roots, err := pki.TrustFile(filepath.Join(*dir, pki.CertFile))
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
@@ -171,7 +172,7 @@ func connection(ctx context.Context, getenv env, deviceState, caFile string) (*c
 }
 
 func pickConnection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
-	roots, err := trust(caFile)
+	roots, err := pki.TrustFile(caFile)
 	if err != nil {
 		return nil, err
 	}
@@ -212,25 +213,6 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 		return nil, errors.New("the workload API's trust bundle holds no certificate")
 	}
 	return &conn{"module", e.Identity(), w, pool, nothing}, nil
-}
-
-// trust is the system roots plus the certificates in caFile.
-func trust(caFile string) (*x509.CertPool, error) {
-	if caFile == "" {
-		return nil, nil
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	b, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("read CA file: %w", err)
-	}
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
-	}
-	return pool, nil
 }
 
 // logLevel is the level setLogLevel changes while logs are written.

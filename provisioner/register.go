@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -76,7 +77,7 @@ func register(ctx context.Context, s *settings.Settings, t *tpm.TPM, id *tpm.Ide
 		}
 		payload = b
 	}
-	roots, err := dps.TrustFile(s.DPS.CAFile)
+	roots, err := pki.TrustFile(s.DPS.CAFile)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@
 // emulators: it issues TLS server certificates for loopback names so that
 // device clients can talk HTTPS to the emulators and trust them through one
 // CA certificate, as they trust the real services through a public root.
+// TrustFile is that trust on the client side.
 package pki
 
 import (

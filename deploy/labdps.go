@@ -10,7 +10,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/registry"
 )
 
@@ -91,15 +89,7 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return usagef("--listen %q: %v", *listen, err)
 	}
-	stateDir, err := filepath.Abs(*dir)
-	if err != nil {
-		return fmt.Errorf("state folder: %w", err)
-	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return fmt.Errorf("create state folder: %w", err)
-	}
-
-	ca, err := pki.LoadOrCreateCA(stateDir)
+	stateDir, ca, err := labState(*dir)
 	if err != nil {
 		return err
 	}

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/go-tpm/tpm2"
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/module/edgehub"
@@ -16,8 +15,6 @@ import (
 	"github.com/edgetpm/edgetpm/module/source"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
-
-func tpmHandle(h uint32) tpm2.TPMHandle { return tpm2.TPMHandle(h) }
 
 // app ties the module together: the configuration in effect, the
 // pipeline, the direct methods and the reported summary.

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
@@ -189,7 +190,7 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 		if err != nil {
 			return nil, err
 		}
-		t, err := tpm.Open(a.TPM, tpm.Config{AuthKeyHandle: tpmHandle(a.AuthKeyHandle)})
+		t, err := tpm.Open(a.TPM, tpm.Config{AuthKeyHandle: tpm2.TPMHandle(a.AuthKeyHandle)})
 		if err != nil {
 			return nil, err
 		}

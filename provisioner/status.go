@@ -53,14 +53,13 @@ func runStatus(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 		return err
 	}
 	var r statusReport
-	errText := func(err error) string { return err.Error() }
 
 	r.TPM.URI = s.TPM.URI
 	if t, err := openTPM(s); err != nil {
-		r.TPM.Error = errText(err)
+		r.TPM.Error = err.Error()
 	} else {
 		if r.TPM.Status, err = t.Status(ctx); err != nil {
-			r.TPM.Error = errText(err)
+			r.TPM.Error = err.Error()
 		} else if r.TPM.Status.EndorsementKey && r.TPM.Status.StorageRootKey {
 			// Both are persisted, so Identity only reads.
 			if id, err := t.Identity(ctx); err == nil {
@@ -72,12 +71,12 @@ func runStatus(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 
 	r.Assignment.Path = s.State
 	if r.Assignment.Assignment, err = assignment.Load(s.State); err != nil {
-		r.Assignment.Error = errText(err)
+		r.Assignment.Error = err.Error()
 	}
 
 	r.Config.Path = s.Aziot.Config
 	if doc, err := edgeconfig.Load(s.Aziot.Config); err != nil {
-		r.Config.Error = errText(err)
+		r.Config.Error = err.Error()
 	} else if !doc.Exists() {
 		r.Config.Error = "no such file"
 	} else {
@@ -88,11 +87,11 @@ func runStatus(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 	r.Runtime.Address, r.Runtime.Namespace = s.Images.ContainerdAddress, s.Images.ContainerdNamespace
 	s.Images.DockerSocket = "" // status only reads containers
 	if c, err := newContainerd(ctx, s, zerolog.Nop()); err != nil {
-		r.Runtime.Error = errText(err)
+		r.Runtime.Error = err.Error()
 	} else {
 		r.Runtime.Version, _ = c.Version(ctx)
 		if r.Runtime.Containers, err = c.Containers(ctx); err != nil {
-			r.Runtime.Error = errText(err)
+			r.Runtime.Error = err.Error()
 		}
 		c.Close()
 	}

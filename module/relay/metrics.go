@@ -59,14 +59,22 @@ func newMetrics(q store) *Metrics {
 		}),
 	)
 	// Queue drops happen inside the queue; export its counts by reason.
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgerelay_queue_dropped_messages", Help: "Messages the queue dropped (full, expired, age); see edgerelay_dropped_messages_total for the relay's."}, func() float64 {
-		n := int64(0)
-		for _, v := range q.Stats().Dropped {
-			n += v
-		}
-		return float64(n)
-	}))
+	reg.MustRegister(queueDrops{q})
 	return m
+}
+
+// queueDrops exports the queue's drop counts, by reason, as counters.
+type queueDrops struct{ q store }
+
+var queueDropsDesc = prometheus.NewDesc("edgerelay_queue_dropped_messages_total",
+	"Messages the queue dropped, by reason: full (dropOldest), expired ($.exp), age (queue.maxAge).", []string{"reason"}, nil)
+
+func (queueDrops) Describe(ch chan<- *prometheus.Desc) { ch <- queueDropsDesc }
+
+func (d queueDrops) Collect(ch chan<- prometheus.Metric) {
+	for reason, n := range d.q.Stats().Dropped {
+		ch <- prometheus.MustNewConstMetric(queueDropsDesc, prometheus.CounterValue, float64(n), reason)
+	}
 }
 
 // SetConnected sets where the connection state comes from.

@@ -305,6 +305,16 @@ func TestDPSValidate(t *testing.T) {
 	}
 }
 
+// A password that cannot be written is named, never shown.
+func TestDPSValidateHidesPasswords(t *testing.T) {
+	s := testDPS()
+	s.OwnerAuth = "s3cret\xff"
+	err := s.Validate()
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "owner password") {
+		t.Errorf("Validate with a non-UTF-8 owner password = %v, want it named and not shown", err)
+	}
+}
+
 func TestParseError(t *testing.T) {
 	in := "hostname = \"gw\"\n\nid = \"unterminated\n"
 	_, err := Parse([]byte(in))

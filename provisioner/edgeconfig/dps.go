@@ -54,9 +54,10 @@ func (s DPS) Validate() error {
 		{"registration ID", s.RegistrationID}, {"payload URI", s.PayloadURI}, {"TCTI", s.TCTI},
 		{"endorsement password", s.EndorsementAuth}, {"owner password", s.OwnerAuth},
 	} {
-		// TOML files are UTF-8; anything else cannot be written.
+		// TOML files are UTF-8; anything else cannot be written. The
+		// value is not shown: it may be a password.
 		if !utf8.ValidString(f.v) {
-			return fmt.Errorf("%s %q is not valid UTF-8", f.name, f.v)
+			return fmt.Errorf("%s is not valid UTF-8", f.name)
 		}
 	}
 	switch {

@@ -282,11 +282,12 @@ func (s *Server) shutdown(ln *listener) {
 		c.close("server stopping")
 	}
 	ln.shut()
-	// Close stops mochi's event loop and its listener; all clients are
-	// already closed, so it writes no DISCONNECT (3.1.1 has none from a
-	// server).
-	_ = s.broker.Close()
+	// Join every connection's goroutine before Close: a client still being
+	// established reads broker state that Close tears down.
 	ln.wait()
+	// Close stops mochi's event loop; all clients are already closed, so it
+	// writes no DISCONNECT (3.1.1 has none from a server).
+	_ = s.broker.Close()
 	s.wg.Wait()
 	s.log.Info().Msg("stopped")
 }

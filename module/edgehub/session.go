@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/internal/batchconn"
 	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
@@ -120,11 +123,20 @@ var ErrNotAuthorized = errors.New("not authorized (CONNACK 5)")
 // retried with jittered backoff, without giving up.
 func (s *Session) Run(ctx context.Context) error {
 	log := s.cfg.Log
+	tlsCfg := &tls.Config{RootCAs: s.cfg.RootCAs, ServerName: s.cfg.Identity.Host, MinVersion: tls.VersionTLS12}
 	opts := mqtt.NewClientOptions().
 		AddBroker("tls://" + s.cfg.Identity.address()).
 		SetClientID(s.cfg.Identity.clientID()).
 		SetCredentialsProvider(func() (string, string) { return s.cfg.Identity.username(), *s.password.Load() }).
-		SetTLSConfig(&tls.Config{RootCAs: s.cfg.RootCAs, ServerName: s.cfg.Identity.Host, MinVersion: tls.VersionTLS12}).
+		SetCustomOpenConnectionFn(func(u *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
+			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: o.ConnectTimeout}, Config: tlsCfg}
+			c, err := d.DialContext(ctx, "tcp", u.Host)
+			if err != nil {
+				return nil, err
+			}
+			// A window of publishes goes out in a few TLS records.
+			return batchconn.New(c), nil
+		}).
 		// A clean session: subscriptions are made again on every connect
 		// and publishes this Session re-sends itself, so paho's store must
 		// not replay them a second time.

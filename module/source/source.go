@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/internal/batchconn"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -32,8 +33,12 @@ const (
 	// yet: more than Mosquitto's default in-flight window (20), so that it
 	// is the broker that holds back and paho's reader, which also reads
 	// the PINGRESP, rarely waits for us.
-	inboxSize = 256
-	maxBatch  = 64 // messages per Append, so one fsync covers many
+	inboxSize = 1024
+	// An Append takes up to maxBatch messages or maxBatchBytes of bodies,
+	// so that one fsync covers many: a deep batch keeps up with a broker
+	// that lets many messages be in flight.
+	maxBatch      = 1024
+	maxBatchBytes = 4 << 20
 )
 
 // source is one broker's client, restarted as a whole when its
@@ -275,10 +280,17 @@ func dial(ctx context.Context, addr string, tlsCfg *tls.Config) (net.Conn, error
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	d := &net.Dialer{KeepAlive: keepAlive}
+	var conn net.Conn
+	var err error
 	if tlsCfg == nil {
-		return d.DialContext(ctx, "tcp", addr)
+		conn, err = d.DialContext(ctx, "tcp", addr)
+	} else {
+		conn, err = (&tls.Dialer{NetDialer: d, Config: tlsCfg}).DialContext(ctx, "tcp", addr)
 	}
-	return (&tls.Dialer{NetDialer: d, Config: tlsCfg}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return batchconn.New(conn), nil
 }
 
 // tlsConfig trusts the system's roots and the source's CA file, read

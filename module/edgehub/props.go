@@ -23,16 +23,25 @@ const (
 // escape percent-encodes s as RFC 3986 wants: everything but unreserved
 // characters, so a space is %20 (never +) and $ is %24, as the SDKs send.
 func escape(s string) string {
-	var b strings.Builder
+	const hex = "0123456789ABCDEF"
+	var b []byte
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' {
-			b.WriteByte(c)
+			if b != nil {
+				b = append(b, c)
+			}
 			continue
 		}
-		fmt.Fprintf(&b, "%%%02X", c)
+		if b == nil {
+			b = append(make([]byte, 0, len(s)+8), s[:i]...)
+		}
+		b = append(b, '%', hex[c>>4], hex[c&15])
 	}
-	return b.String()
+	if b == nil {
+		return s
+	}
+	return string(b)
 }
 
 // encodeProperties writes a property bag: system properties first, in a

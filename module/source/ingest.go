@@ -92,11 +92,13 @@ func (s *source) work(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		size := len(batch[0].msg.Payload())
 	more:
-		for len(batch) < maxBatch {
+		for len(batch) < maxBatch && size < maxBatchBytes {
 			select {
 			case d := <-s.inbox:
 				batch = append(batch, d)
+				size += len(d.msg.Payload())
 			default:
 				break more
 			}

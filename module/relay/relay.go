@@ -36,22 +36,16 @@ type hub interface {
 	Send(ctx context.Context, output string, m *edgehub.Message) (edgehub.Pending, error)
 }
 
-// DefaultWindow is how many publishes of one worker may await their PUBACK
-// at once; edgeHub stops reading a client at 100 pending (edge-runtime.md
-// §8), which slows us down but loses nothing.
-const DefaultWindow = 32
-
 // workers is how many publish in parallel, each for its share of the
 // sources, so one slow source does not hold the others back.
 const numWorkers = 4
 
 // Relay is the pipeline. Create it with New; Run publishes.
 type Relay struct {
-	q      store
-	hub    hub
-	window int
-	log    zerolog.Logger
-	now    func() time.Time
+	q   store
+	hub hub
+	log zerolog.Logger
+	now func() time.Time
 
 	config  atomic.Pointer[twin.Config]
 	seen    *dedupe
@@ -63,7 +57,6 @@ type Relay struct {
 
 // Options are a Relay's knobs; zero values take defaults.
 type Options struct {
-	Window int
 	// DedupeWindow is how many recent input $.mid values are remembered
 	// to drop edgeHub's redeliveries (it delivers at least once).
 	DedupeWindow int
@@ -73,16 +66,13 @@ type Options struct {
 
 // New returns a Relay over q publishing to h with configuration c.
 func New(q store, h hub, c twin.Config, opts Options) *Relay {
-	if opts.Window <= 0 {
-		opts.Window = DefaultWindow
-	}
 	if opts.DedupeWindow <= 0 {
 		opts.DedupeWindow = 10000
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	r := &Relay{q: q, hub: h, window: opts.Window, log: opts.Log, now: opts.Now, seen: newDedupe(opts.DedupeWindow), flush: make(chan chan int)}
+	r := &Relay{q: q, hub: h, log: opts.Log, now: opts.Now, seen: newDedupe(opts.DedupeWindow), flush: make(chan chan int)}
 	r.config.Store(&c)
 	r.Metrics = newMetrics(q)
 	return r

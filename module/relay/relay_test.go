@@ -56,7 +56,8 @@ func start(t *testing.T, c twin.Config) *pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.r = New(q, p.sess, c, Options{Window: 4})
+	c.InFlight = 4
+	p.r = New(q, p.sess, c, Options{})
 	p.r.Metrics.SetConnected(p.sess.Connected)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)

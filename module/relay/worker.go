@@ -113,7 +113,9 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 	if len(live) == 0 {
 		return
 	}
-	for len(w.inflight) >= r.window && ctx.Err() == nil {
+	// twin.Config.InFlight: edgeHub stops reading a client at 100 pending
+	// (edge-runtime.md §8), which slows it down but loses nothing.
+	for len(w.inflight) >= r.config.Load().InFlight && ctx.Err() == nil {
 		select {
 		case <-w.inflight[0].pending.Done():
 			w.settle(ctx)

@@ -23,9 +23,12 @@ type Config struct {
 	LogLevel string `json:"logLevel"` // debug, info, warn, error
 	// ReportInterval is how often a summary goes to reported properties.
 	ReportInterval Duration `json:"reportInterval"`
-	Batching       Batching `json:"batching"`
-	Queue          Queue    `json:"queue"`
-	Sources        []Source `json:"sources"`
+	// InFlight is how many publishes of one publishing worker may await
+	// their PUBACK at once (sources are spread over four workers).
+	InFlight int      `json:"inFlight"`
+	Batching Batching `json:"batching"`
+	Queue    Queue    `json:"queue"`
+	Sources  []Source `json:"sources"`
 }
 
 // Batching packs small readings into one JSON array message.
@@ -69,6 +72,7 @@ func Defaults() Config {
 		Output:         "telemetry",
 		LogLevel:       "info",
 		ReportInterval: Duration(time.Minute),
+		InFlight:       32,
 		Batching:       Batching{MaxBytes: 4096, MaxMessages: 100, Linger: Duration(time.Second)},
 		Queue:          Queue{MaxBytes: 1 << 30, MaxAge: Duration(7 * 24 * time.Hour), WhenFull: "backpressure"},
 	}
@@ -81,7 +85,7 @@ func Parse(desired []byte) (Config, error) {
 	if err := json.Unmarshal(desired, &top); err != nil {
 		return Config{}, fmt.Errorf("desired properties: %w", err)
 	}
-	known := map[string]bool{"output": true, "logLevel": true, "reportInterval": true, "batching": true, "queue": true, "sources": true}
+	known := map[string]bool{"output": true, "logLevel": true, "reportInterval": true, "inFlight": true, "batching": true, "queue": true, "sources": true}
 	for k := range top {
 		if !known[k] {
 			delete(top, k)
@@ -114,6 +118,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReportInterval < Duration(time.Second) {
 		bad("reportInterval %v: want at least 1s", c.ReportInterval)
+	}
+	if c.InFlight < 1 || c.InFlight > 1000 {
+		bad("inFlight %d: want 1 to 1000", c.InFlight)
 	}
 	if c.Batching.MaxBytes <= 0 || c.Batching.MaxBytes > 256*1024 {
 		bad("batching.maxBytes %d: want 1 to 262144", c.Batching.MaxBytes)

@@ -3,6 +3,7 @@ package source
 import (
 	"errors"
 	"fmt"
+	"github.com/edgetpm/edgetpm/internal/mosquittotest"
 	"maps"
 	"regexp"
 	"runtime"
@@ -45,7 +46,7 @@ var hexID = regexp.MustCompile(`^[0-9a-f]{32}$`)
 // A producer's 500 QoS 1 messages all arrive, in order, mapped to the
 // topic's output with its properties.
 func TestRelayInOrder(t *testing.T) {
-	b := startBroker(t, brokerOptions{})
+	b := mosquittotest.Start(t, mosquittotest.Options{})
 	q := &memQueue{}
 	m := newManager(t, q, nil, testLog(t))
 	run(t, m)
@@ -60,9 +61,9 @@ func TestRelayInOrder(t *testing.T) {
 	for i := range n {
 		bodies = append(bodies, fmt.Sprintf(`{"n":%d}`, i))
 	}
-	p := newProducer(t, b)
-	p.publish("plant/line1/temp", bodies...)
-	p.publish("plant/line2/status", "running")
+	p := mosquittotest.NewProducer(t, b)
+	p.Publish("plant/line1/temp", bodies...)
+	p.Publish("plant/line2/status", "running")
 	waitFor(t, "all messages", func() bool { return len(q.messages()) == n+1 })
 
 	if got := q.bodies("plant/line1/temp"); !slices.Equal(got, bodies) {
@@ -105,9 +106,9 @@ func TestRelayInOrder(t *testing.T) {
 // its in-flight window, and sends everything again to the next run with
 // the same client ID, which acknowledges once the queue takes them.
 func TestAckOnlyAfterAppend(t *testing.T) {
-	b := startBroker(t, brokerOptions{extra: []string{"max_inflight_messages 10"}})
+	b := mosquittotest.Start(t, mosquittotest.Options{Extra: []string{"max_inflight_messages 10"}})
 	src := twin.Source{Name: "press", URL: b.URL, Topics: []twin.Topic{{Filter: "press/#", QoS: 1}}}
-	p := newProducer(t, b)
+	p := mosquittotest.NewProducer(t, b)
 	bodies := numbered("cycle ", 0, 50)
 
 	q1 := &memQueue{refuse: errFull}
@@ -115,7 +116,7 @@ func TestAckOnlyAfterAppend(t *testing.T) {
 	stop1 := run(t, m1)
 	apply(t, m1, src)
 	waitFor(t, "connected", connected(m1, "press"))
-	p.publish("press/cycle", bodies...)
+	p.Publish("press/cycle", bodies...)
 	waitFor(t, "the window full and appends refused", func() bool {
 		st := m1.Stats()["press"]
 		return st.Received == 10 && st.Backpressured >= 3
@@ -157,7 +158,7 @@ func TestAckOnlyAfterAppend(t *testing.T) {
 	run(t, m3)
 	apply(t, m3, src)
 	waitFor(t, "connected", connected(m3, "press"))
-	p.publish("press/cycle", "new")
+	p.Publish("press/cycle", "new")
 	waitFor(t, "the new message", func() bool { return len(q3.messages()) > 0 })
 	time.Sleep(100 * time.Millisecond)
 	if got := q3.bodies("press/cycle"); !slices.Equal(got, []string{"new"}) {
@@ -167,8 +168,8 @@ func TestAckOnlyAfterAppend(t *testing.T) {
 
 // Apply changes filters, removes and adds sources while Run runs.
 func TestApplyLive(t *testing.T) {
-	a, bb := startBroker(t, brokerOptions{}), startBroker(t, brokerOptions{})
-	pa, pb := newProducer(t, a), newProducer(t, bb)
+	a, bb := mosquittotest.Start(t, mosquittotest.Options{}), mosquittotest.Start(t, mosquittotest.Options{})
+	pa, pb := mosquittotest.NewProducer(t, a), mosquittotest.NewProducer(t, bb)
 	q := &memQueue{}
 	m := newManager(t, q, nil, testLog(t))
 	run(t, m)
@@ -179,13 +180,13 @@ func TestApplyLive(t *testing.T) {
 	if !m.Stats()["s1"].Connected {
 		t.Fatalf("Apply returned before s1 connected: %+v", m.Stats())
 	}
-	pa.publish("a/1", "one")
+	pa.Publish("a/1", "one")
 	waitFor(t, "a/1", func() bool { return len(q.bodies("a/1")) == 1 })
 
 	s1.Topics = []twin.Topic{{Filter: "a/2", QoS: 1}}
 	apply(t, m, s1)
-	pa.publish("a/1", "stale")
-	pa.publish("a/2", "two")
+	pa.Publish("a/1", "stale")
+	pa.Publish("a/2", "two")
 	waitFor(t, "a/2", func() bool { return len(q.bodies("a/2")) == 1 })
 	if got := q.bodies("a/1"); !slices.Equal(got, []string{"one"}) {
 		t.Errorf("after the filter changed, a/1 gave %q, want only the message from before", got)
@@ -199,12 +200,12 @@ func TestApplyLive(t *testing.T) {
 		t.Errorf("Stats after removing every source = %v, want none", st)
 	}
 	waitFor(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base })
-	pa.publish("a/2", "while removed")
+	pa.Publish("a/2", "while removed")
 
 	// Its session ended with it: added again, it gets nothing from the
 	// time it was away.
 	apply(t, m, s1)
-	pa.publish("a/2", "back")
+	pa.Publish("a/2", "back")
 	waitFor(t, "a/2 again", func() bool { return len(q.bodies("a/2")) == 2 })
 	if got := q.bodies("a/2"); !slices.Equal(got, []string{"two", "back"}) {
 		t.Errorf("a/2 gave %q, want two, back", got)
@@ -213,7 +214,7 @@ func TestApplyLive(t *testing.T) {
 	// A second source on another broker; s1, unchanged, keeps running.
 	s2 := twin.Source{Name: "s2", URL: bb.URL, Topics: []twin.Topic{{Filter: "b/#", QoS: 1, Output: "bee"}}}
 	apply(t, m, s1, s2)
-	pb.publish("b/x", "bee")
+	pb.Publish("b/x", "bee")
 	waitFor(t, "b/x", func() bool { return len(q.bodies("b/x")) == 1 })
 	got := q.messages()[len(q.messages())-1]
 	if got.Source != "mqtt:s2" || got.Output != "bee" {
@@ -227,7 +228,7 @@ func TestApplyLive(t *testing.T) {
 // A wrong password is retried, with the error in Stats, until the
 // environment holds the right one. No password reaches the log.
 func TestCredentials(t *testing.T) {
-	b := startBroker(t, brokerOptions{users: map[string]string{"relay": "s3cret-pw", "producer": "prod-pw"}})
+	b := mosquittotest.Start(t, mosquittotest.Options{Users: map[string]string{"relay": "s3cret-pw", "producer": "prod-pw"}})
 	e := newEnv(identity)
 	e.set("RELAY_PASSWORD", "wrong-pw")
 	var logs syncBuffer
@@ -249,7 +250,7 @@ func TestCredentials(t *testing.T) {
 
 	e.set("RELAY_PASSWORD", "s3cret-pw")
 	waitFor(t, "connected with the right password", connected(m, "gw"))
-	newProducer(t, b).publish("gw/1", "hello")
+	mosquittotest.NewProducer(t, b).Publish("gw/1", "hello")
 	waitFor(t, "the message", func() bool { return len(q.bodies("gw/1")) == 1 })
 
 	out := logs.String()
@@ -266,18 +267,18 @@ func TestCredentials(t *testing.T) {
 // A broker that restarts (losing its sessions: no persistence) is
 // reconnected to and subscribed again.
 func TestBrokerRestart(t *testing.T) {
-	b := startBroker(t, brokerOptions{})
+	b := mosquittotest.Start(t, mosquittotest.Options{})
 	q := &memQueue{}
 	m := newManager(t, q, nil, testLog(t))
 	run(t, m)
 	apply(t, m, twin.Source{Name: "r", URL: b.URL, Topics: []twin.Topic{{Filter: "r/#", QoS: 1}}})
-	newProducer(t, b).publish("r/1", "before")
+	mosquittotest.NewProducer(t, b).Publish("r/1", "before")
 	waitFor(t, "before", func() bool { return len(q.bodies("r/1")) == 1 })
 
-	b.restart()
+	b.Restart()
 	waitFor(t, "the loss seen", func() bool { return m.Stats()["r"].LastError != "" })
 	waitFor(t, "reconnected", connected(m, "r"))
-	newProducer(t, b).publish("r/1", "after")
+	mosquittotest.NewProducer(t, b).Publish("r/1", "after")
 	waitFor(t, "after", func() bool { return len(q.bodies("r/1")) == 2 })
 	if got := q.bodies("r/1"); !slices.Equal(got, []string{"before", "after"}) {
 		t.Errorf("bodies = %q", got)
@@ -287,7 +288,7 @@ func TestBrokerRestart(t *testing.T) {
 // mqtts:// trusts the source's CA file; without it the system's roots do
 // not know the broker. Sources applied before Run start with it.
 func TestTLS(t *testing.T) {
-	b := startBroker(t, brokerOptions{tls: true})
+	b := mosquittotest.Start(t, mosquittotest.Options{TLS: true})
 	q := &memQueue{}
 	m := newManager(t, q, nil, testLog(t))
 	topics := []twin.Topic{{Filter: "tls/#", QoS: 1}}
@@ -304,7 +305,7 @@ func TestTLS(t *testing.T) {
 	if st := m.Stats()["untrusted"]; st.Connected || !strings.Contains(st.LastError, "certificate") {
 		t.Errorf("without the CA: Stats = %+v, want a certificate error", st)
 	}
-	newProducer(t, b).publish("tls/1", "secret reading")
+	mosquittotest.NewProducer(t, b).Publish("tls/1", "secret reading")
 	waitFor(t, "the message", func() bool { return len(q.bodies("tls/1")) == 1 })
 }
 

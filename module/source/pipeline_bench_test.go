@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/mosquittotest"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
@@ -92,7 +93,7 @@ func directRate(b *testing.B, hub *hubtest.Server) float64 {
 // with manual set, acknowledged by msg.Ack() from another goroutine, as
 // the relay's sources do.
 func mosquittoRate(b *testing.B, manual bool) float64 {
-	br := startBroker(b, brokerOptions{extra: []string{"max_inflight_messages 1000", "max_queued_messages 1000000"}})
+	br := mosquittotest.Start(b, mosquittotest.Options{Extra: []string{"max_inflight_messages 1000", "max_queued_messages 1000000"}})
 	var got atomic.Int64
 	all := make(chan struct{})
 	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(br.URL).SetClientID("hop").SetOrderMatters(true).SetAutoAckDisabled(manual))
@@ -111,11 +112,11 @@ func mosquittoRate(b *testing.B, manual bool) float64 {
 		}
 	}()
 	sub.Subscribe("bench/#", 1, func(_ mqtt.Client, m mqtt.Message) { acks <- m }).Wait()
-	p := newProducer(b, br)
+	p := mosquittotest.NewProducer(b, br)
 	body := make([]byte, 256)
 	start := time.Now()
 	for range benchMessages {
-		p.cli.Publish("bench/hop", 1, false, body)
+		p.Client.Publish("bench/hop", 1, false, body)
 	}
 	select {
 	case <-all:
@@ -126,7 +127,7 @@ func mosquittoRate(b *testing.B, manual bool) float64 {
 }
 
 func pipelineRun(b *testing.B, hub *hubtest.Server) (rate float64, p50, p99 time.Duration, rss float64) {
-	br := startBroker(b, brokerOptions{extra: []string{"max_inflight_messages 1000", "max_queued_messages 1000000"}})
+	br := mosquittotest.Start(b, mosquittotest.Options{Extra: []string{"max_inflight_messages 1000", "max_queued_messages 1000000"}})
 	dir := b.TempDir()
 	// The relay's goroutines carry a profiler label, so that a CPU
 	// profile of this benchmark tells its share (-tagfocus part=relay).
@@ -163,7 +164,7 @@ func pipelineRun(b *testing.B, hub *hubtest.Server) (rate float64, p50, p99 time
 	}
 	pprof.SetGoroutineLabels(context.Background())
 
-	p := newProducer(b, br)
+	p := mosquittotest.NewProducer(b, br)
 	before := len(hub.Upstream())
 	start := time.Now()
 	toks := make([]mqtt.Token, 0, benchMessages)
@@ -171,7 +172,7 @@ func pipelineRun(b *testing.B, hub *hubtest.Server) (rate float64, p50, p99 time
 	var peakRSS float64
 	for range benchMessages {
 		binary.BigEndian.PutUint64(body, uint64(time.Now().UnixNano()))
-		toks = append(toks, p.cli.Publish("bench/line", 1, false, slices.Clone(body)))
+		toks = append(toks, p.Client.Publish("bench/line", 1, false, slices.Clone(body)))
 	}
 	for _, t := range toks {
 		if t.Wait(); t.Error() != nil {

@@ -1,36 +1,31 @@
-package source
+// Package mosquittotest runs a real Mosquitto per test, on loopback, and
+// QoS 1 producers publishing to it, like a plant's PLC gateways.
+package mosquittotest
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/rs/zerolog"
 
-	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/syncbuf"
 	"github.com/edgetpm/edgetpm/internal/tpmtest"
-	"github.com/edgetpm/edgetpm/module/queue"
 )
 
-// broker is a Mosquitto of one test, on loopback, with its own
+// Broker is a Mosquitto of one test, on loopback, with its own
 // configuration and no persistence.
-type broker struct {
+type Broker struct {
 	Port int
 	URL  string
 	// CAFile is the CA of a TLS listener.
@@ -44,23 +39,23 @@ type broker struct {
 	tls    bool
 	cmd    *exec.Cmd
 	exited chan error
-	out    *syncBuffer
+	out    *syncbuf.Buffer
 }
 
-type brokerOptions struct {
-	// users are name → password in a password_file; none means anonymous.
-	users map[string]string
-	tls   bool
-	extra []string // more configuration lines
+type Options struct {
+	// Users are name → password in a password_file; none means anonymous.
+	Users map[string]string
+	TLS   bool
+	Extra []string // more configuration lines
 }
 
-func startBroker(t testing.TB, o brokerOptions) *broker {
+func Start(t testing.TB, o Options) *Broker {
 	t.Helper()
-	b := &broker{t: t, users: o.users, bin: tpmtest.Need(t, "mosquitto"), dir: t.TempDir(), tls: o.tls, out: &syncBuffer{}}
+	b := &Broker{t: t, users: o.Users, bin: tpmtest.Need(t, "mosquitto"), dir: t.TempDir(), tls: o.TLS, out: &syncbuf.Buffer{}}
 	lines := []string{"allow_anonymous true"}
-	if len(o.users) > 0 {
+	if len(o.Users) > 0 {
 		pw := filepath.Join(b.dir, "passwords")
-		for u, p := range o.users {
+		for u, p := range o.Users {
 			args := []string{"-b", pw, u, p}
 			if _, err := os.Stat(pw); err != nil {
 				args = append([]string{"-c"}, args...)
@@ -71,15 +66,15 @@ func startBroker(t testing.TB, o brokerOptions) *broker {
 		}
 		lines = []string{"allow_anonymous false", "password_file " + pw}
 	}
-	if o.tls {
+	if o.TLS {
 		lines = append(lines, b.writeTLS(t)...)
 	}
-	b.extra = strings.Join(append(lines, o.extra...), "\n")
+	b.extra = strings.Join(append(lines, o.Extra...), "\n")
 	if err := b.start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		b.stop()
+		b.Stop()
 		if t.Failed() {
 			t.Logf("mosquitto log:\n%s", b.out.String())
 		}
@@ -88,7 +83,7 @@ func startBroker(t testing.TB, o brokerOptions) *broker {
 }
 
 // writeTLS makes a CA and a server certificate for 127.0.0.1.
-func (b *broker) writeTLS(t testing.TB) []string {
+func (b *Broker) writeTLS(t testing.TB) []string {
 	ca, err := pki.NewCA()
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +121,7 @@ func (b *broker) writeTLS(t testing.TB) []string {
 // start starts Mosquitto on b.Port, or on a free port when it is 0,
 // trying another if that one is taken in the meantime (Mosquitto cannot
 // pick one itself).
-func (b *broker) start() error {
+func (b *Broker) start() error {
 	fixed := b.Port != 0
 	var lastErr error
 	for attempt := 0; attempt < 10; attempt++ {
@@ -167,8 +162,8 @@ func (b *broker) start() error {
 	return fmt.Errorf("mosquitto did not come up: %w\n%s", lastErr, b.out.String())
 }
 
-// stop kills Mosquitto, like a crash: its sessions are gone.
-func (b *broker) stop() {
+// Stop kills Mosquitto, like a crash: its sessions are gone.
+func (b *Broker) Stop() {
 	if b.cmd == nil {
 		return
 	}
@@ -177,10 +172,10 @@ func (b *broker) stop() {
 	b.cmd = nil
 }
 
-// restart stops Mosquitto and starts it again on the same port.
-func (b *broker) restart() {
+// Restart stops Mosquitto and starts it again on the same port.
+func (b *Broker) Restart() {
 	b.t.Helper()
-	b.stop()
+	b.Stop()
 	if err := b.start(); err != nil {
 		b.t.Fatal(err)
 	}
@@ -213,14 +208,14 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// producer is a QoS 1 publisher on a broker, like a PLC gateway. It signs
+// Producer is a QoS 1 publisher on a broker, like a PLC gateway. It signs
 // in as user "producer" when the broker has users.
-type producer struct {
-	t   testing.TB
-	cli mqtt.Client
+type Producer struct {
+	Client mqtt.Client
+	t      testing.TB
 }
 
-func newProducer(t testing.TB, b *broker) *producer {
+func NewProducer(t testing.TB, b *Broker) *Producer {
 	t.Helper()
 	opts := mqtt.NewClientOptions().AddBroker(fmt.Sprintf("tcp://127.0.0.1:%d", b.Port)).
 		SetClientID(fmt.Sprintf("producer-%d", time.Now().UnixNano())).SetAutoReconnect(false).SetConnectRetry(false)
@@ -242,16 +237,16 @@ func newProducer(t testing.TB, b *broker) *producer {
 		t.Fatalf("producer connect: %v", tok.Error())
 	}
 	t.Cleanup(func() { cli.Disconnect(100) })
-	return &producer{t, cli}
+	return &Producer{cli, t}
 }
 
-// publish sends messages at QoS 1 in order and waits for the broker's
+// Publish sends messages at QoS 1 in order and waits for the broker's
 // PUBACKs.
-func (p *producer) publish(topic string, bodies ...string) {
+func (p *Producer) Publish(topic string, bodies ...string) {
 	p.t.Helper()
 	toks := make([]mqtt.Token, len(bodies))
 	for i, body := range bodies {
-		toks[i] = p.cli.Publish(topic, 1, false, body)
+		toks[i] = p.Client.Publish(topic, 1, false, body)
 	}
 	for _, tok := range toks {
 		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
@@ -260,135 +255,5 @@ func (p *producer) publish(topic string, bodies ...string) {
 	}
 }
 
-// memQueue is an appender in memory that records what it takes and
-// refuses while refuse is set.
-type memQueue struct {
-	mu     sync.Mutex
-	msgs   []*queue.Message
-	refuse error
-	calls  int
-}
-
-func (q *memQueue) Append(ctx context.Context, msgs ...*queue.Message) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.calls++
-	if q.refuse != nil {
-		return q.refuse
-	}
-	q.msgs = append(q.msgs, msgs...)
-	return nil
-}
-
-func (q *memQueue) setRefuse(err error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.refuse = err
-}
-
-func (q *memQueue) messages() []*queue.Message {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return append([]*queue.Message(nil), q.msgs...)
-}
-
-// bodies returns the bodies taken from topic, in order.
-func (q *memQueue) bodies(topic string) []string {
-	var out []string
-	for _, m := range q.messages() {
-		if m.Properties[PropTopic] == topic {
-			out = append(out, string(m.Body))
-		}
-	}
-	return out
-}
-
-var errFull = fmt.Errorf("append: %w", queue.ErrFull)
-
-// env is a mutable environment for getenv.
-type env struct {
-	mu   sync.Mutex
-	vars map[string]string
-}
-
-func newEnv(vars map[string]string) *env { return &env{vars: maps.Clone(vars)} }
-
-func (e *env) get(k string) string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.vars[k]
-}
-
-func (e *env) set(k, v string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.vars[k] = v
-}
-
-// identity is an IoT Edge module's environment: stable client IDs.
-var identity = map[string]string{"IOTEDGE_DEVICEID": "plant1", "IOTEDGE_MODULEID": "relay"}
-
-// newManager returns a Manager with quick retries, logging to the test.
-func newManager(t testing.TB, q appender, getenv func(string) string, log zerolog.Logger) *Manager {
-	if getenv == nil {
-		getenv = newEnv(identity).get
-	}
-	m := NewManager(q, "telemetry", log, getenv)
-	m.retry = backoff.Backoff{Base: 50 * time.Millisecond, Max: 300 * time.Millisecond}
-	m.appendRetry = backoff.Backoff{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond}
-	return m
-}
-
-func testLog(t testing.TB) zerolog.Logger {
-	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
-}
-
-// run runs m.Run until stop or the end of the test; stop returns Run's
-// error once it has returned.
-func run(t testing.TB, m *Manager) (stop func() error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-done:
-			case <-time.After(10 * time.Second):
-				err = errors.New("Run did not return 10 s after its context ended")
-			}
-		})
-		return err
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	waitFor(t, "Run serving", func() bool {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		return m.running
-	})
-	return stop
-}
-
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// syncBuffer is written by one goroutine and read by the test.
-type syncBuffer = syncbuf.Buffer
+// Log is what Mosquitto printed.
+func (b *Broker) Log() string { return b.out.String() }

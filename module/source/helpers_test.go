@@ -1,0 +1,150 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/internal/syncbuf"
+	"github.com/edgetpm/edgetpm/module/queue"
+)
+
+// memQueue is an appender in memory that records what it takes and
+// refuses while refuse is set.
+type memQueue struct {
+	mu     sync.Mutex
+	msgs   []*queue.Message
+	refuse error
+	calls  int
+}
+
+func (q *memQueue) Append(ctx context.Context, msgs ...*queue.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.calls++
+	if q.refuse != nil {
+		return q.refuse
+	}
+	q.msgs = append(q.msgs, msgs...)
+	return nil
+}
+
+func (q *memQueue) setRefuse(err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.refuse = err
+}
+
+func (q *memQueue) messages() []*queue.Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]*queue.Message(nil), q.msgs...)
+}
+
+// bodies returns the bodies taken from topic, in order.
+func (q *memQueue) bodies(topic string) []string {
+	var out []string
+	for _, m := range q.messages() {
+		if m.Properties[PropTopic] == topic {
+			out = append(out, string(m.Body))
+		}
+	}
+	return out
+}
+
+var errFull = fmt.Errorf("append: %w", queue.ErrFull)
+
+// env is a mutable environment for getenv.
+type env struct {
+	mu   sync.Mutex
+	vars map[string]string
+}
+
+func newEnv(vars map[string]string) *env { return &env{vars: maps.Clone(vars)} }
+
+func (e *env) get(k string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.vars[k]
+}
+
+func (e *env) set(k, v string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.vars[k] = v
+}
+
+// identity is an IoT Edge module's environment: stable client IDs.
+var identity = map[string]string{"IOTEDGE_DEVICEID": "plant1", "IOTEDGE_MODULEID": "relay"}
+
+// newManager returns a Manager with quick retries, logging to the test.
+func newManager(t testing.TB, q appender, getenv func(string) string, log zerolog.Logger) *Manager {
+	if getenv == nil {
+		getenv = newEnv(identity).get
+	}
+	m := NewManager(q, "telemetry", log, getenv)
+	m.retry = backoff.Backoff{Base: 50 * time.Millisecond, Max: 300 * time.Millisecond}
+	m.appendRetry = backoff.Backoff{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond}
+	return m
+}
+
+func testLog(t testing.TB) zerolog.Logger {
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+}
+
+// run runs m.Run until stop or the end of the test; stop returns Run's
+// error once it has returned.
+func run(t testing.TB, m *Manager) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(10 * time.Second):
+				err = errors.New("Run did not return 10 s after its context ended")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	waitFor(t, "Run serving", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.running
+	})
+	return stop
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// syncBuffer is written by one goroutine and read by the test.
+type syncBuffer = syncbuf.Buffer

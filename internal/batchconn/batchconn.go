@@ -7,9 +7,9 @@
 package batchconn
 
 import (
-	"runtime"
 	"bufio"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 )

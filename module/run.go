@@ -107,7 +107,14 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 	a.relay = relay.New(q, sess, cfg, relay.Options{Log: log})
 	a.relay.Metrics.SetConnected(sess.Connected)
 	a.relay.Metrics.TokenRenewals(sess.TokenRenewals)
-	a.sources = source.NewManager(a.relay, cfg.Output, log, getenv)
+	sourcesDir := filepath.Join(*dataDir, "sources")
+	if err := os.MkdirAll(sourcesDir, 0o700); err != nil {
+		return fmt.Errorf("data folder: %w", err)
+	}
+	a.sources = source.NewManager(a.relay, source.Config{
+		Output: cfg.Output, Identity: conn.id.DeviceID + "/" + conn.id.ModuleID,
+		StateDir: sourcesDir, Getenv: getenv, Log: log,
+	})
 	if err := a.apply(cfg); err != nil {
 		return err
 	}

@@ -7,12 +7,14 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -257,3 +259,78 @@ func (p *Producer) Publish(topic string, bodies ...string) {
 
 // Log is what Mosquitto printed.
 func (b *Broker) Log() string { return b.out.String() }
+
+// Proxy forwards TCP connections to a broker, so that a test can cut them
+// without the broker noticing first.
+type Proxy struct {
+	URL string
+
+	l     net.Listener
+	to    string
+	mu     sync.Mutex
+	conns  []net.Conn
+	refuse bool
+}
+
+// NewProxy listens on a free loopback port and forwards to b.
+func NewProxy(t testing.TB, b *Broker) *Proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{URL: "tcp://" + l.Addr().String(), l: l, to: fmt.Sprintf("127.0.0.1:%d", b.Port)}
+	var wg sync.WaitGroup
+	wg.Go(func() { p.serve(&wg) })
+	t.Cleanup(func() {
+		l.Close()
+		p.Cut(false)
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *Proxy) serve(wg *sync.WaitGroup) {
+	for {
+		in, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		refuse := p.refuse
+		p.mu.Unlock()
+		if refuse {
+			in.Close()
+			continue
+		}
+		out, err := net.Dial("tcp", p.to)
+		if err != nil {
+			in.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, in, out)
+		p.mu.Unlock()
+		wg.Go(func() { io.Copy(out, in); out.Close() })
+		wg.Go(func() { io.Copy(in, out); in.Close() })
+	}
+}
+
+// Cut closes every connection forwarded so far, both ways; with refuse
+// set, new connections are closed at once until Restore.
+func (p *Proxy) Cut(refuse bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = refuse
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// Restore forwards new connections again.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = false
+}

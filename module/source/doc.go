@@ -15,15 +15,19 @@
 //
 //	edge-relay-<source name>-<8 hex digits>
 //
-// The last part is a hash of $IOTEDGE_DEVICEID and $IOTEDGE_MODULEID, so
-// that two relays on different devices never take over each other's
-// session on a shared broker. Outside IoT Edge it is random per Manager,
-// and a restart starts a new session.
+// The last part is a hash of the device and module the relay runs as
+// ([Config.Identity]), so that two relays on different devices never take
+// over each other's session on a shared broker.
 //
-// Delivery is at least once. Redeliveries get a new message ID and may
-// duplicate what was queued just before a connection dropped. QoS 0
-// subscriptions are best effort: nothing is acknowledged and a message the
-// queue refuses when the source stops is lost.
+// Delivery is at least once, and a message is queued once: when a
+// connection drops or the process is killed between the append and the
+// broker receiving our PUBACK, the broker sends the message again with
+// DUP set and its packet ID, and the source recognizes it (packet ID and
+// a digest of topic and payload, remembered in [Config.StateDir]),
+// acknowledges it and drops it. Only a power cut in that instant may leave
+// a second copy, under another message ID. QoS 0 subscriptions are best
+// effort: nothing is acknowledged and a message the queue refuses when the
+// source stops is lost.
 //
 // Each message becomes one [queue.Message]:
 //

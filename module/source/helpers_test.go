@@ -23,6 +23,8 @@ type memQueue struct {
 	msgs   []*queue.Message
 	refuse error
 	calls  int
+	// onAppend, when set, runs after each append that took messages.
+	onAppend func()
 }
 
 func (q *memQueue) Append(ctx context.Context, msgs ...*queue.Message) error {
@@ -30,12 +32,17 @@ func (q *memQueue) Append(ctx context.Context, msgs ...*queue.Message) error {
 		return err
 	}
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	q.calls++
 	if q.refuse != nil {
+		q.mu.Unlock()
 		return q.refuse
 	}
 	q.msgs = append(q.msgs, msgs...)
+	after := q.onAppend
+	q.mu.Unlock()
+	if after != nil {
+		after()
+	}
 	return nil
 }
 
@@ -84,15 +91,10 @@ func (e *env) set(k, v string) {
 	e.vars[k] = v
 }
 
-// identity is an IoT Edge module's environment: stable client IDs.
-var identity = map[string]string{"IOTEDGE_DEVICEID": "plant1", "IOTEDGE_MODULEID": "relay"}
-
-// newManager returns a Manager with quick retries, logging to the test.
+// newManager returns a Manager with quick retries, logging to the test,
+// running as a module of its own, so that its client IDs are stable.
 func newManager(t testing.TB, q appender, getenv func(string) string, log zerolog.Logger) *Manager {
-	if getenv == nil {
-		getenv = newEnv(identity).get
-	}
-	m := NewManager(q, "telemetry", log, getenv)
+	m := NewManager(q, Config{Output: "telemetry", Identity: "plant1/" + t.Name(), Getenv: getenv, Log: log})
 	m.retry = backoff.Backoff{Base: 50 * time.Millisecond, Max: 300 * time.Millisecond}
 	m.appendRetry = backoff.Backoff{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond}
 	return m

@@ -112,8 +112,20 @@ func (s *source) work(ctx context.Context) {
 // queue takes the batch or ctx ends (then the broker sends the QoS 1
 // messages again on the next connection).
 func (s *source) store(ctx context.Context, batch []delivery) {
+	// msgs[i] is batch[i]'s queue message, nil for the redelivery of one
+	// queued before (see recent), which is only acknowledged.
 	msgs := make([]*queue.Message, len(batch))
+	sums := make([]digest, len(batch))
 	for i, d := range batch {
+		if d.msg.Qos() == 0 {
+			msgs[i] = s.message(d)
+			continue
+		}
+		sums[i] = digestOf(d.msg.Topic(), d.msg.Payload())
+		if d.msg.Duplicate() && s.recent.has(d.msg.MessageID(), sums[i]) {
+			s.duplicates.Add(1)
+			continue
+		}
 		msgs[i] = s.message(d)
 	}
 	b := s.m.appendRetry
@@ -124,17 +136,20 @@ func (s *source) store(ctx context.Context, batch []delivery) {
 		n := 0
 		for i, d := range batch {
 			if d.msg.Qos() == 0 || d.cli.IsConnectionOpen() {
-				batch[n], msgs[n] = d, msgs[i]
+				batch[n], msgs[n], sums[n] = d, msgs[i], sums[i]
 				n++
 			}
 		}
-		batch, msgs = batch[:n], msgs[:n]
+		batch, msgs, sums = batch[:n], msgs[:n], sums[:n]
 		if n == 0 {
 			return
 		}
-		err := s.m.q.Append(ctx, msgs...)
+		var err error
+		if fresh := nonNil(msgs); len(fresh) > 0 {
+			err = s.m.q.Append(ctx, fresh...)
+		}
 		if err == nil {
-			s.queued.Add(int64(n))
+			s.remember(batch, msgs, sums)
 			for _, d := range batch {
 				d.msg.Ack()
 			}
@@ -187,4 +202,31 @@ func (s *source) message(d delivery) *queue.Message {
 		m.ContentType, m.ContentEncoding = "application/json", "utf-8"
 	}
 	return m
+}
+
+// remember records the QoS 1 messages just queued before they are
+// acknowledged, so that their redelivery is known for what it is.
+func (s *source) remember(batch []delivery, msgs []*queue.Message, sums []digest) {
+	var ids []uint16
+	var queued []digest
+	for i, d := range batch {
+		if msgs[i] != nil && d.msg.Qos() == 1 {
+			ids = append(ids, d.msg.MessageID())
+			queued = append(queued, sums[i])
+		}
+	}
+	s.queued.Add(int64(len(nonNil(msgs))))
+	if err := s.recent.add(ids, queued); err != nil && !s.warnedRecent.Swap(true) {
+		s.log.Warn().Err(err).Msg("recording recent messages: a redelivery after a restart may be queued twice")
+	}
+}
+
+func nonNil(msgs []*queue.Message) []*queue.Message {
+	out := make([]*queue.Message, 0, len(msgs))
+	for _, m := range msgs {
+		if m != nil {
+			out = append(out, m)
+		}
+	}
+	return out
 }

@@ -37,6 +37,9 @@ type SourceStats struct {
 	Queued int64 `json:"queued"`
 	// Backpressured counts appends the queue refused as full.
 	Backpressured int64 `json:"backpressured"`
+	// Duplicates counts redeliveries of messages already queued,
+	// acknowledged and dropped.
+	Duplicates int64 `json:"duplicates"`
 	// LastError is the most recent failure (connecting, subscribing or
 	// appending). It stays after recovery; Connected tells whether the
 	// source is up.
@@ -50,6 +53,7 @@ type Manager struct {
 	log      zerolog.Logger
 	getenv   func(string) string
 	idSuffix string
+	stateDir string
 	now      func() time.Time
 	// retry paces reconnects, appendRetry the appends the queue refused.
 	retry, appendRetry backoff.Backoff
@@ -71,29 +75,47 @@ type applyRequest struct {
 	started chan<- []*source
 }
 
-// NewManager returns a Manager that appends to q, sending to
-// defaultOutput what a topic does not map elsewhere. getenv reads the
-// passwords (and the IoT Edge identity that makes client IDs stable).
-func NewManager(q appender, defaultOutput string, log zerolog.Logger, getenv func(string) string) *Manager {
+// Config is what a Manager needs besides its queue.
+type Config struct {
+	// Output is the default output, for topics that name none.
+	Output string
+	// Identity is who the relay runs as ("<device>/<module>"), hashed into
+	// the client IDs so that they stay the same across restarts and
+	// differ between devices. Empty, they are random per Manager.
+	Identity string
+	// StateDir keeps what each source queued last, to recognize the
+	// broker's redeliveries after a restart (see recent). Empty, it is
+	// kept in memory only.
+	StateDir string
+	// Getenv reads the sources' passwords.
+	Getenv func(string) string
+	Log    zerolog.Logger
+}
+
+// NewManager returns a Manager that appends to q.
+func NewManager(q appender, c Config) *Manager {
 	stopped := make(chan struct{})
 	close(stopped)
+	if c.Getenv == nil {
+		c.Getenv = func(string) string { return "" }
+	}
 	m := &Manager{
-		q: q, log: log, getenv: getenv, idSuffix: clientIDSuffix(getenv), now: time.Now,
+		q: q, log: c.Log, getenv: c.Getenv, idSuffix: clientIDSuffix(c.Identity), stateDir: c.StateDir, now: time.Now,
 		retry:       backoff.Backoff{Base: time.Second, Max: time.Minute},
 		appendRetry: backoff.Backoff{Base: 50 * time.Millisecond, Max: 2 * time.Second},
 		sources:     map[string]*source{},
 		stopped:     stopped,
 		reqs:        make(chan applyRequest),
 	}
-	m.output.Store(&defaultOutput)
+	m.output.Store(&c.Output)
 	return m
 }
 
-// clientIDSuffix is stable for an IoT Edge module, so the broker keeps its
+// clientIDSuffix is stable for an identity, so the broker keeps its
 // sessions across restarts, and distinct between devices.
-func clientIDSuffix(getenv func(string) string) string {
-	if dev := getenv("IOTEDGE_DEVICEID"); dev != "" {
-		sum := sha256.Sum256([]byte(dev + "/" + getenv("IOTEDGE_MODULEID")))
+func clientIDSuffix(identity string) string {
+	if identity != "" {
+		sum := sha256.Sum256([]byte(identity))
 		return hex.EncodeToString(sum[:4])
 	}
 	b := make([]byte, 4)

@@ -3,18 +3,19 @@ package source
 import (
 	"errors"
 	"fmt"
-	"github.com/edgetpm/edgetpm/internal/mosquittotest"
 	"maps"
 	"regexp"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	"github.com/edgetpm/edgetpm/internal/mosquittotest"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -229,7 +230,7 @@ func TestApplyLive(t *testing.T) {
 // environment holds the right one. No password reaches the log.
 func TestCredentials(t *testing.T) {
 	b := mosquittotest.Start(t, mosquittotest.Options{Users: map[string]string{"relay": "s3cret-pw", "producer": "prod-pw"}})
-	e := newEnv(identity)
+	e := newEnv(map[string]string{})
 	e.set("RELAY_PASSWORD", "wrong-pw")
 	var logs syncBuffer
 	q := &memQueue{}
@@ -331,6 +332,53 @@ func TestApplyRefuses(t *testing.T) {
 			}
 			if m.desired != nil {
 				t.Errorf("a refused Apply recorded %v", m.desired)
+			}
+		})
+	}
+}
+
+// A message queued whose PUBACK never reached the broker comes again with
+// DUP set; it is acknowledged and dropped, not queued a second time under
+// a new $.mid: in the same process after a dropped connection, and in the
+// next one after a restart (from the state folder).
+func TestRedeliveryNotQueuedTwice(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		t.Run(map[bool]string{false: "reconnect", true: "restart"}[restart], func(t *testing.T) {
+			b := mosquittotest.Start(t, mosquittotest.Options{})
+			px := mosquittotest.NewProxy(t, b)
+			state := t.TempDir()
+			q := &memQueue{}
+			var once sync.Once
+			cut := make(chan struct{})
+			// The first append lands; its acknowledgements do not.
+			q.onAppend = func() { once.Do(func() { px.Cut(restart); close(cut) }) }
+			start := func() (*Manager, func() error) {
+				m := newManager(t, q, nil, testLog(t))
+				m.stateDir = state
+				if err := m.Apply(t.Context(), []twin.Source{{Name: "plc", URL: px.URL, Topics: []twin.Topic{{Filter: "r/#", QoS: 1}}}}, ""); err != nil {
+					t.Fatal(err)
+				}
+				return m, run(t, m)
+			}
+			m, stop := start()
+			waitFor(t, "connected", func() bool { return m.Stats()["plc"].Connected })
+			want := []string{"a", "b", "c", "d", "e"}
+			mosquittotest.NewProducer(t, b).Publish("r/1", want...)
+			<-cut
+			if restart {
+				if err := stop(); err != nil {
+					t.Fatal(err)
+				}
+				px.Restore()
+				m, _ = start()
+			}
+			waitFor(t, "every message queued", func() bool { return len(q.bodies("r/1")) >= len(want) })
+			time.Sleep(300 * time.Millisecond) // a second copy would come by now
+			if got := q.bodies("r/1"); !slices.Equal(got, want) {
+				t.Errorf("queued %q, want %q once each", got, want)
+			}
+			if m.Stats()["plc"].Duplicates == 0 {
+				t.Error("no redelivery counted: the test did not cut between append and acknowledgement")
 			}
 		})
 	}

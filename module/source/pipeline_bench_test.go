@@ -13,7 +13,6 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
@@ -149,7 +148,7 @@ func pipelineRun(b *testing.B, hub *hubtest.Server) (rate float64, p50, p99 time
 		b.Fatal(err)
 	}
 	r = relay.New(q, sess, twin.Defaults(), relay.Options{})
-	m := NewManager(r, "telemetry", zerolog.Nop(), os.Getenv)
+	m := NewManager(r, Config{Output: "telemetry", Identity: "edge1/relay", StateDir: b.TempDir()})
 	ctx, cancel := context.WithCancel(relayCtx)
 	done := make(chan struct{}, 3)
 	go func() { sess.Run(ctx); done <- struct{}{} }()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -55,13 +56,14 @@ type source struct {
 	first  chan struct{}          // closed after the first connection attempt
 	done   chan struct{}          // closed when run returns
 	inbox  chan delivery
+	recent *recent // set by run before anything else
 
 	subscribed bool // this process subscribed in the broker's session; run's goroutine only
 
-	connected                       atomic.Bool
-	received, queued, backpressured atomic.Int64
-	lastErr                         atomic.Pointer[string]
-	warnedStray                     atomic.Bool
+	connected                                   atomic.Bool
+	received, queued, backpressured, duplicates atomic.Int64
+	lastErr                                     atomic.Pointer[string]
+	warnedStray, warnedRecent                   atomic.Bool
 }
 
 // ending says what a stop does to the broker's session: nothing at
@@ -117,7 +119,7 @@ func (s *source) setErr(err error) {
 func (s *source) stats() SourceStats {
 	st := SourceStats{
 		Connected: s.connected.Load(), Received: s.received.Load(),
-		Queued: s.queued.Load(), Backpressured: s.backpressured.Load(),
+		Queued: s.queued.Load(), Backpressured: s.backpressured.Load(), Duplicates: s.duplicates.Load(),
 	}
 	if e := s.lastErr.Load(); e != nil {
 		st.LastError = *e
@@ -129,6 +131,17 @@ func (s *source) stats() SourceStats {
 // finish before it disconnects, so that what was appended is acknowledged.
 func (s *source) run(ctx context.Context) {
 	defer close(s.done)
+	path := ""
+	if s.m.stateDir != "" {
+		path = filepath.Join(s.m.stateDir, s.cfg.Name+".recent")
+	}
+	r, err := openRecent(path, s.clientID+"@"+s.ep.addr)
+	if err != nil {
+		// Redeliveries after a restart will be queued again.
+		s.log.Warn().Err(err).Msg("recent messages kept in memory only")
+		r, _ = openRecent("", "")
+	}
+	s.recent = r
 	var wg sync.WaitGroup
 	wg.Go(func() { s.work(ctx) })
 	cli := s.keepConnected(ctx)
@@ -204,6 +217,11 @@ func (s *source) connect(ctx context.Context) (mqtt.Client, <-chan error, error)
 	if ctx.Err() != nil {
 		cli.Disconnect(0)
 		return nil, nil, context.Cause(ctx)
+	}
+	if !tok.(*mqtt.ConnectToken).SessionPresent() {
+		if err := s.recent.forget(); err != nil {
+			s.log.Warn().Err(err).Msg("recent messages")
+		}
 	}
 	if !tok.(*mqtt.ConnectToken).SessionPresent() || !s.subscribed {
 		if err := s.subscribe(ctx, cli); err != nil {
@@ -362,12 +380,17 @@ func (s *source) finish(ctx context.Context, cli mqtt.Client) {
 		}
 		cli.Disconnect(250)
 	}
+	ended := false
 	if e != nil && e.forget {
 		if err := s.forget(ctx); err != nil {
 			s.log.Warn().Err(err).Msg("could not end the session on the broker")
-			return
+		} else {
+			ended = true
+			s.log.Info().Msg("session ended")
 		}
-		s.log.Info().Msg("session ended")
+	}
+	if err := s.recent.close(ended); err != nil {
+		s.log.Warn().Err(err).Msg("recent messages")
 	}
 }
 

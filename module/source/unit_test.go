@@ -4,8 +4,6 @@ import (
 	"maps"
 	"testing"
 
-	"github.com/rs/zerolog"
-
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -79,7 +77,7 @@ func (m *fakeMessage) Payload() []byte   { return m.payload }
 func (m *fakeMessage) Ack()              { m.acked = true }
 
 func TestMessage(t *testing.T) {
-	m := NewManager(&memQueue{}, "telemetry", zerolog.Nop(), func(string) string { return "" })
+	m := NewManager(&memQueue{}, Config{Output: "telemetry"})
 	cfg := twin.Source{Name: "gw", URL: "tcp://h", Topics: []twin.Topic{
 		{Filter: "json/#", Output: "readings", Properties: map[string]string{"line": "2", PropRetained: "configured"}},
 		{Filter: "#"},
@@ -122,23 +120,17 @@ func TestMessage(t *testing.T) {
 }
 
 func TestClientID(t *testing.T) {
-	dev := func(id string) func(string) string {
-		return func(k string) string {
-			return map[string]string{"IOTEDGE_DEVICEID": id, "IOTEDGE_MODULEID": "relay"}[k]
-		}
-	}
-	none := func(string) string { return "" }
-	if a, b := clientIDSuffix(dev("d1")), clientIDSuffix(dev("d1")); a != b || len(a) != 8 {
+	if a, b := clientIDSuffix("d1/relay"), clientIDSuffix("d1/relay"); a != b || len(a) != 8 {
 		t.Errorf("the same module gave %q and %q, want one 8-digit suffix", a, b)
 	}
-	if a, b := clientIDSuffix(dev("d1")), clientIDSuffix(dev("d2")); a == b {
+	if a, b := clientIDSuffix("d1/relay"), clientIDSuffix("d2/relay"); a == b {
 		t.Errorf("two devices share the suffix %q", a)
 	}
-	if a, b := clientIDSuffix(none), clientIDSuffix(none); a == b {
-		t.Errorf("outside IoT Edge the suffix %q repeats", a)
+	if a, b := clientIDSuffix(""), clientIDSuffix(""); a == b {
+		t.Errorf("without an identity the suffix %q repeats", a)
 	}
-	s := newSource(NewManager(&memQueue{}, "t", zerolog.Nop(), dev("d1")), twin.Source{Name: "plc", URL: "tcp://h"}, nil)
-	if want := "edge-relay-plc-" + clientIDSuffix(dev("d1")); s.clientID != want {
+	s := newSource(NewManager(&memQueue{}, Config{Output: "t", Identity: "d1/relay"}), twin.Source{Name: "plc", URL: "tcp://h"}, nil)
+	if want := "edge-relay-plc-" + clientIDSuffix("d1/relay"); s.clientID != want {
 		t.Errorf("client ID %q, want %q", s.clientID, want)
 	}
 }

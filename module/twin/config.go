@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -28,7 +30,7 @@ type Config struct {
 	InFlight int      `json:"inFlight"`
 	Batching Batching `json:"batching"`
 	Queue    Queue    `json:"queue"`
-	Sources  []Source `json:"sources"`
+	Sources  Sources  `json:"sources"`
 }
 
 // Batching packs small readings into one JSON array message.
@@ -50,16 +52,18 @@ type Queue struct {
 
 // Source is a local MQTT broker to relay from.
 type Source struct {
-	Name        string  `json:"name"`
-	URL         string  `json:"url"` // tcp://, ssl://, mqtt://, mqtts://
-	Username    string  `json:"username,omitempty"`
-	PasswordEnv string  `json:"passwordEnv,omitempty"` // the password is in this environment variable, never in the twin
-	CAFile      string  `json:"caFile,omitempty"`
-	Topics      []Topic `json:"topics"`
+	Name        string `json:"-"`   // its key in "sources"
+	URL         string `json:"url"` // tcp://, ssl://, mqtt://, mqtts://
+	Username    string `json:"username,omitempty"`
+	PasswordEnv string `json:"passwordEnv,omitempty"` // the password is in this environment variable, never in the twin
+	CAFile      string `json:"caFile,omitempty"`
+	Topics      Topics `json:"topics"`
 }
 
-// Topic maps a topic filter to an output and properties.
+// Topic maps a topic filter to an output and properties. A message takes
+// the first topic, by name, whose filter matches.
 type Topic struct {
+	Name       string            `json:"-"` // its key in "topics"
 	Filter     string            `json:"filter"`
 	QoS        byte              `json:"qos"`
 	Output     string            `json:"output,omitempty"` // default: Config.Output
@@ -141,23 +145,26 @@ func (c *Config) Validate() error {
 		bad("queue.whenFull %q: want backpressure or dropOldest", c.Queue.WhenFull)
 	}
 	names := map[string]bool{}
-	for i, s := range c.Sources {
+	for _, s := range c.Sources {
 		if !validName(s.Name) || names[s.Name] {
-			bad("sources[%d].name %q: want a unique name", i, s.Name)
+			bad("sources.%s: want a unique name of letters, digits, '-' or '_'", s.Name)
 		}
 		names[s.Name] = true
 		if !strings.Contains(s.URL, "://") {
-			bad("sources[%d].url %q: want tcp://, ssl://, mqtt:// or mqtts://HOST:PORT", i, s.URL)
+			bad("sources.%s.url %q: want tcp://, ssl://, mqtt:// or mqtts://HOST:PORT", s.Name, s.URL)
 		}
 		if len(s.Topics) == 0 {
-			bad("sources[%d].topics: want at least one", i)
+			bad("sources.%s.topics: want at least one", s.Name)
 		}
-		for j, t := range s.Topics {
+		for _, t := range s.Topics {
+			if !validName(t.Name) {
+				bad("sources.%s.topics.%s: want a name of letters, digits, '-' or '_'", s.Name, t.Name)
+			}
 			if t.Filter == "" || t.QoS > 1 {
-				bad("sources[%d].topics[%d]: want a filter and qos 0 or 1", i, j)
+				bad("sources.%s.topics.%s: want a filter and qos 0 or 1", s.Name, t.Name)
 			}
 			if t.Output != "" && !validName(t.Output) {
-				bad("sources[%d].topics[%d].output %q: bad name", i, j, t.Output)
+				bad("sources.%s.topics.%s.output %q: bad name", s.Name, t.Name, t.Output)
 			}
 		}
 	}
@@ -202,3 +209,61 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 func (d Duration) String() string { return time.Duration(d).String() }
+
+// Sources are an object keyed by source name in the twin, which holds no
+// arrays (edge-runtime.md §6, "no arrays"); here, a list sorted by name.
+type Sources []Source
+
+// Topics are an object keyed by a name of the user's choosing, for the
+// same reason; here, a list sorted by name.
+type Topics []Topic
+
+func (s Sources) MarshalJSON() ([]byte, error) {
+	return marshalNamed(s, func(x Source) string { return x.Name })
+}
+
+func (s *Sources) UnmarshalJSON(b []byte) error {
+	return unmarshalNamed(b, (*[]Source)(s), func(x *Source, name string) { x.Name = name })
+}
+
+func (t Topics) MarshalJSON() ([]byte, error) {
+	return marshalNamed(t, func(x Topic) string { return x.Name })
+}
+
+func (t *Topics) UnmarshalJSON(b []byte) error {
+	return unmarshalNamed(b, (*[]Topic)(t), func(x *Topic, name string) { x.Name = name })
+}
+
+func marshalNamed[T any](list []T, name func(T) string) ([]byte, error) {
+	m := make(map[string]T, len(list))
+	for _, x := range list {
+		m[name(x)] = x
+	}
+	return json.Marshal(m)
+}
+
+// unmarshalNamed reads an object of named entries, strictly (an unknown
+// field is an error, as in the rest of the document), into a list sorted
+// by name. A null entry is no entry: JSON merge patches delete with null.
+func unmarshalNamed[T any](b []byte, list *[]T, setName func(*T, string)) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("want an object keyed by name: %w", err)
+	}
+	out := make([]T, 0, len(raw))
+	for _, name := range slices.Sorted(maps.Keys(raw)) {
+		if string(raw[name]) == "null" {
+			continue
+		}
+		var x T
+		dec := json.NewDecoder(bytes.NewReader(raw[name]))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&x); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		setName(&x, name)
+		out = append(out, x)
+	}
+	*list = out
+	return nil
+}

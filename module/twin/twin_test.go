@@ -1,6 +1,7 @@
 package twin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"path/filepath"
@@ -11,12 +12,13 @@ import (
 
 func TestParse(t *testing.T) {
 	c, err := Parse([]byte(`{"$version":3,"layeredProperties":{"x":1},"output":"plant","batching":{"enabled":true,"linger":"250ms"},
-		"sources":[{"name":"press","url":"tcp://127.0.0.1:1883","topics":[{"filter":"plant/#","qos":1,"properties":{"line":"3"}}]}]}`))
+		"sources":{"press":{"url":"tcp://127.0.0.1:1883","topics":{"all":{"filter":"plant/#","qos":1,"properties":{"line":"3"}}}},"oven":null}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Output != "plant" || !c.Batching.Enabled || c.Batching.Linger != Duration(250*time.Millisecond) || c.Batching.MaxBytes != 4096 ||
-		len(c.Sources) != 1 || c.Sources[0].Topics[0].Properties["line"] != "3" || c.LogLevel != "info" {
+		len(c.Sources) != 1 || c.Sources[0].Name != "press" || c.Sources[0].Topics[0].Name != "all" ||
+		c.Sources[0].Topics[0].Properties["line"] != "3" || c.LogLevel != "info" {
 		t.Errorf("Parse = %+v", c)
 	}
 	for _, tc := range []struct{ doc, want string }{
@@ -26,7 +28,11 @@ func TestParse(t *testing.T) {
 		{`{"batching":{"lingr":"1s"}}`, "unknown field"},
 		{`{"queue":{"whenFull":"explode"}}`, "queue.whenFull"},
 		{`{"reportInterval":"soon"}`, "duration"},
-		{`{"sources":[{"name":"a","url":"tcp://h:1","topics":[]},{"name":"a","url":"h","topics":[{"filter":"x","qos":2}]}]}`, "sources[1].name"},
+		{`{"sources":{"a":{"url":"tcp://h:1","topics":{}}}}`, "sources.a.topics"},
+		{`{"sources":{"b c":{"url":"tcp://h:1","topics":{"t":{"filter":"x"}}}}}`, "sources.b c"},
+		{`{"sources":{"a":{"url":"h","topics":{"t":{"filter":"x","qos":2}}}}}`, "sources.a.topics.t"},
+		{`{"sources":{"a":{"url":"tcp://h:1","topics":{"t":{"filter":"x","qoss":1}}}}}`, "unknown field"},
+		{`{"sources":[{"name":"a","url":"tcp://h:1"}]}`, "object keyed by name"},
 		{`[1]`, "desired properties"},
 	} {
 		if _, err := Parse([]byte(tc.doc)); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -36,7 +42,7 @@ func TestParse(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	f.Add([]byte(`{"$version":1,"output":"x","sources":[{"name":"a","url":"tcp://h:1","topics":[{"filter":"#"}]}]}`))
+	f.Add([]byte(`{"$version":1,"output":"x","sources":{"a":{"url":"tcp://h:1","topics":{"t":{"filter":"#"}}}}}`))
 	f.Add([]byte(`{"batching":{"linger":5}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
@@ -46,10 +52,22 @@ func FuzzParse(f *testing.F) {
 		if err := c.Validate(); err != nil {
 			t.Fatalf("Parse accepted an invalid configuration: %v", err)
 		}
-		// What is reported re-parses to the same configuration.
+		// What is reported re-parses to the same configuration, and holds
+		// no array (twins cannot).
 		out, _ := json.Marshal(c)
-		if _, err := Parse(out); err != nil {
+		back, err := Parse(out)
+		if err != nil {
 			t.Fatalf("effective configuration does not parse back: %v\n%s", err, out)
+		}
+		if again, _ := json.Marshal(back); !bytes.Equal(again, out) {
+			t.Fatalf("effective configuration changed on a round trip:\n%s\n%s", out, again)
+		}
+		if bytes.Contains(out, []byte("[")) {
+			var v any
+			json.Unmarshal(out, &v)
+			if hasArray(v) {
+				t.Fatalf("effective configuration holds an array: %s", out)
+			}
 		}
 	})
 }
@@ -152,4 +170,18 @@ func TestReconcilerApplyFailureKeepsConfig(t *testing.T) {
 	if last := svc.last(); last["status"] != "rejected" || last["effective"].(map[string]any)["output"] != "a" {
 		t.Errorf("a configuration the relay could not apply = %v, want rejected with the old one effective", last)
 	}
+}
+
+func hasArray(v any) bool {
+	switch x := v.(type) {
+	case []any:
+		return true
+	case map[string]any:
+		for _, e := range x {
+			if hasArray(e) {
+				return true
+			}
+		}
+	}
+	return false
 }

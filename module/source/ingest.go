@@ -110,24 +110,43 @@ func (s *source) work(ctx context.Context) {
 // store appends a batch and then acknowledges it. While the queue refuses,
 // it holds the acknowledgements and tries again with backoff, until the
 // queue takes the batch or ctx ends (then the broker sends the QoS 1
-// messages again on the next connection).
+// messages again on the next connection). A redelivery is recognized
+// (see recent): known to be queued, it is only acknowledged; otherwise it
+// is queued under the $.mid it had.
 func (s *source) store(ctx context.Context, batch []delivery) {
-	// msgs[i] is batch[i]'s queue message, nil for the redelivery of one
-	// queued before (see recent), which is only acknowledged.
+	// msgs[i] is batch[i]'s queue message, nil when only acknowledged;
+	// seqs[i] its entry in recent, 0 for none.
 	msgs := make([]*queue.Message, len(batch))
-	sums := make([]digest, len(batch))
+	var ids []uint16
+	var sums []digest
+	var mids []string
+	var staged []int // indexes of the QoS 1 messages to stage
 	for i, d := range batch {
-		if d.msg.Qos() == 0 {
-			msgs[i] = s.message(d)
-			continue
-		}
-		sums[i] = digestOf(d.msg.Topic(), d.msg.Payload())
-		if d.msg.Duplicate() && s.recent.has(d.msg.MessageID(), sums[i]) {
-			s.duplicates.Add(1)
-			continue
-		}
 		msgs[i] = s.message(d)
+		if d.msg.Qos() == 0 {
+			continue
+		}
+		sum := digestOf(d.msg.Topic(), d.msg.Payload())
+		if d.msg.Duplicate() {
+			if mid, queued, ok := s.recent.lookup(d.msg.MessageID(), sum); ok {
+				if queued {
+					s.duplicates.Add(1)
+					msgs[i] = nil
+					continue
+				}
+				msgs[i].ID = mid // taken before a crash, perhaps not queued
+			}
+		}
+		ids, sums, mids = append(ids, d.msg.MessageID()), append(sums, sum), append(mids, msgs[i].ID)
+		staged = append(staged, i)
 	}
+	seqs := make([]uint64, len(batch))
+	got, err := s.recent.stage(ids, sums, mids)
+	s.recentErr(err)
+	for j, i := range staged {
+		seqs[i] = got[j]
+	}
+
 	b := s.m.appendRetry
 	failing := false
 	for {
@@ -136,20 +155,22 @@ func (s *source) store(ctx context.Context, batch []delivery) {
 		n := 0
 		for i, d := range batch {
 			if d.msg.Qos() == 0 || d.cli.IsConnectionOpen() {
-				batch[n], msgs[n], sums[n] = d, msgs[i], sums[i]
+				batch[n], msgs[n], seqs[n] = d, msgs[i], seqs[i]
 				n++
 			}
 		}
-		batch, msgs, sums = batch[:n], msgs[:n], sums[:n]
+		batch, msgs, seqs = batch[:n], msgs[:n], seqs[:n]
 		if n == 0 {
 			return
 		}
 		var err error
-		if fresh := nonNil(msgs); len(fresh) > 0 {
+		fresh := nonNil(msgs)
+		if len(fresh) > 0 {
 			err = s.m.q.Append(ctx, fresh...)
 		}
 		if err == nil {
-			s.remember(batch, msgs, sums)
+			s.queued.Add(int64(len(fresh)))
+			s.recentErr(s.recent.queued(seqs))
 			for _, d := range batch {
 				d.msg.Ack()
 			}
@@ -204,19 +225,9 @@ func (s *source) message(d delivery) *queue.Message {
 	return m
 }
 
-// remember records the QoS 1 messages just queued before they are
-// acknowledged, so that their redelivery is known for what it is.
-func (s *source) remember(batch []delivery, msgs []*queue.Message, sums []digest) {
-	var ids []uint16
-	var queued []digest
-	for i, d := range batch {
-		if msgs[i] != nil && d.msg.Qos() == 1 {
-			ids = append(ids, d.msg.MessageID())
-			queued = append(queued, sums[i])
-		}
-	}
-	s.queued.Add(int64(len(nonNil(msgs))))
-	if err := s.recent.add(ids, queued); err != nil && !s.warnedRecent.Swap(true) {
+// recentErr warns, once, that recent could not be written.
+func (s *source) recentErr(err error) {
+	if err != nil && !s.warnedRecent.Swap(true) {
 		s.log.Warn().Err(err).Msg("recording recent messages: a redelivery after a restart may be queued twice")
 	}
 }

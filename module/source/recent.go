@@ -12,25 +12,29 @@ import (
 	"sync"
 )
 
-// recent remembers the packet IDs of the last messages a source queued,
-// each with a digest of its topic and payload, so that the broker's
-// redelivery of a message whose PUBACK it never received (we were killed,
-// or the connection dropped, between the append and the acknowledgement)
-// is acknowledged and dropped instead of queued again under a new $.mid.
+// recent remembers the last QoS 1 messages a source took, by packet ID,
+// each with a digest of its topic and payload and the $.mid it was given,
+// so that the broker's redelivery of a message whose PUBACK it never
+// received (the connection dropped, or the process was killed, after we
+// took it) keeps its $.mid, and is not queued a second time when it is
+// known to be queued.
 //
 // MQTT 3.1.1 carries no message identity, but a QoS 1 packet ID stays
 // taken on the broker until our PUBACK arrives, and on reconnecting to the
 // session the broker sends such a message again with DUP set and the same
 // packet ID (MQTT-4.4.0-1). A DUP delivery whose packet ID and digest match
-// a message we queued is therefore that message. Brokers hand out packet
-// IDs in sequence (Mosquitto does), so an ID comes back only after 65,535
-// others, far more than the recentSize remembered here; and a connection
-// that finds no session on the broker forgets them all.
+// an entry is therefore that message. Brokers hand out packet IDs in
+// sequence (Mosquitto does), so an ID comes back only after 65,535 others,
+// far more than the recentSize remembered here; and a connection that
+// finds no session on the broker forgets them all.
 //
-// The entries live in a file of the state folder, written after each
-// append and before the acknowledgements, without fsync: they survive a
-// killed process. A power cut may lose the last ones, and their
-// redeliveries are then queued again: a duplicate, never a loss.
+// An entry is written before its message is appended (staged) and marked
+// once the append has returned (queued). A redelivery of a queued message
+// is acknowledged and dropped; of a staged one, which a crash may have cut
+// off before the append, queued again under the same $.mid. The file is
+// written without fsync: it survives a killed process. A power cut may
+// lose the last entries, and their redeliveries are then queued again
+// under a new $.mid: a duplicate, never a loss.
 type recent struct {
 	mu    sync.Mutex
 	f     *os.File // nil: memory only
@@ -41,17 +45,20 @@ type recent struct {
 }
 
 type slot struct {
-	seq uint64 // 0: empty
-	id  uint16
-	sum digest
+	seq    uint64 // 0: empty
+	id     uint16
+	queued bool
+	sum    digest
+	mid    [midSize]byte
 }
 
 type digest [16]byte
 
 const (
 	recentSize  = 4096
-	slotSize    = 8 + 2 + 16
-	recentMagic = "EDGERCT1"
+	midSize     = 32                       // edgehub.NewMessageID: 128 bits in hex
+	slotSize    = 8 + 2 + 1 + 16 + midSize // seq, packet ID, queued, digest, $.mid
+	recentMagic = "EDGERCT2"
 	headerSize  = len(recentMagic) + 16
 	// maxSeq is far beyond any count of messages, and far from overflow.
 	maxSeq = 1 << 62
@@ -95,8 +102,7 @@ func openRecent(path, session string) (*recent, error) {
 		return r, nil
 	}
 	for off := headerSize; off+slotSize <= len(b); off += slotSize {
-		s := slot{seq: binary.BigEndian.Uint64(b[off:]), id: binary.BigEndian.Uint16(b[off+8:])}
-		copy(s.sum[:], b[off+10:off+slotSize])
+		s := decodeSlot(b[off : off+slotSize])
 		if s.seq == 0 || s.seq > maxSeq || s.id == 0 {
 			continue // empty, or damaged
 		}
@@ -114,48 +120,102 @@ func openRecent(path, session string) (*recent, error) {
 	return r, nil
 }
 
-// has reports whether a message with packet ID id and digest sum is among
-// the recent ones.
-func (r *recent) has(id uint16, sum digest) bool {
+func decodeSlot(b []byte) slot {
+	s := slot{seq: binary.BigEndian.Uint64(b), id: binary.BigEndian.Uint16(b[8:]), queued: b[10] == 1}
+	copy(s.sum[:], b[11:])
+	copy(s.mid[:], b[11+len(s.sum):])
+	return s
+}
+
+func (s slot) append(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, s.seq)
+	b = binary.BigEndian.AppendUint16(b, s.id)
+	q := byte(0)
+	if s.queued {
+		q = 1
+	}
+	b = append(b, q)
+	b = append(b, s.sum[:]...)
+	return append(b, s.mid[:]...)
+}
+
+// lookup finds the entry of a message with packet ID id and digest sum:
+// the $.mid it was given, and whether it is known to be queued.
+func (r *recent) lookup(id uint16, sum digest) (mid string, queued, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	seq, ok := r.byID[id]
 	if !ok || r.next-seq > recentSize {
-		return false
+		return "", false, false
 	}
 	s := r.slots[seq%recentSize]
-	return s.seq == seq && s.sum == sum
+	if s.seq != seq || s.sum != sum {
+		return "", false, false
+	}
+	return string(s.mid[:]), s.queued, true
 }
 
-// add records messages just queued, in order, and writes them out.
-func (r *recent) add(ids []uint16, sums []digest) error {
+// stage records messages about to be appended, in order, and writes them
+// out; it returns each one's sequence, for queued (0 for a message ID of
+// another length than edgehub.NewMessageID's, which is not recorded).
+func (r *recent) stage(ids []uint16, sums []digest, mids []string) (seqs []uint64, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	first := r.next
+	seqs = make([]uint64, len(ids))
 	for i, id := range ids {
+		if len(mids[i]) != midSize {
+			continue
+		}
 		seq := r.next
+		seqs[i] = seq
 		r.next++
 		old := r.slots[seq%recentSize]
 		if old.seq != 0 && r.byID[old.id] == old.seq {
 			delete(r.byID, old.id)
 		}
-		r.slots[seq%recentSize] = slot{seq: seq, id: id, sum: sums[i]}
+		s := slot{seq: seq, id: id, sum: sums[i]}
+		copy(s.mid[:], mids[i])
+		r.slots[seq%recentSize] = s
 		r.byID[id] = seq
 	}
-	if r.f == nil || first == r.next {
+	return seqs, r.write(first, r.next)
+}
+
+// queued marks staged entries as appended (a 0 is skipped).
+func (r *recent) queued(seqs []uint64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first, next := uint64(0), uint64(0)
+	for _, seq := range seqs {
+		if s := &r.slots[seq%recentSize]; seq != 0 && s.seq == seq {
+			s.queued = true
+			if first == 0 {
+				first = seq
+			}
+			next = seq + 1
+		}
+	}
+	if first == 0 {
 		return nil
 	}
-	// The new slots: one run of the ring, or two when it wraps.
+	return r.write(first, next)
+}
+
+// write writes the slots of sequences [first, next): one run of the ring,
+// or two when it wraps.
+func (r *recent) write(first, next uint64) error {
+	if r.f == nil {
+		return nil
+	}
+	first = max(first, next-min(next, recentSize))
 	var errs []error
-	for seq := first; seq < r.next; {
+	for seq := first; seq < next; {
 		start := seq % recentSize
-		n := min(r.next-seq, recentSize-start)
+		n := min(next-seq, recentSize-start)
 		buf := make([]byte, 0, n*slotSize)
 		for i := range n {
-			s := r.slots[start+i]
-			buf = binary.BigEndian.AppendUint64(buf, s.seq)
-			buf = binary.BigEndian.AppendUint16(buf, s.id)
-			buf = append(buf, s.sum[:]...)
+			buf = r.slots[start+i].append(buf)
 		}
 		if _, err := r.f.WriteAt(buf, int64(headerSize)+int64(start)*slotSize); err != nil {
 			errs = append(errs, err)

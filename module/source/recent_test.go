@@ -1,10 +1,33 @@
 package source
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 )
+
+// add stages and then marks queued messages with IDs ids and digests
+// sums, giving each the $.mid midFor(its packet ID).
+func (r *recent) add(ids []uint16, sums []digest) error {
+	mids := make([]string, len(ids))
+	for i, id := range ids {
+		mids[i] = midFor(id)
+	}
+	seqs, err := r.stage(ids, sums, mids)
+	if err != nil {
+		return err
+	}
+	return r.queued(seqs)
+}
+
+func midFor(id uint16) string { return fmt.Sprintf("%032x", id) }
+
+// has reports whether the message is known to be queued, under its $.mid.
+func (r *recent) has(id uint16, sum digest) bool {
+	mid, queued, ok := r.lookup(id, sum)
+	return ok && queued && mid == midFor(id)
+}
 
 func TestRecent(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "plc.recent")
@@ -68,6 +91,24 @@ func TestRecent(t *testing.T) {
 	}
 	if r.has(8, b) {
 		t.Fatal("an overwritten entry came back")
+	}
+	r.close(false)
+
+	// Staged and never marked queued (a crash between), an entry gives
+	// its $.mid back, not queued.
+	r, _ = openRecent(path, "edge-relay-plc-1@h:1883")
+	d := digestOf("t/2", []byte("d"))
+	if _, err := r.stage([]uint16{9}, []digest{d}, []string{midFor(9)}); err != nil {
+		t.Fatal(err)
+	}
+	r.close(false)
+	r, _ = openRecent(path, "edge-relay-plc-1@h:1883")
+	if mid, queued, ok := r.lookup(9, d); !ok || queued || mid != midFor(9) {
+		t.Fatalf("staged entry after a reopen: %q %v %v, want its $.mid, not queued", mid, queued, ok)
+	}
+	// A message ID of another form is not recorded.
+	if seqs, _ := r.stage([]uint16{10}, []digest{d}, []string{"short"}); seqs[0] != 0 {
+		t.Fatal("a message ID of another form was recorded")
 	}
 	r.close(false)
 

@@ -40,11 +40,20 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 	deviceState := fs.String("device-state", getenv("EDGE_RELAY_DEVICE_STATE"), "run as the device in `FILE`, the assignment edge-provisioner saved, signing in the TPM [$EDGE_RELAY_DEVICE_STATE]")
 	listen := fs.String("metrics-addr", envOr(getenv, "EDGE_RELAY_METRICS_ADDR", ":9600"), "`ADDRESS` serving /metrics, /healthz and /readyz [$EDGE_RELAY_METRICS_ADDR]")
 	caFile := fs.String("ca-file", getenv("EdgeModuleCACertificateFile"), "trust the CA certificates in `PEM` (development and device mode; IoT Edge gives its own) [$EdgeModuleCACertificateFile]")
+	tokenTTL := fs.Duration("token-ttl", edgehub.DefaultTokenTTL, "`LIFETIME` of each SAS token; a new one replaces it at 80% [$EDGE_RELAY_TOKEN_TTL]")
+	if v := getenv("EDGE_RELAY_TOKEN_TTL"); v != "" {
+		if err := fs.Set("token-ttl", v); err != nil {
+			return usageError{fmt.Errorf("EDGE_RELAY_TOKEN_TTL: %w", err)}
+		}
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return usageError{err}
+	}
+	if *tokenTTL < time.Second {
+		return usageError{fmt.Errorf("--token-ttl %v: want at least 1s", *tokenTTL)}
 	}
 	level := new(logLevel)
 	level.Store(int32(zerolog.InfoLevel))
@@ -86,6 +95,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		Identity: conn.id,
 		Signer:   conn.signer,
 		RootCAs:  conn.roots,
+		TokenTTL: *tokenTTL,
 		Input:    func(ctx context.Context, input string, m *edgehub.Message) error { return a.relay.Input(ctx, input, m) },
 		Method:   a.method,
 		Desired: func(patch []byte) {

@@ -435,6 +435,20 @@ func (q *Queue) Ack(seqs ...uint64) error {
 	return nil
 }
 
+// Pending reports whether message seq is still queued: appended, neither
+// acked nor dropped. A reader holding messages it has read checks it
+// before sending one, so that what the queue dropped meanwhile (the oldest
+// when full, the expired) is not sent after being counted as dropped.
+func (q *Queue) Pending(seq uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if seq <= q.wm || seq >= q.next {
+		return false
+	}
+	_, done := q.done[seq]
+	return !done
+}
+
 // Stats returns a snapshot of the queue's counters.
 func (q *Queue) Stats() Stats {
 	q.mu.Lock()

@@ -362,12 +362,21 @@ func TestDropOldest(t *testing.T) {
 	if s := seqs(got); !reflect.DeepEqual(s, span(6, 10)) {
 		t.Errorf("Read = %v, want 6..10", s)
 	}
+	// Pending tells a reader holding read messages which are still wanted.
+	for seq, want := range map[uint64]bool{1: false, 5: false, 6: true, 10: true, 11: false} {
+		if got := q.Pending(seq); got != want {
+			t.Errorf("Pending(%d) = %v, want %v", seq, got, want)
+		}
+	}
 	// An ack of a dropped message is no ack.
 	if err := q.Ack(1, 6); err != nil {
 		t.Fatal(err)
 	}
 	if st := q.Stats(); st.Acked != 1 {
 		t.Errorf("Acked = %d, want 1", st.Acked)
+	}
+	if q.Pending(6) {
+		t.Error("Pending(6) after its ack")
 	}
 }
 

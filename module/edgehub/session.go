@@ -236,6 +236,12 @@ func (s *Session) serve(ctx context.Context, cli mqtt.Client, expiry time.Time) 
 	return err
 }
 
+// WaitConnected returns once the session is connected, or ctx ends.
+func (s *Session) WaitConnected(ctx context.Context) error {
+	_, err := s.connected(ctx)
+	return err
+}
+
 // connected returns the client once the session is connected.
 func (s *Session) connected(ctx context.Context) (mqtt.Client, error) {
 	for {

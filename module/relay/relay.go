@@ -27,6 +27,7 @@ type store interface {
 	Append(ctx context.Context, msgs ...*queue.Message) error
 	Read(ctx context.Context, after uint64, max int) ([]*queue.Message, error)
 	Ack(seqs ...uint64) error
+	Pending(seq uint64) bool
 	Stats() queue.Stats
 }
 
@@ -34,6 +35,7 @@ type store interface {
 // PUBACK.
 type hub interface {
 	Send(ctx context.Context, output string, m *edgehub.Message) (edgehub.Pending, error)
+	WaitConnected(ctx context.Context) error
 }
 
 // workers is how many publish in parallel, each for its share of the

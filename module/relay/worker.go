@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 
@@ -100,19 +101,6 @@ func (w *worker) run(ctx context.Context) {
 // waiting for room in the window first.
 func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 	r := w.r
-	now := r.now()
-	live := msgs[:0:0]
-	for _, m := range msgs {
-		if !m.Expires.IsZero() && now.After(m.Expires) {
-			r.Metrics.Dropped.WithLabelValues("expired").Inc()
-			r.ack(m.Seq)
-			continue
-		}
-		live = append(live, m)
-	}
-	if len(live) == 0 {
-		return
-	}
 	// twin.Config.InFlight: edgeHub stops reading a client at 100 pending
 	// (edge-runtime.md §8), which slows it down but loses nothing.
 	for len(w.inflight) >= r.config.Load().InFlight && ctx.Err() == nil {
@@ -121,6 +109,27 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 			w.settle(ctx)
 		case <-ctx.Done():
 		}
+	}
+	// Waiting for the connection here rather than in Send, the check
+	// below sees what the queue dropped during an outage, and the counts
+	// of dropped and sent stay exact.
+	if r.hub.WaitConnected(ctx) != nil {
+		return // ctx ended; still queued
+	}
+	now := r.now()
+	live := msgs[:0:0]
+	for _, m := range msgs {
+		switch {
+		case !m.Expires.IsZero() && now.After(m.Expires):
+			r.Metrics.Dropped.WithLabelValues("expired").Inc()
+			r.ack(m.Seq)
+		case r.q.Pending(m.Seq):
+			live = append(live, m)
+		}
+		// Otherwise the queue dropped it since it was read, and counted it.
+	}
+	if len(live) == 0 {
+		return
 	}
 	f := flight{msgs: live, out: message(live)}
 	p, err := r.hub.Send(ctx, live[0].Output, f.out)
@@ -151,6 +160,10 @@ func (w *worker) settle(ctx context.Context) {
 		r.ack(seqs(head.msgs)...)
 		return
 	}
+	// What the queue dropped meanwhile stays dropped.
+	w.inflight = slices.DeleteFunc(w.inflight, func(f flight) bool {
+		return !slices.ContainsFunc(f.msgs, func(m *queue.Message) bool { return r.q.Pending(m.Seq) })
+	})
 	for i := range w.inflight {
 		p, err := r.hub.Send(ctx, w.inflight[i].msgs[0].Output, w.inflight[i].out)
 		if err != nil {

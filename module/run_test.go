@@ -36,7 +36,7 @@ type edge struct {
 	stop func() error
 }
 
-func startEdge(t *testing.T) *edge {
+func startEdge(t *testing.T, args ...string) *edge {
 	t.Helper()
 	hub := hubtest.Start(t, hubemu.Config{
 		Key: hubtest.Keys(map[string][]byte{"edge1/relay": relayKey}),
@@ -77,7 +77,7 @@ func startEdge(t *testing.T) *edge {
 	e := &edge{hub: hub, log: &syncBuffer{}, data: filepath.Join(dir, "data")}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--metrics-addr", "127.0.0.1:0", "--data", e.data}, nil, e.log, func(k string) string { return environ[k] })
+		done <- run(ctx, append([]string{"--metrics-addr", "127.0.0.1:0", "--data", e.data}, args...), nil, e.log, func(k string) string { return environ[k] })
 	}()
 	e.stop = func() error {
 		cancel()

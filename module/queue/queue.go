@@ -109,6 +109,8 @@ type Queue struct {
 
 	// syncs counts data fsyncs, for the group-commit test and benchmarks.
 	syncs atomic.Int64
+	// writeFailed is set when the last write failed; the writer's own.
+	writeFailed bool
 
 	mu     sync.Mutex
 	closed bool

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 )
 
 // Group commit: Append encodes its records in the caller's goroutine and
@@ -135,6 +137,15 @@ func (q *Queue) commit(reqs []*appendReq) (carry []*appendReq) {
 			return failAll(err)
 		}
 	}
+	q.mu.Lock()
+	var err error
+	if seg.count() > 0 && seg.last <= q.wm && (seg.size >= recycleAt || q.writeFailed) {
+		err = q.recycle(seg)
+	}
+	q.mu.Unlock()
+	if err != nil {
+		return failAll(err)
+	}
 	if seg.count() > 0 && seg.size+int64(len(reqs[0].buf)) > q.opts.SegmentSize {
 		s, err := createSegment(q.dir, q.next, q.fsync)
 		if err != nil {
@@ -200,10 +211,15 @@ func (q *Queue) commit(reqs []*appendReq) (carry []*appendReq) {
 		q.wbuf = buf
 	}
 
-	_, err := seg.f.WriteAt(buf, seg.size)
+	_, err = seg.f.WriteAt(buf, seg.size)
 	if err == nil {
 		q.syncs.Add(1)
 		err = q.fsync(seg.f)
+	}
+	q.writeFailed = err != nil
+	if pe := (*os.PathError)(nil); errors.As(err, &pe) {
+		// The file was opened under its temporary name.
+		err = &os.PathError{Op: pe.Op, Path: seg.path, Err: pe.Err}
 	}
 	if err != nil {
 		// Cut the partial write off so that nothing half-written is ever
@@ -280,6 +296,41 @@ func (q *Queue) cutBack(seg *segment) error {
 	seg.torn = err != nil
 	if err != nil {
 		return fmt.Errorf("cut %s back to %d bytes: %w", seg.path, seg.size, err)
+	}
+	return nil
+}
+
+// recycleAt is the size from which an active segment whose every record is
+// done is emptied before the next write.
+const recycleAt = 1 << 20
+
+// recycle empties the active segment once every record in it is done, so
+// that its space comes back without waiting for it to fill (reclaim only
+// deletes the others): after a disk filled up during an outage, this is
+// what makes room. It is cut to its header, then renamed for the next seq,
+// whose carrier across a restart its name is; a crash between leaves an
+// empty segment under the old name, and recovery takes the next seq from
+// the saved watermark. Callers hold q.mu; only the writer calls it.
+func (q *Queue) recycle(seg *segment) error {
+	if err := seg.f.Truncate(segHeader); err != nil {
+		return fmt.Errorf("empty %s: %w", seg.path, err)
+	}
+	if err := q.fsync(seg.f); err != nil {
+		return fmt.Errorf("empty %s: %w", seg.path, err)
+	}
+	path := filepath.Join(q.dir, segmentName(q.next))
+	if err := os.Rename(seg.path, path); err != nil {
+		return fmt.Errorf("empty %s: %w", seg.path, err)
+	}
+	if err := syncDir(q.dir); err != nil {
+		return fmt.Errorf("empty %s: %w", seg.path, err)
+	}
+	seg.path, seg.first, seg.last, seg.size, seg.index = path, q.next, q.next-1, segHeader, nil
+	if q.front.seg == seg {
+		q.front = cursor{}
+	}
+	if q.rc.seg == seg {
+		q.rc = cursor{}
 	}
 	return nil
 }

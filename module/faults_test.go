@@ -3,9 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -213,4 +216,58 @@ func TestQueueFull(t *testing.T) {
 			t.Logf("%s: %d readings, %d dropped, %d backpressured appends", policy, len(want), st.Queue.Dropped["full"], st.Sources["plc"].Backpressured)
 		})
 	}
+}
+
+// With the data folder on a full disk (an 8 MiB tmpfs) and edgeHub away,
+// intake stops acknowledging with a clear error; once edgeHub is back the
+// queue drains, its space comes back, intake resumes, and every reading
+// Mosquitto acknowledged arrives.
+func TestDiskFull(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for several seconds")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(mnt, 0); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+	})
+	e := startEdge(t, "--data", mnt)
+	p := startPlant(t, e, "")
+	e.hub.RefuseConnects(4 * time.Second)
+	e.hub.DropAll()
+	want := p.publish(t, 40000, 0) // about 14 MiB of records
+	var st stats
+	waitFor(t, "the hub back and the queue drained", func() bool {
+		var ok bool
+		st, ok = relayStats(t, e)
+		return ok && st.Queue.Depth == 0 && st.Sources["plc"].Queued >= int64(len(want))
+	})
+	got, dups := arrived(t, e)
+	missing := 0
+	for _, b := range want {
+		if !got[b] {
+			missing++
+		}
+	}
+	if missing > 0 {
+		t.Errorf("%d of %d readings never arrived", missing, len(want))
+	}
+	if !strings.Contains(st.Sources["plc"].LastError, "no space left on device") {
+		t.Errorf("source's last error %q, want the full disk named", st.Sources["plc"].LastError)
+	}
+	dropped := int64(0)
+	for _, n := range st.Queue.Dropped {
+		dropped += n
+	}
+	if st.Queue.Corrupt != 0 || dropped != 0 {
+		t.Errorf("queue after a full disk: %d corrupt, %d dropped", st.Queue.Corrupt, dropped)
+	}
+	t.Logf("%d readings through a full 8 MiB disk; %d duplicates", len(want), dups)
 }

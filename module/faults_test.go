@@ -5,112 +5,19 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-
-	"github.com/edgetpm/edgetpm/internal/mosquittotest"
 )
 
-// plant is a Mosquitto configured as the relay's source "plc" through the
-// twin, with a producer that has seen a message through.
-type plant struct {
-	br   *mosquittotest.Broker
-	prod *mosquittotest.Producer
-}
-
+// startPlant is a plant for the relay of e, taking messages.
 func startPlant(t *testing.T, e *edge, desired string) *plant {
 	t.Helper()
-	br := mosquittotest.Start(t, mosquittotest.Options{Extra: []string{"max_queued_messages 0", "max_inflight_messages 100"}})
-	doc := fmt.Sprintf(`{"sources":{"plc":{"url":%q,"topics":{"plant":{"filter":"plant/#","qos":1}}}}%s}`, br.URL, desired)
-	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(doc)); err != nil {
-		t.Fatal(err)
-	}
-	p := &plant{br, mosquittotest.NewProducer(t, br)}
-	// Mosquitto keeps messages for the relay once it has subscribed. Once
-	// a probe is through, a last one follows every probe before it (order
-	// holds per source): then nothing of the probes is left in the queue.
-	arrived := func(body string) bool {
-		for _, m := range e.hub.Upstream() {
-			if string(m.Body) == body {
-				return true
-			}
-		}
-		return false
-	}
-	probes := 0
-	waitFor(t, "the relay to take a message from Mosquitto", func() bool {
-		probes++
-		body := fmt.Sprintf("probe-%d", probes)
-		p.prod.Publish("plant/probe", body)
-		time.Sleep(100 * time.Millisecond)
-		return arrived(body)
-	})
-	p.prod.Publish("plant/probe", "probe-last")
-	waitFor(t, "the last probe through", func() bool { return arrived("probe-last") })
+	p := newPlant(t, e.hub, 100, desired)
+	p.waitUp(t)
 	return p
-}
-
-// publish sends n 256-byte readings in bursts, returning those Mosquitto
-// acknowledged, in order.
-func (p *plant) publish(t *testing.T, n int, pause time.Duration) []string {
-	pad := strings.Repeat(".", 256-len("plc-000000 "))
-	var acked []string
-	for i := 0; i < n; {
-		var toks []mqtt.Token
-		var bodies []string
-		for ; i < n && len(toks) < 100; i++ {
-			body := fmt.Sprintf("plc-%06d %s", i, pad)
-			toks = append(toks, p.prod.Client.Publish("plant/line1", 1, false, body))
-			bodies = append(bodies, body)
-		}
-		for j, tok := range toks {
-			if tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
-				acked = append(acked, bodies[j])
-			}
-		}
-		time.Sleep(pause)
-	}
-	if len(acked) < n {
-		t.Logf("Mosquitto acknowledged %d of %d", len(acked), n)
-	}
-	return acked
-}
-
-// arrived checks what reached the hub: each body once at least, under one
-// $.mid, the readings first arriving in order; it returns the readings
-// that arrived and how many deliveries were duplicates.
-func arrived(t *testing.T, e *edge) (readings map[string]bool, dups int) {
-	t.Helper()
-	mids := map[string]string{}
-	var order []string
-	for _, m := range e.hub.Upstream() {
-		body, mid := string(m.Body), m.System["$.mid"]
-		if prev, ok := mids[body]; ok {
-			dups++
-			if prev != mid {
-				t.Fatalf("%s arrived with $.mid %s and again with %s", body, prev, mid)
-			}
-			continue
-		}
-		mids[body] = mid
-		if strings.HasPrefix(body, "plc-") {
-			order = append(order, body)
-		}
-	}
-	if !slices.IsSorted(order) {
-		t.Fatal("readings arrived out of order")
-	}
-	readings = map[string]bool{}
-	for _, b := range order {
-		readings[b] = true
-	}
-	return readings, dups
 }
 
 // relayStats calls the stats direct method; ok is false while the relay
@@ -152,19 +59,14 @@ func TestFaultsUnderLoad(t *testing.T) {
 			e.hub.DropAll()
 		}
 	})
-	want := p.publish(t, 8000, 60*time.Millisecond) // about six seconds
+	want := p.publish(t, 8000, 100, 60*time.Millisecond) // about six seconds
 	close(stop)
 	wg.Wait()
 	waitFor(t, "every reading upstream", func() bool {
-		got, _ := arrived(t, e)
-		for _, b := range want {
-			if !got[b] {
-				return false
-			}
-		}
-		return true
+		got, _ := arrived(t, e.hub)
+		return missing(want, got) == 0
 	})
-	_, dups := arrived(t, e)
+	_, dups := arrived(t, e.hub)
 	st, _ := relayStats(t, e)
 	if st.TokenRenewals < 2 {
 		t.Errorf("%d token renewals in six seconds of 3 s tokens, want at least 2", st.TokenRenewals)
@@ -185,21 +87,16 @@ func TestQueueFull(t *testing.T) {
 			p := startPlant(t, e, fmt.Sprintf(`,"queue":{"maxBytes":1048576,"whenFull":%q}`, policy))
 			e.hub.RefuseConnects(3 * time.Second)
 			e.hub.DropAll()
-			want := p.publish(t, 6000, 0) // about 2 MiB of records
+			want := p.publish(t, 6000, 100, 0) // about 2 MiB of records
 			var got map[string]bool
 			var st stats
 			waitFor(t, "the hub back and the queue drained", func() bool {
-				got, _ = arrived(t, e)
+				got, _ = arrived(t, e.hub)
 				var ok bool
 				st, ok = relayStats(t, e)
 				return ok && st.Queue.Depth == 0 && got[want[len(want)-1]]
 			})
-			missing := 0
-			for _, b := range want {
-				if !got[b] {
-					missing++
-				}
-			}
+			missing := missing(want, got)
 			switch policy {
 			case "backpressure":
 				if missing != 0 || st.Queue.Dropped["full"] != 0 || st.Sources["plc"].Backpressured == 0 {
@@ -242,22 +139,16 @@ func TestDiskFull(t *testing.T) {
 	p := startPlant(t, e, "")
 	e.hub.RefuseConnects(4 * time.Second)
 	e.hub.DropAll()
-	want := p.publish(t, 40000, 0) // about 14 MiB of records
+	want := p.publish(t, 40000, 100, 0) // about 14 MiB of records
 	var st stats
 	waitFor(t, "the hub back and the queue drained", func() bool {
 		var ok bool
 		st, ok = relayStats(t, e)
 		return ok && st.Queue.Depth == 0 && st.Sources["plc"].Queued >= int64(len(want))
 	})
-	got, dups := arrived(t, e)
-	missing := 0
-	for _, b := range want {
-		if !got[b] {
-			missing++
-		}
-	}
-	if missing > 0 {
-		t.Errorf("%d of %d readings never arrived", missing, len(want))
+	got, dups := arrived(t, e.hub)
+	if n := missing(want, got); n > 0 {
+		t.Errorf("%d of %d readings never arrived", n, len(want))
 	}
 	if !strings.Contains(st.Sources["plc"].LastError, "no space left on device") {
 		t.Errorf("source's last error %q, want the full disk named", st.Sources["plc"].LastError)

@@ -14,6 +14,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
 	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/until"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
@@ -64,7 +65,7 @@ func TestDeviceMode(t *testing.T) {
 			t.Errorf("edge-relay: %v", err)
 		}
 	}()
-	waitFor(t, "the device to connect", func() bool { return hub.Connected("press-7", "") })
+	until.True(t, "the device to connect", func() bool { return hub.Connected("press-7", "") })
 	status, resp, err := hub.InvokeMethod(t.Context(), "press-7", "", "ping", json.RawMessage(`{}`), 5*time.Second)
 	if err != nil || status != 200 {
 		t.Errorf("ping the device = %d %s %v", status, resp, err)
@@ -94,5 +95,5 @@ func TestDevelopmentMode(t *testing.T) {
 			t.Errorf("edge-relay: %v", err)
 		}
 	}()
-	waitFor(t, "the module to connect", func() bool { return hub.Connected("edge1", "relay") })
+	until.True(t, "the module to connect", func() bool { return hub.Connected("edge1", "relay") })
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
 	"github.com/edgetpm/edgetpm/internal/mosquittotest"
+	"github.com/edgetpm/edgetpm/internal/until"
 )
 
 // devHub is the hub emulator a relay process in development mode talks
@@ -63,7 +63,7 @@ func (p *plant) waitUp(t testing.TB) {
 		return false
 	}
 	probes := 0
-	waitFor(t, "the relay to take a message from Mosquitto", func() bool {
+	until.True(t, "the relay to take a message from Mosquitto", func() bool {
 		probes++
 		body := fmt.Sprintf("probe-%d", probes)
 		p.prod.Publish("plant/probe", body)
@@ -71,7 +71,7 @@ func (p *plant) waitUp(t testing.TB) {
 		return through(body)
 	})
 	p.prod.Publish("plant/probe", "probe-last")
-	waitFor(t, "the last probe through", func() bool { return through("probe-last") })
+	until.True(t, "the last probe through", func() bool { return through("probe-last") })
 }
 
 // publish sends n 256-byte readings, burst at a time with pause between
@@ -127,8 +127,10 @@ func arrived(t testing.TB, hub *hubtest.Server) (readings map[string]bool, dups 
 			order = append(order, body)
 		}
 	}
-	if !slices.IsSorted(order) {
-		t.Fatal("readings arrived out of order")
+	for i := 1; i < len(order); i++ {
+		if order[i] < order[i-1] {
+			t.Fatalf("readings arrived out of order: %.11s after %.11s", order[i], order[i-1])
+		}
 	}
 	readings = map[string]bool{}
 	for _, b := range order {

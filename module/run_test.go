@@ -16,6 +16,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
 	"github.com/edgetpm/edgetpm/internal/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/until"
 	"github.com/edgetpm/edgetpm/internal/workloademu"
 )
 
@@ -92,19 +93,8 @@ func startEdge(t *testing.T, args ...string) *edge {
 			t.Errorf("edge-relay: %v", err)
 		}
 	})
-	waitFor(t, "the relay to connect", func() bool { return hub.Connected("edge1", "relay") })
+	until.True(t, "the relay to connect", func() bool { return hub.Connected("edge1", "relay") })
 	return e
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // reported reads the module twin's reported "configuration".
@@ -126,11 +116,11 @@ func TestModule(t *testing.T) {
 	ctx := t.Context()
 
 	// The twin is applied on connect and reported.
-	waitFor(t, "the first report", func() bool { return reported(t, e.hub) != nil })
+	until.True(t, "the first report", func() bool { return reported(t, e.hub) != nil })
 	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"output":"plant","logLevel":"debug"}`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the desired patch applied", func() bool { c := reported(t, e.hub); return c["status"] == "applied" && c["version"] == 2.0 })
+	until.True(t, "the desired patch applied", func() bool { c := reported(t, e.hub); return c["status"] == "applied" && c["version"] == 2.0 })
 	if counters, ok := reported(t, e.hub)["counters"].(map[string]any); !ok || counters["logLevel"] != "debug" {
 		t.Errorf("reported counters = %v", reported(t, e.hub)["counters"])
 	}
@@ -156,7 +146,7 @@ func TestModule(t *testing.T) {
 	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"queue":{"whenFull":"explode"}}`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the rejection", func() bool { return reported(t, e.hub)["status"] == "rejected" })
+	until.True(t, "the rejection", func() bool { return reported(t, e.hub)["status"] == "rejected" })
 	if eff := reported(t, e.hub)["effective"].(map[string]any); eff["output"] != "plant" {
 		t.Errorf("effective after a rejected document = %v", eff)
 	}
@@ -208,17 +198,17 @@ func TestModule(t *testing.T) {
 // back: the twin is fetched again on every connect.
 func TestDesiredWhileOffline(t *testing.T) {
 	e := startEdge(t)
-	waitFor(t, "the first report", func() bool { return reported(t, e.hub) != nil })
+	until.True(t, "the first report", func() bool { return reported(t, e.hub) != nil })
 	e.hub.RefuseConnects(time.Second)
 	e.hub.DropAll()
-	waitFor(t, "the relay to drop", func() bool { return !e.hub.Connected("edge1", "relay") })
+	until.True(t, "the relay to drop", func() bool { return !e.hub.Connected("edge1", "relay") })
 	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"output":"offline1"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"logLevel":"warn"}`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the offline patches applied", func() bool {
+	until.True(t, "the offline patches applied", func() bool {
 		c := reported(t, e.hub)
 		eff, _ := c["effective"].(map[string]any)
 		return c["status"] == "applied" && eff["output"] == "offline1" && eff["logLevel"] == "warn"

@@ -265,8 +265,8 @@ func (b *Broker) Log() string { return b.out.String() }
 type Proxy struct {
 	URL string
 
-	l     net.Listener
-	to    string
+	l      net.Listener
+	to     string
 	mu     sync.Mutex
 	conns  []net.Conn
 	refuse bool

@@ -16,6 +16,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/until"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/twin"
@@ -123,7 +124,7 @@ func TestRelay(t *testing.T) {
 	if err := p.r.Input(ctx, "in", &edgehub.Message{ID: "input-1", Body: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the queue to empty", func() bool { return p.q.Stats().Depth == 0 })
+	until.True(t, "the queue to empty", func() bool { return p.q.Stats().Depth == 0 })
 	metrics := scrape(t, p.r)
 	for _, want := range []string{
 		`edgerelay_duplicate_messages_total 1`,
@@ -161,11 +162,11 @@ func TestBatchingAndExpiry(t *testing.T) {
 		t.Fatalf("first batch = %s (%v), props %v", up[0].Body, err, up[0].Properties)
 	}
 	// The last 5 wait for the linger (an hour) unless flushed.
-	waitFor(t, "two full batches", func() bool { return len(p.hub.Upstream()) == 2 })
+	until.True(t, "two full batches", func() bool { return len(p.hub.Upstream()) == 2 })
 	// Flush sends what has reached the publisher; repeat until the last
 	// five, appended before, have.
 	flushed := 0
-	waitFor(t, "the last five flushed", func() bool {
+	until.True(t, "the last five flushed", func() bool {
 		n, err := p.r.Flush(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -182,7 +183,7 @@ func TestBatchingAndExpiry(t *testing.T) {
 	if err := p.r.Append(ctx, stale); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the stale message to be dropped", func() bool {
+	until.True(t, "the stale message to be dropped", func() bool {
 		// Dropped by the queue when read, or by the publisher if it was
 		// already on its way: counted once, by one of them.
 		m := scrape(t, p.r)
@@ -198,7 +199,7 @@ func TestBatchingAndExpiry(t *testing.T) {
 // Readiness follows the connection; liveness the publisher.
 func TestHealth(t *testing.T) {
 	p := start(t, config(nil))
-	waitFor(t, "connected", p.sess.Connected)
+	until.True(t, "connected", p.sess.Connected)
 	srv := httptest.NewServer(p.r.Handler())
 	defer srv.Close()
 	get := func(path string) int {
@@ -214,7 +215,7 @@ func TestHealth(t *testing.T) {
 	}
 	p.hub.RefuseConnects(2 * time.Second)
 	p.hub.DropAll()
-	waitFor(t, "not ready while disconnected", func() bool { return get("/readyz") == 503 })
+	until.True(t, "not ready while disconnected", func() bool { return get("/readyz") == 503 })
 	if get("/healthz") != 200 {
 		t.Error("not live while disconnected")
 	}
@@ -231,17 +232,6 @@ func scrape(t *testing.T, r *Relay) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // edgeHub dropping every connection and refusing connects under load:
@@ -263,12 +253,12 @@ func TestHubDropsUnderLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "every message upstream", func() bool {
+	until.True(t, "every message upstream", func() bool {
 		seen := map[string]bool{}
 		for _, m := range p.hub.Upstream() {
 			seen[m.System["$.mid"]] = true
 		}
 		return len(seen) == n
 	})
-	waitFor(t, "the queue to empty", func() bool { return p.q.Stats().Depth == 0 })
+	until.True(t, "the queue to empty", func() bool { return p.q.Stats().Depth == 0 })
 }

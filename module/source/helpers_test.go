@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/until"
 	"github.com/edgetpm/edgetpm/module/queue"
 )
 
@@ -128,24 +129,12 @@ func run(t testing.TB, m *Manager) (stop func() error) {
 			t.Error(err)
 		}
 	})
-	waitFor(t, "Run serving", func() bool {
+	until.True(t, "Run serving", func() bool {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		return m.running
 	})
 	return stop
-}
-
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // syncBuffer is written by one goroutine and read by the test.

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/edgetpm/edgetpm/internal/mosquittotest"
+	"github.com/edgetpm/edgetpm/internal/until"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -55,7 +56,7 @@ func TestRelayInOrder(t *testing.T) {
 		{Filter: "plant/line1/#", QoS: 1, Output: "line1", Properties: map[string]string{"site": "north", PropTopic: "configured"}},
 		{Filter: "plant/+/status", QoS: 0},
 	}})
-	waitFor(t, "connected", connected(m, "line1"))
+	until.True(t, "connected", connected(m, "line1"))
 
 	const n = 500
 	var bodies []string
@@ -65,7 +66,7 @@ func TestRelayInOrder(t *testing.T) {
 	p := mosquittotest.NewProducer(t, b)
 	p.Publish("plant/line1/temp", bodies...)
 	p.Publish("plant/line2/status", "running")
-	waitFor(t, "all messages", func() bool { return len(q.messages()) == n+1 })
+	until.True(t, "all messages", func() bool { return len(q.messages()) == n+1 })
 
 	if got := q.bodies("plant/line1/temp"); !slices.Equal(got, bodies) {
 		t.Fatalf("bodies out of order or missing: got %d, first %q", len(got), got[:min(3, len(got))])
@@ -116,9 +117,9 @@ func TestAckOnlyAfterAppend(t *testing.T) {
 	m1 := newManager(t, q1, nil, testLog(t))
 	stop1 := run(t, m1)
 	apply(t, m1, src)
-	waitFor(t, "connected", connected(m1, "press"))
+	until.True(t, "connected", connected(m1, "press"))
 	p.Publish("press/cycle", bodies...)
-	waitFor(t, "the window full and appends refused", func() bool {
+	until.True(t, "the window full and appends refused", func() bool {
 		st := m1.Stats()["press"]
 		return st.Received == 10 && st.Backpressured >= 3
 	})
@@ -138,14 +139,14 @@ func TestAckOnlyAfterAppend(t *testing.T) {
 	m2 := newManager(t, q2, nil, testLog(t))
 	stop2 := run(t, m2)
 	apply(t, m2, src)
-	waitFor(t, "the disk error seen", func() bool {
+	until.True(t, "the disk error seen", func() bool {
 		return strings.Contains(m2.Stats()["press"].LastError, "no space left")
 	})
 	if st := m2.Stats()["press"]; st.Backpressured != 0 {
 		t.Errorf("a disk error counted as backpressure: %+v", st)
 	}
 	q2.setRefuse(nil)
-	waitFor(t, "all 50 redelivered", func() bool { return len(q2.messages()) >= len(bodies) })
+	until.True(t, "all 50 redelivered", func() bool { return len(q2.messages()) >= len(bodies) })
 	if got := q2.bodies("press/cycle"); !slices.Equal(got, bodies) {
 		t.Fatalf("after the restart the queue took %q, want %q", got, bodies)
 	}
@@ -158,9 +159,9 @@ func TestAckOnlyAfterAppend(t *testing.T) {
 	m3 := newManager(t, q3, nil, testLog(t))
 	run(t, m3)
 	apply(t, m3, src)
-	waitFor(t, "connected", connected(m3, "press"))
+	until.True(t, "connected", connected(m3, "press"))
 	p.Publish("press/cycle", "new")
-	waitFor(t, "the new message", func() bool { return len(q3.messages()) > 0 })
+	until.True(t, "the new message", func() bool { return len(q3.messages()) > 0 })
 	time.Sleep(100 * time.Millisecond)
 	if got := q3.bodies("press/cycle"); !slices.Equal(got, []string{"new"}) {
 		t.Errorf("third run took %q, want only the new message", got)
@@ -182,13 +183,13 @@ func TestApplyLive(t *testing.T) {
 		t.Fatalf("Apply returned before s1 connected: %+v", m.Stats())
 	}
 	pa.Publish("a/1", "one")
-	waitFor(t, "a/1", func() bool { return len(q.bodies("a/1")) == 1 })
+	until.True(t, "a/1", func() bool { return len(q.bodies("a/1")) == 1 })
 
 	s1.Topics = []twin.Topic{{Filter: "a/2", QoS: 1}}
 	apply(t, m, s1)
 	pa.Publish("a/1", "stale")
 	pa.Publish("a/2", "two")
-	waitFor(t, "a/2", func() bool { return len(q.bodies("a/2")) == 1 })
+	until.True(t, "a/2", func() bool { return len(q.bodies("a/2")) == 1 })
 	if got := q.bodies("a/1"); !slices.Equal(got, []string{"one"}) {
 		t.Errorf("after the filter changed, a/1 gave %q, want only the message from before", got)
 	}
@@ -200,14 +201,14 @@ func TestApplyLive(t *testing.T) {
 	if st := m.Stats(); len(st) != 0 {
 		t.Errorf("Stats after removing every source = %v, want none", st)
 	}
-	waitFor(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base })
+	until.True(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base })
 	pa.Publish("a/2", "while removed")
 
 	// Its session ended with it: added again, it gets nothing from the
 	// time it was away.
 	apply(t, m, s1)
 	pa.Publish("a/2", "back")
-	waitFor(t, "a/2 again", func() bool { return len(q.bodies("a/2")) == 2 })
+	until.True(t, "a/2 again", func() bool { return len(q.bodies("a/2")) == 2 })
 	if got := q.bodies("a/2"); !slices.Equal(got, []string{"two", "back"}) {
 		t.Errorf("a/2 gave %q, want two, back", got)
 	}
@@ -216,7 +217,7 @@ func TestApplyLive(t *testing.T) {
 	s2 := twin.Source{Name: "s2", URL: bb.URL, Topics: []twin.Topic{{Filter: "b/#", QoS: 1, Output: "bee"}}}
 	apply(t, m, s1, s2)
 	pb.Publish("b/x", "bee")
-	waitFor(t, "b/x", func() bool { return len(q.bodies("b/x")) == 1 })
+	until.True(t, "b/x", func() bool { return len(q.bodies("b/x")) == 1 })
 	got := q.messages()[len(q.messages())-1]
 	if got.Source != "mqtt:s2" || got.Output != "bee" {
 		t.Errorf("from s2: Source %q, Output %q; want mqtt:s2, bee", got.Source, got.Output)
@@ -250,9 +251,9 @@ func TestCredentials(t *testing.T) {
 	}
 
 	e.set("RELAY_PASSWORD", "s3cret-pw")
-	waitFor(t, "connected with the right password", connected(m, "gw"))
+	until.True(t, "connected with the right password", connected(m, "gw"))
 	mosquittotest.NewProducer(t, b).Publish("gw/1", "hello")
-	waitFor(t, "the message", func() bool { return len(q.bodies("gw/1")) == 1 })
+	until.True(t, "the message", func() bool { return len(q.bodies("gw/1")) == 1 })
 
 	out := logs.String()
 	for _, secret := range []string{"s3cret-pw", "wrong-pw"} {
@@ -274,13 +275,13 @@ func TestBrokerRestart(t *testing.T) {
 	run(t, m)
 	apply(t, m, twin.Source{Name: "r", URL: b.URL, Topics: []twin.Topic{{Filter: "r/#", QoS: 1}}})
 	mosquittotest.NewProducer(t, b).Publish("r/1", "before")
-	waitFor(t, "before", func() bool { return len(q.bodies("r/1")) == 1 })
+	until.True(t, "before", func() bool { return len(q.bodies("r/1")) == 1 })
 
 	b.Restart()
-	waitFor(t, "the loss seen", func() bool { return m.Stats()["r"].LastError != "" })
-	waitFor(t, "reconnected", connected(m, "r"))
+	until.True(t, "the loss seen", func() bool { return m.Stats()["r"].LastError != "" })
+	until.True(t, "reconnected", connected(m, "r"))
 	mosquittotest.NewProducer(t, b).Publish("r/1", "after")
-	waitFor(t, "after", func() bool { return len(q.bodies("r/1")) == 2 })
+	until.True(t, "after", func() bool { return len(q.bodies("r/1")) == 2 })
 	if got := q.bodies("r/1"); !slices.Equal(got, []string{"before", "after"}) {
 		t.Errorf("bodies = %q", got)
 	}
@@ -301,13 +302,13 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("sources running before Run: %v", st)
 	}
 	run(t, m)
-	waitFor(t, "connected over TLS", connected(m, "trusted"))
-	waitFor(t, "the untrusted failure", func() bool { return m.Stats()["untrusted"].LastError != "" })
+	until.True(t, "connected over TLS", connected(m, "trusted"))
+	until.True(t, "the untrusted failure", func() bool { return m.Stats()["untrusted"].LastError != "" })
 	if st := m.Stats()["untrusted"]; st.Connected || !strings.Contains(st.LastError, "certificate") {
 		t.Errorf("without the CA: Stats = %+v, want a certificate error", st)
 	}
 	mosquittotest.NewProducer(t, b).Publish("tls/1", "secret reading")
-	waitFor(t, "the message", func() bool { return len(q.bodies("tls/1")) == 1 })
+	until.True(t, "the message", func() bool { return len(q.bodies("tls/1")) == 1 })
 }
 
 // Apply refuses a configuration no retry can fix, and changes nothing.
@@ -361,7 +362,7 @@ func TestRedeliveryNotQueuedTwice(t *testing.T) {
 				return m, run(t, m)
 			}
 			m, stop := start()
-			waitFor(t, "connected", func() bool { return m.Stats()["plc"].Connected })
+			until.True(t, "connected", func() bool { return m.Stats()["plc"].Connected })
 			want := []string{"a", "b", "c", "d", "e"}
 			mosquittotest.NewProducer(t, b).Publish("r/1", want...)
 			<-cut
@@ -372,7 +373,7 @@ func TestRedeliveryNotQueuedTwice(t *testing.T) {
 				px.Restore()
 				m, _ = start()
 			}
-			waitFor(t, "every message queued", func() bool { return len(q.bodies("r/1")) >= len(want) })
+			until.True(t, "every message queued", func() bool { return len(q.bodies("r/1")) >= len(want) })
 			time.Sleep(300 * time.Millisecond) // a second copy would come by now
 			if got := q.bodies("r/1"); !slices.Equal(got, want) {
 				t.Errorf("queued %q, want %q once each", got, want)

@@ -92,6 +92,16 @@ func (s *Session) Publish(ctx context.Context, output string, m *Message) error 
 // Pending is a publish awaiting its PUBACK.
 type Pending struct{ tok mqtt.Token }
 
+// failed is the token of a publish that could not start.
+type failed struct{ err error }
+
+func (f failed) Wait() bool                     { return true }
+func (f failed) WaitTimeout(time.Duration) bool { return true }
+func (f failed) Done() <-chan struct{}          { return closed }
+func (f failed) Error() error                   { return f.err }
+
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 // Done is closed when the PUBACK came or the connection ended first.
 func (p Pending) Done() <-chan struct{} { return p.tok.Done() }
 
@@ -101,11 +111,32 @@ func (p Pending) Err() error { return p.tok.Error() }
 
 // Send starts a QoS 1 publish of m to output once connected and returns
 // without waiting for the PUBACK, so a window of messages can be in
-// flight. One connection delivers in the order sent, and edgeHub
-// processes one connection's PUBLISHes in order (edge-runtime.md §8), so
-// messages sent in order arrive in order; after a lost connection, send
-// the unacknowledged ones again in the same order.
+// flight. See SendOn for keeping order across connections.
 func (s *Session) Send(ctx context.Context, output string, m *Message) (Pending, error) {
+	for {
+		gen, err := s.WaitConnected(ctx, 0)
+		if err != nil {
+			return Pending{}, err
+		}
+		p, err := s.SendOn(gen, output, m)
+		if !errors.Is(err, ErrReconnected) {
+			return p, err
+		}
+	}
+}
+
+// ErrReconnected is SendOn's answer when its connection is gone.
+var ErrReconnected = errors.New("not the current connection")
+
+// SendOn starts a QoS 1 publish of m to output on connection number gen
+// (from WaitConnected), or returns ErrReconnected if that is not the
+// current connection. One connection delivers in the order sent, and
+// edgeHub processes one connection's PUBLISHes in order (edge-runtime.md
+// §8); after a lost connection, the unacknowledged ones are sent again in
+// order on the next one, before anything new: SendOn keeps a publish from
+// going out on another connection than the caller's window, which would
+// put it ahead of those.
+func (s *Session) SendOn(gen uint64, output string, m *Message) (Pending, error) {
 	if m.ID == "" {
 		m.ID = NewMessageID()
 	}
@@ -113,9 +144,16 @@ func (s *Session) Send(ctx context.Context, output string, m *Message) (Pending,
 	if len(m.Body)+propertiesSize(sys, m.Properties) > MaxMessageSize {
 		return Pending{}, ErrTooLarge
 	}
-	cli, err := s.connected(ctx)
-	if err != nil {
-		return Pending{}, err
+	s.mu.Lock()
+	cli, cur := s.cli, s.gen
+	s.mu.Unlock()
+	if cli == nil || cur != gen {
+		return Pending{}, ErrReconnected
+	}
+	if !cli.IsConnectionOpen() {
+		// Lost, and not yet replaced: a publish now would wait for the
+		// write timeout. It fails at once, to be sent again.
+		return Pending{failed{errors.New("connection lost")}}, nil
 	}
 	return Pending{cli.Publish(s.cfg.Identity.prefix()+"/messages/events/"+encodeProperties(sys, m.Properties), 1, false, m.Body)}, nil
 }

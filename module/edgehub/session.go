@@ -70,9 +70,10 @@ type Session struct {
 	password atomic.Pointer[string]
 
 	mu   sync.Mutex
-	cli  mqtt.Client   // set while connected
-	up   chan struct{} // closed while connected
-	lost chan error
+	cli     mqtt.Client   // set while connected
+	gen     uint64        // counts connections; cli's is gen
+	changed chan struct{} // closed, and replaced, as cli comes or goes
+	lost    chan error
 
 	rid     atomic.Uint64
 	pending sync.Map // rid -> chan response
@@ -102,7 +103,7 @@ func New(cfg Config) (*Session, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Session{cfg: cfg, up: make(chan struct{}), lost: make(chan error, 1)}, nil
+	return &Session{cfg: cfg, changed: make(chan struct{}), lost: make(chan error, 1)}, nil
 }
 
 // Connected reports whether the session is connected now.
@@ -147,16 +148,21 @@ func (s *Session) Run(ctx context.Context) error {
 		SetAutoAckDisabled(true).
 		SetKeepAlive(s.cfg.KeepAlive).
 		SetConnectTimeout(30 * time.Second).
+		// Bounds a write, and a publish caught by a lost connection.
+		SetWriteTimeout(10 * time.Second).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			select {
 			case s.lost <- err:
 			default:
 			}
 		})
-	cli := mqtt.NewClient(opts)
 	defer s.wg.Wait()
 	b := s.cfg.Backoff
 	for {
+		// A client per connection: paho hands a publish caught by a lost
+		// connection to the next connection of the same client, ahead of
+		// the ones sent again before it, which would break the order.
+		cli := mqtt.NewClient(opts)
 		expiry, err := s.connect(ctx, cli)
 		if err == nil {
 			b.Reset()
@@ -201,7 +207,9 @@ func (s *Session) connect(ctx context.Context, cli mqtt.Client) (expiry time.Tim
 	}
 	s.mu.Lock()
 	s.cli = cli
-	close(s.up)
+	s.gen++
+	close(s.changed)
+	s.changed = make(chan struct{})
 	s.mu.Unlock()
 	s.cfg.Log.Info().Str("host", s.cfg.Identity.Host).Time("token_expiry", expiry).Msg("connected")
 	if s.cfg.Connected != nil {
@@ -229,32 +237,41 @@ func (s *Session) serve(ctx context.Context, cli mqtt.Client, expiry time.Time) 
 	}
 	s.mu.Lock()
 	s.cli = nil
-	s.up = make(chan struct{})
+	close(s.changed)
+	s.changed = make(chan struct{})
 	s.mu.Unlock()
 	s.failPending()
 	cli.Disconnect(250)
 	return err
 }
 
-// WaitConnected returns once the session is connected, or ctx ends.
-func (s *Session) WaitConnected(ctx context.Context) error {
-	_, err := s.connected(ctx)
-	return err
+// WaitConnected waits for a connection later than connection number
+// after (0: any) and returns its number, for SendOn.
+func (s *Session) WaitConnected(ctx context.Context, after uint64) (uint64, error) {
+	_, gen, err := s.connection(ctx, after)
+	return gen, err
 }
 
 // connected returns the client once the session is connected.
 func (s *Session) connected(ctx context.Context) (mqtt.Client, error) {
+	cli, _, err := s.connection(ctx, 0)
+	return cli, err
+}
+
+// connection waits for a connection later than number after and returns
+// its client and number.
+func (s *Session) connection(ctx context.Context, after uint64) (mqtt.Client, uint64, error) {
 	for {
 		s.mu.Lock()
-		cli, up := s.cli, s.up
+		cli, gen, changed := s.cli, s.gen, s.changed
 		s.mu.Unlock()
-		if cli != nil {
-			return cli, nil
+		if cli != nil && gen > after {
+			return cli, gen, nil
 		}
 		select {
-		case <-up:
+		case <-changed:
 		case <-ctx.Done():
-			return nil, context.Cause(ctx)
+			return nil, 0, context.Cause(ctx)
 		}
 	}
 }

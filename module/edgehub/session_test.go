@@ -3,6 +3,7 @@ package edgehub
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/until"
 )
 
 var moduleKey = []byte("0123456789abcdef0123456789abcdef")
@@ -59,17 +61,6 @@ func start(t testing.TB, hub *hubtest.Server, cfg Config) *Session {
 	return s
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // Send, receive on an input, twin, methods: the whole contract once.
@@ -109,7 +100,7 @@ func TestSession(t *testing.T) {
 	if err := hub.SendToInput(ctx, "edge1", "relay", "readings", hubemu.Message{Body: []byte("x"), System: map[string]string{"$.mid": "in-1", "$.cdid": "edge1", "$.cmid": "sensor"}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the input message", func() bool { v, ok := inputs.Load("in-1"); return ok && v == "readings from edge1/sensor" })
+	until.True(t, "the input message", func() bool { v, ok := inputs.Load("in-1"); return ok && v == "readings from edge1/sensor" })
 
 	// Twin: report, read back, desired pushed.
 	if err := s.ReportProperties(ctx, []byte(`{"state":"ok"}`)); err != nil {
@@ -127,7 +118,7 @@ func TestSession(t *testing.T) {
 	if _, err := hub.UpdateDesired("edge1", "relay", json.RawMessage(`{"output":"x"}`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the desired patch", func() bool { v, _ := desired.Load().(string); return v != "" })
+	until.True(t, "the desired patch", func() bool { v, _ := desired.Load().(string); return v != "" })
 
 	// A direct method.
 	status, resp, err := hub.InvokeMethod(ctx, "edge1", "relay", "ping", json.RawMessage(`{"n":1}`), 5*time.Second)
@@ -196,6 +187,52 @@ func TestRecovery(t *testing.T) {
 	}
 	if !seen["after-5"] || !seen["after-drop"] {
 		t.Errorf("upstream has %v, want both messages", seen)
+	}
+}
+
+// Connections are numbered: a publish meant for one that is gone is
+// refused (ErrReconnected), so that it never overtakes, on the next
+// connection, what must be sent again first.
+func TestConnectionNumbers(t *testing.T) {
+	hub := bench(t, hubemu.Config{})
+	s := start(t, hub, Config{})
+	ctx := t.Context()
+	first, err := s.WaitConnected(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SendOn(first, "out", &Message{ID: "on-first", Body: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	hub.DropAll()
+	second, err := s.WaitConnected(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second <= first {
+		t.Fatalf("WaitConnected after %d = %d", first, second)
+	}
+	if _, err := s.SendOn(first, "out", &Message{ID: "stale", Body: []byte("2")}); !errors.Is(err, ErrReconnected) {
+		t.Fatalf("SendOn a gone connection = %v, want ErrReconnected", err)
+	}
+	p, err := s.SendOn(second, "out", &Message{ID: "on-second", Body: []byte("3")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if p.Err() != nil {
+		t.Fatal(p.Err())
+	}
+	for _, m := range hub.Upstream() {
+		if m.System["$.mid"] == "stale" {
+			t.Error("a publish for a gone connection went out")
+		}
+	}
+	// WaitConnected for a later connection waits, bounded by ctx.
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.WaitConnected(short, second); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitConnected after the current connection = %v, want the deadline", err)
 	}
 }
 

@@ -31,11 +31,11 @@ type store interface {
 	Stats() queue.Stats
 }
 
-// hub starts a publish once connected and returns without waiting for its
-// PUBACK.
+// hub is the session: numbered connections, and publishes started on one
+// of them without waiting for the PUBACK.
 type hub interface {
-	Send(ctx context.Context, output string, m *edgehub.Message) (edgehub.Pending, error)
-	WaitConnected(ctx context.Context) error
+	WaitConnected(ctx context.Context, after uint64) (uint64, error)
+	SendOn(gen uint64, output string, m *edgehub.Message) (edgehub.Pending, error)
 }
 
 // workers is how many publish in parallel, each for its share of the

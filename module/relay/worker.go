@@ -29,6 +29,7 @@ type flight struct {
 	msgs    []*queue.Message
 	out     *edgehub.Message
 	pending edgehub.Pending
+	gen     uint64 // the connection it went out on
 }
 
 func (w *worker) run(ctx context.Context) {
@@ -110,46 +111,92 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		case <-ctx.Done():
 		}
 	}
-	// Waiting for the connection here rather than in Send, the check
-	// below sees what the queue dropped during an outage, and the counts
-	// of dropped and sent stay exact.
-	if r.hub.WaitConnected(ctx) != nil {
-		return // ctx ended; still queued
-	}
-	now := r.now()
-	live := msgs[:0:0]
-	for _, m := range msgs {
-		switch {
-		case !m.Expires.IsZero() && now.After(m.Expires):
-			r.Metrics.Dropped.WithLabelValues("expired").Inc()
-			r.ack(m.Seq)
-		case r.q.Pending(m.Seq):
-			live = append(live, m)
+	for {
+		gen, err := w.connection(ctx, 0)
+		if err != nil {
+			return // ctx ended; still queued
 		}
-		// Otherwise the queue dropped it since it was read, and counted it.
-	}
-	if len(live) == 0 {
+		// Checked once connected, so that what the queue dropped during
+		// an outage is not sent, and the counts stay exact.
+		now := r.now()
+		live := msgs[:0:0]
+		for _, m := range msgs {
+			switch {
+			case !m.Expires.IsZero() && now.After(m.Expires):
+				r.Metrics.Dropped.WithLabelValues("expired").Inc()
+				r.ack(m.Seq)
+			case r.q.Pending(m.Seq):
+				live = append(live, m)
+			}
+			// Otherwise the queue dropped it since it was read, and
+			// counted it.
+		}
+		msgs = live
+		if len(msgs) == 0 {
+			return
+		}
+		f := flight{msgs: msgs, out: message(msgs), gen: gen}
+		p, err := r.hub.SendOn(gen, msgs[0].Output, f.out)
+		switch {
+		case errors.Is(err, edgehub.ErrReconnected):
+			continue
+		case errors.Is(err, edgehub.ErrTooLarge):
+			// edgeHub would drop it anyway (edge-runtime.md §4.5).
+			r.log.Warn().Str("mid", f.out.ID).Int("bytes", len(f.out.Body)).Msg("message over 256 KiB dropped")
+			r.Metrics.Dropped.WithLabelValues("too_large").Add(float64(len(msgs)))
+			r.ack(seqs(msgs)...)
+			return
+		case err != nil:
+			return
+		}
+		f.pending = p
+		w.inflight = append(w.inflight, f)
 		return
 	}
-	f := flight{msgs: live, out: message(live)}
-	p, err := r.hub.Send(ctx, live[0].Output, f.out)
-	switch {
-	case errors.Is(err, edgehub.ErrTooLarge):
-		// edgeHub would drop it anyway (edge-runtime.md §4.5).
-		r.log.Warn().Str("mid", f.out.ID).Int("bytes", len(f.out.Body)).Msg("message over 256 KiB dropped")
-		r.Metrics.Dropped.WithLabelValues("too_large").Add(float64(len(live)))
-		r.ack(seqs(live)...)
-		return
-	case err != nil:
-		return // ctx ended; the messages stay queued
+}
+
+// connection waits for a connection later than number after and returns
+// its number once the whole window is on it: what went out on an earlier
+// connection goes out again first, in order, whatever became of it there,
+// so that nothing new overtakes it.
+func (w *worker) connection(ctx context.Context, after uint64) (uint64, error) {
+	for {
+		gen, err := w.r.hub.WaitConnected(ctx, after)
+		if err != nil {
+			return 0, err
+		}
+		if w.resend(gen) {
+			return gen, nil
+		}
+		after = gen // gone already
 	}
-	f.pending = p
-	w.inflight = append(w.inflight, f)
+}
+
+// resend publishes again on connection gen what the window sent on
+// another; false when gen is gone meanwhile.
+func (w *worker) resend(gen uint64) bool {
+	r := w.r
+	// What the queue dropped meanwhile stays dropped.
+	w.inflight = slices.DeleteFunc(w.inflight, func(f flight) bool {
+		return f.gen != gen && !slices.ContainsFunc(f.msgs, func(m *queue.Message) bool { return r.q.Pending(m.Seq) })
+	})
+	for i := range w.inflight {
+		f := &w.inflight[i]
+		if f.gen == gen {
+			continue
+		}
+		p, err := r.hub.SendOn(gen, f.msgs[0].Output, f.out)
+		if err != nil {
+			return false
+		}
+		f.pending, f.gen = p, gen
+	}
+	return true
 }
 
 // settle handles the head of the window once it is done: acknowledged, it
-// leaves the queue; if the connection ended first, every publish in the
-// window is sent again, in order, on the next connection.
+// leaves the queue; if its connection ended first, the window goes out
+// again on the next connection.
 func (w *worker) settle(ctx context.Context) {
 	r := w.r
 	head := w.inflight[0]
@@ -160,17 +207,7 @@ func (w *worker) settle(ctx context.Context) {
 		r.ack(seqs(head.msgs)...)
 		return
 	}
-	// What the queue dropped meanwhile stays dropped.
-	w.inflight = slices.DeleteFunc(w.inflight, func(f flight) bool {
-		return !slices.ContainsFunc(f.msgs, func(m *queue.Message) bool { return r.q.Pending(m.Seq) })
-	})
-	for i := range w.inflight {
-		p, err := r.hub.Send(ctx, w.inflight[i].msgs[0].Output, w.inflight[i].out)
-		if err != nil {
-			return // ctx ended; still queued
-		}
-		w.inflight[i].pending = p
-	}
+	_, _ = w.connection(ctx, head.gen) // an error is ctx ending: still queued
 }
 
 func seqs(msgs []*queue.Message) []uint64 {

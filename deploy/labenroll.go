@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 )
 
@@ -69,7 +70,7 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	conn, err := dpsservice.ParseConnectionString(cs)
+	conn, err := sas.ParsePolicy(cs)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
+	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/syncbuf"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -126,7 +127,7 @@ func TestLabDPS(t *testing.T) {
 	}
 	hc := dps.NewHTTPClient(pool)
 	defer hc.CloseIdleConnections()
-	conn, err := dpsservice.ParseConnectionString(string(connstr))
+	conn, err := sas.ParsePolicy(string(connstr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +243,7 @@ func TestLabEnroll(t *testing.T) {
 	if !strings.Contains(out.String(), "enrolled "+regID+" in id scope "+l.IDScope) {
 		t.Errorf("lab enroll printed %q", out.String())
 	}
-	conn, err := dpsservice.ParseConnectionString(strings.TrimSpace(string(readFile(t, filepath.Join(dir, "service.connstr"), 0o600))))
+	conn, err := sas.ParsePolicy(strings.TrimSpace(string(readFile(t, filepath.Join(dir, "service.connstr"), 0o600))))
 	if err != nil {
 		t.Fatal(err)
 	}

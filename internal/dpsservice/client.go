@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"time"
-
-	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // tokenTTL is the life of the SAS token on each request; the C service
@@ -85,7 +83,7 @@ func (c *Client) do(ctx context.Context, method, registrationID, ifMatch string,
 		now = c.Now
 	}
 	// sr = HostName (dps-tpm.md §10).
-	token, err := sas.New(ctx, sas.Key(c.Conn.Key), c.Conn.HostName, c.Conn.KeyName, now().Add(tokenTTL))
+	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,97 @@
+package sas
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ErrPolicy reports a service connection string that cannot be used. Its
+// messages name the faulty field, never the key.
+var ErrPolicy = errors.New("bad service connection string")
+
+// Policy is a service's shared access policy, as its connection string
+// gives it, for DPS (dps-tpm.md §10) and IoT Hub (edge-runtime.md §6.3)
+// alike:
+//
+//	HostName=<host>;SharedAccessKeyName=<policy>;SharedAccessKey=<base64>
+type Policy struct {
+	HostName string
+	KeyName  string
+	Key      []byte
+}
+
+// ParsePolicy parses a connection string. The three fields are required,
+// each once; other fields are refused, so that a device or module
+// connection string given by mistake is caught here.
+func ParsePolicy(s string) (Policy, error) {
+	var c Policy
+	seen := map[string]bool{}
+	for part := range strings.SplitSeq(strings.TrimSpace(s), ";") {
+		if part == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(part, "=")
+		if !ok {
+			return Policy{}, fmt.Errorf("%w: a field has no '='", ErrPolicy)
+		}
+		name = strings.TrimSpace(name)
+		switch name {
+		case "HostName", "SharedAccessKeyName", "SharedAccessKey":
+		default:
+			return Policy{}, fmt.Errorf("%w: unexpected field %q (want HostName, SharedAccessKeyName and SharedAccessKey)", ErrPolicy, clip(name))
+		}
+		if seen[name] {
+			return Policy{}, fmt.Errorf("%w: %s given twice", ErrPolicy, name)
+		}
+		seen[name] = true
+		switch name {
+		case "HostName":
+			if value == "" || strings.ContainsAny(value, "/:@ \t") {
+				return Policy{}, fmt.Errorf("%w: HostName %q is not a host name", ErrPolicy, clip(value))
+			}
+			c.HostName = value
+		case "SharedAccessKeyName":
+			if value == "" {
+				return Policy{}, fmt.Errorf("%w: SharedAccessKeyName is empty", ErrPolicy)
+			}
+			c.KeyName = value
+		case "SharedAccessKey":
+			key, err := base64.StdEncoding.DecodeString(value)
+			if err != nil || len(key) == 0 {
+				return Policy{}, fmt.Errorf("%w: SharedAccessKey is not standard base64", ErrPolicy)
+			}
+			c.Key = key
+		}
+	}
+	for _, f := range []string{"HostName", "SharedAccessKeyName", "SharedAccessKey"} {
+		if !seen[f] {
+			return Policy{}, fmt.Errorf("%w: %s missing", ErrPolicy, f)
+		}
+	}
+	return c, nil
+}
+
+// String returns the connection string, key included: treat it as the
+// secret it is.
+func (c Policy) String() string {
+	return "HostName=" + c.HostName + ";SharedAccessKeyName=" + c.KeyName + ";SharedAccessKey=" + base64.StdEncoding.EncodeToString(c.Key)
+}
+
+// clip shortens what an error quotes from the input.
+func clip(s string) string {
+	const max = 64
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
+}
+
+// Token returns a service token for the policy's host, signed with its key,
+// that expires at expiry.
+func (c Policy) Token(ctx context.Context, expiry time.Time) (string, error) {
+	return New(ctx, Key(c.Key), c.HostName, c.KeyName, expiry)
+}

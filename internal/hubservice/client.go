@@ -1,0 +1,273 @@
+// Package hubservice is a client of IoT Hub's service REST API for what
+// deployments need (edge-runtime.md §6.3): automatic deployments
+// (configurations), applying content to one device, and twins. It
+// authenticates with a shared access policy, a fresh SAS token on each
+// request, and always verifies TLS.
+package hubservice
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
+)
+
+// APIVersion is the service API version the Python SDK uses.
+const APIVersion = "2021-04-12"
+
+// tokenTTL is the life of each request's SAS token.
+const tokenTTL = time.Hour
+
+// maxBody bounds what the client reads from a response.
+const maxBody = 4 << 20
+
+// Client calls IoT Hub's service API with a shared access policy
+// (iothubowner, or one with registry write and service connect). Set
+// Conn; a Client is safe for concurrent use.
+type Client struct {
+	Conn sas.Policy
+	// Endpoint is the base URL; empty means "https://" + Conn.HostName.
+	Endpoint string
+	// HTTP is the client to use; nil means http.DefaultClient.
+	HTTP *http.Client
+	// Now is the clock for token expiry; nil means time.Now.
+	Now func() time.Time
+}
+
+// Configuration is an automatic deployment.
+type Configuration struct {
+	ID            string            `json:"id"`
+	SchemaVersion string            `json:"schemaVersion,omitempty"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	// Content is {"modulesContent": {...}}.
+	Content         json.RawMessage `json:"content"`
+	TargetCondition string          `json:"targetCondition"`
+	Priority        int             `json:"priority"`
+	Metrics         *Metrics        `json:"metrics,omitempty"`
+	// Set by IoT Hub.
+	SystemMetrics      *Metrics  `json:"systemMetrics,omitempty"`
+	ETag               string    `json:"etag,omitempty"`
+	CreatedTimeUTC     time.Time `json:"createdTimeUtc,omitzero"`
+	LastUpdatedTimeUTC time.Time `json:"lastUpdatedTimeUtc,omitzero"`
+}
+
+// Metrics are named queries and, from IoT Hub, their counts.
+// systemMetrics has targetedCount and appliedCount.
+type Metrics struct {
+	Queries map[string]string `json:"queries,omitempty"`
+	Results map[string]int64  `json:"results,omitempty"`
+}
+
+// PutConfiguration creates or updates a configuration and returns it as
+// stored. A non-empty ifMatch (an ETag, or "*") makes IoT Hub refuse with
+// 412 when the stored one has another ETag.
+func (c *Client) PutConfiguration(ctx context.Context, cfg Configuration, ifMatch string) (*Configuration, error) {
+	var out Configuration
+	if err := c.do(ctx, http.MethodPut, "/configurations/"+url.PathEscape(cfg.ID), ifMatch, cfg, &out); err != nil {
+		return nil, fmt.Errorf("put configuration %q: %w", cfg.ID, err)
+	}
+	return &out, nil
+}
+
+// GetConfiguration returns configuration id.
+func (c *Client) GetConfiguration(ctx context.Context, id string) (*Configuration, error) {
+	var out Configuration
+	if err := c.do(ctx, http.MethodGet, "/configurations/"+url.PathEscape(id), "", nil, &out); err != nil {
+		return nil, fmt.Errorf("get configuration %q: %w", id, err)
+	}
+	return &out, nil
+}
+
+// ListConfigurations returns up to top configurations (0: IoT Hub's
+// default).
+func (c *Client) ListConfigurations(ctx context.Context, top int) ([]Configuration, error) {
+	path := "/configurations"
+	if top > 0 {
+		path += "?top=" + strconv.Itoa(top)
+	}
+	var out []Configuration
+	if err := c.do(ctx, http.MethodGet, path, "", nil, &out); err != nil {
+		return nil, fmt.Errorf("list configurations: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteConfiguration deletes configuration id; ifMatch as in
+// PutConfiguration.
+func (c *Client) DeleteConfiguration(ctx context.Context, id, ifMatch string) error {
+	if err := c.do(ctx, http.MethodDelete, "/configurations/"+url.PathEscape(id), ifMatch, nil, nil); err != nil {
+		return fmt.Errorf("delete configuration %q: %w", id, err)
+	}
+	return nil
+}
+
+// ApplyConfigurationContent sets one edge device's modules from content,
+// {"modulesContent": {...}}.
+func (c *Client) ApplyConfigurationContent(ctx context.Context, deviceID string, content json.RawMessage) error {
+	if err := c.do(ctx, http.MethodPost, "/devices/"+url.PathEscape(deviceID)+"/applyConfigurationContent", "", content, nil); err != nil {
+		return fmt.Errorf("apply configuration content to %q: %w", deviceID, err)
+	}
+	return nil
+}
+
+// Twin returns the twin of a device (module "") or module, as JSON.
+func (c *Client) Twin(ctx context.Context, deviceID, moduleID string) (json.RawMessage, error) {
+	var out json.RawMessage
+	if err := c.do(ctx, http.MethodGet, twinPath(deviceID, moduleID), "", nil, &out); err != nil {
+		return nil, fmt.Errorf("get twin of %s: %w", identity(deviceID, moduleID), err)
+	}
+	return out, nil
+}
+
+// UpdateTwin patches a twin's tags (devices) or desired properties, as
+// JSON merge, and returns the twin.
+func (c *Client) UpdateTwin(ctx context.Context, deviceID, moduleID string, patch json.RawMessage) (json.RawMessage, error) {
+	var out json.RawMessage
+	if err := c.do(ctx, http.MethodPatch, twinPath(deviceID, moduleID), "", patch, &out); err != nil {
+		return nil, fmt.Errorf("update twin of %s: %w", identity(deviceID, moduleID), err)
+	}
+	return out, nil
+}
+
+func twinPath(deviceID, moduleID string) string {
+	p := "/twins/" + url.PathEscape(deviceID)
+	if moduleID != "" {
+		p += "/modules/" + url.PathEscape(moduleID)
+	}
+	return p
+}
+
+func identity(deviceID, moduleID string) string {
+	if moduleID == "" {
+		return deviceID
+	}
+	return deviceID + "/" + moduleID
+}
+
+// do sends one request: body (when not nil) as JSON, a json.RawMessage as
+// it is; a 2xx response is decoded into out (when not nil), anything else
+// becomes a *ServiceError.
+func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out any) error {
+	if c.Conn.HostName == "" || len(c.Conn.Key) == 0 {
+		return errors.New("no service connection string")
+	}
+	var rd io.Reader
+	if body != nil {
+		data, ok := body.(json.RawMessage)
+		if !ok {
+			var err error
+			if data, err = json.Marshal(body); err != nil {
+				return err
+			}
+		}
+		rd = bytes.NewReader(data)
+	}
+	endpoint := c.Endpoint
+	if endpoint == "" {
+		endpoint = "https://" + c.Conn.HostName
+	}
+	sep := "?"
+	if strings.Contains(path, "?") {
+		sep = "&"
+	}
+	now := time.Now
+	if c.Now != nil {
+		now = c.Now
+	}
+	// sr = the hub's host name, skn = the policy (edge-runtime.md §6.3).
+	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, endpoint+path+sep+"api-version="+APIVersion, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", token)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	}
+	if ifMatch != "" {
+		req.Header.Set("If-Match", ifMatch)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return fmt.Errorf("read response: %w", err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return parseError(resp.StatusCode, data)
+	}
+	if out == nil || len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode response: %w", err)
+	}
+	return nil
+}
+
+// ServiceError is an error response from IoT Hub.
+type ServiceError struct {
+	HTTPStatus int
+	// Code is the ErrorCode of the message ("IotHubUnauthorizedAccess",
+	// "PreconditionFailed", …), empty when it had none.
+	Code    string
+	Message string
+}
+
+func (e *ServiceError) Error() string {
+	s := fmt.Sprintf("IoT Hub answered HTTP %d", e.HTTPStatus)
+	if e.Code != "" {
+		s += " " + e.Code
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	return s
+}
+
+// parseError reads IoT Hub's error body, {"Message":"ErrorCode:<code>;<text>", ...}.
+func parseError(status int, data []byte) *ServiceError {
+	e := &ServiceError{HTTPStatus: status}
+	var body struct {
+		Message string `json:"Message"`
+	}
+	if json.Unmarshal(data, &body) != nil || body.Message == "" {
+		e.Message = clip(strings.TrimSpace(string(data)))
+		return e
+	}
+	msg := body.Message
+	if rest, ok := strings.CutPrefix(msg, "ErrorCode:"); ok {
+		e.Code, msg, _ = strings.Cut(rest, ";")
+	}
+	e.Message = clip(msg)
+	return e
+}
+
+// clip shortens what an error quotes from a response.
+func clip(s string) string {
+	const max = 300
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
+}

@@ -90,14 +90,18 @@ func TestQueueFull(t *testing.T) {
 	}
 	for _, policy := range []string{"backpressure", "dropOldest"} {
 		t.Run(policy, func(t *testing.T) {
-			e := startEdge(t)
+			metrics := freeAddr(t)
+			e := startEdge(t, "--metrics-addr", metrics)
 			p := startPlant(t, e, fmt.Sprintf(`,"queue":{"maxBytes":1048576,"whenFull":%q}`, policy))
-			e.hub.RefuseConnects(3 * time.Second)
+			e.hub.RefuseConnects(time.Hour)
 			e.hub.DropAll()
 			want := p.publish(t, 6000, 100, 0) // about 2 MiB of records
+			full := map[string]string{"backpressure": `edgerelay_intake_refused_total{reason="full"}`, "dropOldest": `edgerelay_queue_dropped_messages_total{reason="full"}`}[policy]
+			until.True(t, "the queue full", func() bool { return scrape(t, metrics)[full] > 0 })
+			e.hub.RefuseConnects(0)
 			var got map[string]bool
 			var st stats
-			until.True(t, "the hub back and the queue drained", func() bool {
+			until.Within(t, time.Minute, "the hub back and the queue drained", func() bool {
 				got, _ = arrived(t, e.hub)
 				var ok bool
 				st, ok = relayStats(t, e)
@@ -142,13 +146,16 @@ func TestDiskFull(t *testing.T) {
 			t.Errorf("unmount %s: %v", mnt, err)
 		}
 	})
-	e := startEdge(t, "--data", mnt)
+	metrics := freeAddr(t)
+	e := startEdge(t, "--data", mnt, "--metrics-addr", metrics)
 	p := startPlant(t, e, "")
-	e.hub.RefuseConnects(4 * time.Second)
+	e.hub.RefuseConnects(time.Hour)
 	e.hub.DropAll()
 	want := p.publish(t, 40000, 100, 0) // about 14 MiB of records
+	until.True(t, "the disk full", func() bool { return scrape(t, metrics)[`edgerelay_intake_refused_total{reason="error"}`] > 0 })
+	e.hub.RefuseConnects(0)
 	var st stats
-	until.True(t, "the hub back and the queue drained", func() bool {
+	until.Within(t, time.Minute, "the hub back and the queue drained", func() bool {
 		var ok bool
 		st, ok = relayStats(t, e)
 		return ok && st.Queue.Depth == 0 && st.Sources["plc"].Queued >= int64(len(want))

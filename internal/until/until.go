@@ -14,7 +14,13 @@ const Timeout = 10 * time.Second
 // Timeout has passed, naming what it waited for.
 func True(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(Timeout)
+	Within(t, Timeout, what, cond)
+}
+
+// Within is True with another time limit.
+func Within(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

@@ -17,8 +17,15 @@
 //     $version, desired pushes only to connected modules) and direct
 //     methods; a twin request without $rid closes the connection, as the
 //     exception it raises in edgeHub does;
-//   - a service API shaped like IoT Hub's REST API, and faults injected at
-//     run time (dropped connections, held PUBACKs, refused CONNECTs).
+//   - a service API shaped like IoT Hub's REST API (§6.3): twins with
+//     device tags, methods, automatic deployments (configurations with
+//     ETags, target conditions, priorities, layers and metrics) applied to
+//     the devices of Config.Devices, applyConfigurationContent, and, with
+//     Config.ServicePolicies, service SAS authentication;
+//   - simulated edgeAgents for fleets (Config.Agent) that report
+//     lastDesiredStatus as edgeAgent does, so deployment metrics count;
+//   - faults injected at run time (dropped connections, held PUBACKs,
+//     refused CONNECTs).
 //
 // The MQTT protocol itself is github.com/mochi-mqtt/server, driven through
 // its hooks: everything a client publishes is consumed by the emulator

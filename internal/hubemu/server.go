@@ -3,9 +3,11 @@ package hubemu
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -101,6 +103,26 @@ type Config struct {
 	// Log receives connection and routing events; the zero value logs
 	// nothing. Tokens and keys are never logged.
 	Log zerolog.Logger
+	// ServicePolicies maps a shared access policy name (skn) to its key.
+	// When it is not empty, every service API request needs a service SAS
+	// token for the hub host signed with one of these keys
+	// (edge-runtime.md §6.3); when empty the service API is open.
+	ServicePolicies map[string][]byte
+	// Devices lists the edge devices automatic deployments consider (the
+	// lab's registry, a test's fleet); nil means none. It is called at
+	// every reconciliation, so a device added later is considered at the
+	// next configuration or tag change. The device twins of these devices,
+	// and the twins of their $edgeAgent, $edgeHub and of the modules that
+	// deployments name, exist even when Key does not know them.
+	Devices func() []string
+	// Agent, when set, stands in for the edgeAgent of every device: after
+	// a device's $edgeAgent desired properties change, it is called with
+	// them (with "$version") and the code it returns is reported on the
+	// $edgeAgent module twin as lastDesiredVersion and lastDesiredStatus,
+	// as edgeAgent reports them. It is called synchronously while
+	// deployments are being applied and must not change configurations or
+	// tags itself.
+	Agent func(device string, edgeAgentDesired json.RawMessage) (code int)
 }
 
 // Server is the emulator. Create it with New and run it with Serve.
@@ -113,6 +135,9 @@ type Server struct {
 	ttl          time.Duration
 	clock        func() time.Time
 	log          zerolog.Logger
+	policies     map[string][]byte
+	devices      func() []string
+	agent        func(string, json.RawMessage) int
 
 	serving atomic.Bool
 	broker  *mqtt.Server
@@ -132,6 +157,13 @@ type Server struct {
 	twinMu sync.Mutex // serializes twin changes and the pushes they cause
 	twins  map[identity]*twinState
 
+	// deployMu serializes configuration and tag changes with the
+	// reconciliation they cause; it is taken before twinMu.
+	deployMu sync.Mutex
+	configs  map[string]*configuration
+	etagSeq  uint64 // under deployMu: the last ETag number given out
+	created  uint64 // under deployMu: the last creation number
+
 	ridSeq     atomic.Uint64
 	stallUntil atomic.Int64 // UnixNano; PUBACKs held until then
 	refuseTill atomic.Int64 // UnixNano; CONNACK 3 until then
@@ -148,6 +180,10 @@ func New(cfg Config) (*Server, error) {
 		ttl:        cfg.MessageTTL,
 		clock:      cfg.Now,
 		log:        cfg.Log,
+		policies:   maps.Clone(cfg.ServicePolicies),
+		devices:    cfg.Devices,
+		agent:      cfg.Agent,
+		configs:    map[string]*configuration{},
 		stopping:   make(chan struct{}),
 		conns:      map[identity]*conn{},
 		byClient:   map[*mqtt.Client]*conn{},

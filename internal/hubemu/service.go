@@ -7,23 +7,29 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // ServiceHandler serves a service API shaped like IoT Hub's REST API
-// (api-version required on every request):
+// (api-version required on every request; edge-runtime.md §6.3):
 //
 //	GET   /twins/{d}/modules/{m}          module twin
 //	PATCH /twins/{d}/modules/{m}          {"properties":{"desired":{...}}} → twin
 //	POST  /twins/{d}/modules/{m}/methods  {"methodName","payload","responseTimeoutInSeconds"} → {"status","payload"}
-//	GET, PATCH /twins/{d}, POST /twins/{d}/methods  the same for devices
+//	GET   /twins/{d}, POST /twins/{d}/methods  the same for devices
+//	PATCH /twins/{d}                      {"tags":{...},"properties":{"desired":{...}}} → twin
+//	PUT   /configurations/{id}            create (201) or, with If-Match, update (200)
+//	GET   /configurations/{id}, GET /configurations?top=N
+//	DELETE /configurations/{id}           204
+//	POST  /devices/{d}/applyConfigurationContent  {"modulesContent":{...}} → 204
 //	GET   /messages/upstream              (emulator only) messages routed to $upstream
 //
-// Twins are {"deviceId","moduleId","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}}.
-// Errors are {"Message":...}: 400 bad request, 404 unknown identity or
-// module not connected, 504 method timeout.
-//
-// Requests are not authenticated yet: IoT Hub requires a service SAS token
-// (skn = policy name) in Authorization, which a later change adds.
+// Twins are {"deviceId","moduleId","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}},
+// device twins with "tags" too. Errors are {"Message":"ErrorCode:<code>;..."}:
+// 400 bad request, 401 unauthorized (with Config.ServicePolicies), 404
+// unknown identity, configuration or module not connected, 412 ETag
+// mismatch, 504 method timeout.
 func (s *Server) ServiceHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /twins/{d}/modules/{m}", s.serveGetTwin)
@@ -32,10 +38,20 @@ func (s *Server) ServiceHandler() http.Handler {
 	mux.HandleFunc("GET /twins/{d}", s.serveGetTwin)
 	mux.HandleFunc("PATCH /twins/{d}", s.servePatchTwin)
 	mux.HandleFunc("POST /twins/{d}/methods", s.serveMethod)
+	mux.HandleFunc("PUT /configurations/{id}", s.servePutConfiguration)
+	mux.HandleFunc("GET /configurations/{id}", s.serveGetConfiguration)
+	mux.HandleFunc("GET /configurations", s.serveListConfigurations)
+	mux.HandleFunc("DELETE /configurations/{id}", s.serveDeleteConfiguration)
+	mux.HandleFunc("POST /devices/{d}/applyConfigurationContent", s.serveApplyContent)
 	mux.HandleFunc("GET /messages/upstream", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Upstream())
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if reason := s.authorizeService(r); reason != "" {
+			s.log.Info().Str("method", r.Method).Str("path", r.URL.Path).Str("reason", reason).Msg("service request unauthorized")
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"Message": "ErrorCode:IotHubUnauthorizedAccess;Unauthorized", "ExceptionMessage": reason})
+			return
+		}
 		if r.URL.Query().Get("api-version") == "" {
 			writeError(w, http.StatusBadRequest, "ErrorCode:InvalidProtocolVersion;api-version query parameter is required")
 			return
@@ -44,10 +60,44 @@ func (s *Server) ServiceHandler() http.Handler {
 	})
 }
 
+// authorizeService checks a request's service SAS token when
+// Config.ServicePolicies is set (edge-runtime.md §6.3): sr the hub host,
+// skn a known policy, signed with its key, not expired past the 5 minute
+// skew. It returns why a request is refused, "" when it is not; the reason
+// never quotes the token.
+func (s *Server) authorizeService(r *http.Request) string {
+	if len(s.policies) == 0 {
+		return ""
+	}
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return "no Authorization header"
+	}
+	tok, err := sas.Parse(h)
+	if err != nil {
+		return "malformed SAS token"
+	}
+	key, ok := s.policies[tok.KeyName]
+	if tok.KeyName == "" || !ok {
+		return "unknown shared access policy"
+	}
+	if tok.MatchAudience(s.hub) != nil {
+		return "token audience is not the hub"
+	}
+	if err := tok.Verify(key, s.now()); err != nil {
+		if errors.Is(err, sas.ErrExpired) {
+			return "token expired"
+		}
+		return "token signature does not match"
+	}
+	return ""
+}
+
 // serviceTwin is a twin in the service API's shape.
 type serviceTwin struct {
 	DeviceID   string `json:"deviceId"`
 	ModuleID   string `json:"moduleId,omitempty"`
+	Tags       any    `json:"tags,omitempty"` // device twins only
 	Properties struct {
 		Desired  map[string]any `json:"desired"`
 		Reported map[string]any `json:"reported"`
@@ -73,6 +123,9 @@ func (s *Server) writeTwin(w http.ResponseWriter, device, module string) {
 		}
 		*p.dst = withVersion(doc, p.v)
 	}
+	if module == "" {
+		out.Tags = tw.Tags
+	}
 	writeJSON(w, http.StatusOK, out)
 }
 
@@ -82,6 +135,7 @@ func (s *Server) serveGetTwin(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) servePatchTwin(w http.ResponseWriter, r *http.Request) {
 	var body struct {
+		Tags       json.RawMessage `json:"tags"`
 		Properties struct {
 			Desired json.RawMessage `json:"desired"`
 		} `json:"properties"`
@@ -91,6 +145,23 @@ func (s *Server) servePatchTwin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d, m := r.PathValue("d"), r.PathValue("m")
+	if len(body.Properties.Desired) > 0 {
+		// Checked first so that a bad desired patch leaves the tags alone.
+		if _, err := decodePatch(body.Properties.Desired); err != nil {
+			writeServiceError(w, fmt.Errorf("desired properties of %s: %w", identity{d, m}, err))
+			return
+		}
+	}
+	if len(body.Tags) > 0 {
+		if m != "" {
+			writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;the emulator keeps tags on device twins only")
+			return
+		}
+		if err := s.changeTags(d, body.Tags, false); err != nil {
+			writeServiceError(w, fmt.Errorf("tags of %s: %w", d, err))
+			return
+		}
+	}
 	if len(body.Properties.Desired) > 0 {
 		if _, err := s.UpdateDesired(d, m, body.Properties.Desired); err != nil {
 			writeServiceError(w, err)

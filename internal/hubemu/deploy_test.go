@@ -1,0 +1,544 @@
+package hubemu_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgetpm/edgetpm/internal/hubemu"
+	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/sas"
+)
+
+// request sends a service API request with headers and returns the status,
+// body and response headers.
+func request(t *testing.T, s *hubtest.Server, method, path, body string, headers map[string]string) (int, []byte, http.Header) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := s.HTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b, resp.Header
+}
+
+func TestServiceSAS(t *testing.T) {
+	ownerKey := []byte("iothubowner-key-0123456789abcdef")
+	s := start(t, func(c *hubemu.Config) {
+		c.ServicePolicies = map[string][]byte{"iothubowner": ownerKey}
+	})
+	token := func(resource, skn string, key []byte, expiry time.Time) string {
+		tok, err := sas.New(context.Background(), sas.Key(key), resource, skn, expiry)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	hub, now := s.HubHostName(), s.Now()
+	good := s.ServiceToken(t, "iothubowner", ownerKey, time.Hour)
+	for _, tc := range []struct {
+		name, auth string
+		want       int
+	}{
+		{"missing", "", 401},
+		{"malformed", "SharedAccessSignature garbage", 401},
+		{"bearer", "Bearer abc", 401},
+		{"bad signature", token(hub, "iothubowner", []byte("another-key"), now.Add(time.Hour)), 401},
+		{"expired", token(hub, "iothubowner", ownerKey, now.Add(-10*time.Minute)), 401},
+		{"unknown policy", token(hub, "registryRead", ownerKey, now.Add(time.Hour)), 401},
+		{"no skn", token(hub, "", ownerKey, now.Add(time.Hour)), 401},
+		{"wrong audience", token("other-hub.azure-devices.net", "iothubowner", ownerKey, now.Add(time.Hour)), 401},
+		{"device audience", token(sas.DeviceResource(hub, dev), "iothubowner", ownerKey, now.Add(time.Hour)), 401},
+		{"within the skew", token(hub, "iothubowner", ownerKey, now.Add(-2*time.Minute)), 200},
+		{"upper-case host", token(strings.ToUpper(hub), "iothubowner", ownerKey, now.Add(time.Hour)), 200},
+		{"good", good, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body, _ := request(t, s, "GET", "/twins/edge1/modules/a"+api, "", map[string]string{"Authorization": tc.auth})
+			if code != tc.want {
+				t.Fatalf("GET with %s token = %d %s, want %d", tc.name, code, body, tc.want)
+			}
+			if code != 401 {
+				return
+			}
+			var e struct{ Message string }
+			if err := json.Unmarshal(body, &e); err != nil || e.Message != "ErrorCode:IotHubUnauthorizedAccess;Unauthorized" {
+				t.Errorf("401 body %s, want IoT Hub's IotHubUnauthorizedAccess message", body)
+			}
+			if _, sig, ok := strings.Cut(tc.auth, "sig="); ok {
+				sig, _, _ = strings.Cut(sig, "&")
+				if strings.Contains(string(body), sig) {
+					t.Errorf("401 body %s echoes the signature", body)
+				}
+			}
+		})
+	}
+	// Every route is covered, and api-version is still required.
+	if code, body, _ := request(t, s, "GET", "/configurations"+api, "", nil); code != 401 {
+		t.Errorf("GET /configurations without a token = %d %s, want 401", code, body)
+	}
+	if code, _, _ := request(t, s, "GET", "/twins/edge1", "", map[string]string{"Authorization": good}); code != 400 {
+		t.Errorf("GET without api-version = %d, want 400", code)
+	}
+}
+
+func TestDeviceTags(t *testing.T) {
+	s := start(t, nil)
+	code, body := call(t, s, "PATCH", "/twins/edge1"+api, `{"tags":{"ring":"canary","site":{"name":"north","line":2}}}`)
+	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","tags":{"ring":"canary","site":{"name":"north","line":2}},"properties":{"desired":{"$version":1},"reported":{"$version":1}}}`) {
+		t.Errorf("PATCH tags = %d %s", code, body)
+	}
+	code, body = call(t, s, "PATCH", "/twins/edge1"+api, `{"tags":{"site":{"line":null}},"properties":{"desired":{"mode":"eco"}}}`)
+	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","tags":{"ring":"canary","site":{"name":"north"}},"properties":{"desired":{"mode":"eco","$version":2},"reported":{"$version":1}}}`) {
+		t.Errorf("PATCH tags and desired = %d %s", code, body)
+	}
+	for _, bad := range []string{
+		`{"tags":{"a.b":1}}`,
+		`{"tags":{"$x":1}}`,
+		`{"tags":{"l":[1]}}`,
+		`{"tags":"x"}`,
+		`{"tags":{"ok":1},"properties":{"desired":{"bad.key":1}}}`,
+	} {
+		if code, body := call(t, s, "PATCH", "/twins/edge1"+api, bad); code != 400 {
+			t.Errorf("PATCH %s = %d %s, want 400", bad, code, body)
+		}
+	}
+	if code, _ := call(t, s, "PATCH", "/twins/edge1/modules/a"+api, `{"tags":{"x":1}}`); code != 400 {
+		t.Errorf("PATCH module tags = %d, want 400", code)
+	}
+	if code, _ := call(t, s, "PATCH", "/twins/nobody"+api, `{"tags":{"x":1}}`); code != 404 {
+		t.Errorf("PATCH tags of an unknown device = %d, want 404", code)
+	}
+	if code, body := call(t, s, "GET", "/twins/edge1/modules/a"+api, ""); code != 200 || strings.Contains(string(body), "tags") {
+		t.Errorf("GET module twin = %d %s, want no tags", code, body)
+	}
+
+	if err := s.SetTags(dev, json.RawMessage(`{"ring":"stable"}`)); err != nil {
+		t.Fatal(err)
+	}
+	tw, err := s.Twin(dev, "")
+	if err != nil || !jsonEq(t, tw.Tags, `{"ring":"stable"}`) {
+		t.Errorf("Twin().Tags after SetTags = %s, %v; want the tags replaced", tw.Tags, err)
+	}
+	if err := s.SetTags(dev, json.RawMessage(`{"a.b":1}`)); err == nil {
+		t.Error("SetTags with a bad key succeeded")
+	}
+}
+
+// edgeContent returns a standard deployment's modulesContent: edgeAgent
+// running relay:<version>, edgeHub routing upstream, relay's batch size.
+func edgeContent(version string, batch int) string {
+	return fmt.Sprintf(`{
+	"$edgeAgent": {"properties.desired": {
+		"schemaVersion": "1.1",
+		"runtime": {"type": "docker", "settings": {"minDockerVersion": "v1.25"}},
+		"systemModules": {
+			"edgeAgent": {"type": "docker", "settings": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5", "createOptions": "{}"}},
+			"edgeHub": {"type": "docker", "status": "running", "restartPolicy": "always", "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.5", "createOptions": "{}"}}
+		},
+		"modules": {"relay": {"version": "1.0", "type": "docker", "status": "running", "restartPolicy": "always",
+			"settings": {"image": "lab.azurecr.io/relay:%s", "createOptions": "{}"}}}
+	}},
+	"$edgeHub": {"properties.desired": {"schemaVersion": "1.2", "routes": {"up": "FROM /messages/* INTO $upstream"}, "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}},
+	"relay": {"properties.desired": {"batch": %d}}
+}`, version, batch)
+}
+
+// configBody returns a PUT /configurations body.
+func configBody(t *testing.T, id, condition string, priority int, modulesContent string, queries map[string]string) string {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{
+		"id":              id,
+		"schemaVersion":   "2.0",
+		"labels":          map[string]string{"app": "relay"},
+		"content":         map[string]any{"modulesContent": json.RawMessage(modulesContent)},
+		"targetCondition": condition,
+		"priority":        priority,
+		"metrics":         map[string]any{"queries": queries},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// configResult is what tests read from a configuration.
+type configResult struct {
+	ID                 string
+	Etag               string
+	Priority           int
+	TargetCondition    string
+	CreatedTimeUtc     time.Time
+	LastUpdatedTimeUtc time.Time
+	SystemMetrics      struct{ Results map[string]int }
+	Metrics            struct{ Results map[string]int }
+}
+
+func decodeConfig(t *testing.T, body []byte) configResult {
+	t.Helper()
+	var c configResult
+	if err := json.Unmarshal(body, &c); err != nil {
+		t.Fatalf("configuration %s: %v", body, err)
+	}
+	return c
+}
+
+func TestConfigurationsCRUD(t *testing.T) {
+	s := start(t, nil)
+	body := configBody(t, "relay-v1", "tags.ring='canary'", 10, edgeContent("1.0", 10), nil)
+
+	code, resp, hdr := request(t, s, "PUT", "/configurations/relay-v1"+api, body, nil)
+	if code != 201 {
+		t.Fatalf("create = %d %s, want 201", code, resp)
+	}
+	created := decodeConfig(t, resp)
+	if created.ID != "relay-v1" || created.Etag == "" || hdr.Get("ETag") != `"`+created.Etag+`"` || created.CreatedTimeUtc.IsZero() || created.Priority != 10 {
+		t.Errorf("create answered %s with ETag header %q", resp, hdr.Get("ETag"))
+	}
+	var full map[string]json.RawMessage
+	if err := json.Unmarshal(resp, &full); err != nil {
+		t.Fatal(err)
+	}
+	if !jsonEq(t, full["content"], `{"modulesContent":`+edgeContent("1.0", 10)+`}`) || !jsonEq(t, full["systemMetrics"], `{"results":{"targetedCount":0,"appliedCount":0},"queries":{"targetedCount":"SELECT deviceId FROM devices WHERE capabilities.iotEdge = true AND tags.ring='canary'","appliedCount":"SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[relay-v1]].status = 'Applied'"}}`) {
+		t.Errorf("create answered content %s, systemMetrics %s", full["content"], full["systemMetrics"])
+	}
+
+	// A second create of the same id, and updates with a stale ETag: 412.
+	if code, resp, _ := request(t, s, "PUT", "/configurations/relay-v1"+api, body, nil); code != 412 || !strings.Contains(string(resp), "ErrorCode:PreconditionFailed") {
+		t.Errorf("create of an existing id = %d %s, want 412 PreconditionFailed", code, resp)
+	}
+	update := configBody(t, "relay-v1", "tags.ring='canary' OR tags.ring='early'", 20, edgeContent("1.0", 10), nil)
+	code, resp, _ = request(t, s, "PUT", "/configurations/relay-v1"+api, update, map[string]string{"If-Match": `"` + created.Etag + `"`})
+	updated := decodeConfig(t, resp)
+	if code != 200 || updated.Priority != 20 || updated.Etag == created.Etag || !updated.CreatedTimeUtc.Equal(created.CreatedTimeUtc) {
+		t.Errorf("update with the ETag = %d %s, want 200, priority 20, a new ETag", code, resp)
+	}
+	if code, resp, _ := request(t, s, "PUT", "/configurations/relay-v1"+api, update, map[string]string{"If-Match": `"` + created.Etag + `"`}); code != 412 {
+		t.Errorf("update with a stale ETag = %d %s, want 412", code, resp)
+	}
+	// The content cannot change.
+	changed := configBody(t, "relay-v1", "tags.ring='canary'", 20, edgeContent("2.0", 10), nil)
+	if code, resp, _ := request(t, s, "PUT", "/configurations/relay-v1"+api, changed, map[string]string{"If-Match": "*"}); code != 400 {
+		t.Errorf("content change = %d %s, want 400", code, resp)
+	}
+	code, resp, _ = request(t, s, "PUT", "/configurations/relay-v1"+api, update, map[string]string{"If-Match": "*"})
+	if forced := decodeConfig(t, resp); code != 200 || forced.Etag == updated.Etag {
+		t.Errorf("update with If-Match * = %d %s, want 200 and a new ETag", code, resp)
+	}
+	if code, _, _ := request(t, s, "PUT", "/configurations/missing"+api, configBody(t, "missing", "", 0, edgeContent("1.0", 1), nil), map[string]string{"If-Match": `"MQ=="`}); code != 404 {
+		t.Errorf("update of a missing configuration = %d, want 404", code)
+	}
+
+	// Get and list.
+	code, resp = call(t, s, "GET", "/configurations/relay-v1"+api, "")
+	got := decodeConfig(t, resp)
+	if code != 200 || got.TargetCondition != "tags.ring='canary' OR tags.ring='early'" || got.Priority != 20 {
+		t.Errorf("GET = %d %s", code, resp)
+	}
+	if code, _ := call(t, s, "GET", "/configurations/nothing"+api, ""); code != 404 {
+		t.Errorf("GET missing = %d, want 404", code)
+	}
+	if code, resp, _ := request(t, s, "PUT", "/configurations/relay-v0"+api, configBody(t, "relay-v0", "", 0, edgeContent("0.9", 1), nil), nil); code != 201 {
+		t.Fatalf("create relay-v0 = %d %s", code, resp)
+	}
+	for query, want := range map[string][]string{"": {"relay-v0", "relay-v1"}, "&top=1": {"relay-v0"}, "&top=0": {"relay-v0", "relay-v1"}} {
+		code, resp := call(t, s, "GET", "/configurations"+api+query, "")
+		var list []configResult
+		if err := json.Unmarshal(resp, &list); code != 200 || err != nil {
+			t.Fatalf("list%s = %d %s", query, code, resp)
+		}
+		var ids []string
+		for _, c := range list {
+			ids = append(ids, c.ID)
+		}
+		if strings.Join(ids, ",") != strings.Join(want, ",") {
+			t.Errorf("list%s = %v, want %v", query, ids, want)
+		}
+	}
+	if code, _ := call(t, s, "GET", "/configurations"+api+"&top=x", ""); code != 400 {
+		t.Errorf("list with top=x = %d, want 400", code)
+	}
+
+	// Delete honours If-Match.
+	code, resp = call(t, s, "GET", "/configurations/relay-v1"+api, "")
+	current := decodeConfig(t, resp).Etag
+	if code, resp, _ := request(t, s, "DELETE", "/configurations/relay-v1"+api, "", map[string]string{"If-Match": `"` + created.Etag + `"`}); code != 412 {
+		t.Errorf("delete with a stale ETag = %d %s, want 412", code, resp)
+	}
+	if code, resp, _ := request(t, s, "DELETE", "/configurations/relay-v1"+api, "", map[string]string{"If-Match": `"` + current + `"`}); code != 204 {
+		t.Errorf("delete = %d %s, want 204", code, resp)
+	}
+	if code, _ := call(t, s, "GET", "/configurations/relay-v1"+api, ""); code != 404 {
+		t.Errorf("GET after delete = %d, want 404", code)
+	}
+	if code, _ := call(t, s, "DELETE", "/configurations/relay-v1"+api, ""); code != 404 {
+		t.Errorf("second delete = %d, want 404", code)
+	}
+	if code, _ := call(t, s, "DELETE", "/configurations/relay-v0"+api, ""); code != 204 {
+		t.Errorf("delete without If-Match = %d, want 204", code)
+	}
+}
+
+// Bodies and ids IoT Hub refuses are answered 400 ArgumentInvalid and
+// store nothing.
+func TestConfigurationRejected(t *testing.T) {
+	s := start(t, nil)
+	content := edgeContent("1.0", 1)
+	ok := configBody(t, "c1", "tags.a='b'", 1, content, map[string]string{"m": "SELECT deviceId FROM devices"})
+	for _, tc := range []struct{ name, id, body string }{
+		{"not JSON", "c1", `{"id":`},
+		{"data after the document", "c1", ok + ` {}`},
+		{"array", "c1", `[1]`},
+		{"empty", "c1", ``},
+		{"negative priority", "c1", configBody(t, "c1", "", -1, content, nil)},
+		{"fractional priority", "c1", strings.Replace(ok, `"priority":1`, `"priority":1.5`, 1)},
+		{"string priority", "c1", strings.Replace(ok, `"priority":1`, `"priority":"1"`, 1)},
+		{"id differs", "c1", configBody(t, "c2", "", 1, content, nil)},
+		{"label not a string", "c1", strings.Replace(ok, `"labels":{"app":"relay"}`, `"labels":{"n":1}`, 1)},
+		{"no content", "c1", `{"id":"c1","priority":1}`},
+		{"modulesContent null", "c1", configBody(t, "c1", "", 1, `null`, nil)},
+		{"modulesContent array", "c1", configBody(t, "c1", "", 1, `[]`, nil)},
+		{"module not an object", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{"properties.desired":{}},"relay":1}`, nil)},
+		{"desired not an object", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{"properties.desired":"x"}}`, nil)},
+		{"unknown content key", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{"properties.reported":{}}}`, nil)},
+		{"bad module name", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{"properties.desired":{}},"my module":{"properties.desired":{}}}`, nil)},
+		{"no $edgeAgent", "c1", configBody(t, "c1", "", 1, `{"relay":{"properties.desired":{}}}`, nil)},
+		{"standard and layered", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{"properties.desired":{}},"relay":{"properties.desired.x":1}}`, nil)},
+		{"layered systemModules", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{"properties.desired.systemModules.edgeHub":{}}}`, nil)},
+		{"layered empty segment", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{},"relay":{"properties.desired..x":1}}`, nil)},
+		{"twin key with a dot", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{"properties.desired":{}},"relay":{"properties.desired":{"a":{"b.c":1}}}}`, nil)},
+		{"array in desired", "c1", configBody(t, "c1", "", 1, `{"$edgeAgent":{"properties.desired":{"l":[1]}}}`, nil)},
+		{"deviceContent", "c1", strings.Replace(ok, `"content":{`, `"content":{"deviceContent":{"properties.desired.x":1},`, 1)},
+		{"bad targetCondition", "c1", configBody(t, "c1", `tags.a="b"`, 1, content, nil)},
+		{"bad metric", "c1", configBody(t, "c1", "", 1, content, map[string]string{"m": "SELECT FROM nowhere"})},
+		{"upper-case id", "Relay", strings.Replace(ok, `"id":"c1"`, `"id":"Relay"`, 1)},
+		{"id with a space", "a%20b", strings.Replace(ok, `"id":"c1"`, `"id":"a b"`, 1)},
+		{"id with &", "a&b", strings.Replace(ok, `"id":"c1"`, `"id":"a\u0026b"`, 1)},
+		{"id with ^", "a%5Eb", strings.Replace(ok, `"id":"c1"`, `"id":"a^b"`, 1)},
+		{"id with {", "a%7Bb", strings.Replace(ok, `"id":"c1"`, `"id":"a{b"`, 1)},
+		{"id too long", strings.Repeat("a", 129), strings.Replace(ok, `"id":"c1"`, `"id":"`+strings.Repeat("a", 129)+`"`, 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, resp, _ := request(t, s, "PUT", "/configurations/"+tc.id+api, tc.body, nil)
+			if code != 400 || !strings.Contains(string(resp), "ErrorCode:ArgumentInvalid") {
+				t.Errorf("PUT %.60q = %d %s, want 400 ArgumentInvalid", tc.body, code, resp)
+			}
+		})
+	}
+	if code, resp := call(t, s, "GET", "/configurations"+api, ""); code != 200 || !jsonEq(t, resp, `[]`) {
+		t.Errorf("configurations after refused PUTs = %d %s, want none", code, resp)
+	}
+	// The good body, an id of 128 characters and the allowed punctuation pass.
+	for _, id := range []string{"c1", strings.Repeat("b", 128), "relay_v1-2.0+x"} {
+		body := strings.Replace(ok, `"id":"c1"`, `"id":"`+id+`"`, 1)
+		if code, resp, _ := request(t, s, "PUT", "/configurations/"+id+api, body, nil); code != 201 {
+			t.Errorf("PUT %s = %d %s, want 201", id, code, resp)
+		}
+	}
+}
+
+func TestApplyConfigurationContent(t *testing.T) {
+	s := start(t, nil)
+	tc := newTwinClient(t, s, "a", keyA, nil)
+	if _, err := s.UpdateDesired(dev, "a", json.RawMessage(`{"old":1,"keep":{"y":1,"z":2}}`)); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, tc.desired, "first desired patch")
+
+	code, body := call(t, s, "POST", "/devices/edge1/applyConfigurationContent"+api,
+		`{"modulesContent":{"a":{"properties.desired":{"keep":{"y":1},"new":{"n":2}}},"b":{"properties.desired":{"mode":"eco"}}}}`)
+	if code != 204 || len(body) != 0 {
+		t.Fatalf("applyConfigurationContent = %d %s, want 204", code, body)
+	}
+	m := recv(t, tc.desired, "desired patch from applyConfigurationContent")
+	if m.Topic() != "$iothub/twin/PATCH/properties/desired/?$version=3" || !jsonEq(t, m.Payload(), `{"old":null,"keep":{"z":null},"new":{"n":2},"$version":3}`) {
+		t.Errorf("desired push %s %s, want the replacement as a merge patch", m.Topic(), m.Payload())
+	}
+	for _, want := range []struct {
+		module, desired string
+		version         int64
+	}{{"a", `{"keep":{"y":1},"new":{"n":2}}`, 3}, {"b", `{"mode":"eco"}`, 2}} {
+		tw, err := s.Twin(dev, want.module)
+		if err != nil || tw.DesiredVersion != want.version || !jsonEq(t, tw.Desired, want.desired) {
+			t.Errorf("twin of %s: desired %s at %d (%v), want %s at %d", want.module, tw.Desired, tw.DesiredVersion, err, want.desired, want.version)
+		}
+	}
+	// The same content again changes nothing.
+	if code, _ := call(t, s, "POST", "/devices/edge1/applyConfigurationContent"+api, `{"modulesContent":{"a":{"properties.desired":{"keep":{"y":1},"new":{"n":2}}}}}`); code != 204 {
+		t.Errorf("second apply = %d, want 204", code)
+	}
+	if tw, _ := s.Twin(dev, "a"); tw.DesiredVersion != 3 {
+		t.Errorf("desired $version %d after applying the same content, want 3", tw.DesiredVersion)
+	}
+
+	for _, bad := range []string{
+		`{"modulesContent":{"$edgeAgent":{"properties.desired.modules.relay":{"type":"docker"}}}}`,
+		`{"modulesContent":{"a":{"properties.desired":[1]}}}`,
+		`{"modulesContent":[]}`,
+		`{}`,
+		`{"modulesContent":{}`,
+	} {
+		if code, body := call(t, s, "POST", "/devices/edge1/applyConfigurationContent"+api, bad); code != 400 {
+			t.Errorf("apply %s = %d %s, want 400", bad, code, body)
+		}
+	}
+	if code, _ := call(t, s, "POST", "/devices/nobody/applyConfigurationContent"+api, `{"modulesContent":{}}`); code != 404 {
+		t.Errorf("apply to an unknown device = %d, want 404", code)
+	}
+}
+
+// A rollout over a fleet of 200 simulated devices: 10 canaries, the rest
+// split over two sites; two canaries' edgeAgents fail every deployment.
+func TestFleetRollout(t *testing.T) {
+	failing := map[string]bool{hubtest.FleetDeviceID(3): true, hubtest.FleetDeviceID(7): true}
+	fleet := hubtest.NewFleet(200, func(i int) map[string]any {
+		tags := map[string]any{"env": "prod"}
+		switch {
+		case i <= 10:
+			tags["ring"] = "canary"
+		case i%2 == 0:
+			tags["site"] = "north"
+		default:
+			tags["site"] = "south"
+		}
+		return tags
+	}, func(d string) bool { return failing[d] })
+	s := fleet.Start(t, hubemu.Config{})
+	canary, north, south := hubtest.FleetDeviceID(1), hubtest.FleetDeviceID(12), hubtest.FleetDeviceID(13)
+
+	metrics := map[string]string{
+		"reportedSuccess": "SELECT deviceId FROM devices.modules WHERE moduleId='$edgeAgent' AND properties.reported.lastDesiredStatus.code = 200",
+		"reportedFailed":  "SELECT deviceId FROM devices.modules WHERE moduleId='$edgeAgent' AND properties.reported.lastDesiredStatus.code != 200",
+		"canaries":        "SELECT deviceId FROM devices WHERE tags.ring = 'canary'",
+	}
+	put := func(id, condition string, priority int, content string) {
+		t.Helper()
+		if code, resp, _ := request(t, s, "PUT", "/configurations/"+id+api, configBody(t, id, condition, priority, content, metrics), nil); code != 201 {
+			t.Fatalf("create %s = %d %s", id, code, resp)
+		}
+	}
+	check := func(id string, targeted, applied, success, failed int) {
+		t.Helper()
+		code, resp := call(t, s, "GET", "/configurations/"+id+api, "")
+		if code != 200 {
+			t.Fatalf("GET %s = %d %s", id, code, resp)
+		}
+		c := decodeConfig(t, resp)
+		sm, m := c.SystemMetrics.Results, c.Metrics.Results
+		if sm["targetedCount"] != targeted || sm["appliedCount"] != applied || m["reportedSuccess"] != success || m["reportedFailed"] != failed {
+			t.Errorf("%s: targeted %d applied %d success %d failed %d; want %d %d %d %d", id, sm["targetedCount"], sm["appliedCount"], m["reportedSuccess"], m["reportedFailed"], targeted, applied, success, failed)
+		}
+	}
+	desired := func(device, module, want string) {
+		t.Helper()
+		tw, err := s.Twin(device, module)
+		if err != nil {
+			t.Fatalf("twin of %s/%s: %v", device, module, err)
+		}
+		if !jsonEq(t, tw.Desired, want) {
+			t.Errorf("desired of %s/%s = %s, want %s", device, module, tw.Desired, want)
+		}
+	}
+	agentDesired := func(content string) string {
+		var mc map[string]map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(content), &mc); err != nil {
+			t.Fatal(err)
+		}
+		return string(mc["$edgeAgent"]["properties.desired"])
+	}
+	v1, v2 := edgeContent("1.0", 10), edgeContent("2.0", 20)
+
+	// The canary deployment reaches exactly the canaries.
+	put("canary-v2", "tags.ring='canary'", 10, v2)
+	check("canary-v2", 10, 10, 8, 2)
+	desired(canary, "$edgeAgent", agentDesired(v2))
+	desired(canary, "relay", `{"batch":20}`)
+	desired(north, "$edgeAgent", `{}`)
+	tw, _ := s.Twin(hubtest.FleetDeviceID(3), "$edgeAgent")
+	if !jsonEq(t, tw.Reported, fmt.Sprintf(`{"lastDesiredVersion":%d,"lastDesiredStatus":{"code":500,"description":"Internal Server Error"}}`, tw.DesiredVersion)) {
+		t.Errorf("failing edgeAgent reported %s", tw.Reported)
+	}
+	if d := fleet.Desired(canary); !strings.Contains(string(d), `"$version":2`) {
+		t.Errorf("the canary's edgeAgent saw %s, want $version 2", d)
+	}
+	code, resp := call(t, s, "GET", "/configurations/canary-v2"+api, "")
+	if c := decodeConfig(t, resp); code != 200 || c.Metrics.Results["canaries"] != 10 {
+		t.Errorf("FROM devices metric = %v", c.Metrics.Results)
+	}
+
+	// A fleet-wide deployment at a lower priority applies everywhere else.
+	put("fleet-v1", "tags.env='prod'", 1, v1)
+	check("fleet-v1", 200, 190, 198, 2)
+	check("canary-v2", 10, 10, 8, 2)
+	desired(north, "$edgeAgent", agentDesired(v1))
+	desired(canary, "relay", `{"batch":20}`)
+
+	// A newer standard deployment of the same priority wins the tie.
+	put("canary-v3", "tags.ring='canary'", 10, edgeContent("3.0", 30))
+	check("canary-v2", 10, 0, 8, 2)
+	check("canary-v3", 10, 10, 8, 2)
+	desired(canary, "relay", `{"batch":30}`)
+
+	// A layered deployment merges on top of the base where its priority is
+	// higher; one below the base is targeted but not applied.
+	layered := `{
+		"$edgeAgent": {"properties.desired.modules.relay.env.LOG_LEVEL": {"value": "debug"}},
+		"$edgeHub": {"properties.desired.routes.debug": "FROM /messages/modules/relay/outputs/debug INTO $upstream"},
+		"relay": {"properties.desired.layeredProperties": {"sample": 5}}
+	}`
+	put("north-debug", "tags.site='north'", 20, layered)
+	put("low-layer", "tags.env='prod'", 0, `{"$edgeAgent": {}, "relay": {"properties.desired.ignored": 1}}`)
+	check("north-debug", 95, 95, 95, 0)
+	check("low-layer", 200, 0, 198, 2)
+	var wantAgent map[string]any
+	if err := json.Unmarshal([]byte(agentDesired(v1)), &wantAgent); err != nil {
+		t.Fatal(err)
+	}
+	wantAgent["modules"].(map[string]any)["relay"].(map[string]any)["env"] = map[string]any{"LOG_LEVEL": map[string]any{"value": "debug"}}
+	wantAgentJSON, _ := json.Marshal(wantAgent)
+	desired(north, "$edgeAgent", string(wantAgentJSON))
+	desired(north, "$edgeHub", `{"schemaVersion":"1.2","routes":{"up":"FROM /messages/* INTO $upstream","debug":"FROM /messages/modules/relay/outputs/debug INTO $upstream"},"storeAndForwardConfiguration":{"timeToLiveSecs":7200}}`)
+	desired(north, "relay", `{"batch":10,"layeredProperties":{"sample":5}}`)
+	desired(south, "relay", `{"batch":10}`)
+
+	// A tag change moves a device into the layer.
+	if err := s.SetTags(south, json.RawMessage(`{"env":"prod","site":"north"}`)); err != nil {
+		t.Fatal(err)
+	}
+	check("north-debug", 96, 96, 96, 0)
+	desired(south, "relay", `{"batch":10,"layeredProperties":{"sample":5}}`)
+
+	// Deleting a deployment hands its devices to the next one down.
+	for _, id := range []string{"canary-v3", "canary-v2"} {
+		if code, resp := call(t, s, "DELETE", "/configurations/"+id+api, ""); code != 204 {
+			t.Fatalf("delete %s = %d %s", id, code, resp)
+		}
+	}
+	check("fleet-v1", 200, 200, 198, 2)
+	desired(canary, "$edgeAgent", agentDesired(v1))
+	desired(canary, "relay", `{"batch":10}`)
+
+	// Fleet module twins are visible through the service API; others are not.
+	if code, resp := call(t, s, "GET", "/twins/"+canary+"/modules/$edgeAgent"+api, ""); code != 200 || !strings.Contains(string(resp), `"lastDesiredStatus"`) {
+		t.Errorf("GET $edgeAgent twin = %d %s", code, resp)
+	}
+	if code, _ := call(t, s, "GET", "/twins/"+canary+"/modules/other"+api, ""); code != 404 {
+		t.Errorf("GET an undeployed module twin = %d, want 404", code)
+	}
+}

@@ -1,0 +1,317 @@
+// Package rollout rolls a deployment out to a fleet in waves through IoT
+// Hub automatic deployments (edge-runtime.md §6.3): each wave is a
+// configuration with its own target condition, created once the wave
+// before it is healthy. Health is read from the configuration's metrics:
+// the devices whose edgeAgent reported the deployment applied (success)
+// or failed, against the devices targeted, within a time limit. An
+// unhealthy wave halts the rollout; what it leaves behind is reported,
+// and Rollback removes the failed wave's configuration so that its
+// devices go back to the deployment they had.
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/edgetpm/edgetpm/internal/hubservice"
+)
+
+// Hub is the part of IoT Hub's service API a rollout uses.
+type Hub interface {
+	PutConfiguration(ctx context.Context, cfg hubservice.Configuration, ifMatch string) (*hubservice.Configuration, error)
+	GetConfiguration(ctx context.Context, id string) (*hubservice.Configuration, error)
+	DeleteConfiguration(ctx context.Context, id, ifMatch string) error
+}
+
+// The metric names every wave's configuration carries. The queries count
+// module twins of edgeAgent by the status it reported for the desired
+// properties it last received (200 applied; anything else failed).
+const (
+	MetricSucceeded = "reportedSuccessCount"
+	MetricFailed    = "reportedFailedCount"
+
+	querySucceeded = "SELECT deviceId FROM devices.modules WHERE moduleId='$edgeAgent' AND properties.reported.lastDesiredStatus.code = 200"
+	queryFailed    = "SELECT deviceId FROM devices.modules WHERE moduleId='$edgeAgent' AND properties.reported.lastDesiredStatus.code != 200"
+)
+
+// LabelRollout and LabelWave mark a rollout's configurations.
+const (
+	LabelRollout = "edge-deploy-rollout"
+	LabelWave    = "edge-deploy-wave"
+)
+
+// Plan is a rollout.
+type Plan struct {
+	// ID names the rollout; wave i's configuration is "<ID>-<wave name>".
+	ID string
+	// Content is the deployment, {"modulesContent": {...}}.
+	Content json.RawMessage
+	// Priority of every wave's configuration: above the deployment the
+	// fleet has now.
+	Priority int
+	// Labels are added to every wave's configuration.
+	Labels map[string]string
+	Waves  []Wave
+	// Poll is how often health is read; 0 means 10 s.
+	Poll time.Duration
+}
+
+// Wave is one step of the rollout.
+type Wave struct {
+	Name string
+	// Target is the wave's targetCondition, e.g. "tags.ring='canary'".
+	// Waves usually grow: each target includes the ones before.
+	Target string
+	// MinSuccess is the share of targeted devices that must report
+	// success (0 to 1; 0 means all of them).
+	MinSuccess float64
+	// MaxFailures is how many reported failures the wave tolerates.
+	MaxFailures int64
+	// Timeout bounds the wait for MinSuccess.
+	Timeout time.Duration
+}
+
+// WaveStatus is what IoT Hub reports of a wave's configuration.
+type WaveStatus struct {
+	Wave          string `json:"wave"`
+	Configuration string `json:"configuration"`
+	Exists        bool   `json:"exists"`
+	Targeted      int64  `json:"targeted"`
+	Applied       int64  `json:"applied"`
+	Succeeded     int64  `json:"succeeded"`
+	Failed        int64  `json:"failed"`
+	// Verdict is "healthy", "unhealthy", "waiting" or "not started".
+	Verdict string `json:"verdict"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// Report is where a rollout ended.
+type Report struct {
+	Rollout string       `json:"rollout"`
+	Waves   []WaveStatus `json:"waves"`
+	// Halted names the unhealthy wave; empty when every wave is healthy.
+	Halted string `json:"halted,omitempty"`
+}
+
+// ErrHalted is returned (wrapped) when a wave is unhealthy.
+var ErrHalted = errors.New("rollout halted")
+
+// ConfigurationID is the configuration of wave w of rollout id.
+func ConfigurationID(id, wave string) string { return id + "-" + wave }
+
+// Validate checks a plan before anything is created.
+func (p *Plan) Validate() error {
+	var errs []error
+	if p.ID == "" {
+		errs = append(errs, errors.New("rollout: no id"))
+	}
+	if len(p.Waves) == 0 {
+		errs = append(errs, errors.New("rollout: no waves"))
+	}
+	if p.Priority < 0 {
+		errs = append(errs, errors.New("rollout: negative priority"))
+	}
+	seen := map[string]bool{}
+	for i, w := range p.Waves {
+		switch {
+		case w.Name == "" || seen[w.Name]:
+			errs = append(errs, fmt.Errorf("rollout: wave %d: want a unique name", i+1))
+		case w.Target == "":
+			errs = append(errs, fmt.Errorf("rollout: wave %s: no target condition", w.Name))
+		case w.MinSuccess < 0 || w.MinSuccess > 1:
+			errs = append(errs, fmt.Errorf("rollout: wave %s: minSuccess %v: want 0 to 1", w.Name, w.MinSuccess))
+		case w.MaxFailures < 0:
+			errs = append(errs, fmt.Errorf("rollout: wave %s: negative maxFailures", w.Name))
+		case w.Timeout <= 0:
+			errs = append(errs, fmt.Errorf("rollout: wave %s: want a timeout", w.Name))
+		}
+		seen[w.Name] = true
+	}
+	var content struct {
+		ModulesContent map[string]json.RawMessage `json:"modulesContent"`
+	}
+	if json.Unmarshal(p.Content, &content) != nil || content.ModulesContent == nil {
+		errs = append(errs, errors.New(`rollout: content is not {"modulesContent": {...}}`))
+	}
+	return errors.Join(errs...)
+}
+
+// Run rolls p out: for each wave in turn, it creates (or, when it exists
+// already with the same content, keeps) the wave's configuration and
+// waits until the wave is healthy. It stops at the first unhealthy wave
+// and returns the report with an error wrapping ErrHalted. progress, when
+// not nil, is called with each status read.
+func Run(ctx context.Context, hub Hub, p Plan, progress func(WaveStatus)) (*Report, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	poll := p.Poll
+	if poll <= 0 {
+		poll = 10 * time.Second
+	}
+	rep := &Report{Rollout: p.ID}
+	for _, w := range p.Waves {
+		rep.Waves = append(rep.Waves, WaveStatus{Wave: w.Name, Configuration: ConfigurationID(p.ID, w.Name), Verdict: "not started"})
+	}
+	for i, w := range p.Waves {
+		if err := put(ctx, hub, p, w); err != nil {
+			return rep, err
+		}
+		deadline := time.Now().Add(w.Timeout)
+		for {
+			st, err := status(ctx, hub, p.ID, w, time.Now().After(deadline))
+			if err != nil {
+				return rep, err
+			}
+			rep.Waves[i] = st
+			if progress != nil {
+				progress(st)
+			}
+			if st.Verdict == "healthy" {
+				break
+			}
+			if st.Verdict == "unhealthy" {
+				rep.Halted = w.Name
+				return rep, fmt.Errorf("%w at wave %s: %s", ErrHalted, w.Name, st.Reason)
+			}
+			select {
+			case <-ctx.Done():
+				return rep, context.Cause(ctx)
+			case <-time.After(min(poll, time.Until(deadline)+time.Millisecond)):
+			}
+		}
+	}
+	return rep, nil
+}
+
+// put creates wave w's configuration unless it exists with the same
+// content (a rollout run again goes on where it stopped).
+func put(ctx context.Context, hub Hub, p Plan, w Wave) error {
+	id := ConfigurationID(p.ID, w.Name)
+	labels := map[string]string{LabelRollout: p.ID, LabelWave: w.Name}
+	for k, v := range p.Labels {
+		labels[k] = v
+	}
+	cfg := hubservice.Configuration{
+		ID: id, SchemaVersion: "2.0", Labels: labels, Content: p.Content,
+		TargetCondition: w.Target, Priority: p.Priority,
+		Metrics: &hubservice.Metrics{Queries: map[string]string{MetricSucceeded: querySucceeded, MetricFailed: queryFailed}},
+	}
+	old, err := hub.GetConfiguration(ctx, id)
+	var se *hubservice.ServiceError
+	switch {
+	case errors.As(err, &se) && se.HTTPStatus == 404:
+		_, err = hub.PutConfiguration(ctx, cfg, "")
+		return err
+	case err != nil:
+		return err
+	}
+	if !sameJSON(old.Content, p.Content) {
+		return fmt.Errorf("rollout %s: configuration %s exists with other content; a deployment's content cannot change (use a new rollout id)", p.ID, id)
+	}
+	if old.TargetCondition == cfg.TargetCondition && old.Priority == cfg.Priority {
+		return nil
+	}
+	cfg.Content = old.Content
+	_, err = hub.PutConfiguration(ctx, cfg, old.ETag)
+	return err
+}
+
+// status reads wave w's configuration and judges it; expired says the
+// wave's time is up.
+func status(ctx context.Context, hub Hub, id string, w Wave, expired bool) (WaveStatus, error) {
+	st := WaveStatus{Wave: w.Name, Configuration: ConfigurationID(id, w.Name)}
+	cfg, err := hub.GetConfiguration(ctx, st.Configuration)
+	var se *hubservice.ServiceError
+	if errors.As(err, &se) && se.HTTPStatus == 404 {
+		st.Verdict = "not started"
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	st.Exists = true
+	if cfg.SystemMetrics != nil {
+		st.Targeted, st.Applied = cfg.SystemMetrics.Results["targetedCount"], cfg.SystemMetrics.Results["appliedCount"]
+	}
+	if cfg.Metrics != nil {
+		st.Succeeded, st.Failed = cfg.Metrics.Results[MetricSucceeded], cfg.Metrics.Results[MetricFailed]
+	}
+	need := st.Targeted
+	if w.MinSuccess > 0 {
+		need = int64(math.Ceil(w.MinSuccess * float64(st.Targeted)))
+	}
+	switch {
+	case st.Failed > w.MaxFailures:
+		st.Verdict, st.Reason = "unhealthy", fmt.Sprintf("%d of %d devices failed (at most %d allowed)", st.Failed, st.Targeted, w.MaxFailures)
+	case st.Targeted == 0 && expired:
+		st.Verdict, st.Reason = "unhealthy", "no device targeted"
+	case st.Targeted > 0 && st.Succeeded >= need:
+		st.Verdict = "healthy"
+	case expired:
+		st.Verdict, st.Reason = "unhealthy", fmt.Sprintf("%d of %d devices succeeded within %v (%d needed)", st.Succeeded, st.Targeted, w.Timeout, need)
+	default:
+		st.Verdict = "waiting"
+	}
+	return st, nil
+}
+
+// Status reads every wave of p as IoT Hub has it now, without judging
+// time limits.
+func Status(ctx context.Context, hub Hub, p Plan) (*Report, error) {
+	rep := &Report{Rollout: p.ID}
+	for _, w := range p.Waves {
+		st, err := status(ctx, hub, p.ID, w, false)
+		if err != nil {
+			return nil, err
+		}
+		if st.Verdict == "unhealthy" && rep.Halted == "" {
+			rep.Halted = w.Name
+		}
+		rep.Waves = append(rep.Waves, st)
+	}
+	return rep, nil
+}
+
+// Rollback deletes the configurations of wave and of every wave after it,
+// so that their devices fall back to the deployment below. The waves
+// before stay.
+func Rollback(ctx context.Context, hub Hub, p Plan, wave string) ([]string, error) {
+	from := -1
+	for i, w := range p.Waves {
+		if w.Name == wave {
+			from = i
+		}
+	}
+	if from < 0 {
+		return nil, fmt.Errorf("rollout %s has no wave %q", p.ID, wave)
+	}
+	var deleted []string
+	for _, w := range p.Waves[from:] {
+		id := ConfigurationID(p.ID, w.Name)
+		err := hub.DeleteConfiguration(ctx, id, "*")
+		var se *hubservice.ServiceError
+		if errors.As(err, &se) && se.HTTPStatus == 404 {
+			continue
+		}
+		if err != nil {
+			return deleted, err
+		}
+		deleted = append(deleted, id)
+	}
+	return deleted, nil
+}
+
+func sameJSON(a, b json.RawMessage) bool {
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	ja, _ := json.Marshal(x)
+	jb, _ := json.Marshal(y)
+	return string(ja) == string(jb)
+}

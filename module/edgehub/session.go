@@ -69,7 +69,7 @@ type Session struct {
 
 	password atomic.Pointer[string]
 
-	mu   sync.Mutex
+	mu      sync.Mutex
 	cli     mqtt.Client   // set while connected
 	gen     uint64        // counts connections; cli's is gen
 	changed chan struct{} // closed, and replaced, as cli comes or goes

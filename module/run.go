@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -34,6 +35,9 @@ import (
 type env func(string) string
 
 func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) error {
+	if len(args) > 0 && args[0] == "health" {
+		return health(ctx, envOr(getenv, "EDGE_RELAY_METRICS_ADDR", ":9600"))
+	}
 	fs := flag.NewFlagSet("edge-relay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dataDir := fs.String("data", envOr(getenv, "EDGE_RELAY_DATA", "/data"), "`DIR` for the queue and the last good configuration: a volume, so they survive re-creating the container [$EDGE_RELAY_DATA]")
@@ -41,6 +45,10 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 	listen := fs.String("metrics-addr", envOr(getenv, "EDGE_RELAY_METRICS_ADDR", ":9600"), "`ADDRESS` serving /metrics, /healthz and /readyz [$EDGE_RELAY_METRICS_ADDR]")
 	caFile := fs.String("ca-file", getenv("EdgeModuleCACertificateFile"), "trust the CA certificates in `PEM` (development and device mode; IoT Edge gives its own) [$EdgeModuleCACertificateFile]")
 	tokenTTL := fs.Duration("token-ttl", edgehub.DefaultTokenTTL, "`LIFETIME` of each SAS token; a new one replaces it at 80% [$EDGE_RELAY_TOKEN_TTL]")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: edge-relay [flags]\n       edge-relay health   (exit 0 when /healthz on the metrics address answers 200)\n\n")
+		fs.PrintDefaults()
+	}
 	if v := getenv("EDGE_RELAY_TOKEN_TTL"); v != "" {
 		if err := fs.Set("token-ttl", v); err != nil {
 			return usageError{fmt.Errorf("EDGE_RELAY_TOKEN_TTL: %w", err)}
@@ -150,6 +158,45 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		return srv.Close()
 	})
 	return g.Wait()
+}
+
+// healthTimeout bounds "edge-relay health", below the image
+// HEALTHCHECK's timeout, so that the check reports why rather than being
+// killed.
+const healthTimeout = 3 * time.Second
+
+// health asks the running edge-relay's /healthz on listen, its
+// --metrics-addr, for the container's HEALTHCHECK: a scratch image has no
+// curl. A listen address without a host, or an unspecified one, is
+// reached on the loopback address.
+func health(ctx context.Context, listen string) error {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return usageError{fmt.Errorf("health: metrics address %q: %w", listen, err)}
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
+	defer cancel()
+	url := "http://" + net.JoinHostPort(host, port) + "/healthz"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("health: %w", err)
+	}
+	// No proxy (the check is local) and no idle connection left behind.
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return fmt.Errorf("health: %w", err) // err names the URL
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("health: GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(body))
+	}
+	return nil
 }
 
 // policy maps the twin's whenFull to the queue's.

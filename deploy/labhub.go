@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -21,6 +22,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/registry"
+	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/workloademu"
 )
 
@@ -28,6 +30,7 @@ import (
 const (
 	hubEndpointFile = "hub.endpoint" // host:port of MQTT over TLS
 	hubServiceFile  = "hub.service"  // base URL of the service API
+	hubConnFile     = "hub.connstr"  // the service API's iothubowner connection string (0600)
 )
 
 // routeFlag collects repeated --route NAME=ROUTE values.
@@ -79,13 +82,20 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	owner, err := servicePolicy(stateDir, *hub)
+	if err != nil {
+		return err
+	}
 	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger()
 	emu, err := hubemu.New(hubemu.Config{
 		HubHostName:     *hub,
 		GatewayHostName: *gateway,
 		Key:             registry.Lookup(filepath.Join(stateDir, registryFile), *hub),
 		Routes:          routes,
-		Log:             logger,
+		ServicePolicies: map[string][]byte{owner.KeyName: owner.Key},
+		// Deployments target the devices lab dps registered.
+		Devices: func() []string { return registeredDevices(filepath.Join(stateDir, registryFile), *hub) },
+		Log:     logger,
 	})
 	if err != nil {
 		return err
@@ -193,4 +203,37 @@ func labState(dir string) (string, *pki.CA, error) {
 	}
 	ca, err := pki.LoadOrCreateCA(stateDir)
 	return stateDir, ca, err
+}
+
+// servicePolicy returns the lab hub's iothubowner policy, made once with a
+// random key and kept in the state folder (0600) for edge-deploy's
+// service commands.
+func servicePolicy(stateDir, hub string) (sas.Policy, error) {
+	path := filepath.Join(stateDir, hubConnFile)
+	if b, err := os.ReadFile(path); err == nil {
+		p, err := sas.ParsePolicy(string(b))
+		if err == nil && strings.EqualFold(p.HostName, hub) {
+			return p, nil
+		}
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	p := sas.Policy{HostName: hub, KeyName: "iothubowner", Key: key}
+	return p, atomicfile.WriteFile(path, []byte(p.String()+"\n"), 0o600)
+}
+
+// registeredDevices lists the devices of hub in the lab's registry, read
+// afresh (lab dps adds them as they register).
+func registeredDevices(path, hub string) []string {
+	r, err := registry.New(path)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, d := range r.List() {
+		if strings.EqualFold(d.Hub, hub) {
+			out = append(out, d.DeviceID)
+		}
+	}
+	return out
 }

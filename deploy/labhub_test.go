@@ -15,6 +15,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/registry"
+	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/workload"
 )
@@ -98,7 +99,21 @@ func TestLabHubAndWorkload(t *testing.T) {
 		t.Fatal(err)
 	}
 	httpc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	resp, err := httpc.Get(hub.Service + "/messages/upstream?api-version=2021-04-12")
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, hub.Service+"/messages/upstream?api-version=2021-04-12", nil)
+	if resp, err := httpc.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the service API without a token: %v %v", resp, err)
+	}
+	// The lab writes its iothubowner connection string, 0600, for edge-deploy.
+	owner, err := sas.ParsePolicy(string(readFile(t, filepath.Join(dir, hubConnFile), 0o600)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := owner.Token(t.Context(), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", tok)
+	resp, err := httpc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,17 @@ commands:
   lab hub     serve an edgeHub and IoT Hub emulator (MQTT over TLS and a
               service API) for the devices lab dps assigns
   lab workload serve the IoT Edge workload API for a device's modules
+  image build build the edge-relay module image without Docker
+  render      render a deployment manifest from a template and values
+  validate    check deployment manifests, each problem at its JSON path
+  apply       apply a deployment to one edge device
+  rollout     roll a deployment out in waves, each gated on the last's health
+  status      show a rollout's waves: targeted, applied, succeeded, failed
+  rollback    remove a wave's deployment and the waves after it
+
+Commands that reach IoT Hub read its service connection string from
+$IOTHUB_CONNECTION_STRING or --connection-string-file, never from the
+command line; --lab DIR uses the running lab hub.
 
 Run "edge-deploy lab dps --help" for the flags of a command.
 `
@@ -62,6 +73,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprint(stderr, usage)
 		return usagef("lab: want dps, enroll, hub or workload")
+	case "image":
+		return runImage(ctx, args[1:], stdout, stderr)
+	case "render":
+		return renderCmd(ctx, args[1:], stdout, stderr)
+	case "validate":
+		return validateCmd(ctx, args[1:], stdout, stderr)
+	case "apply":
+		return applyCmd(ctx, args[1:], stdout, stderr, os.Getenv)
+	case "rollout":
+		return rolloutCmd(ctx, args[1:], stdout, stderr, os.Getenv)
+	case "status":
+		return statusCmd(ctx, args[1:], stdout, stderr, os.Getenv)
+	case "rollback":
+		return rollbackCmd(ctx, args[1:], stdout, stderr, os.Getenv)
 	}
 	fmt.Fprint(stderr, usage)
 	return usagef("unknown command %q", args[0])

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/edgetpm/edgetpm/internal/hubemu"
+	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/pki"
+)
+
+// cmd runs edge-deploy with args and returns its output and error.
+func cmd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), args, &out, &errOut)
+	return out.String() + errOut.String(), err
+}
+
+// hubLab is a state folder as lab hub leaves it, for a hub emulator with
+// a fleet of 20 devices, the first 3 of them canaries and edge-0002
+// failing every deployment.
+func hubLab(t *testing.T) (string, *hubtest.Fleet, *hubtest.Server) {
+	t.Helper()
+	f := hubtest.NewFleet(20, func(i int) map[string]any {
+		if i <= 3 {
+			return map[string]any{"ring": "canary"}
+		}
+		return map[string]any{"ring": "main"}
+	}, func(d string) bool { return d == "edge-0002" })
+	key := []byte("lab-iothubowner-key-0123456789ab")
+	hub := f.Start(t, hubemu.Config{ServicePolicies: map[string][]byte{"iothubowner": key}})
+	dir := t.TempDir()
+	for name, data := range map[string]string{
+		hubServiceFile: hub.URL + "\n",
+		hubConnFile:    hub.Policy("iothubowner", key).String() + "\n",
+		pki.CertFile:   string(hub.CA.CertPEM()),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, f, hub
+}
+
+// The manifests in manifests/ render, validate and roll out: a canary
+// wave with a failing device halts, status shows it, rollback removes it;
+// apply sets one device.
+func TestRenderValidateRollout(t *testing.T) {
+	lab, f, _ := hubLab(t)
+	work := t.TempDir()
+	dep := filepath.Join(work, "deployment.json")
+	out, err := cmd(t, "render", "--template", "../manifests/deployment.base.json", "--values", "../manifests/values.example.toml",
+		"--set", "relay.image=edgetpm/edge-relay:2", "--out", dep)
+	if err != nil {
+		t.Fatalf("render: %v\n%s", err, out)
+	}
+	if out, err := cmd(t, "validate", dep); err != nil || !strings.Contains(out, "ok") {
+		t.Fatalf("validate: %v\n%s", err, out)
+	}
+	bad := filepath.Join(work, "bad.json")
+	os.WriteFile(bad, []byte(`{"modulesContent":{"$edgeAgent":{"properties.desired":{"schemaVersion":"9.9"}}}}`), 0o600)
+	if out, err := cmd(t, "validate", dep, bad); err == nil || !strings.Contains(out, "schemaVersion") || !strings.Contains(out, dep+": ok") {
+		t.Errorf("validate of a bad file: %v\n%s", err, out)
+	}
+
+	plan := filepath.Join(work, "plan.toml")
+	os.WriteFile(plan, []byte(`id = "relay-2"
+deployment = "deployment.json"
+priority = 20
+poll = "10ms"
+
+[[waves]]
+name = "canary"
+target = "tags.ring='canary'"
+timeout = "2s"
+
+[[waves]]
+name = "all"
+target = "tags.ring='canary' OR tags.ring='main'"
+min_success = 0.9
+max_failures = 1
+timeout = "2s"
+`), 0o600)
+	out, err = cmd(t, "rollout", "--lab", lab, "--plan", plan, "--json")
+	if err == nil || !strings.Contains(out, "halted") || !strings.Contains(out, "edge-deploy rollback --plan") {
+		t.Fatalf("rollout with a failing canary: %v\n%s", err, out)
+	}
+	var rep struct {
+		Halted string
+		Waves  []struct{ Wave, Verdict string }
+	}
+	if err := json.Unmarshal([]byte(out[:strings.LastIndex(out, "}")+1]), &rep); err != nil || rep.Halted != "canary" {
+		t.Fatalf("report: %v\n%s", err, out)
+	}
+	if f.Desired("edge-0010") != nil {
+		t.Error("a device outside the canary wave got the deployment")
+	}
+	out, err = cmd(t, "status", "--lab", lab, "--plan", plan)
+	if err != nil || !strings.Contains(out, "canary") || !strings.Contains(out, "failed 1") || !strings.Contains(out, "halted at wave canary") {
+		t.Errorf("status: %v\n%s", err, out)
+	}
+	out, err = cmd(t, "rollback", "--lab", lab, "--plan", plan, "--wave", "canary")
+	if err != nil || !strings.Contains(out, "deleted configuration relay-2-canary") {
+		t.Errorf("rollback: %v\n%s", err, out)
+	}
+
+	out, err = cmd(t, "apply", "--lab", lab, "--device", "edge-0010", "--deployment", dep)
+	if err != nil || !strings.Contains(string(f.Desired("edge-0010")), "edgetpm/edge-relay:2") {
+		t.Errorf("apply: %v\n%s\n%s", err, out, f.Desired("edge-0010"))
+	}
+	if out, err := cmd(t, "apply", "--lab", lab, "--device", "edge-0010", "--deployment", bad); err == nil {
+		t.Errorf("apply of an invalid deployment: %s", out)
+	}
+}
+
+// Without a connection string the service commands refuse with a usage
+// error; the string never comes from a flag.
+func TestNoConnectionString(t *testing.T) {
+	t.Setenv(envConnectionString, "")
+	plan := filepath.Join(t.TempDir(), "plan.toml")
+	os.WriteFile(plan, []byte("id='a'\ndeployment='d.json'\n[[waves]]\nname='w'\ntarget=\"deviceId='x'\"\ntimeout='1s'\n"), 0o600)
+	os.WriteFile(filepath.Join(filepath.Dir(plan), "d.json"), []byte(`{"modulesContent":{}}`), 0o600)
+	_, err := cmd(t, "status", "--plan", plan)
+	if err == nil || !isUsage(err) || !strings.Contains(err.Error(), envConnectionString) {
+		t.Errorf("status without a connection string: %v", err)
+	}
+	if _, err := cmd(t, "status", "--plan", plan, "--connection-string", "x"); err == nil || !isUsage(err) {
+		t.Errorf("--connection-string was accepted: %v", err)
+	}
+	bad := filepath.Join(t.TempDir(), "plan.toml")
+	os.WriteFile(bad, []byte("id='a'\ndeploymnt='d.json'\n"), 0o600)
+	if _, err := cmd(t, "status", "--plan", bad); err == nil || !strings.Contains(err.Error(), `plan.toml:2:1: unknown key "deploymnt"`) {
+		t.Errorf("a plan with a typo: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
@@ -136,5 +137,28 @@ func TestNoConnectionString(t *testing.T) {
 	os.WriteFile(bad, []byte("id='a'\ndeploymnt='d.json'\n"), 0o600)
 	if _, err := cmd(t, "status", "--plan", bad); err == nil || !strings.Contains(err.Error(), `plan.toml:2:1: unknown key "deploymnt"`) {
 		t.Errorf("a plan with a typo: %v", err)
+	}
+}
+
+// manifests/rollout.example.toml loads, with the deployment its comment
+// says to render next to it.
+func TestRolloutExample(t *testing.T) {
+	dir := t.TempDir()
+	plan := filepath.Join(dir, "rollout.toml")
+	b, err := os.ReadFile("../manifests/rollout.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(plan, b, 0o600)
+	if out, err := cmd(t, "render", "--template", "../manifests/deployment.base.json", "--values", "../manifests/values.example.toml",
+		"--out", filepath.Join(dir, "deployment.json")); err != nil {
+		t.Fatalf("render: %v\n%s", err, out)
+	}
+	p, err := loadPlan(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Waves) != 3 || p.Waves[0].Name != "canary" || p.Waves[2].Timeout != 2*time.Hour || p.Labels["app"] != "edge-relay" {
+		t.Errorf("plan = %+v", p)
 	}
 }

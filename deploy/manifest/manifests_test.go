@@ -25,14 +25,14 @@ var templates = []string{"deployment.base.json", "deployment.relay.layered.json"
 // configs are the config.toml examples in manifests/.
 var configs = []string{"config.dps-tpm.toml", "config.dps-tpm-hierarchy-auth.toml"}
 
-// Every file in manifests/ is loaded by a test: here, or provisioner.toml
-// by provisioner's.
+// Every file in manifests/ is loaded by a test: here, provisioner.toml by
+// provisioner's, rollout.example.toml by edge-deploy's.
 func TestManifestsCovered(t *testing.T) {
 	entries, err := os.ReadDir(manifests)
 	if err != nil {
 		t.Fatal(err)
 	}
-	known := slices.Concat(templates, configs, []string{"values.example.toml", "provisioner.toml"})
+	known := slices.Concat(templates, configs, []string{"values.example.toml", "provisioner.toml", "rollout.example.toml"})
 	for _, e := range entries {
 		if !slices.Contains(known, e.Name()) {
 			t.Errorf("manifests/%s is loaded by no test", e.Name())

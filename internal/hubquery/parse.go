@@ -128,49 +128,40 @@ func (p *parser) end(alternatives string) error {
 }
 
 func (p *parser) or() (node, error) {
-	var terms orNode
-	for {
-		n, err := p.and()
-		if err != nil {
-			return nil, err
-		}
-		terms = append(terms, n)
-		t, err := p.lx.Peek()
-		if err != nil {
-			return nil, err
-		}
-		if !t.is("OR") {
-			break
-		}
-		p.lx.Next()
+	terms, err := p.chain("OR", p.and)
+	if err != nil || len(terms) == 1 {
+		return terms[0], err
 	}
-	if len(terms) == 1 {
-		return terms[0], nil
-	}
-	return terms, nil
+	return orNode(terms), nil
 }
 
 func (p *parser) and() (node, error) {
-	var terms andNode
+	terms, err := p.chain("AND", p.not)
+	if err != nil || len(terms) == 1 {
+		return terms[0], err
+	}
+	return andNode(terms), nil
+}
+
+// chain parses term (keyword term)*, flat, so that long chains do not
+// recurse.
+func (p *parser) chain(keyword string, term func() (node, error)) ([]node, error) {
+	var terms []node
 	for {
-		n, err := p.not()
+		n, err := term()
 		if err != nil {
-			return nil, err
+			return []node{nil}, err
 		}
 		terms = append(terms, n)
 		t, err := p.lx.Peek()
 		if err != nil {
-			return nil, err
+			return []node{nil}, err
 		}
-		if !t.is("AND") {
-			break
+		if !t.is(keyword) {
+			return terms, nil
 		}
 		p.lx.Next()
 	}
-	if len(terms) == 1 {
-		return terms[0], nil
-	}
-	return terms, nil
 }
 
 func (p *parser) not() (node, error) {

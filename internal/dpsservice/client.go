@@ -1,23 +1,20 @@
 package dpsservice
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/edgetpm/edgetpm/internal/azrest"
 )
 
 // tokenTTL is the life of the SAS token on each request; the C service
 // client uses an hour too (provisioning_service_client.c).
 const tokenTTL = time.Hour
-
-// maxBody bounds what the client reads from a response.
-const maxBody = 1 << 20
 
 // Client calls the DPS service API with a shared access policy. Its zero
 // value is not usable: set Conn. A Client is safe for concurrent use.
@@ -83,41 +80,12 @@ func (c *Client) do(ctx context.Context, method, registrationID, ifMatch string,
 		now = c.Now
 	}
 	// sr = HostName (dps-tpm.md §10).
-	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
+	status, data, err := azrest.Do(ctx, c.HTTP, c.Conn, now().Add(tokenTTL), azrest.Request{Method: method, URL: u, IfMatch: ifMatch, Body: body})
 	if err != nil {
 		return err
 	}
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", token)
-	req.Header.Set("Accept", "application/json")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	}
-	if ifMatch != "" {
-		req.Header.Set("If-Match", ifMatch)
-	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return fmt.Errorf("read response: %w", err)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return ParseError(resp.StatusCode, data)
+	if status < 200 || status > 299 {
+		return ParseError(status, data)
 	}
 	if out == nil {
 		return nil

@@ -11,13 +11,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/edgetpm/edgetpm/internal/azrest"
 	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
@@ -26,9 +26,6 @@ const APIVersion = "2021-04-12"
 
 // tokenTTL is the life of each request's SAS token.
 const tokenTTL = time.Hour
-
-// maxBody bounds what the client reads from a response.
-const maxBody = 4 << 20
 
 // Client calls IoT Hub's service API with a shared access policy
 // (iothubowner, or one with registry write and service connect). Set
@@ -160,16 +157,15 @@ func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out
 	if c.Conn.HostName == "" || len(c.Conn.Key) == 0 {
 		return errors.New("no service connection string")
 	}
-	var rd io.Reader
+	var data []byte
 	if body != nil {
-		data, ok := body.(json.RawMessage)
-		if !ok {
+		var ok bool
+		if data, ok = body.(json.RawMessage); !ok {
 			var err error
 			if data, err = json.Marshal(body); err != nil {
 				return err
 			}
 		}
-		rd = bytes.NewReader(data)
 	}
 	endpoint := c.Endpoint
 	if endpoint == "" {
@@ -184,37 +180,14 @@ func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out
 		now = c.Now
 	}
 	// sr = the hub's host name, skn = the policy (edge-runtime.md §6.3).
-	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
+	status, data, err := azrest.Do(ctx, c.HTTP, c.Conn, now().Add(tokenTTL), azrest.Request{
+		Method: method, URL: endpoint + path + sep + "api-version=" + APIVersion, IfMatch: ifMatch, Body: data,
+	})
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, endpoint+path+sep+"api-version="+APIVersion, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", token)
-	req.Header.Set("Accept", "application/json")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	}
-	if ifMatch != "" {
-		req.Header.Set("If-Match", ifMatch)
-	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return fmt.Errorf("read response: %w", err)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return parseError(resp.StatusCode, data)
+	if status < 200 || status > 299 {
+		return parseError(status, data)
 	}
 	if out == nil || len(bytes.TrimSpace(data)) == 0 {
 		return nil

@@ -1,0 +1,68 @@
+// Package azrest makes one call to an Azure service REST API (DPS, IoT
+// Hub) authenticated by a shared access policy: a fresh SAS token for the
+// policy's host in Authorization, JSON in and out, If-Match passed on, and
+// a bounded read of the answer. The service clients map its status codes
+// to their own errors.
+package azrest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
+)
+
+// maxBody bounds what is read from a response.
+const maxBody = 4 << 20
+
+// Request is one call.
+type Request struct {
+	Method, URL string
+	// IfMatch, when not empty, is sent as If-Match (an ETag, or "*").
+	IfMatch string
+	// Body, when not nil, is sent as JSON.
+	Body []byte
+}
+
+// Do sends r with a token of policy p that expires at expiry, through hc
+// (nil: http.DefaultClient), and returns the status and body of the
+// answer, whatever the status.
+func Do(ctx context.Context, hc *http.Client, p sas.Policy, expiry time.Time, r Request) (int, []byte, error) {
+	token, err := p.Token(ctx, expiry)
+	if err != nil {
+		return 0, nil, err
+	}
+	var body io.Reader
+	if r.Body != nil {
+		body = bytes.NewReader(r.Body)
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, body)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", token)
+	req.Header.Set("Accept", "application/json")
+	if r.Body != nil {
+		req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	}
+	if r.IfMatch != "" {
+		req.Header.Set("If-Match", r.IfMatch)
+	}
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return resp.StatusCode, nil, fmt.Errorf("read response: %w", err)
+	}
+	return resp.StatusCode, data, nil
+}

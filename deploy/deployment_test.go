@@ -38,7 +38,7 @@ func hubLab(t *testing.T) (string, *hubtest.Fleet, *hubtest.Server) {
 	dir := t.TempDir()
 	for name, data := range map[string]string{
 		hubServiceFile: hub.URL + "\n",
-		hubConnFile:    hub.Policy("iothubowner", key).String() + "\n",
+		hubConnFile:    hub.Policy("iothubowner", key).ConnectionString() + "\n",
 		pki.CertFile:   string(hub.CA.CertPEM()),
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {

@@ -116,7 +116,7 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, connectionString), []byte(emu.ConnectionString().String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, connectionString), []byte(emu.ConnectionString().ConnectionString()+"\n"), 0o600); err != nil {
 		return err
 	}
 	if err := atomicfile.WriteFile(filepath.Join(stateDir, idScopeFile), []byte(emu.IDScope()+"\n"), 0o644); err != nil {

@@ -219,7 +219,7 @@ func servicePolicy(stateDir, hub string) (sas.Policy, error) {
 	key := make([]byte, 32)
 	rand.Read(key)
 	p := sas.Policy{HostName: hub, KeyName: "iothubowner", Key: key}
-	return p, atomicfile.WriteFile(path, []byte(p.String()+"\n"), 0o600)
+	return p, atomicfile.WriteFile(path, []byte(p.ConnectionString()+"\n"), 0o600)
 }
 
 // registeredDevices lists the devices of hub in the lab's registry, read

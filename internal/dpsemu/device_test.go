@@ -414,7 +414,7 @@ func TestPersistence(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2 := serveEnv(t, srv2, c)
-	if srv2.IDScope() != srv.IDScope() || srv2.ConnectionString().String() != srv.ConnectionString().String() {
+	if srv2.IDScope() != srv.IDScope() || srv2.ConnectionString().ConnectionString() != srv.ConnectionString().ConnectionString() {
 		t.Error("scope or service key changed across a restart")
 	}
 	// The old service client still works: same key.

@@ -28,21 +28,27 @@ type Policy struct {
 // each once; other fields are refused, so that a device or module
 // connection string given by mistake is caught here.
 func ParsePolicy(s string) (Policy, error) {
+	// Errors name fields by position, never quote the input: a key given
+	// where a connection string belongs must not end up on the screen.
 	var c Policy
 	seen := map[string]bool{}
+	i := 0
 	for part := range strings.SplitSeq(strings.TrimSpace(s), ";") {
 		if part == "" {
 			continue
 		}
+		i++
 		name, value, ok := strings.Cut(part, "=")
 		if !ok {
-			return Policy{}, fmt.Errorf("%w: a field has no '='", ErrPolicy)
+			return Policy{}, fmt.Errorf("%w: field %d has no '='", ErrPolicy, i)
 		}
 		name = strings.TrimSpace(name)
 		switch name {
 		case "HostName", "SharedAccessKeyName", "SharedAccessKey":
+		case "DeviceId", "ModuleId", "GatewayHostName":
+			return Policy{}, fmt.Errorf("%w: it has %s: a device or module connection string, not a shared access policy's", ErrPolicy, name)
 		default:
-			return Policy{}, fmt.Errorf("%w: unexpected field %q (want HostName, SharedAccessKeyName and SharedAccessKey)", ErrPolicy, clip(name))
+			return Policy{}, fmt.Errorf("%w: field %d is not HostName, SharedAccessKeyName or SharedAccessKey", ErrPolicy, i)
 		}
 		if seen[name] {
 			return Policy{}, fmt.Errorf("%w: %s given twice", ErrPolicy, name)
@@ -50,8 +56,8 @@ func ParsePolicy(s string) (Policy, error) {
 		seen[name] = true
 		switch name {
 		case "HostName":
-			if value == "" || strings.ContainsAny(value, "/:@ \t") {
-				return Policy{}, fmt.Errorf("%w: HostName %q is not a host name", ErrPolicy, clip(value))
+			if value == "" || strings.ContainsAny(value, "/:@ \t,=") {
+				return Policy{}, fmt.Errorf("%w: HostName is not a host name (empty, or with one of / : @ , = or a space)", ErrPolicy)
 			}
 			c.HostName = value
 		case "SharedAccessKeyName":
@@ -75,19 +81,16 @@ func ParsePolicy(s string) (Policy, error) {
 	return c, nil
 }
 
-// String returns the connection string, key included: treat it as the
-// secret it is.
-func (c Policy) String() string {
+// ConnectionString returns the connection string, key included: treat it
+// as the secret it is.
+func (c Policy) ConnectionString() string {
 	return "HostName=" + c.HostName + ";SharedAccessKeyName=" + c.KeyName + ";SharedAccessKey=" + base64.StdEncoding.EncodeToString(c.Key)
 }
 
-// clip shortens what an error quotes from the input.
-func clip(s string) string {
-	const max = 64
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
+// String is the connection string with the key redacted, so that printing
+// a Policy, or a struct holding one, shows no secret.
+func (c Policy) String() string {
+	return "HostName=" + c.HostName + ";SharedAccessKeyName=" + c.KeyName + ";SharedAccessKey=<redacted>"
 }
 
 // Token returns a service token for the policy's host, signed with its key,

@@ -117,6 +117,17 @@ timeout = "2s"
 	if out, err := cmd(t, "apply", "--lab", lab, "--device", "edge-0010", "--deployment", bad); err == nil {
 		t.Errorf("apply of an invalid deployment: %s", out)
 	}
+	layered := filepath.Join(work, "layered.json")
+	if out, err := cmd(t, "render", "--template", "../manifests/deployment.relay.layered.json", "--values", "../manifests/values.example.toml", "--out", layered); err != nil {
+		t.Fatalf("render: %v\n%s", err, out)
+	}
+	if out, err := cmd(t, "apply", "--lab", lab, "--device", "edge-0010", "--deployment", layered); err == nil || !strings.Contains(err.Error(), "standard deployment") {
+		t.Errorf("apply of a layered deployment: %v\n%s", err, out)
+	}
+	// A rendered deployment may hold registry credentials.
+	if fi, err := os.Stat(dep); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("rendered deployment: %v, mode %v, want 0600", err, fi.Mode().Perm())
+	}
 }
 
 // Without a connection string the service commands refuse with a usage
@@ -125,7 +136,10 @@ func TestNoConnectionString(t *testing.T) {
 	t.Setenv(envConnectionString, "")
 	plan := filepath.Join(t.TempDir(), "plan.toml")
 	os.WriteFile(plan, []byte("id='a'\ndeployment='d.json'\n[[waves]]\nname='w'\ntarget=\"deviceId='x'\"\ntimeout='1s'\n"), 0o600)
-	os.WriteFile(filepath.Join(filepath.Dir(plan), "d.json"), []byte(`{"modulesContent":{}}`), 0o600)
+	if out, err := cmd(t, "render", "--template", "../manifests/deployment.base.json", "--values", "../manifests/values.example.toml",
+		"--out", filepath.Join(filepath.Dir(plan), "d.json")); err != nil {
+		t.Fatalf("render: %v\n%s", err, out)
+	}
 	_, err := cmd(t, "status", "--plan", plan)
 	if err == nil || !isUsage(err) || !strings.Contains(err.Error(), envConnectionString) {
 		t.Errorf("status without a connection string: %v", err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -98,7 +99,7 @@ func loadPlan(path string) (rollout.Plan, error) {
 		return rollout.Plan{}, err
 	}
 	var f planFile
-	dec := toml.NewDecoder(strings.NewReader(string(b)))
+	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		var sm *toml.StrictMissingError
@@ -139,6 +140,9 @@ func loadPlan(path string) (rollout.Plan, error) {
 	if p.Content, err = os.ReadFile(dep); err != nil {
 		return p, err
 	}
+	if err := manifest.Validate(p.Content); err != nil {
+		return p, fmt.Errorf("%s: %w", dep, err)
+	}
 	return p, p.Validate()
 }
 
@@ -175,6 +179,9 @@ func applyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return err
 	}
 	if err := manifest.Validate(content); err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	if err := standard(content); err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}
 	c, err := h.client(getenv)
@@ -303,4 +310,27 @@ func printReport(w io.Writer, rep *rollout.Report, asJSON bool) {
 	if rep.Halted != "" {
 		fmt.Fprintf(w, "halted at wave %s\n", rep.Halted)
 	}
+}
+
+// standard checks what applyConfigurationContent takes: {"modulesContent":
+// ...} of a standard deployment, each module as a whole "properties.desired"
+// (a layered deployment needs a base one under it, edge-runtime.md §6.2).
+func standard(doc []byte) error {
+	var d struct {
+		ModulesContent map[string]map[string]json.RawMessage `json:"modulesContent"`
+	}
+	if err := json.Unmarshal(doc, &d); err != nil || d.ModulesContent == nil {
+		return errors.New(`apply takes {"modulesContent": {...}}, not a whole configuration`)
+	}
+	for module, sections := range d.ModulesContent {
+		for key := range sections {
+			if key != "properties.desired" {
+				return fmt.Errorf("module %s: %q: apply takes a standard deployment; roll a layered one out with rollout", module, key)
+			}
+		}
+	}
+	if _, ok := d.ModulesContent["$edgeAgent"]["properties.desired"]; !ok {
+		return errors.New("apply takes a standard deployment, with $edgeAgent's properties.desired")
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/deploy/manifest"
+	"github.com/edgetpm/edgetpm/internal/atomicfile"
 )
 
 // setFlags collects repeated key=value flags.
@@ -27,7 +28,7 @@ func renderCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 	values := fs.String("values", "", "values `FILE` (TOML or JSON)")
 	out := fs.String("out", "-", "write the deployment to `FILE`; - for stdout")
 	var sets setFlags
-	fs.Var(&sets, "set", "a value `KEY=VALUE` (dotted keys nest), over the values file; repeatable")
+	fs.Var(&sets, "set", "a value `KEY=VALUE` (dotted keys nest), over the values file; repeatable (secrets belong in the values file: the command line shows in process lists)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy render --template FILE [--values FILE] [--set KEY=VALUE]... [--out FILE]\n\nRender a deployment manifest: createOptions split into 512-character chunks, images pinned to digests, then validated.\n\n")
 		fs.PrintDefaults()
@@ -65,7 +66,8 @@ func renderCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 		_, err = stdout.Write(doc)
 		return err
 	}
-	return os.WriteFile(*out, doc, 0o644)
+	// 0600: a deployment may hold registry credentials.
+	return atomicfile.WriteFile(*out, doc, 0o600)
 }
 
 // validateCmd checks deployment files and prints every problem with its

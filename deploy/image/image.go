@@ -206,7 +206,10 @@ func withDefaults(opts Options) (Options, reference.NamedTagged, []goPlatform, e
 func goBuild(ctx context.Context, opts Options, p goPlatform, out string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", out, opts.Module)
 	cmd.Dir = opts.Dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.platform.OS)
+	// The builder's own settings must not reach the binary: the same
+	// sources give the same image on every machine.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.platform.OS,
+		"GOFLAGS=", "GOEXPERIMENT=", "GOWORK=off", "GOTOOLCHAIN=local", "GO386=sse2", "GOPPC64=power8", "GORISCV64=rva20u64")
 	cmd.Env = append(cmd.Env, p.env...)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr

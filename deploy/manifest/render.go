@@ -88,6 +88,8 @@ func typed(old any, s string) (any, error) {
 			return nil, fmt.Errorf("%q is not a JSON number", s)
 		}
 		return json.Number(s), nil
+	case map[string]any, []any:
+		return nil, fmt.Errorf("it is a table or list: set a key inside it")
 	}
 	return s, nil
 }

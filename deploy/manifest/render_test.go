@@ -200,6 +200,7 @@ func TestSetValue(t *testing.T) {
 		{"b", "yes", `set "b": strconv.ParseBool`},
 		{"j", "NaN", `set "j": "NaN" is not a JSON number`},
 		{"s.x", "1", `set "s.x": s is not a table`},
+		{"t", "flat", `set "t": it is a table or list`},
 		{"t..k", "1", `set "t..k": empty key`},
 		{"", "1", `set "": empty key`},
 	} {

@@ -14,7 +14,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/hubservice"
@@ -106,8 +108,8 @@ func ConfigurationID(id, wave string) string { return id + "-" + wave }
 // Validate checks a plan before anything is created.
 func (p *Plan) Validate() error {
 	var errs []error
-	if p.ID == "" {
-		errs = append(errs, errors.New("rollout: no id"))
+	if err := checkID(p.ID); err != nil {
+		errs = append(errs, fmt.Errorf("rollout: id: %w", err))
 	}
 	if len(p.Waves) == 0 {
 		errs = append(errs, errors.New("rollout: no waves"))
@@ -120,6 +122,8 @@ func (p *Plan) Validate() error {
 		switch {
 		case w.Name == "" || seen[w.Name]:
 			errs = append(errs, fmt.Errorf("rollout: wave %d: want a unique name", i+1))
+		case checkID(ConfigurationID(p.ID, w.Name)) != nil:
+			errs = append(errs, fmt.Errorf("rollout: wave %s: %w", w.Name, checkID(ConfigurationID(p.ID, w.Name))))
 		case w.Target == "":
 			errs = append(errs, fmt.Errorf("rollout: wave %s: no target condition", w.Name))
 		case w.MinSuccess < 0 || w.MinSuccess > 1:
@@ -192,19 +196,19 @@ func Run(ctx context.Context, hub Hub, p Plan, progress func(WaveStatus)) (*Repo
 // content (a rollout run again goes on where it stopped).
 func put(ctx context.Context, hub Hub, p Plan, w Wave) error {
 	id := ConfigurationID(p.ID, w.Name)
-	labels := map[string]string{LabelRollout: p.ID, LabelWave: w.Name}
-	for k, v := range p.Labels {
-		labels[k] = v
+	labels := maps.Clone(p.Labels)
+	if labels == nil {
+		labels = map[string]string{}
 	}
+	labels[LabelRollout], labels[LabelWave] = p.ID, w.Name
 	cfg := hubservice.Configuration{
 		ID: id, SchemaVersion: "2.0", Labels: labels, Content: p.Content,
 		TargetCondition: w.Target, Priority: p.Priority,
 		Metrics: &hubservice.Metrics{Queries: map[string]string{MetricSucceeded: querySucceeded, MetricFailed: queryFailed}},
 	}
 	old, err := hub.GetConfiguration(ctx, id)
-	var se *hubservice.ServiceError
 	switch {
-	case errors.As(err, &se) && se.HTTPStatus == 404:
+	case isNotFound(err):
 		_, err = hub.PutConfiguration(ctx, cfg, "")
 		return err
 	case err != nil:
@@ -226,8 +230,7 @@ func put(ctx context.Context, hub Hub, p Plan, w Wave) error {
 func status(ctx context.Context, hub Hub, id string, w Wave, expired bool) (WaveStatus, error) {
 	st := WaveStatus{Wave: w.Name, Configuration: ConfigurationID(id, w.Name)}
 	cfg, err := hub.GetConfiguration(ctx, st.Configuration)
-	var se *hubservice.ServiceError
-	if errors.As(err, &se) && se.HTTPStatus == 404 {
+	if isNotFound(err) {
 		st.Verdict = "not started"
 		return st, nil
 	}
@@ -241,7 +244,8 @@ func status(ctx context.Context, hub Hub, id string, w Wave, expired bool) (Wave
 	if cfg.Metrics != nil {
 		st.Succeeded, st.Failed = cfg.Metrics.Results[MetricSucceeded], cfg.Metrics.Results[MetricFailed]
 	}
-	need := st.Targeted
+	// All of them, but the failures the wave tolerates.
+	need := st.Targeted - min(st.Failed, w.MaxFailures)
 	if w.MinSuccess > 0 {
 		need = int64(math.Ceil(w.MinSuccess * float64(st.Targeted)))
 	}
@@ -293,12 +297,17 @@ func Rollback(ctx context.Context, hub Hub, p Plan, wave string) ([]string, erro
 	var deleted []string
 	for _, w := range p.Waves[from:] {
 		id := ConfigurationID(p.ID, w.Name)
-		err := hub.DeleteConfiguration(ctx, id, "*")
-		var se *hubservice.ServiceError
-		if errors.As(err, &se) && se.HTTPStatus == 404 {
+		cfg, err := hub.GetConfiguration(ctx, id)
+		if isNotFound(err) {
 			continue
 		}
 		if err != nil {
+			return deleted, err
+		}
+		if cfg.Labels[LabelRollout] != p.ID {
+			return deleted, fmt.Errorf("configuration %s is not rollout %s's (its %s label is %q): left alone", id, p.ID, LabelRollout, cfg.Labels[LabelRollout])
+		}
+		if err := hub.DeleteConfiguration(ctx, id, cfg.ETag); err != nil && !isNotFound(err) {
 			return deleted, err
 		}
 		deleted = append(deleted, id)
@@ -314,4 +323,27 @@ func sameJSON(a, b json.RawMessage) bool {
 	ja, _ := json.Marshal(x)
 	jb, _ := json.Marshal(y)
 	return string(ja) == string(jb)
+}
+
+// checkID applies IoT Hub's rules for configuration IDs (edge-runtime.md
+// §6.3): up to 128 characters, lowercase, no spaces and none of
+// & ^ [ ] { } \ | " < > /.
+func checkID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("empty")
+	case len(id) > 128:
+		return fmt.Errorf("%q: longer than 128 characters", id)
+	case strings.ToLower(id) != id:
+		return fmt.Errorf("%q: want lowercase", id)
+	case strings.ContainsAny(id, " &^[]{}\\|\"<>/") || strings.ContainsFunc(id, func(r rune) bool { return r < 0x21 || r > 0x7e }):
+		return fmt.Errorf("%q: no spaces, control characters or & ^ [ ] { } \\ | \" < > /", id)
+	}
+	return nil
+}
+
+// isNotFound reports whether err is IoT Hub's 404.
+func isNotFound(err error) bool {
+	var se *hubservice.ServiceError
+	return errors.As(err, &se) && se.HTTPStatus == 404
 }

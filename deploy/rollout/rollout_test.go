@@ -1,7 +1,6 @@
 package rollout
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -63,7 +62,9 @@ func image(f *hubtest.Fleet, device string) string {
 			} `json:"relay"`
 		} `json:"modules"`
 	}
-	json.Unmarshal(f.Desired(device), &d)
+	if f.Desired(device) != nil && json.Unmarshal(f.Desired(device), &d) != nil {
+		panic("desired properties of " + device + " are not JSON")
+	}
 	return d.Modules.Relay.Settings.Image
 }
 
@@ -152,6 +153,18 @@ func TestCanaryHalts(t *testing.T) {
 	if _, err := Rollback(ctx, hub, p, "nope"); err == nil {
 		t.Error("rollback of an unknown wave")
 	}
+	// A configuration of the same name that another rollout (or a person)
+	// made is left alone.
+	other := hubservice.Configuration{ID: "relay-2-all", Content: content("theirs"), TargetCondition: "tags.ring='none'", Labels: map[string]string{"owner": "ops"}}
+	if _, err := hub.PutConfiguration(ctx, other, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Rollback(ctx, hub, p, "all"); err == nil || !strings.Contains(err.Error(), "left alone") {
+		t.Errorf("Rollback of a configuration not ours: %v", err)
+	}
+	if _, err := hub.GetConfiguration(ctx, "relay-2-all"); err != nil {
+		t.Errorf("the other configuration is gone: %v", err)
+	}
 }
 
 // A wave that does not reach its share of successes within its time is
@@ -160,24 +173,39 @@ func TestWaveTimesOut(t *testing.T) {
 	_, hub := fleet(t, nil)
 	p := plan("edgetpm/edge-relay:2")
 	p.Waves = []Wave{{Name: "nobody", Target: "tags.ring='none'", Timeout: 50 * time.Millisecond}}
-	rep, err := Run(context.Background(), hub, p, nil)
+	rep, err := Run(t.Context(), hub, p, nil)
 	if !errors.Is(err, ErrHalted) || !strings.Contains(rep.Waves[0].Reason, "no device targeted") {
 		t.Errorf("Run = %+v, %v", rep, err)
 	}
 }
 
 func TestPlanValidate(t *testing.T) {
-	for name, p := range map[string]Plan{
-		"no id":       {Content: content("x"), Waves: plan("x").Waves},
-		"no waves":    {ID: "a", Content: content("x")},
-		"dup wave":    {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w", Target: "t", Timeout: 1}, {Name: "w", Target: "t", Timeout: 1}}},
-		"no target":   {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w", Timeout: 1}}},
-		"bad share":   {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w", Target: "t", MinSuccess: 2, Timeout: 1}}},
-		"no timeout":  {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w", Target: "t"}}},
-		"bad content": {ID: "a", Content: json.RawMessage(`{"x":1}`), Waves: []Wave{{Name: "w", Target: "t", Timeout: 1}}},
+	w := []Wave{{Name: "w", Target: "t", Timeout: 1}}
+	for want, p := range map[string]Plan{
+		"id: empty":                    {Content: content("x"), Waves: plan("x").Waves},
+		`id: "Relay": want lowercase`:  {ID: "Relay", Content: content("x"), Waves: w},
+		"no waves":                     {ID: "a", Content: content("x")},
+		"wave 2: want a unique name":   {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w", Target: "t", Timeout: 1}, {Name: "w", Target: "t", Timeout: 1}}},
+		`wave w 1: "a-w 1": no spaces`: {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w 1", Target: "t", Timeout: 1}}},
+		"wave w: no target":            {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w", Timeout: 1}}},
+		"minSuccess 2":                 {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w", Target: "t", MinSuccess: 2, Timeout: 1}}},
+		"wave w: want a timeout":       {ID: "a", Content: content("x"), Waves: []Wave{{Name: "w", Target: "t"}}},
+		"content is not":               {ID: "a", Content: json.RawMessage(`{"x":1}`), Waves: w},
 	} {
-		if err := p.Validate(); err == nil {
-			t.Errorf("%s: Validate accepted %+v", name, p)
+		if err := p.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate(%+v) = %v, want an error with %q", p, err, want)
 		}
+	}
+}
+
+// A wave that wants all its devices but tolerates a failure is healthy
+// once every other device succeeded.
+func TestToleratedFailure(t *testing.T) {
+	_, hub := fleet(t, func(d string) bool { return d == "edge-0002" })
+	p := plan("edgetpm/edge-relay:2")
+	p.Waves = []Wave{{Name: "canary", Target: "tags.ring='canary'", MaxFailures: 1, Timeout: 2 * time.Second}}
+	rep, err := Run(t.Context(), hub, p, nil)
+	if err != nil || rep.Waves[0].Verdict != "healthy" || rep.Waves[0].Succeeded != 9 || rep.Waves[0].Failed != 1 {
+		t.Errorf("Run = %+v, %v", rep, err)
 	}
 }

@@ -179,6 +179,10 @@ func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out
 	if c.Now != nil {
 		now = c.Now
 	}
+	// IoT Hub wants the ETag quoted in If-Match; its JSON carries it bare.
+	if ifMatch != "" && ifMatch != "*" && !strings.HasPrefix(ifMatch, `"`) {
+		ifMatch = `"` + ifMatch + `"`
+	}
 	// sr = the hub's host name, skn = the policy (edge-runtime.md §6.3).
 	status, data, err := azrest.Do(ctx, c.HTTP, c.Conn, now().Add(tokenTTL), azrest.Request{
 		Method: method, URL: endpoint + path + sep + "api-version=" + APIVersion, IfMatch: ifMatch, Body: data,

@@ -113,7 +113,8 @@ func resolve(twin map[string]any, path []string) (v any, ok bool) {
 func compare(v any, op string, lit any) bool {
 	switch lit := lit.(type) {
 	case nil:
-		return op == "=" && v == nil
+		// The path resolved (compare is not called otherwise).
+		return op == "=" && v == nil || op == "!=" && v != nil
 	case bool:
 		b, ok := v.(bool)
 		return ok && (op == "=" && b == lit || op == "!=" && b != lit)

@@ -98,6 +98,7 @@ var matchTests = []struct {
 	// null and booleans.
 	{"tags.retired = null", []string{"edge7"}},
 	{"tags.retired != null", nil},
+	{"tags.gateway != null", []string{"edge1", "edge7"}},
 	{"tags.retired IN [null]", []string{"edge7"}},
 	{"IS_DEFINED(tags.retired)", []string{"edge7"}},
 	{"tags.environment = null", nil},

@@ -129,16 +129,22 @@ func (p *parser) end(alternatives string) error {
 
 func (p *parser) or() (node, error) {
 	terms, err := p.chain("OR", p.and)
-	if err != nil || len(terms) == 1 {
-		return terms[0], err
+	if err != nil {
+		return nil, err
+	}
+	if len(terms) == 1 {
+		return terms[0], nil
 	}
 	return orNode(terms), nil
 }
 
 func (p *parser) and() (node, error) {
 	terms, err := p.chain("AND", p.not)
-	if err != nil || len(terms) == 1 {
-		return terms[0], err
+	if err != nil {
+		return nil, err
+	}
+	if len(terms) == 1 {
+		return terms[0], nil
 	}
 	return andNode(terms), nil
 }
@@ -150,12 +156,12 @@ func (p *parser) chain(keyword string, term func() (node, error)) ([]node, error
 	for {
 		n, err := term()
 		if err != nil {
-			return []node{nil}, err
+			return nil, err
 		}
 		terms = append(terms, n)
 		t, err := p.lx.Peek()
 		if err != nil {
-			return []node{nil}, err
+			return nil, err
 		}
 		if !t.is(keyword) {
 			return terms, nil

@@ -3,6 +3,7 @@ package hubquery
 import (
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -198,5 +199,25 @@ func TestCount(t *testing.T) {
 		if got := q.Count(tt.twins); got != tt.want {
 			t.Errorf("ParseQuery(%q).Count = %d, want %d", tt.query, got, tt.want)
 		}
+	}
+}
+
+// configurations.[[id]].status, the clause IoT Hub's docs add to a
+// deployment's metric queries to count only the devices it applies to.
+func TestConfigurationStatus(t *testing.T) {
+	q, err := ParseQuery("SELECT deviceId FROM devices.modules WHERE moduleId='$edgeAgent' AND configurations.[[relay-2-canary]].status='Applied' AND properties.reported.lastDesiredStatus.code = 200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	twin := func(status string, code float64) map[string]any {
+		return map[string]any{"moduleId": "$edgeAgent",
+			"configurations": map[string]any{"relay-2-canary": map[string]any{"status": status}},
+			"properties":     map[string]any{"reported": map[string]any{"lastDesiredStatus": map[string]any{"code": code}}}}
+	}
+	if n := q.Count([]map[string]any{twin("Applied", 200), twin("Targeted", 200), twin("Applied", 500), {"moduleId": "$edgeAgent"}}); n != 1 {
+		t.Errorf("Count = %d, want 1", n)
+	}
+	if _, err := ParseCondition("configurations.[[x].status='Applied'"); err == nil || !strings.Contains(err.Error(), `missing "]]"`) {
+		t.Errorf("unclosed [[: %v", err)
 	}
 }

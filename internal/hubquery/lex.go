@@ -90,6 +90,16 @@ func (l *lexer) Next() (token, error) {
 	return t, err
 }
 
+// Skip consumes the byte c if it comes next. It must not be called with a
+// token peeked.
+func (l *lexer) Skip(c byte) bool {
+	if l.pos < len(l.src) && l.src[l.pos] == c {
+		l.pos++
+		return true
+	}
+	return false
+}
+
 // RawUntil consumes the input up to the byte end and the byte itself. It must
 // not be called with a token peeked.
 func (l *lexer) RawUntil(end byte) (string, int, error) {

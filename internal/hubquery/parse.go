@@ -302,12 +302,17 @@ func (p *parser) path() (path, error) {
 			pa.segs = append(pa.segs, t.text)
 			pa.text += "." + t.text
 		case t.is("["):
+			// [name], or [[name]] as in configurations.[[id]].status.
+			double := p.lx.Skip('[')
 			name, pos, err := p.lx.RawUntil(']')
 			if err != nil {
 				return path{}, err
 			}
 			if name == "" {
 				return path{}, p.lx.errorf(pos, "empty [name] in a path")
+			}
+			if double && !p.lx.Skip(']') {
+				return path{}, p.lx.errorf(pos+len(name)+1, "missing \"]]\" after [[%s", name)
 			}
 			pa.segs = append(pa.segs, name)
 			pa.text += ".[" + name + "]"

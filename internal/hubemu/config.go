@@ -57,28 +57,27 @@ type configuration struct {
 	applied         map[string]bool // devices where it is in effect
 }
 
-// parseConfiguration reads a PUT /configurations/{id} body. Errors wrap
+// configBody is a PUT /configurations/{id} body.
+type configBody struct {
+	ID            string            `json:"id"`
+	SchemaVersion string            `json:"schemaVersion"`
+	Labels        map[string]string `json:"labels"`
+	Content       struct {
+		ModulesContent json.RawMessage `json:"modulesContent"`
+		DeviceContent  json.RawMessage `json:"deviceContent"`
+		ModuleContent  json.RawMessage `json:"moduleContent"`
+	} `json:"content"`
+	TargetCondition string `json:"targetCondition"`
+	Priority        int    `json:"priority"`
+	Metrics         struct {
+		Queries map[string]string `json:"queries"`
+	} `json:"metrics"`
+}
+
+// parseConfiguration checks a PUT /configurations/{id} body. Errors wrap
 // ErrInvalidArgument.
-func parseConfiguration(id string, data []byte) (*configuration, error) {
+func parseConfiguration(id string, body configBody) (*configuration, error) {
 	if err := checkConfigID(id); err != nil {
-		return nil, err
-	}
-	var body struct {
-		ID            string            `json:"id"`
-		SchemaVersion string            `json:"schemaVersion"`
-		Labels        map[string]string `json:"labels"`
-		Content       struct {
-			ModulesContent json.RawMessage `json:"modulesContent"`
-			DeviceContent  json.RawMessage `json:"deviceContent"`
-			ModuleContent  json.RawMessage `json:"moduleContent"`
-		} `json:"content"`
-		TargetCondition string `json:"targetCondition"`
-		Priority        int    `json:"priority"`
-		Metrics         struct {
-			Queries map[string]string `json:"queries"`
-		} `json:"metrics"`
-	}
-	if err := decodeStrict(data, &body); err != nil {
 		return nil, err
 	}
 	if body.ID != "" && body.ID != id {
@@ -92,7 +91,7 @@ func parseConfiguration(id string, data []byte) (*configuration, error) {
 			return nil, fmt.Errorf("%w: only content.modulesContent is supported (edge deployments)", ErrInvalidArgument)
 		}
 	}
-	content, layered, err := parseModulesContent(body.Content.ModulesContent)
+	content, standard, _, err := parseModulesContent(body.Content.ModulesContent)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +103,7 @@ func parseConfiguration(id string, data []byte) (*configuration, error) {
 		schemaVersion:   body.SchemaVersion,
 		labels:          body.Labels,
 		content:         content,
-		layered:         layered,
+		layered:         !standard,
 		targetCondition: body.TargetCondition,
 		priority:        body.Priority,
 		queries:         body.Metrics.Queries,
@@ -135,7 +134,7 @@ func checkConfigID(id string) error {
 	}
 	for _, r := range id {
 		if r <= ' ' || r >= 0x7f || 'A' <= r && r <= 'Z' || strings.ContainsRune(`&^[]{}\|"<>/`, r) {
-			return fmt.Errorf("%w: configuration id %q: character %q is not allowed (lowercase letters, digits and -+%%_*!'.:=;@$ only)", ErrInvalidArgument, id, r)
+			return fmt.Errorf("%w: configuration id %q: character %q is not allowed (printable ASCII, no upper case, no space or & ^ [ ] { } \\ | \" < > /)", ErrInvalidArgument, id, r)
 		}
 	}
 	return nil
@@ -143,41 +142,39 @@ func checkConfigID(id string) error {
 
 // parseModulesContent reads modulesContent: module name → object whose
 // keys are either all "properties.desired" (a standard deployment, the
-// module's whole desired properties) or all "properties.desired.<path>"
-// (a layered one, edge-runtime.md §6.2). Values follow the twin rules;
-// nulls inside them are dropped, as merging a twin patch drops them.
-func parseModulesContent(data json.RawMessage) (content map[string]any, layered bool, err error) {
+// module's whole desired properties; standard is true) or all
+// "properties.desired.<path>" (a layered one, edge-runtime.md §6.2; dotted
+// is true). Values follow the twin rules and the 32 KB limit; nulls inside
+// objects are dropped, as merging a twin patch drops them, while a layered
+// key's null value stays: it deletes the member.
+func parseModulesContent(data json.RawMessage) (content map[string]any, standard, dotted bool, err error) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, false, fmt.Errorf("%w: content.modulesContent is required", ErrInvalidArgument)
+		return nil, false, false, fmt.Errorf("%w: content.modulesContent is required", ErrInvalidArgument)
 	}
 	var raw map[string]any
 	if err := decodeStrict(data, &raw); err != nil {
-		return nil, false, fmt.Errorf("modulesContent: %w", err)
+		return nil, false, false, fmt.Errorf("modulesContent: %w", err)
 	}
 	if raw == nil {
-		return nil, false, fmt.Errorf("%w: modulesContent must be an object", ErrInvalidArgument)
+		return nil, false, false, fmt.Errorf("%w: modulesContent must be an object", ErrInvalidArgument)
 	}
-	var standard bool
 	for m, v := range raw {
 		if m != edgeAgent && m != edgeHub && !moduleName.MatchString(m) {
-			return nil, false, fmt.Errorf("%w: modulesContent: module name %q", ErrInvalidArgument, m)
+			return nil, false, false, fmt.Errorf("%w: modulesContent: module name %q", ErrInvalidArgument, m)
 		}
 		entries, ok := v.(map[string]any)
 		if !ok {
-			return nil, false, fmt.Errorf("%w: modulesContent.%s must be an object", ErrInvalidArgument, m)
+			return nil, false, false, fmt.Errorf("%w: modulesContent.%s must be an object", ErrInvalidArgument, m)
 		}
 		for k, x := range entries {
 			if k == desiredKey {
 				doc, ok := x.(map[string]any)
 				if !ok {
-					return nil, false, fmt.Errorf("%w: modulesContent.%s.%s must be an object", ErrInvalidArgument, m, k)
+					return nil, false, false, fmt.Errorf("%w: modulesContent.%s.%s must be an object", ErrInvalidArgument, m, k)
 				}
-				clean, err := mergeChecked(map[string]any{}, doc)
-				if err == nil {
-					err = checkTwinValue(clean, 1)
-				}
-				if err != nil {
-					return nil, false, fmt.Errorf("modulesContent.%s: %w", m, err)
+				clean := withoutNulls(doc)
+				if err := checkTwinDoc(clean); err != nil {
+					return nil, false, false, fmt.Errorf("modulesContent.%s: %w", m, err)
 				}
 				entries[k] = clean
 				standard = true
@@ -185,22 +182,38 @@ func parseModulesContent(data json.RawMessage) (content map[string]any, layered 
 			}
 			path, ok := strings.CutPrefix(k, desiredKey+".")
 			if !ok {
-				return nil, false, fmt.Errorf("%w: modulesContent.%s: key %q is neither %q nor %q", ErrInvalidArgument, m, k, desiredKey, desiredKey+".<path>")
+				return nil, false, false, fmt.Errorf("%w: modulesContent.%s: key %q is neither %q nor %q", ErrInvalidArgument, m, k, desiredKey, desiredKey+".<path>")
 			}
 			segs := strings.Split(path, ".")
 			if m == edgeAgent && segs[0] == "systemModules" {
-				return nil, false, fmt.Errorf("%w: a layered deployment must not change systemModules", ErrInvalidArgument)
+				return nil, false, false, fmt.Errorf("%w: a layered deployment must not change systemModules", ErrInvalidArgument)
 			}
-			if err := checkTwinValue(pathDoc(segs, x), 1); err != nil {
-				return nil, false, fmt.Errorf("modulesContent.%s.%s: %w", m, k, err)
+			if doc, ok := x.(map[string]any); ok {
+				x = withoutNulls(doc)
+				entries[k] = x
 			}
-			layered = true
+			if err := checkTwinDoc(pathDoc(segs, x)); err != nil {
+				return nil, false, false, fmt.Errorf("modulesContent.%s.%s: %w", m, k, err)
+			}
+			dotted = true
 		}
 	}
-	if standard && layered {
-		return nil, false, fmt.Errorf("%w: modulesContent mixes %q with layered %q keys", ErrInvalidArgument, desiredKey, desiredKey+".<path>")
+	if standard && dotted {
+		return nil, false, false, fmt.Errorf("%w: modulesContent mixes %q with layered %q keys", ErrInvalidArgument, desiredKey, desiredKey+".<path>")
 	}
-	return raw, !standard, nil
+	return raw, standard, dotted, nil
+}
+
+// desiredDocs returns a copy of each module's "properties.desired" in
+// modulesContent content (a standard deployment).
+func desiredDocs(content map[string]any) map[string]map[string]any {
+	docs := map[string]map[string]any{}
+	for m, v := range content {
+		if doc, ok := v.(map[string]any)[desiredKey].(map[string]any); ok {
+			docs[m] = deepCopy(doc).(map[string]any)
+		}
+	}
+	return docs
 }
 
 // pathDoc returns {segs[0]: {segs[1]: ... value}}.
@@ -224,6 +237,16 @@ func decodeStrict(data []byte, v any) error {
 		return fmt.Errorf("%w: data after the JSON document", ErrInvalidArgument)
 	}
 	return nil
+}
+
+// readJSON decodes a service request's body, at most maxServiceBody bytes,
+// with decodeStrict.
+func readJSON(r *http.Request, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxServiceBody))
+	if err != nil {
+		return fmt.Errorf("%w: reading the body: %v", ErrInvalidArgument, err)
+	}
+	return decodeStrict(data, v)
 }
 
 // configView is a configuration as IoT Hub returns it.
@@ -288,11 +311,18 @@ func (s *Server) nextETagLocked() string {
 	return base64.StdEncoding.EncodeToString([]byte(strconv.FormatUint(s.etagSeq, 10)))
 }
 
-// etagMatches reports whether an If-Match value names etag; quotes around
-// it are optional (the C# SDK adds them, the JSON etag has none).
-func etagMatches(ifMatch, etag string) bool {
-	ifMatch = strings.TrimSpace(ifMatch)
-	return ifMatch == "*" || strings.Trim(ifMatch, `"`) == etag
+// ifMatch reads a request's If-Match: "" when there is none, "*", or the
+// ETag inside the quotes. IoT Hub wants the quotes (the SDKs add them; the
+// JSON etag has none), so a bare ETag is an invalid argument.
+func ifMatch(r *http.Request) (string, error) {
+	h := strings.TrimSpace(r.Header.Get("If-Match"))
+	if h == "" || h == "*" {
+		return h, nil
+	}
+	if len(h) < 3 || h[0] != '"' || h[len(h)-1] != '"' || strings.Contains(h[1:len(h)-1], `"`) {
+		return "", fmt.Errorf("%w: If-Match must be a quoted ETag or *", ErrInvalidArgument)
+	}
+	return h[1 : len(h)-1], nil
 }
 
 func writeConfig(w http.ResponseWriter, status int, v configView) {
@@ -300,52 +330,73 @@ func writeConfig(w http.ResponseWriter, status int, v configView) {
 	writeJSON(w, status, v)
 }
 
+// view returns c as IoT Hub shows it now.
+func (s *Server) view(c *configuration) configView {
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	return s.viewLocked(c)
+}
+
 func (s *Server) servePutConfiguration(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	data, err := io.ReadAll(io.LimitReader(r.Body, maxServiceBody))
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;reading the body failed")
-		return
+	var body configBody
+	err := readJSON(r, &body)
+	var c *configuration
+	if err == nil {
+		c, err = parseConfiguration(id, body)
 	}
-	c, err := parseConfiguration(id, data)
+	var match string
+	if err == nil {
+		match, err = ifMatch(r)
+	}
 	if err != nil {
 		writeServiceError(w, fmt.Errorf("configuration %q: %w", id, err))
 		return
 	}
-	ifMatch := r.Header.Get("If-Match")
 	s.deployMu.Lock()
-	defer s.deployMu.Unlock()
-	old := s.configs[id]
+	c, status, msg := s.putConfigurationLocked(c, match)
+	var runs []agentRun
+	if msg == "" {
+		runs = s.reconcileLocked()
+	}
+	s.deployMu.Unlock()
+	if msg != "" {
+		writeError(w, status, msg)
+		return
+	}
+	s.runAgents(runs)
+	writeConfig(w, status, s.view(c))
+}
+
+// putConfigurationLocked creates c or, with If-Match value match, updates
+// the configuration of the same id. It returns the stored configuration
+// and the status to answer, or a status and an error message. s.deployMu
+// must be held.
+func (s *Server) putConfigurationLocked(c *configuration, match string) (stored *configuration, status int, msg string) {
+	old := s.configs[c.id]
 	now := s.now()
 	switch {
-	case old == nil && ifMatch != "" && !etagMatches(ifMatch, "*"):
-		writeError(w, http.StatusNotFound, fmt.Sprintf("ErrorCode:ConfigurationNotFound;configuration %q does not exist", id))
-		return
+	case old == nil && match != "" && match != "*":
+		return nil, http.StatusNotFound, fmt.Sprintf("ErrorCode:ConfigurationNotFound;configuration %q does not exist", c.id)
 	case old == nil:
 		s.created++
 		c.seq = s.created
 		c.createdAt, c.updatedAt = now, now
 		c.etag = s.nextETagLocked()
-		s.configs[id] = c
-		s.reconcileLocked()
-		writeConfig(w, http.StatusCreated, s.viewLocked(c))
-		return
-	case ifMatch == "":
-		writeError(w, http.StatusPreconditionFailed, fmt.Sprintf("ErrorCode:PreconditionFailed;configuration %q already exists; update it with If-Match", id))
-		return
-	case !etagMatches(ifMatch, old.etag):
-		writeError(w, http.StatusPreconditionFailed, fmt.Sprintf("ErrorCode:PreconditionFailed;configuration %q has another ETag", id))
-		return
+		s.configs[c.id] = c
+		return c, http.StatusCreated, ""
+	case match == "":
+		return nil, http.StatusPreconditionFailed, fmt.Sprintf("ErrorCode:PreconditionFailed;configuration %q already exists; update it with If-Match", c.id)
+	case match != "*" && match != old.etag:
+		return nil, http.StatusPreconditionFailed, fmt.Sprintf("ErrorCode:PreconditionFailed;configuration %q has another ETag", c.id)
 	case !reflect.DeepEqual(old.content, c.content):
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("ErrorCode:ArgumentInvalid;the content of configuration %q cannot be changed; create a new configuration", id))
-		return
+		return nil, http.StatusBadRequest, fmt.Sprintf("ErrorCode:ArgumentInvalid;the content of configuration %q cannot be changed; create a new configuration", c.id)
 	}
 	old.labels, old.targetCondition, old.cond, old.priority = c.labels, c.targetCondition, c.cond, c.priority
 	old.queries, old.parsed = c.queries, c.parsed
 	old.updatedAt = now
 	old.etag = s.nextETagLocked()
-	s.reconcileLocked()
-	writeConfig(w, http.StatusOK, s.viewLocked(old))
+	return old, http.StatusOK, ""
 }
 
 func (s *Server) serveGetConfiguration(w http.ResponseWriter, r *http.Request) {
@@ -384,19 +435,31 @@ func (s *Server) serveListConfigurations(w http.ResponseWriter, r *http.Request)
 
 func (s *Server) serveDeleteConfiguration(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	match, err := ifMatch(r)
+	if err != nil {
+		writeServiceError(w, fmt.Errorf("configuration %q: %w", id, err))
+		return
+	}
 	s.deployMu.Lock()
-	defer s.deployMu.Unlock()
 	c := s.configs[id]
-	if c == nil {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("ErrorCode:ConfigurationNotFound;configuration %q does not exist", id))
+	var status int
+	var msg string
+	var runs []agentRun
+	switch {
+	case c == nil:
+		status, msg = http.StatusNotFound, fmt.Sprintf("ErrorCode:ConfigurationNotFound;configuration %q does not exist", id)
+	case match != "" && match != "*" && match != c.etag:
+		status, msg = http.StatusPreconditionFailed, fmt.Sprintf("ErrorCode:PreconditionFailed;configuration %q has another ETag", id)
+	default:
+		delete(s.configs, id)
+		runs = s.reconcileLocked()
+	}
+	s.deployMu.Unlock()
+	if msg != "" {
+		writeError(w, status, msg)
 		return
 	}
-	if m := r.Header.Get("If-Match"); m != "" && !etagMatches(m, c.etag) {
-		writeError(w, http.StatusPreconditionFailed, fmt.Sprintf("ErrorCode:PreconditionFailed;configuration %q has another ETag", id))
-		return
-	}
-	delete(s.configs, id)
-	s.reconcileLocked()
+	s.runAgents(runs)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -406,41 +469,32 @@ func (s *Server) serveDeleteConfiguration(w http.ResponseWriter, r *http.Request
 // base deployment to merge onto.
 func (s *Server) serveApplyContent(w http.ResponseWriter, r *http.Request) {
 	d := r.PathValue("d")
-	data, err := io.ReadAll(io.LimitReader(r.Body, maxServiceBody))
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;reading the body failed")
-		return
-	}
 	var body struct {
 		ModulesContent json.RawMessage `json:"modulesContent"`
 	}
-	if err := decodeStrict(data, &body); err != nil {
-		writeServiceError(w, fmt.Errorf("apply configuration content to %s: %w", d, err))
-		return
+	err := readJSON(r, &body)
+	var content map[string]any
+	var dotted bool
+	if err == nil {
+		content, _, dotted, err = parseModulesContent(body.ModulesContent)
 	}
-	content, layered, err := parseModulesContent(body.ModulesContent)
-	if err == nil && layered && len(content) > 0 {
+	if err == nil && dotted {
 		err = fmt.Errorf("%w: layered %q keys are only valid in layered deployments", ErrInvalidArgument, desiredKey+".<path>")
+	}
+	if err == nil && !s.known(identity{d, ""}) {
+		err = ErrUnknownIdentity
 	}
 	if err != nil {
 		writeServiceError(w, fmt.Errorf("apply configuration content to %s: %w", d, err))
 		return
 	}
-	if !s.known(identity{d, ""}) {
-		writeServiceError(w, fmt.Errorf("apply configuration content to %s: %w", d, ErrUnknownIdentity))
-		return
-	}
-	desired := map[string]map[string]any{}
-	for m, v := range content {
-		if doc, ok := v.(map[string]any)[desiredKey].(map[string]any); ok {
-			desired[m] = doc
-		}
-	}
 	s.deployMu.Lock()
-	defer s.deployMu.Unlock()
-	if err := s.setModulesLocked(d, desired); err != nil {
+	run, err := s.setModulesLocked(d, desiredDocs(content))
+	s.deployMu.Unlock()
+	if err != nil {
 		writeServiceError(w, fmt.Errorf("apply configuration content to %s: %w", d, err))
 		return
 	}
+	s.runAgents(run)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -2,6 +2,7 @@ package hubemu
 
 import (
 	"cmp"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -10,18 +11,22 @@ import (
 // reconcileLocked applies the automatic deployments to every device of
 // Config.Devices, as IoT Hub does after a configuration or tag change
 // (edge-runtime.md §6.2, §6.3), and records which devices each
-// configuration targets and where it is in effect. s.deployMu must be held.
-func (s *Server) reconcileLocked() {
+// configuration targets and where it is in effect. It returns the
+// Config.Agent calls the changes owe, for runAgents once s.deployMu is
+// released. s.deployMu must be held.
+func (s *Server) reconcileLocked() []agentRun {
 	configs := slices.SortedFunc(maps.Values(s.configs), func(a, b *configuration) int { return cmp.Compare(a.seq, b.seq) })
 	for _, c := range configs {
 		c.targeted, c.applied = map[string]bool{}, map[string]bool{}
 	}
 	if s.devices == nil {
-		return
+		return nil
 	}
+	var runs []agentRun
 	for _, d := range s.devices() {
-		s.reconcileDeviceLocked(d, configs)
+		runs = append(runs, s.reconcileDeviceLocked(d, configs)...)
 	}
+	return runs
 }
 
 // reconcileDeviceLocked applies to device d the highest-priority standard
@@ -29,7 +34,7 @@ func (s *Server) reconcileLocked() {
 // on top in priority order, the layered deployments that target it with a
 // higher priority. A device no standard deployment targets keeps its
 // twins. configs are in creation order.
-func (s *Server) reconcileDeviceLocked(d string, configs []*configuration) {
+func (s *Server) reconcileDeviceLocked(d string, configs []*configuration) []agentRun {
 	s.twinMu.Lock()
 	t := s.twinLocked(identity{d, ""})
 	doc := map[string]any{
@@ -53,17 +58,12 @@ func (s *Server) reconcileDeviceLocked(d string, configs []*configuration) {
 	}
 	s.twinMu.Unlock()
 	if base == nil {
-		return
+		return nil
 	}
 	layers = slices.DeleteFunc(layers, func(c *configuration) bool { return c.priority <= base.priority })
 	slices.SortStableFunc(layers, func(a, b *configuration) int { return cmp.Compare(a.priority, b.priority) })
 
-	desired := map[string]map[string]any{}
-	for m, v := range base.content {
-		if doc, ok := v.(map[string]any)[desiredKey].(map[string]any); ok {
-			desired[m] = deepCopy(doc).(map[string]any)
-		}
-	}
+	desired := desiredDocs(base.content)
 	for _, l := range layers {
 		for m, v := range l.content {
 			for k, x := range v.(map[string]any) {
@@ -74,14 +74,16 @@ func (s *Server) reconcileDeviceLocked(d string, configs []*configuration) {
 			}
 		}
 	}
-	if err := s.setModulesLocked(d, desired); err != nil {
+	runs, err := s.setModulesLocked(d, desired)
+	if err != nil {
 		s.log.Info().Str("device", d).Str("configuration", base.id).Err(err).Msg("deployment not applied")
-		return
+		return nil
 	}
 	base.applied[d] = true
 	for _, l := range layers {
 		l.applied[d] = true
 	}
+	return runs
 }
 
 // setPath sets doc.segs[0].segs[1]... to value, making objects on the way
@@ -105,27 +107,44 @@ func setPath(doc map[string]any, segs []string, value any) {
 
 // setModulesLocked replaces the desired properties of device d's modules
 // with desired (module → document), pushing each change to a connected
-// module, and has Config.Agent judge a changed $edgeAgent. It stops at the
-// first module whose document breaks the twin limits. s.deployMu must be
-// held, s.twinMu not.
-func (s *Server) setModulesLocked(d string, desired map[string]map[string]any) error {
-	var agentVersion int64
+// module. If one module's document breaks the twin limits, no module
+// changes. It returns the Config.Agent call a changed $edgeAgent owes, for
+// runAgents once s.deployMu is released. s.deployMu must be held, s.twinMu
+// not.
+func (s *Server) setModulesLocked(d string, desired map[string]map[string]any) ([]agentRun, error) {
 	s.twinMu.Lock()
-	for _, m := range slices.Sorted(maps.Keys(desired)) {
-		v, changed, err := s.replaceDesiredLocked(identity{d, m}, desired[m])
+	defer s.twinMu.Unlock()
+	type change struct{ doc, patch map[string]any }
+	changes := map[string]change{}
+	for m, want := range desired {
+		cur := map[string]any{}
+		if t := s.twins[identity{d, m}]; t != nil {
+			cur = t.desired
+		}
+		patch := diffPatch(cur, want)
+		if len(patch) == 0 {
+			continue
+		}
+		doc, err := mergeChecked(cur, patch)
 		if err != nil {
-			s.twinMu.Unlock()
-			return err
+			return nil, fmt.Errorf("desired properties of %s: %w", identity{d, m}, err)
 		}
-		if changed && m == edgeAgent {
-			agentVersion = v
+		changes[m] = change{doc, patch}
+	}
+	var runs []agentRun
+	for _, m := range slices.Sorted(maps.Keys(desired)) {
+		id := identity{d, m}
+		t := s.twinLocked(id) // a deployment creates the twins it names
+		c, ok := changes[m]
+		if !ok {
+			continue
+		}
+		v := s.setDesiredLocked(id, t, c.doc, c.patch)
+		if m == edgeAgent {
+			runs = append(runs, agentRun{device: d, version: v, desired: c.doc})
 		}
 	}
-	s.twinMu.Unlock()
-	if agentVersion != 0 {
-		s.runAgent(d, agentVersion, desired[edgeAgent])
-	}
-	return nil
+	return runs, nil
 }
 
 // metricsLocked counts each metric query of c over the twins of the

@@ -1,14 +1,20 @@
 package hubemu_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
@@ -38,10 +44,30 @@ func request(t *testing.T, s *hubtest.Server, method, path, body string, headers
 	return resp.StatusCode, b, resp.Header
 }
 
+// logBuffer is a Config.Log destination tests read.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func TestServiceSAS(t *testing.T) {
 	ownerKey := []byte("iothubowner-key-0123456789abcdef")
+	var logs logBuffer
 	s := start(t, func(c *hubemu.Config) {
 		c.ServicePolicies = map[string][]byte{"iothubowner": ownerKey}
+		c.Log = zerolog.New(&logs)
 	})
 	token := func(resource, skn string, key []byte, expiry time.Time) string {
 		tok, err := sas.New(context.Background(), sas.Key(key), resource, skn, expiry)
@@ -83,11 +109,23 @@ func TestServiceSAS(t *testing.T) {
 			}
 			if _, sig, ok := strings.Cut(tc.auth, "sig="); ok {
 				sig, _, _ = strings.Cut(sig, "&")
-				if strings.Contains(string(body), sig) {
-					t.Errorf("401 body %s echoes the signature", body)
+				plain, err := url.QueryUnescape(sig)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, form := range []string{sig, plain} {
+					if strings.Contains(string(body), form) {
+						t.Errorf("401 body %s echoes the signature", body)
+					}
+					if strings.Contains(logs.String(), form) {
+						t.Errorf("the log holds the signature of the %s token", tc.name) // not printed: it is a secret
+					}
 				}
 			}
 		})
+	}
+	if !strings.Contains(logs.String(), "service request unauthorized") {
+		t.Errorf("log %q does not record the refusals", logs.String())
 	}
 	// Every route is covered, and api-version is still required.
 	if code, body, _ := request(t, s, "GET", "/configurations"+api, "", nil); code != 401 {
@@ -208,7 +246,7 @@ func TestConfigurationsCRUD(t *testing.T) {
 		t.Fatalf("create = %d %s, want 201", code, resp)
 	}
 	created := decodeConfig(t, resp)
-	if created.ID != "relay-v1" || created.Etag == "" || hdr.Get("ETag") != `"`+created.Etag+`"` || created.CreatedTimeUtc.IsZero() || created.Priority != 10 {
+	if created.ID != "relay-v1" || created.Etag == "" || strings.Contains(created.Etag, `"`) || hdr.Get("ETag") != `"`+created.Etag+`"` || created.CreatedTimeUtc.IsZero() || created.Priority != 10 {
 		t.Errorf("create answered %s with ETag header %q", resp, hdr.Get("ETag"))
 	}
 	var full map[string]json.RawMessage
@@ -224,6 +262,21 @@ func TestConfigurationsCRUD(t *testing.T) {
 		t.Errorf("create of an existing id = %d %s, want 412 PreconditionFailed", code, resp)
 	}
 	update := configBody(t, "relay-v1", "tags.ring='canary' OR tags.ring='early'", 20, edgeContent("1.0", 10), nil)
+	// If-Match must be quoted, as IoT Hub wants it; a bare ETag changes
+	// nothing.
+	for _, bare := range []string{created.Etag, `"` + created.Etag, `""`} {
+		code, resp, _ := request(t, s, "PUT", "/configurations/relay-v1"+api, update, map[string]string{"If-Match": bare})
+		if code != 400 || !strings.Contains(string(resp), "ErrorCode:ArgumentInvalid") || !strings.Contains(string(resp), "If-Match must be a quoted ETag or *") {
+			t.Errorf("update with If-Match %s = %d %s, want 400 ArgumentInvalid", bare, code, resp)
+		}
+		code, resp, _ = request(t, s, "DELETE", "/configurations/relay-v1"+api, "", map[string]string{"If-Match": bare})
+		if code != 400 || !strings.Contains(string(resp), "If-Match must be a quoted ETag or *") {
+			t.Errorf("delete with If-Match %s = %d %s, want 400 ArgumentInvalid", bare, code, resp)
+		}
+	}
+	if code, resp := call(t, s, "GET", "/configurations/relay-v1"+api, ""); code != 200 || decodeConfig(t, resp).Etag != created.Etag || decodeConfig(t, resp).Priority != 10 {
+		t.Errorf("after refused If-Match: GET = %d %s, want it unchanged", code, resp)
+	}
 	code, resp, _ = request(t, s, "PUT", "/configurations/relay-v1"+api, update, map[string]string{"If-Match": `"` + created.Etag + `"`})
 	updated := decodeConfig(t, resp)
 	if code != 200 || updated.Priority != 20 || updated.Etag == created.Etag || !updated.CreatedTimeUtc.Equal(created.CreatedTimeUtc) {
@@ -341,11 +394,18 @@ func TestConfigurationRejected(t *testing.T) {
 			}
 		})
 	}
+	// The message says what the id rules are: any printable ASCII but a
+	// few characters (ids like "a!b" or "x@y" pass).
+	_, resp, _ := request(t, s, "PUT", "/configurations/a%20b"+api, strings.Replace(ok, `"id":"c1"`, `"id":"a b"`, 1), nil)
+	var e struct{ Message string }
+	if err := json.Unmarshal(resp, &e); err != nil || !strings.Contains(e.Message, `no space or & ^ [ ] { } \ | " < > /`) {
+		t.Errorf("PUT of id \"a b\" answered %s, want the forbidden characters named", resp)
+	}
 	if code, resp := call(t, s, "GET", "/configurations"+api, ""); code != 200 || !jsonEq(t, resp, `[]`) {
 		t.Errorf("configurations after refused PUTs = %d %s, want none", code, resp)
 	}
 	// The good body, an id of 128 characters and the allowed punctuation pass.
-	for _, id := range []string{"c1", strings.Repeat("b", 128), "relay_v1-2.0+x"} {
+	for _, id := range []string{"c1", strings.Repeat("b", 128), "relay_v1-2.0+x", "a!b~c@d"} {
 		body := strings.Replace(ok, `"id":"c1"`, `"id":"`+id+`"`, 1)
 		if code, resp, _ := request(t, s, "PUT", "/configurations/"+id+api, body, nil); code != 201 {
 			t.Errorf("PUT %s = %d %s, want 201", id, code, resp)
@@ -387,8 +447,19 @@ func TestApplyConfigurationContent(t *testing.T) {
 		t.Errorf("desired $version %d after applying the same content, want 3", tw.DesiredVersion)
 	}
 
+	// Modules without properties are valid content that changes nothing.
+	for _, empty := range []string{`{"modulesContent":{"$edgeAgent":{}}}`, `{"modulesContent":{"a":{},"b":{}}}`, `{"modulesContent":{}}`} {
+		if code, body := call(t, s, "POST", "/devices/edge1/applyConfigurationContent"+api, empty); code != 204 {
+			t.Errorf("apply %s = %d %s, want 204", empty, code, body)
+		}
+	}
+	if tw, _ := s.Twin(dev, "a"); tw.DesiredVersion != 3 {
+		t.Errorf("desired $version %d after applying modules without properties, want 3", tw.DesiredVersion)
+	}
+
 	for _, bad := range []string{
 		`{"modulesContent":{"$edgeAgent":{"properties.desired.modules.relay":{"type":"docker"}}}}`,
+		`{"modulesContent":{"a":{"properties.desired":{"x":1}}}} {}`,
 		`{"modulesContent":{"a":{"properties.desired":[1]}}}`,
 		`{"modulesContent":[]}`,
 		`{}`,
@@ -540,5 +611,201 @@ func TestFleetRollout(t *testing.T) {
 	}
 	if code, _ := call(t, s, "GET", "/twins/"+canary+"/modules/other"+api, ""); code != 404 {
 		t.Errorf("GET an undeployed module twin = %d, want 404", code)
+	}
+}
+
+// A layered value's nested nulls are dropped as a twin merge drops them, so
+// reconciliations that change nothing push nothing; a layered key whose
+// value is null deletes the member.
+func TestLayeredNullsSettle(t *testing.T) {
+	fleet := hubtest.NewFleet(1, func(int) map[string]any { return map[string]any{"env": "prod"} }, nil)
+	s := fleet.Start(t, hubemu.Config{})
+	d := hubtest.FleetDeviceID(1)
+	for _, c := range []struct {
+		id       string
+		priority int
+		content  string
+	}{
+		{"base", 1, edgeContent("1.0", 10)},
+		{"layer", 5, `{"$edgeAgent": {}, "relay": {"properties.desired.x": {"a": 1, "b": null, "c": {"d": null}}, "properties.desired.batch": null}}`},
+	} {
+		if code, resp, _ := request(t, s, "PUT", "/configurations/"+c.id+api, configBody(t, c.id, "tags.env='prod'", c.priority, c.content, nil), nil); code != 201 {
+			t.Fatalf("create %s = %d %s", c.id, code, resp)
+		}
+	}
+	before, err := s.Twin(d, "relay")
+	if err != nil || !jsonEq(t, before.Desired, `{"x":{"a":1,"c":{}}}`) {
+		t.Fatalf("relay desired = %s (%v), want the layer without its nulls and without batch", before.Desired, err)
+	}
+	for i := range 3 {
+		if err := s.SetTags(d, json.RawMessage(fmt.Sprintf(`{"env":"prod","n":%d}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after, _ := s.Twin(d, "relay"); after.DesiredVersion != before.DesiredVersion {
+		t.Errorf("relay desired $version %d after tag changes that change no deployment, want %d", after.DesiredVersion, before.DesiredVersion)
+	}
+}
+
+// A deployment changes all of a device's modules or none: a layered value
+// above the twin limit is refused when the configuration is created, and a
+// merged document above it leaves every module twin as it was.
+func TestDeploymentAllOrNothing(t *testing.T) {
+	fleet := hubtest.NewFleet(1, func(int) map[string]any { return map[string]any{"env": "prod"} }, nil)
+	s := fleet.Start(t, hubemu.Config{})
+	d := hubtest.FleetDeviceID(1)
+	put := func(id string, priority int, content string) (int, []byte) {
+		t.Helper()
+		code, resp, _ := request(t, s, "PUT", "/configurations/"+id+api, configBody(t, id, "tags.env='prod'", priority, content, nil), nil)
+		return code, resp
+	}
+	if code, resp := put("base", 1, edgeContent("1.0", 10)); code != 201 {
+		t.Fatalf("create base = %d %s", code, resp)
+	}
+	route := func(n int) string {
+		return `"FROM /messages/* WHERE x = '` + strings.Repeat("r", n) + `' INTO $upstream"`
+	}
+	if code, resp := put("huge", 5, `{"$edgeAgent": {}, "$edgeHub": {"properties.desired.routes.big": `+route(40*1024)+`}}`); code != 400 || !strings.Contains(string(resp), "ErrorCode:ArgumentInvalid") {
+		t.Errorf("create with a 40 KB layered route = %d %.200s, want 400 ArgumentInvalid", code, resp)
+	}
+	agent, _ := s.Twin(d, "$edgeAgent")
+	hub, _ := s.Twin(d, "$edgeHub")
+
+	// Two routes of 20 KB pass alone but not together, after $edgeAgent's
+	// change has been computed.
+	layered := `{"$edgeAgent": {"properties.desired.modules.relay.env.LOG_LEVEL": {"value": "debug"}},
+		"$edgeHub": {"properties.desired.routes.big1": ` + route(20*1024) + `, "properties.desired.routes.big2": ` + route(20*1024) + `}}`
+	if code, resp := put("too-big", 5, layered); code != 201 {
+		t.Fatalf("create too-big = %d %.200s", code, resp)
+	}
+	for _, want := range []struct {
+		module string
+		twin   hubemu.Twin
+	}{{"$edgeAgent", agent}, {"$edgeHub", hub}} {
+		tw, _ := s.Twin(d, want.module)
+		if tw.DesiredVersion != want.twin.DesiredVersion || !jsonEq(t, tw.Desired, string(want.twin.Desired)) || !jsonEq(t, tw.Reported, string(want.twin.Reported)) {
+			t.Errorf("%s after a deployment too big to apply: desired %.100s at %d, reported %s; want it unchanged at %d", want.module, tw.Desired, tw.DesiredVersion, tw.Reported, want.twin.DesiredVersion)
+		}
+	}
+	code, resp := call(t, s, "GET", "/configurations/too-big"+api, "")
+	if c := decodeConfig(t, resp); code != 200 || c.SystemMetrics.Results["targetedCount"] != 1 || c.SystemMetrics.Results["appliedCount"] != 0 {
+		t.Errorf("too-big systemMetrics = %v, want targeted 1 applied 0", c.SystemMetrics.Results)
+	}
+}
+
+// Concurrent $edgeAgent changes are judged in order: the report always
+// ends at the last desired $version, and so does what the agent saw last.
+func TestAgentReportsInOrder(t *testing.T) {
+	var mu sync.Mutex
+	var last string
+	s := start(t, func(c *hubemu.Config) {
+		c.Devices = func() []string { return []string{dev} }
+		c.Agent = func(_ string, desired json.RawMessage) int {
+			// An agent that takes a varying time, as a real one does.
+			time.Sleep(time.Duration(rand.IntN(500)) * time.Microsecond)
+			mu.Lock()
+			last = string(desired)
+			mu.Unlock()
+			return 200
+		}
+	})
+	const n = 50
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := s.UpdateDesired(dev, "$edgeAgent", json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	tw, err := s.Twin(dev, "$edgeAgent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reported struct{ LastDesiredVersion int64 }
+	if err := json.Unmarshal(tw.Reported, &reported); err != nil || tw.DesiredVersion != n+1 || reported.LastDesiredVersion != tw.DesiredVersion {
+		t.Errorf("after %d updates: desired $version %d, reported %s (%v); want lastDesiredVersion %d", n, tw.DesiredVersion, tw.Reported, err, n+1)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(last, fmt.Sprintf(`"$version":%d`, n+1)) {
+		t.Errorf("the agent last saw %s, want $version %d", last, n+1)
+	}
+}
+
+// Config.Agent runs with no deployment lock held: it may read
+// configurations and change tags.
+func TestAgentReadsAndTags(t *testing.T) {
+	var s *hubtest.Server
+	var mu sync.Mutex
+	var seen []string
+	cfg := hubemu.Config{
+		Devices: func() []string { return []string{dev} },
+		Agent: func(device string, _ json.RawMessage) int {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, "GET", s.URL+"/configurations/base"+api, nil)
+			if err != nil {
+				t.Error(err)
+				return 500
+			}
+			resp, err := s.HTTP.Do(req)
+			if err != nil {
+				t.Errorf("agent GET configuration: %v", err)
+				return 500
+			}
+			resp.Body.Close()
+			if err := s.SetTags(device, json.RawMessage(`{"env":"prod","judged":true}`)); err != nil {
+				t.Errorf("agent SetTags: %v", err)
+			}
+			mu.Lock()
+			seen = append(seen, resp.Status)
+			mu.Unlock()
+			return 200
+		},
+	}
+	s = start(t, func(c *hubemu.Config) { c.Devices, c.Agent = cfg.Devices, cfg.Agent })
+	if err := s.SetTags(dev, json.RawMessage(`{"env":"prod"}`)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "PUT", s.URL+"/configurations/base"+api, strings.NewReader(configBody(t, "base", "tags.env='prod'", 1, edgeContent("1.0", 10), nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.HTTP.Do(req)
+	if err != nil {
+		t.Fatalf("PUT with an agent that reads and tags: %v", err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if resp.StatusCode != 201 || len(seen) != 1 || seen[0] != "200 OK" {
+		t.Errorf("PUT = %d, agent saw %v; want 201 and one GET answered 200", resp.StatusCode, seen)
+	}
+	if tw, _ := s.Twin(dev, ""); !jsonEq(t, tw.Tags, `{"env":"prod","judged":true}`) {
+		t.Errorf("tags %s, want the agent's", tw.Tags)
+	}
+}
+
+// PATCH /twins/{d} applies tags and desired properties together or not at
+// all.
+func TestPatchTwinAtomic(t *testing.T) {
+	s := start(t, nil)
+	big := strings.Repeat("x", 33*1024)
+	for _, body := range []string{
+		`{"tags":{"ring":"canary"},"properties":{"desired":{"big":"` + big + `"}}}`,
+		`{"tags":{"ring":"canary","big":"` + big + `"},"properties":{"desired":{"mode":"eco"}}}`,
+		`{"tags":{"ring":"canary"},"properties":{"desired":{"mode":"eco"}}} {}`,
+	} {
+		if code, resp := call(t, s, "PATCH", "/twins/edge1"+api, body); code != 400 || !strings.Contains(string(resp), "ErrorCode:ArgumentInvalid") {
+			t.Errorf("PATCH %.80s = %d %.200s, want 400 ArgumentInvalid", body, code, resp)
+		}
+		tw, err := s.Twin(dev, "")
+		if err != nil || !jsonEq(t, tw.Tags, `{}`) || !jsonEq(t, tw.Desired, `{}`) || tw.DesiredVersion != 1 {
+			t.Fatalf("twin after refused PATCH %.80s: tags %.80s, desired %.80s at %d (%v); want both untouched", body, tw.Tags, tw.Desired, tw.DesiredVersion, err)
+		}
 	}
 }

@@ -61,7 +61,8 @@ var (
 	ErrMethodTimeout = errors.New("method response timed out")
 	// ErrInvalidTwin: a twin patch breaks the twin rules (400).
 	ErrInvalidTwin = errors.New("invalid twin patch")
-	// ErrInvalidArgument: a method name, input name or payload is unusable.
+	// ErrInvalidArgument: a method name, input name, payload or service
+	// request body is unusable (400).
 	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrStopped: the server has stopped serving.
 	ErrStopped = errors.New("server stopped")
@@ -119,9 +120,12 @@ type Config struct {
 	// a device's $edgeAgent desired properties change, it is called with
 	// them (with "$version") and the code it returns is reported on the
 	// $edgeAgent module twin as lastDesiredVersion and lastDesiredStatus,
-	// as edgeAgent reports them. It is called synchronously while
-	// deployments are being applied and must not change configurations or
-	// tags itself.
+	// as edgeAgent reports them. It is called before the request that
+	// changed them is answered, one call at a time and with no other lock
+	// held, so it may read twins and configurations and change tags; a
+	// version that is no longer the twin's by the time its turn comes is
+	// skipped. A change it makes to an $edgeAgent's desired properties,
+	// directly or through a deployment, would wait for Agent itself.
 	Agent func(device string, edgeAgentDesired json.RawMessage) (code int)
 }
 
@@ -163,6 +167,10 @@ type Server struct {
 	configs  map[string]*configuration
 	etagSeq  uint64 // under deployMu: the last ETag number given out
 	created  uint64 // under deployMu: the last creation number
+
+	// agentMu serializes Config.Agent calls and their reports; it is taken
+	// with no other lock held, and before twinMu.
+	agentMu sync.Mutex
 
 	ridSeq     atomic.Uint64
 	stallUntil atomic.Int64 // UnixNano; PUBACKs held until then

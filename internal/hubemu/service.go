@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -21,12 +20,14 @@ import (
 //	PATCH /twins/{d}                      {"tags":{...},"properties":{"desired":{...}}} → twin
 //	PUT   /configurations/{id}            create (201) or, with If-Match, update (200)
 //	GET   /configurations/{id}, GET /configurations?top=N
-//	DELETE /configurations/{id}           204
+//	DELETE /configurations/{id}           204, If-Match optional
 //	POST  /devices/{d}/applyConfigurationContent  {"modulesContent":{...}} → 204
 //	GET   /messages/upstream              (emulator only) messages routed to $upstream
 //
 // Twins are {"deviceId","moduleId","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}},
-// device twins with "tags" too. Errors are {"Message":"ErrorCode:<code>;..."}:
+// device twins with "tags" too. If-Match is "*" or the ETag in double
+// quotes, as IoT Hub wants it (the JSON "etag" has none; the ETag header
+// has them). Errors are {"Message":"ErrorCode:<code>;..."}:
 // 400 bad request, 401 unauthorized (with Config.ServicePolicies), 404
 // unknown identity, configuration or module not connected, 412 ETag
 // mismatch, 504 method timeout.
@@ -140,35 +141,23 @@ func (s *Server) servePatchTwin(w http.ResponseWriter, r *http.Request) {
 			Desired json.RawMessage `json:"desired"`
 		} `json:"properties"`
 	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&body); err != nil {
-		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;body is not JSON: "+err.Error())
+	id := identity{r.PathValue("d"), r.PathValue("m")}
+	err := readJSON(r, &body)
+	var p twinPatch
+	if err == nil && len(body.Tags) > 0 {
+		p.tags, err = decodePatch(body.Tags)
+	}
+	if err == nil && len(body.Properties.Desired) > 0 {
+		p.desired, err = decodePatch(body.Properties.Desired)
+	}
+	if err == nil {
+		_, err = s.patchTwin(id, p)
+	}
+	if err != nil {
+		writeServiceError(w, fmt.Errorf("patch twin of %s: %w", id, err))
 		return
 	}
-	d, m := r.PathValue("d"), r.PathValue("m")
-	if len(body.Properties.Desired) > 0 {
-		// Checked first so that a bad desired patch leaves the tags alone.
-		if _, err := decodePatch(body.Properties.Desired); err != nil {
-			writeServiceError(w, fmt.Errorf("desired properties of %s: %w", identity{d, m}, err))
-			return
-		}
-	}
-	if len(body.Tags) > 0 {
-		if m != "" {
-			writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;the emulator keeps tags on device twins only")
-			return
-		}
-		if err := s.changeTags(d, body.Tags, false); err != nil {
-			writeServiceError(w, fmt.Errorf("tags of %s: %w", d, err))
-			return
-		}
-	}
-	if len(body.Properties.Desired) > 0 {
-		if _, err := s.UpdateDesired(d, m, body.Properties.Desired); err != nil {
-			writeServiceError(w, err)
-			return
-		}
-	}
-	s.writeTwin(w, d, m)
+	s.writeTwin(w, id.device, id.module)
 }
 
 func (s *Server) serveMethod(w http.ResponseWriter, r *http.Request) {
@@ -177,8 +166,8 @@ func (s *Server) serveMethod(w http.ResponseWriter, r *http.Request) {
 		Payload    json.RawMessage `json:"payload"`
 		Timeout    int             `json:"responseTimeoutInSeconds"`
 	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&body); err != nil {
-		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;body is not JSON: "+err.Error())
+	if err := readJSON(r, &body); err != nil {
+		writeServiceError(w, err)
 		return
 	}
 	if body.Timeout < 0 || body.Timeout > 300 {

@@ -1,11 +1,8 @@
 package hubemu
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"reflect"
 	"slices"
@@ -106,25 +103,73 @@ func (s *Server) Twin(device, module string) (Twin, error) {
 // get nothing queued; they GET the twin when they reconnect.
 func (s *Server) UpdateDesired(device, module string, patch json.RawMessage) (int64, error) {
 	id := identity{device, module}
-	if !s.known(id) {
-		return 0, fmt.Errorf("update desired of %s: %w", id, ErrUnknownIdentity)
-	}
 	p, err := decodePatch(patch)
+	var v int64
+	if err == nil {
+		v, err = s.patchTwin(id, twinPatch{desired: p})
+	}
 	if err != nil {
 		return 0, fmt.Errorf("update desired of %s: %w", id, err)
 	}
+	return v, nil
+}
+
+// twinPatch is a change of a twin: tags merged in (or, with replaceTags,
+// replacing them; device twins only) and a desired patch merged in; nil
+// leaves a part alone.
+type twinPatch struct {
+	tags        map[string]any
+	replaceTags bool
+	desired     map[string]any
+}
+
+// patchTwin applies p to id's twin whole or not at all: both parts are
+// checked against the twin limits first. A tag change reconciles the
+// deployments; an $edgeAgent desired change, and any $edgeAgent a
+// reconciliation changes, is judged by Config.Agent. It returns the new
+// desired $version, 0 when p.desired is nil.
+func (s *Server) patchTwin(id identity, p twinPatch) (int64, error) {
+	if !s.known(id) {
+		return 0, ErrUnknownIdentity
+	}
+	if p.tags != nil && id.module != "" {
+		return 0, fmt.Errorf("%w: the emulator keeps tags on device twins only", ErrInvalidArgument)
+	}
+	s.deployMu.Lock()
 	s.twinMu.Lock()
 	t := s.twinLocked(id)
-	merged, err := mergeChecked(t.desired, p)
+	tags, desired := t.tags, t.desired
+	var err error
+	if p.tags != nil {
+		base := t.tags
+		if p.replaceTags {
+			base = map[string]any{}
+		}
+		tags, err = mergeChecked(base, p.tags)
+	}
+	if err == nil && p.desired != nil {
+		desired, err = mergeChecked(t.desired, p.desired)
+	}
 	if err != nil {
 		s.twinMu.Unlock()
-		return 0, fmt.Errorf("update desired of %s: %w", id, err)
+		s.deployMu.Unlock()
+		return 0, err
 	}
-	v := s.setDesiredLocked(id, t, merged, p)
+	t.tags = tags
+	var v int64
+	var runs []agentRun
+	if p.desired != nil {
+		v = s.setDesiredLocked(id, t, desired, p.desired)
+		if id.module == edgeAgent {
+			runs = append(runs, agentRun{device: id.device, version: v, desired: desired})
+		}
+	}
 	s.twinMu.Unlock()
-	if module == edgeAgent {
-		s.runAgent(device, v, merged)
+	if p.tags != nil {
+		runs = append(runs, s.reconcileLocked()...)
 	}
+	s.deployMu.Unlock()
+	s.runAgents(runs)
 	return v, nil
 }
 
@@ -148,85 +193,73 @@ func (s *Server) setDesiredLocked(id identity, t *twinState, doc, patch map[stri
 	return v
 }
 
-// replaceDesiredLocked replaces id's desired properties with doc, as a
-// deployment's "properties.desired" does (edge-runtime.md §6.1), pushing a
-// patch that also deletes the members doc no longer has. Nothing changes,
-// and changed is false, when doc equals the current properties. s.twinMu
-// must be held.
-func (s *Server) replaceDesiredLocked(id identity, doc map[string]any) (version int64, changed bool, err error) {
-	t := s.twinLocked(id)
-	patch := diffPatch(t.desired, doc)
-	if len(patch) == 0 {
-		return t.desiredVersion, false, nil
-	}
-	merged, err := mergeChecked(t.desired, patch)
-	if err != nil {
-		return 0, false, fmt.Errorf("replace desired of %s: %w", id, err)
-	}
-	return s.setDesiredLocked(id, t, merged, patch), true, nil
+// agentRun is a Config.Agent call a change owes: device's $edgeAgent
+// desired properties became desired, at $version version.
+type agentRun struct {
+	device  string
+	version int64
+	desired map[string]any
 }
 
-// runAgent has Config.Agent judge a device's new $edgeAgent desired
-// properties, at $version version, and reports its verdict on the
+// runAgents has Config.Agent judge each run and reports its verdict on the
 // $edgeAgent twin as edgeAgent does (lastDesiredVersion,
-// lastDesiredStatus). s.twinMu must not be held: Agent may read twins.
-func (s *Server) runAgent(device string, version int64, desired map[string]any) {
+// lastDesiredStatus). Runs are serialised by s.agentMu, and one older than
+// the twin's desired $version is skipped, so the reports never go
+// backwards when changes race. No other lock may be held: Agent may read
+// twins and configurations.
+func (s *Server) runAgents(runs []agentRun) {
 	if s.agent == nil {
 		return
 	}
-	body, _ := json.Marshal(withVersion(desired, version))
-	code := s.agent(device, body)
+	for _, r := range runs {
+		s.runAgent(r)
+	}
+}
+
+func (s *Server) runAgent(r agentRun) {
+	s.agentMu.Lock()
+	defer s.agentMu.Unlock()
+	id := identity{r.device, edgeAgent}
+	if r.version < s.desiredVersion(id) {
+		return // a newer run follows
+	}
+	body, _ := json.Marshal(withVersion(r.desired, r.version))
+	code := s.agent(r.device, body)
 	description := ""
 	if code != 200 {
 		description = http.StatusText(code)
 	}
 	report := map[string]any{
-		"lastDesiredVersion": json.Number(strconv.FormatInt(version, 10)),
+		"lastDesiredVersion": json.Number(strconv.FormatInt(r.version, 10)),
 		"lastDesiredStatus":  map[string]any{"code": json.Number(strconv.Itoa(code)), "description": description},
 	}
 	s.twinMu.Lock()
 	defer s.twinMu.Unlock()
-	t := s.twinLocked(identity{device, edgeAgent})
+	t := s.twinLocked(id)
+	if r.version < t.desiredVersion {
+		return // changed while Agent judged; the run of the change reports
+	}
 	merge(t.reported, report)
 	t.reportedVersion++
+}
+
+// desiredVersion returns the desired $version of id's twin.
+func (s *Server) desiredVersion(id identity) int64 {
+	s.twinMu.Lock()
+	defer s.twinMu.Unlock()
+	return s.twinLocked(id).desiredVersion
 }
 
 // SetTags replaces a device twin's tags with tags, a JSON object following
 // the twin rules, and applies the automatic deployments again.
 func (s *Server) SetTags(device string, tags json.RawMessage) error {
-	if err := s.changeTags(device, tags, true); err != nil {
+	p, err := decodePatch(tags)
+	if err == nil {
+		_, err = s.patchTwin(identity{device, ""}, twinPatch{tags: p, replaceTags: true})
+	}
+	if err != nil {
 		return fmt.Errorf("set tags of %s: %w", device, err)
 	}
-	return nil
-}
-
-// changeTags merges patch into (or, with replace, replaces) a device's
-// tags and reconciles the deployments.
-func (s *Server) changeTags(device string, patch json.RawMessage, replace bool) error {
-	if !s.known(identity{device, ""}) {
-		return ErrUnknownIdentity
-	}
-	p, err := decodePatch(patch)
-	if err != nil {
-		return err
-	}
-	s.deployMu.Lock()
-	defer s.deployMu.Unlock()
-	s.twinMu.Lock()
-	t := s.twinLocked(identity{device, ""})
-	base := t.tags
-	if replace {
-		base = map[string]any{}
-	}
-	merged, err := mergeChecked(base, p)
-	if err == nil {
-		t.tags = merged
-	}
-	s.twinMu.Unlock()
-	if err != nil {
-		return err
-	}
-	s.reconcileLocked()
 	return nil
 }
 
@@ -295,14 +328,9 @@ func withVersion(doc map[string]any, v int64) map[string]any {
 // twin rules (no '.', '$', space or control characters), without arrays,
 // nested at most 10 deep (edge-runtime.md §4.5). Numbers keep their text.
 func decodePatch(data []byte) (map[string]any, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
 	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidTwin, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: data after the JSON document", ErrInvalidTwin)
+	if err := decodeStrict(data, &v); err != nil {
+		return nil, err
 	}
 	obj, ok := v.(map[string]any)
 	if !ok {
@@ -312,6 +340,14 @@ func decodePatch(data []byte) (map[string]any, error) {
 		return nil, err
 	}
 	return obj, nil
+}
+
+// checkTwinDoc applies the twin rules and the 32 KB limit to doc.
+func checkTwinDoc(doc map[string]any) error {
+	if err := checkTwinValue(doc, 1); err != nil {
+		return err
+	}
+	return checkTwinSize(doc)
 }
 
 func checkTwinValue(v any, depth int) error {
@@ -339,14 +375,29 @@ func checkTwinValue(v any, depth int) error {
 func mergeChecked(doc, patch map[string]any) (map[string]any, error) {
 	out := deepCopy(doc).(map[string]any)
 	merge(out, patch)
-	b, err := json.Marshal(out)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidTwin, err)
-	}
-	if len(b) > maxTwinSize {
-		return nil, fmt.Errorf("%w: document would be %d bytes, limit %d", ErrInvalidTwin, len(b), maxTwinSize)
+	if err := checkTwinSize(out); err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+func checkTwinSize(doc map[string]any) error {
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidTwin, err)
+	}
+	if len(b) > maxTwinSize {
+		return fmt.Errorf("%w: document would be %d bytes, limit %d", ErrInvalidTwin, len(b), maxTwinSize)
+	}
+	return nil
+}
+
+// withoutNulls returns a copy of doc without the null members of its
+// objects, as merging it as a twin patch would store it.
+func withoutNulls(doc map[string]any) map[string]any {
+	out := map[string]any{}
+	merge(out, doc)
+	return out
 }
 
 func merge(dst, patch map[string]any) {

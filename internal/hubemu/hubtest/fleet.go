@@ -22,10 +22,12 @@ const (
 
 // Fleet is a simulated fleet of edge devices for rollout tests: their ids,
 // their tags, and edgeAgents (hubemu.Config.Agent) that accept every
-// deployment except on the devices fail picks. It is safe for concurrent
-// use.
+// deployment except on the devices fail picks. Its methods are safe for
+// concurrent use.
 type Fleet struct {
-	// Devices are the device ids, edge-0001 to edge-NNNN.
+	// Devices are the device ids, edge-0001 to edge-NNNN. They are
+	// read-only: the emulator reads them at every reconciliation, so they
+	// must not change once Configure or Start has been called.
 	Devices []string
 
 	tags map[string]map[string]any

@@ -29,16 +29,21 @@ type Hub interface {
 	DeleteConfiguration(ctx context.Context, id, ifMatch string) error
 }
 
-// The metric names every wave's configuration carries. The queries count
-// module twins of edgeAgent by the status it reported for the desired
-// properties it last received (200 applied; anything else failed).
+// The metric names every wave's configuration carries.
 const (
 	MetricSucceeded = "reportedSuccessCount"
 	MetricFailed    = "reportedFailedCount"
-
-	querySucceeded = "SELECT deviceId FROM devices.modules WHERE moduleId='$edgeAgent' AND properties.reported.lastDesiredStatus.code = 200"
-	queryFailed    = "SELECT deviceId FROM devices.modules WHERE moduleId='$edgeAgent' AND properties.reported.lastDesiredStatus.code != 200"
 )
+
+// metricQueries count the edgeAgents of the devices where configuration id
+// is in effect, by the status each reported for the desired properties it
+// last received (200 applied; anything else failed). IoT Hub runs metric
+// queries over the whole hub, so the configurations clause is what keeps
+// the old deployment's reports out of a wave's counts.
+func metricQueries(id string) map[string]string {
+	q := "SELECT deviceId FROM devices.modules WHERE moduleId='$edgeAgent' AND configurations.[[" + id + "]].status='Applied' AND properties.reported.lastDesiredStatus.code "
+	return map[string]string{MetricSucceeded: q + "= 200", MetricFailed: q + "!= 200"}
+}
 
 // LabelRollout and LabelWave mark a rollout's configurations.
 const (
@@ -52,8 +57,8 @@ type Plan struct {
 	ID string
 	// Content is the deployment, {"modulesContent": {...}}.
 	Content json.RawMessage
-	// Priority of every wave's configuration: above the deployment the
-	// fleet has now.
+	// Priority of the last wave's configuration, above the deployment
+	// the fleet has now; each wave before it gets one more.
 	Priority int
 	// Labels are added to every wave's configuration.
 	Labels map[string]string
@@ -83,9 +88,13 @@ type WaveStatus struct {
 	Configuration string `json:"configuration"`
 	Exists        bool   `json:"exists"`
 	Targeted      int64  `json:"targeted"`
-	Applied       int64  `json:"applied"`
-	Succeeded     int64  `json:"succeeded"`
-	Failed        int64  `json:"failed"`
+	// Applied counts the devices under this wave's configuration; those
+	// an earlier wave took stay under that one.
+	Applied int64 `json:"applied"`
+	// Succeeded and Failed count the targeted devices by what their
+	// edgeAgent reported, under this wave or an earlier one.
+	Succeeded int64 `json:"succeeded"`
+	Failed    int64 `json:"failed"`
 	// Verdict is "healthy", "unhealthy", "waiting" or "not started".
 	Verdict string `json:"verdict"`
 	Reason  string `json:"reason,omitempty"`
@@ -162,12 +171,12 @@ func Run(ctx context.Context, hub Hub, p Plan, progress func(WaveStatus)) (*Repo
 		rep.Waves = append(rep.Waves, WaveStatus{Wave: w.Name, Configuration: ConfigurationID(p.ID, w.Name), Verdict: "not started"})
 	}
 	for i, w := range p.Waves {
-		if err := put(ctx, hub, p, w); err != nil {
+		if err := put(ctx, hub, p, i); err != nil {
 			return rep, err
 		}
 		deadline := time.Now().Add(w.Timeout)
 		for {
-			st, err := status(ctx, hub, p.ID, w, time.Now().After(deadline))
+			st, err := status(ctx, hub, p, i, time.Now().After(deadline))
 			if err != nil {
 				return rep, err
 			}
@@ -192,9 +201,13 @@ func Run(ctx context.Context, hub Hub, p Plan, progress func(WaveStatus)) (*Repo
 	return rep, nil
 }
 
-// put creates wave w's configuration unless it exists with the same
-// content (a rollout run again goes on where it stopped).
-func put(ctx context.Context, hub Hub, p Plan, w Wave) error {
+// put creates wave i's configuration unless it exists with the same
+// content (a rollout run again goes on where it stopped). Earlier waves
+// get higher priorities (Priority + the number of waves after them), so
+// that a device stays under the first wave that took it and each device
+// counts in one wave's metrics only.
+func put(ctx context.Context, hub Hub, p Plan, i int) error {
+	w := p.Waves[i]
 	id := ConfigurationID(p.ID, w.Name)
 	labels := maps.Clone(p.Labels)
 	if labels == nil {
@@ -203,8 +216,8 @@ func put(ctx context.Context, hub Hub, p Plan, w Wave) error {
 	labels[LabelRollout], labels[LabelWave] = p.ID, w.Name
 	cfg := hubservice.Configuration{
 		ID: id, SchemaVersion: "2.0", Labels: labels, Content: p.Content,
-		TargetCondition: w.Target, Priority: p.Priority,
-		Metrics: &hubservice.Metrics{Queries: map[string]string{MetricSucceeded: querySucceeded, MetricFailed: queryFailed}},
+		TargetCondition: w.Target, Priority: p.Priority + len(p.Waves) - 1 - i,
+		Metrics: &hubservice.Metrics{Queries: metricQueries(id)},
 	}
 	old, err := hub.GetConfiguration(ctx, id)
 	switch {
@@ -225,24 +238,34 @@ func put(ctx context.Context, hub Hub, p Plan, w Wave) error {
 	return err
 }
 
-// status reads wave w's configuration and judges it; expired says the
-// wave's time is up.
-func status(ctx context.Context, hub Hub, id string, w Wave, expired bool) (WaveStatus, error) {
-	st := WaveStatus{Wave: w.Name, Configuration: ConfigurationID(id, w.Name)}
-	cfg, err := hub.GetConfiguration(ctx, st.Configuration)
-	if isNotFound(err) {
-		st.Verdict = "not started"
-		return st, nil
-	}
-	if err != nil {
-		return st, err
-	}
-	st.Exists = true
-	if cfg.SystemMetrics != nil {
-		st.Targeted, st.Applied = cfg.SystemMetrics.Results["targetedCount"], cfg.SystemMetrics.Results["appliedCount"]
-	}
-	if cfg.Metrics != nil {
-		st.Succeeded, st.Failed = cfg.Metrics.Results[MetricSucceeded], cfg.Metrics.Results[MetricFailed]
+// status reads wave i's configuration and judges it; expired says the
+// wave's time is up. Its devices are under it or under an earlier wave,
+// so successes and failures are those of waves 0 to i.
+func status(ctx context.Context, hub Hub, p Plan, i int, expired bool) (WaveStatus, error) {
+	w := p.Waves[i]
+	st := WaveStatus{Wave: w.Name, Configuration: ConfigurationID(p.ID, w.Name)}
+	for j := i; j >= 0; j-- {
+		cfg, err := hub.GetConfiguration(ctx, ConfigurationID(p.ID, p.Waves[j].Name))
+		if isNotFound(err) {
+			if j == i {
+				st.Verdict = "not started"
+				return st, nil
+			}
+			continue
+		}
+		if err != nil {
+			return st, err
+		}
+		if j == i {
+			st.Exists = true
+			if cfg.SystemMetrics != nil {
+				st.Targeted, st.Applied = cfg.SystemMetrics.Results["targetedCount"], cfg.SystemMetrics.Results["appliedCount"]
+			}
+		}
+		if cfg.Metrics != nil {
+			st.Succeeded += cfg.Metrics.Results[MetricSucceeded]
+			st.Failed += cfg.Metrics.Results[MetricFailed]
+		}
 	}
 	// All of them, but the failures the wave tolerates.
 	need := st.Targeted - min(st.Failed, w.MaxFailures)
@@ -268,8 +291,8 @@ func status(ctx context.Context, hub Hub, id string, w Wave, expired bool) (Wave
 // time limits.
 func Status(ctx context.Context, hub Hub, p Plan) (*Report, error) {
 	rep := &Report{Rollout: p.ID}
-	for _, w := range p.Waves {
-		st, err := status(ctx, hub, p.ID, w, false)
+	for i, w := range p.Waves {
+		st, err := status(ctx, hub, p, i, false)
 		if err != nil {
 			return nil, err
 		}

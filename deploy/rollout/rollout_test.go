@@ -96,7 +96,7 @@ func TestHealthyRollout(t *testing.T) {
 		t.Errorf("a changed deployment under the same id: %v", err)
 	}
 	st, err := Status(ctx, hub, plan("edgetpm/edge-relay:2"))
-	if err != nil || st.Halted != "" || st.Waves[2].Applied != 200 {
+	if err != nil || st.Halted != "" || st.Waves[2].Succeeded != 200 || st.Waves[2].Applied != 179 {
 		t.Errorf("Status = %+v, %v", st, err)
 	}
 }
@@ -207,5 +207,22 @@ func TestToleratedFailure(t *testing.T) {
 	rep, err := Run(t.Context(), hub, p, nil)
 	if err != nil || rep.Waves[0].Verdict != "healthy" || rep.Waves[0].Succeeded != 9 || rep.Waves[0].Failed != 1 {
 		t.Errorf("Run = %+v, %v", rep, err)
+	}
+}
+
+// A wave counts only its own devices: failures elsewhere in the hub, under
+// the deployment the fleet had, do not hold the canaries back.
+func TestWaveCountsItsOwn(t *testing.T) {
+	_, hub := fleet(t, func(d string) bool { return d == "edge-0150" })
+	base := Plan{ID: "relay-1", Content: content("edgetpm/edge-relay:1"), Priority: 10, Poll: 10 * time.Millisecond,
+		Waves: []Wave{{Name: "all", Target: "tags.bucket >= 0", MaxFailures: 1, Timeout: time.Second}}}
+	if _, err := Run(t.Context(), hub, base, nil); err != nil {
+		t.Fatal(err)
+	}
+	p := plan("edgetpm/edge-relay:2")
+	p.Waves = p.Waves[:1]
+	rep, err := Run(t.Context(), hub, p, nil)
+	if err != nil || rep.Waves[0].Succeeded != 10 || rep.Waves[0].Failed != 0 {
+		t.Errorf("canary wave with a failure outside it: %+v, %v", rep, err)
 	}
 }

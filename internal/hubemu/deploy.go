@@ -147,24 +147,37 @@ func (s *Server) setModulesLocked(d string, desired map[string]map[string]any) (
 	return runs, nil
 }
 
-// metricsLocked counts each metric query of c over the twins of the
-// devices c targets: device twins for FROM devices, their module twins for
-// FROM devices.modules. s.deployMu must be held.
+// metricsLocked counts each metric query of c over every twin of the hub,
+// as IoT Hub does: device twins for FROM devices, module twins for FROM
+// devices.modules. A query counts the devices of one deployment only if it
+// says so, with configurations.[[id]].status = 'Applied' (or 'Targeted'),
+// which every twin carries. s.deployMu must be held.
 func (s *Server) metricsLocked(c *configuration) map[string]int {
 	results := map[string]int{}
 	if len(c.parsed) == 0 {
 		return results
 	}
+	status := map[string]map[string]any{} // device → configurations
+	for _, cc := range s.configs {
+		for d := range cc.targeted {
+			if status[d] == nil {
+				status[d] = map[string]any{}
+			}
+			st := "Targeted"
+			if cc.applied[d] {
+				st = "Applied"
+			}
+			status[d][cc.id] = map[string]any{"status": st}
+		}
+	}
 	s.twinMu.Lock()
 	defer s.twinMu.Unlock()
 	var devices, modules []map[string]any
 	for id, t := range s.twins {
-		if !c.targeted[id.device] {
-			continue
-		}
 		doc := map[string]any{
-			"deviceId":   id.device,
-			"properties": map[string]any{"desired": withVersion(t.desired, t.desiredVersion), "reported": withVersion(t.reported, t.reportedVersion)},
+			"deviceId":       id.device,
+			"configurations": status[id.device],
+			"properties":     map[string]any{"desired": withVersion(t.desired, t.desiredVersion), "reported": withVersion(t.reported, t.reportedVersion)},
 		}
 		if id.module == "" {
 			doc["tags"] = t.tags

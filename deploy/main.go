@@ -1,7 +1,7 @@
-// Command edge-deploy deploys and operates IoT Edge fleets. For now it runs
-// the local lab: "edge-deploy lab dps" serves a DPS emulator (internal/dpsemu)
-// over HTTPS with its own CA, so that devices can be provisioned with TPM
-// attestation without Azure.
+// Command edge-deploy builds the module image without Docker, renders and
+// validates deployment manifests, applies them and rolls them out to fleets
+// in waves through IoT Hub, and runs the local lab that emulates DPS, IoT
+// Hub and the edge runtime, so that all of it can be tried without Azure.
 package main
 
 import (

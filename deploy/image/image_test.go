@@ -66,7 +66,13 @@ func TestBuild(t *testing.T) {
 		t.Logf("built in %v", time.Since(start).Round(time.Millisecond))
 		return res
 	}
-	first, second := build(t.TempDir()), build(t.TempDir())
+	// The second folder holds an archive of an earlier build, for another
+	// platform: it must go, or 'image load dist/*.tar' would load it.
+	again := t.TempDir()
+	if err := os.WriteFile(filepath.Join(again, "edge-relay-linux-s390x.docker.tar"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	first, second := build(t.TempDir()), build(again)
 
 	t.Run("Reproducible", func(t *testing.T) {
 		if first.Index != second.Index {
@@ -76,6 +82,9 @@ func TestBuild(t *testing.T) {
 		want := []string{"edge-relay-linux-amd64.docker.tar", "edge-relay-linux-arm64.docker.tar", "edge-relay.oci.tar"}
 		if names := slices.Sorted(maps.Keys(a)); !slices.Equal(names, want) {
 			t.Fatalf("Build wrote %q, want %q", names, want)
+		}
+		if names := slices.Sorted(maps.Keys(b)); !slices.Equal(names, want) {
+			t.Fatalf("the second build left %q, want %q", names, want)
 		}
 		for name, sum := range a {
 			if b[name] != sum {

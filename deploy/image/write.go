@@ -64,6 +64,20 @@ func write(opts Options, ref reference.NamedTagged, targets []goPlatform, imgs [
 		return nil, err
 	}
 	opts.Log.Info().Str("index", res.Index.String()).Str("file", res.OCIArchive).Msg("wrote OCI image layout")
+	// Archives of an earlier build for other platforms would pass for
+	// this one's: 'image load dist/*.tar' must load this build only.
+	written := map[string]bool{res.OCIArchive: true}
+	for _, img := range res.Images {
+		written[img.DockerArchive] = true
+	}
+	stale, _ := filepath.Glob(filepath.Join(opts.Out, binary+"*.tar"))
+	for _, f := range stale {
+		if !written[f] {
+			if err := os.Remove(f); err != nil {
+				return nil, fmt.Errorf("remove the stale archive %s: %w", f, err)
+			}
+		}
+	}
 	return res, nil
 }
 

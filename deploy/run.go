@@ -18,6 +18,7 @@ commands:
   lab hub     serve an edgeHub and IoT Hub emulator (MQTT over TLS and a
               service API) for the devices lab dps assigns
   lab workload serve the IoT Edge workload API for a device's modules
+  lab twin set change a lab module's desired properties and show it applying them
   image build build the edge-relay module image without Docker
   render      render a deployment manifest from a template and values
   validate    check deployment manifests, each problem at its JSON path
@@ -70,9 +71,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return labHub(ctx, args[2:], stdout, stderr)
 		case len(args) > 1 && args[1] == "workload":
 			return labWorkload(ctx, args[2:], stdout, stderr)
+		case len(args) > 2 && args[1] == "twin" && args[2] == "set":
+			return labTwinSet(ctx, args[3:], stdout, stderr)
 		}
 		fmt.Fprint(stderr, usage)
-		return usagef("lab: want dps, enroll, hub or workload")
+		return usagef("lab: want dps, enroll, hub, workload or twin set")
 	case "image":
 		return runImage(ctx, args[1:], stdout, stderr)
 	case "render":

@@ -390,7 +390,11 @@ func runOnce(t *testing.T, d *containerdtest.Daemon, ns, ref string, args ...str
 	if err != nil {
 		t.Fatal(err)
 	}
+	deleted := false
 	defer func() {
+		if deleted {
+			return
+		}
 		if _, err := task.Delete(namespaces.WithNamespace(t.Context(), ns), ctd.WithProcessKill); err != nil {
 			t.Errorf("delete task %s: %v", id, err)
 		}
@@ -410,6 +414,12 @@ func runOnce(t *testing.T, d *containerdtest.Daemon, ns, ref string, args ...str
 	}
 	if err := status.Error(); err != nil {
 		t.Fatal(err)
+	}
+	// The shim copies the output to the file on its own time: it is all
+	// there once the task is deleted.
+	deleted = true
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatalf("delete task %s: %v", id, err)
 	}
 	out, err := os.ReadFile(log)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/edgetpm/edgetpm/deploy/manifest"
 )
 
 // labTwinSet changes desired properties of a module of the running lab
@@ -26,11 +28,8 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab twin set [flags] KEY=VALUE...\n\nChange desired properties of a module in the running lab and show it applying them.\nDotted keys nest (batching.enabled=true); a VALUE that is JSON is taken as JSON, null deletes,\nanything else is a string.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if isHelp(err) {
-			return err
-		}
-		return &usageError{err}
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() == 0 {
 		return usagef("lab twin set: want KEY=VALUE")
@@ -45,7 +44,9 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if json.Valid([]byte(v)) {
 			json.Unmarshal([]byte(v), &val)
 		}
-		setDotted(desired, strings.Split(k, "."), val)
+		if err := manifest.Set(desired, k, val); err != nil {
+			return usagef("lab twin set: %v", err)
+		}
 	}
 	if *device == "" {
 		devs := registeredDevices(filepath.Join(*dir, registryFile), *hub)
@@ -108,17 +109,4 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// setDotted sets doc[path[0]][path[1]]... to v, making objects on the way.
-func setDotted(doc map[string]any, path []string, v any) {
-	for _, k := range path[:len(path)-1] {
-		next, ok := doc[k].(map[string]any)
-		if !ok {
-			next = map[string]any{}
-			doc[k] = next
-		}
-		doc = next
-	}
-	doc[path[len(path)-1]] = v
 }

@@ -79,11 +79,8 @@ func validateCmd(_ context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy validate FILE...\n\nCheck deployment manifests (standard or layered, or a whole configuration) against the rules of edgeAgent, edgeHub and IoT Hub.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if isHelp(err) {
-			return err
-		}
-		return &usageError{err}
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() == 0 {
 		return usagef("validate: want one or more files")

@@ -95,17 +95,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return usagef("unknown command %q", args[0])
 }
 
-// parse parses a command's flags: --help is flag.ErrHelp, anything else
-// wrong is a usage error.
+// parse parses the flags of a command that takes no arguments: --help is
+// flag.ErrHelp, anything else wrong is a usage error.
 func parse(fs *flag.FlagSet, args []string) error {
+	if err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
+// parseArgs is parse for a command that takes arguments after its flags.
+func parseArgs(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if isHelp(err) {
 			return err
 		}
 		return &usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
 	}
 	return nil
 }

@@ -47,11 +47,36 @@ func LoadValues(path string) (Values, error) {
 // creating the tables on the way. A value that replaces a number or a
 // boolean is parsed as one, so overrides keep the type the file gave.
 func SetValue(vals Values, key, value string) error {
+	m, last, err := table(vals, key)
+	if err != nil {
+		return err
+	}
+	v, err := typed(m[last], value)
+	if err != nil {
+		return fmt.Errorf("set %q: %w", key, err)
+	}
+	m[last] = v
+	return nil
+}
+
+// Set sets the dotted key to v as it is, creating the tables on the way.
+func Set(vals map[string]any, key string, v any) error {
+	m, last, err := table(vals, key)
+	if err != nil {
+		return err
+	}
+	m[last] = v
+	return nil
+}
+
+// table returns the table that holds the dotted key, made where missing,
+// and the key's last part.
+func table(vals map[string]any, key string) (map[string]any, string, error) {
 	parts := strings.Split(key, ".")
-	m := map[string]any(vals)
+	m := vals
 	for i, k := range parts {
 		if k == "" {
-			return fmt.Errorf("set %q: empty key", key)
+			return nil, "", fmt.Errorf("set %q: empty key", key)
 		}
 		if i == len(parts)-1 {
 			break
@@ -62,16 +87,10 @@ func SetValue(vals Values, key, value string) error {
 			m[k] = next
 		}
 		if m, ok = next.(map[string]any); !ok {
-			return fmt.Errorf("set %q: %s is not a table", key, strings.Join(parts[:i+1], "."))
+			return nil, "", fmt.Errorf("set %q: %s is not a table", key, strings.Join(parts[:i+1], "."))
 		}
 	}
-	last := parts[len(parts)-1]
-	v, err := typed(m[last], value)
-	if err != nil {
-		return fmt.Errorf("set %q: %w", key, err)
-	}
-	m[last] = v
-	return nil
+	return m, parts[len(parts)-1], nil
 }
 
 // typed parses s as the type of old.

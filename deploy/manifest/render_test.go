@@ -242,3 +242,16 @@ func TestLoadValues(t *testing.T) {
 		t.Errorf("LoadValues(none.toml) = %v, want os.ErrNotExist", err)
 	}
 }
+
+func TestSet(t *testing.T) {
+	vals := map[string]any{"s": "x"}
+	if err := Set(vals, "a.b", json.Number("3")); err != nil || vals["a"].(map[string]any)["b"] != json.Number("3") {
+		t.Errorf("Set(a.b) = %v, vals %v", err, vals)
+	}
+	if err := Set(vals, "s.x", 1); err == nil || !strings.Contains(err.Error(), "s is not a table") {
+		t.Errorf("Set under a string: %v", err)
+	}
+	if err := Set(vals, "a..b", 1); err == nil || !strings.Contains(err.Error(), "empty key") {
+		t.Errorf("Set with an empty part: %v", err)
+	}
+}

@@ -33,19 +33,29 @@ func hubLab(t *testing.T) (string, *hubtest.Fleet, *hubtest.Server) {
 		}
 		return map[string]any{"ring": "main"}
 	}, func(d string) bool { return d == "edge-0002" })
-	key := []byte("lab-iothubowner-key-0123456789ab")
-	hub := f.Start(t, hubemu.Config{ServicePolicies: map[string][]byte{"iothubowner": key}})
+	hub := f.Start(t, hubemu.Config{ServicePolicies: map[string][]byte{"iothubowner": ownerKey}})
+	return labStateOf(t, hub), f, hub
+}
+
+// ownerKey is the iothubowner key of the tests' hubs.
+var ownerKey = []byte("lab-iothubowner-key-0123456789ab")
+
+// labStateOf writes a state folder as lab hub leaves it, for hub (whose
+// service policy iothubowner has ownerKey): its service URL, connection
+// string and CA.
+func labStateOf(t *testing.T, hub *hubtest.Server) string {
+	t.Helper()
 	dir := t.TempDir()
 	for name, data := range map[string]string{
 		hubServiceFile: hub.URL + "\n",
-		hubConnFile:    hub.Policy("iothubowner", key).ConnectionString() + "\n",
+		hubConnFile:    hub.Policy("iothubowner", ownerKey).ConnectionString() + "\n",
 		pki.CertFile:   string(hub.CA.CertPEM()),
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return dir, f, hub
+	return dir
 }
 
 // The manifests in manifests/ render, validate and roll out: a canary

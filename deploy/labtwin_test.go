@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
-	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/module/edgehub"
@@ -22,21 +20,11 @@ import (
 // reconciler, connected to the hub) to report them applied or rejected.
 func TestLabTwinSet(t *testing.T) {
 	moduleKey := []byte("relay-module-key-0123456789abcdef")
-	owner := []byte("lab-iothubowner-key-0123456789ab")
 	hub := hubtest.Start(t, hubemu.Config{
 		Key:             hubtest.Keys(map[string][]byte{"edge1/relay": moduleKey}),
-		ServicePolicies: map[string][]byte{"iothubowner": owner},
+		ServicePolicies: map[string][]byte{"iothubowner": ownerKey},
 	})
-	dir := t.TempDir()
-	for name, data := range map[string]string{
-		hubServiceFile: hub.URL + "\n",
-		hubConnFile:    hub.Policy("iothubowner", owner).ConnectionString() + "\n",
-		pki.CertFile:   string(hub.CA.CertPEM()),
-	} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := labStateOf(t, hub)
 	reg, err := registry.New(filepath.Join(dir, registryFile))
 	if err != nil {
 		t.Fatal(err)

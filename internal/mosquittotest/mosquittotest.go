@@ -257,9 +257,6 @@ func (p *Producer) Publish(topic string, bodies ...string) {
 	}
 }
 
-// Log is what Mosquitto printed.
-func (b *Broker) Log() string { return b.out.String() }
-
 // Proxy forwards TCP connections to a broker, so that a test can cut them
 // without the broker noticing first.
 type Proxy struct {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
+
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
 	"github.com/edgetpm/edgetpm/internal/pki"
@@ -47,9 +49,9 @@ func labStateOf(t *testing.T, hub *hubtest.Server) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, data := range map[string]string{
-		hubServiceFile: hub.URL + "\n",
-		hubConnFile:    hub.Policy("iothubowner", ownerKey).ConnectionString() + "\n",
-		pki.CertFile:   string(hub.CA.CertPEM()),
+		lab.HubServiceFile: hub.URL + "\n",
+		lab.HubConnFile:    hub.Policy("iothubowner", ownerKey).ConnectionString() + "\n",
+		pki.CertFile:       string(hub.CA.CertPEM()),
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
 			t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
+
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/edgetpm/edgetpm/deploy/manifest"
@@ -44,12 +46,12 @@ func (h *hubFlags) register(fs *flag.FlagSet) {
 // or the environment, TLS verified against the system's roots and --ca-file.
 func (h *hubFlags) client(getenv func(string) string) (*hubservice.Client, error) {
 	if h.lab != "" {
-		b, err := os.ReadFile(filepath.Join(h.lab, hubServiceFile))
+		b, err := os.ReadFile(filepath.Join(h.lab, lab.HubServiceFile))
 		if err != nil {
 			return nil, fmt.Errorf("the lab's service API (is 'edge-deploy lab hub --state-dir %s' running?): %w", h.lab, err)
 		}
 		h.endpoint = strings.TrimSpace(string(b))
-		h.connFile = filepath.Join(h.lab, hubConnFile)
+		h.connFile = filepath.Join(h.lab, lab.HubConnFile)
 		h.caFile = filepath.Join(h.lab, pki.CertFile)
 	}
 	cs := getenv(envConnectionString)

@@ -15,20 +15,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
+
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/registry"
-)
-
-// Files of the lab state folder.
-const (
-	dpsStateFile     = "dps.json"
-	registryFile     = "registry.json"
-	connectionString = "service.connstr"
-	idScopeFile      = "idscope"
-	endpointFile     = "endpoint"
 )
 
 // shutdownTimeout bounds the wait for requests in flight on exit.
@@ -89,7 +82,7 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return usagef("--listen %q: %v", *listen, err)
 	}
-	stateDir, ca, err := labState(*dir)
+	stateDir, ca, err := lab.OpenState(*dir)
 	if err != nil {
 		return err
 	}
@@ -101,13 +94,13 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	reg, err := registry.New(filepath.Join(stateDir, registryFile))
+	reg, err := registry.New(filepath.Join(stateDir, lab.RegistryFile))
 	if err != nil {
 		return err
 	}
 	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger()
 	emu, err := dpsemu.New(dpsemu.Config{
-		StateFile:  filepath.Join(stateDir, dpsStateFile),
+		StateFile:  filepath.Join(stateDir, lab.DPSStateFile),
 		Registry:   reg,
 		Hubs:       hubs,
 		RetryAfter: *retryAfter,
@@ -116,10 +109,10 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, connectionString), []byte(emu.ConnectionString().ConnectionString()+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, lab.DPSConnFile), []byte(emu.ConnectionString().ConnectionString()+"\n"), 0o600); err != nil {
 		return err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, idScopeFile), []byte(emu.IDScope()+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, lab.IDScopeFile), []byte(emu.IDScope()+"\n"), 0o644); err != nil {
 		return err
 	}
 
@@ -142,7 +135,7 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	go func() { served <- srv.ServeTLS(ln, "", "") }()
 
 	endpoint := "https://" + ln.Addr().String()
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, endpointFile), []byte(endpoint+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, lab.DPSEndpointFile), []byte(endpoint+"\n"), 0o644); err != nil {
 		srv.Close()
 		return err
 	}

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
+
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/sas"
@@ -62,11 +64,11 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		}
 		return strings.TrimSpace(string(b)), nil
 	}
-	endpoint, err := read(endpointFile)
+	endpoint, err := read(lab.DPSEndpointFile)
 	if err != nil {
 		return err
 	}
-	cs, err := read(connectionString)
+	cs, err := read(lab.DPSConnFile)
 	if err != nil {
 		return err
 	}
@@ -88,7 +90,7 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	scope, err := read(idScopeFile)
+	scope, err := read(lab.IDScopeFile)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -15,22 +14,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
+
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/registry"
-	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/workloademu"
-)
-
-// Files the hub emulator writes into the state folder.
-const (
-	hubEndpointFile = "hub.endpoint" // host:port of MQTT over TLS
-	hubServiceFile  = "hub.service"  // base URL of the service API
-	hubConnFile     = "hub.connstr"  // the service API's iothubowner connection string (0600)
 )
 
 // routeFlag collects repeated --route NAME=ROUTE values.
@@ -74,7 +66,7 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if len(routes) == 0 {
 		routes["upstream"] = "FROM /messages/* INTO $upstream"
 	}
-	stateDir, ca, err := labState(*dir)
+	stateDir, ca, err := lab.OpenState(*dir)
 	if err != nil {
 		return err
 	}
@@ -82,7 +74,7 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	owner, err := servicePolicy(stateDir, *hub)
+	owner, err := lab.ServicePolicy(stateDir, *hub)
 	if err != nil {
 		return err
 	}
@@ -90,11 +82,11 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	emu, err := hubemu.New(hubemu.Config{
 		HubHostName:     *hub,
 		GatewayHostName: *gateway,
-		Key:             registry.Lookup(filepath.Join(stateDir, registryFile), *hub),
+		Key:             registry.Lookup(filepath.Join(stateDir, lab.RegistryFile), *hub),
 		Routes:          routes,
 		ServicePolicies: map[string][]byte{owner.KeyName: owner.Key},
 		// Deployments target the devices lab dps registered.
-		Devices: func() []string { return registeredDevices(filepath.Join(stateDir, registryFile), *hub) },
+		Devices: func() []string { return lab.RegisteredDevices(stateDir, *hub) },
 		Log:     logger,
 	})
 	if err != nil {
@@ -119,7 +111,7 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	go func() { httpDone <- srv.ServeTLS(sln, "", "") }()
 
 	endpoint, serviceURL := ln.Addr().String(), "https://"+sln.Addr().String()
-	for name, v := range map[string]string{hubEndpointFile: endpoint, hubServiceFile: serviceURL} {
+	for name, v := range map[string]string{lab.HubEndpointFile: endpoint, lab.HubServiceFile: serviceURL} {
 		if err := atomicfile.WriteFile(filepath.Join(stateDir, name), []byte(v+"\n"), 0o644); err != nil {
 			cancel()
 			srv.Close()
@@ -172,11 +164,11 @@ func labWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *device == "" {
 		return usagef("lab workload needs --device")
 	}
-	stateDir, ca, err := labState(*dir)
+	stateDir, ca, err := lab.OpenState(*dir)
 	if err != nil {
 		return err
 	}
-	lookup := registry.Lookup(filepath.Join(stateDir, registryFile), *hub)
+	lookup := registry.Lookup(filepath.Join(stateDir, lab.RegistryFile), *hub)
 	if _, ok := lookup(*device, ""); !ok {
 		return fmt.Errorf("device %q of %s is not in the lab's registry: register it through lab dps first", *device, *hub)
 	}
@@ -190,50 +182,4 @@ func labWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fmt.Fprintf(stdout, "workload API for %s's modules at unix://%s\n", *device, *socket)
 	return emu.Serve(ctx, *socket)
-}
-
-// labState makes the state folder and loads (or creates) the lab CA.
-func labState(dir string) (string, *pki.CA, error) {
-	stateDir, err := filepath.Abs(dir)
-	if err != nil {
-		return "", nil, fmt.Errorf("state folder: %w", err)
-	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return "", nil, fmt.Errorf("create state folder: %w", err)
-	}
-	ca, err := pki.LoadOrCreateCA(stateDir)
-	return stateDir, ca, err
-}
-
-// servicePolicy returns the lab hub's iothubowner policy, made once with a
-// random key and kept in the state folder (0600) for edge-deploy's
-// service commands.
-func servicePolicy(stateDir, hub string) (sas.Policy, error) {
-	path := filepath.Join(stateDir, hubConnFile)
-	if b, err := os.ReadFile(path); err == nil {
-		p, err := sas.ParsePolicy(string(b))
-		if err == nil && strings.EqualFold(p.HostName, hub) {
-			return p, nil
-		}
-	}
-	key := make([]byte, 32)
-	rand.Read(key)
-	p := sas.Policy{HostName: hub, KeyName: "iothubowner", Key: key}
-	return p, atomicfile.WriteFile(path, []byte(p.ConnectionString()+"\n"), 0o600)
-}
-
-// registeredDevices lists the devices of hub in the lab's registry, read
-// afresh (lab dps adds them as they register).
-func registeredDevices(path, hub string) []string {
-	r, err := registry.New(path)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, d := range r.List() {
-		if strings.EqualFold(d.Hub, hub) {
-			out = append(out, d.DeviceID)
-		}
-	}
-	return out
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
+
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
@@ -54,7 +56,7 @@ func TestLabHubAndWorkload(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	reg, err := registry.New(filepath.Join(dir, registryFile))
+	reg, err := registry.New(filepath.Join(dir, lab.RegistryFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +106,7 @@ func TestLabHubAndWorkload(t *testing.T) {
 		t.Fatalf("the service API without a token: %v %v", resp, err)
 	}
 	// The lab writes its iothubowner connection string, 0600, for edge-deploy.
-	owner, err := sas.ParsePolicy(string(readFile(t, filepath.Join(dir, hubConnFile), 0o600)))
+	owner, err := sas.ParsePolicy(string(readFile(t, filepath.Join(dir, lab.HubConnFile), 0o600)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,9 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/edgetpm/edgetpm/deploy/lab"
 
 	"github.com/edgetpm/edgetpm/deploy/manifest"
 )
@@ -49,7 +50,7 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	if *device == "" {
-		devs := registeredDevices(filepath.Join(*dir, registryFile), *hub)
+		devs := lab.RegisteredDevices(*dir, *hub)
 		if len(devs) != 1 {
 			return usagef("lab twin set: the lab has %d devices of %s: give --device", len(devs), *hub)
 		}

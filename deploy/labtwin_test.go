@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
+
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
 	"github.com/edgetpm/edgetpm/internal/registry"
@@ -25,7 +27,7 @@ func TestLabTwinSet(t *testing.T) {
 		ServicePolicies: map[string][]byte{"iothubowner": ownerKey},
 	})
 	dir := labStateOf(t, hub)
-	reg, err := registry.New(filepath.Join(dir, registryFile))
+	reg, err := registry.New(filepath.Join(dir, lab.RegistryFile))
 	if err != nil {
 		t.Fatal(err)
 	}

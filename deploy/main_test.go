@@ -29,13 +29,13 @@ import (
 // syncBuffer is written by one goroutine and read by the test.
 type syncBuffer = syncbuf.Buffer
 
-// lab is a running "edge-deploy lab dps".
-type lab struct {
+// dpsLab is a running "edge-deploy lab dps".
+type dpsLab struct {
 	Endpoint, IDScope, StateDir string
 	stop                        func() error
 }
 
-func startLab(t *testing.T, args ...string) *lab {
+func startLab(t *testing.T, args ...string) *dpsLab {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	var stdout, stderr syncBuffer
@@ -56,7 +56,7 @@ func startLab(t *testing.T, args ...string) *lab {
 			t.Fatalf("lab dps printed nothing; stderr:\n%s", stderr.String())
 		}
 	}
-	var l lab
+	var l dpsLab
 	if err := json.Unmarshal([]byte(stdout.String()), &l); err != nil {
 		cancel()
 		t.Fatalf("endpoint line %q: %v", stdout.String(), err)

@@ -1,0 +1,75 @@
+package lab
+
+import (
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/edgetpm/edgetpm/internal/atomicfile"
+	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/registry"
+	"github.com/edgetpm/edgetpm/internal/sas"
+)
+
+// Files of a lab state folder, which the lab's daemons (edge-deploy lab
+// dps, hub, workload, up) share and its commands (lab enroll, lab twin set,
+// apply --lab) read.
+const (
+	DPSStateFile    = "dps.json"      // the DPS emulator's scope, keys, enrollments (0600)
+	RegistryFile    = "registry.json" // devices DPS assigned, read by the hub
+	DPSConnFile     = "service.connstr"
+	IDScopeFile     = "idscope"
+	DPSEndpointFile = "endpoint"     // https URL of the DPS device and service API
+	HubEndpointFile = "hub.endpoint" // host:port of MQTT over TLS
+	HubServiceFile  = "hub.service"  // base URL of the hub's service API
+	HubConnFile     = "hub.connstr"  // the service API's iothubowner connection string (0600)
+)
+
+// OpenState makes the state folder dir (0700) and loads or creates the lab
+// CA in it. It returns the folder's absolute path.
+func OpenState(dir string) (string, *pki.CA, error) {
+	stateDir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", nil, fmt.Errorf("state folder: %w", err)
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return "", nil, fmt.Errorf("create state folder: %w", err)
+	}
+	ca, err := pki.LoadOrCreateCA(stateDir)
+	return stateDir, ca, err
+}
+
+// ServicePolicy returns the lab hub's iothubowner policy, made once with a
+// random key and kept in the state folder (0600) for edge-deploy's service
+// commands.
+func ServicePolicy(stateDir, hub string) (sas.Policy, error) {
+	path := filepath.Join(stateDir, HubConnFile)
+	if b, err := os.ReadFile(path); err == nil {
+		p, err := sas.ParsePolicy(string(b))
+		if err == nil && strings.EqualFold(p.HostName, hub) {
+			return p, nil
+		}
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	p := sas.Policy{HostName: hub, KeyName: "iothubowner", Key: key}
+	return p, atomicfile.WriteFile(path, []byte(p.ConnectionString()+"\n"), 0o600)
+}
+
+// RegisteredDevices lists the devices of hub in the lab's registry, read
+// afresh (the DPS emulator adds them as they register).
+func RegisteredDevices(stateDir, hub string) []string {
+	r, err := registry.New(filepath.Join(stateDir, RegistryFile))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, d := range r.List() {
+		if strings.EqualFold(d.Hub, hub) {
+			out = append(out, d.DeviceID)
+		}
+	}
+	return out
+}

@@ -33,6 +33,7 @@ type Reconciler struct {
 	version int64          // desired $version applied (or rejected)
 	desired map[string]any // the desired document at version
 	good    Config
+	goodAt  int64 // the desired $version good came from; 0 for the defaults
 }
 
 // state is what StatePath holds.
@@ -59,7 +60,7 @@ func (r *Reconciler) Start() (Config, error) {
 		} else if err := st.Config.Validate(); err != nil {
 			r.Log.Warn().Err(err).Msg("last configuration invalid; starting from the defaults")
 		} else {
-			r.good = st.Config
+			r.good, r.goodAt = st.Config, st.Version
 		}
 	}
 	return r.good, r.Apply(r.good)
@@ -140,14 +141,14 @@ func (r *Reconciler) apply(ctx context.Context, v int64) error {
 		r.Log.Warn().Err(err).Int64("version", v).Msg("desired properties rejected; keeping the last good configuration")
 		report["status"], report["reason"] = "rejected", err.Error()
 	} else {
-		r.good = c
+		r.good, r.goodAt = c, v
 		report["status"] = "applied"
 		if err := r.save(v, c); err != nil {
 			r.Log.Warn().Err(err).Msg("could not keep the configuration on disk")
 		}
 		r.Log.Info().Int64("version", v).Msg("desired properties applied")
 	}
-	report["effective"] = r.good
+	report["effective"], report["appliedVersion"] = r.good, r.goodAt
 	if r.Counters != nil {
 		report["counters"] = r.Counters()
 	}

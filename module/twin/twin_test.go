@@ -130,7 +130,7 @@ func TestReconciler(t *testing.T) {
 		t.Fatal(err)
 	}
 	if last := svc.last(); r.Version() != 5 || last["status"] != "rejected" || !strings.Contains(last["reason"].(string), "whenFull") ||
-		last["effective"].(map[string]any)["output"] != "plant" {
+		last["effective"].(map[string]any)["output"] != "plant" || last["appliedVersion"] != 4.0 {
 		t.Errorf("after invalid patch 5: version %d, reported %v", r.Version(), last)
 	}
 	// A gap fetches the whole twin.

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,7 +23,7 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := flag.NewFlagSet("edge-deploy lab twin set", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (the running lab hub's)")
-	device := fs.String("device", "", "edge device `ID` (default: the lab's only device)")
+	device := fs.String("device", "", "edge device `ID` (default: the device lab up provisioned, else the lab's only device)")
 	module := fs.String("module", "relay", "module `ID`")
 	hub := fs.String("hub", "lab-hub.azure-devices.net", "IoT hub `host` name, for the default device")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the module's report (0: do not wait)")
@@ -48,6 +50,9 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err := manifest.Set(desired, k, val); err != nil {
 			return usagef("lab twin set: %v", err)
 		}
+	}
+	if b, err := os.ReadFile(filepath.Join(*dir, lab.DeviceFile)); *device == "" && err == nil {
+		*device = strings.TrimSpace(string(b)) // lab up's
 	}
 	if *device == "" {
 		devs := lab.RegisteredDevices(*dir, *hub)

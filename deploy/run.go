@@ -12,6 +12,8 @@ import (
 const usage = `usage: edge-deploy <command> [flags]
 
 commands:
+  lab up      run the whole path on this machine: TPM, DPS and IoT Hub
+              emulators, edge-provisioner, edge runtime, edge-relay, sensor
   lab dps     serve a DPS emulator for TPM attestation over HTTPS
   lab enroll  enroll a TPM in the running lab's DPS, from
               'edge-provisioner identity --json'
@@ -63,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "lab":
 		switch {
+		case len(args) > 1 && args[1] == "up":
+			return labUp(ctx, args[2:], stdout, stderr)
 		case len(args) > 1 && args[1] == "dps":
 			return labDPS(ctx, args[2:], stdout, stderr)
 		case len(args) > 1 && args[1] == "enroll":
@@ -75,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return labTwinSet(ctx, args[3:], stdout, stderr)
 		}
 		fmt.Fprint(stderr, usage)
-		return usagef("lab: want dps, enroll, hub, workload or twin set")
+		return usagef("lab: want up, dps, enroll, hub, workload or twin set")
 	case "image":
 		return runImage(ctx, args[1:], stdout, stderr)
 	case "render":

@@ -25,6 +25,7 @@ const (
 	HubEndpointFile = "hub.endpoint" // host:port of MQTT over TLS
 	HubServiceFile  = "hub.service"  // base URL of the hub's service API
 	HubConnFile     = "hub.connstr"  // the service API's iothubowner connection string (0600)
+	DeviceFile      = "device"       // the device ID lab up provisioned
 )
 
 // OpenState makes the state folder dir (0700) and loads or creates the lab

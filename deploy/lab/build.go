@@ -1,0 +1,91 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"time"
+
+	"github.com/edgetpm/edgetpm/deploy/image"
+)
+
+// RelayImage is the reference of the relay image the lab builds.
+const RelayImage = "edgetpm/edge-relay:lab"
+
+// binaries are what the lab runs: the provisioner, and the relay as a
+// binary or, for containerd, as an image archive.
+type binaries struct {
+	provisioner string
+	relay       string // the binary (process mode)
+	archive     string // the docker-archive of RelayImage (containerd mode)
+}
+
+// build finds or builds the binaries, and the relay image for containerd.
+func (l *Lab) build(ctx context.Context) (binaries, error) {
+	start := time.Now()
+	var b binaries
+	if l.cfg.Bin != "" {
+		b = binaries{provisioner: filepath.Join(l.cfg.Bin, "edge-provisioner"), relay: filepath.Join(l.cfg.Bin, "edge-relay")}
+		for _, f := range []string{b.provisioner, b.relay} {
+			if _, err := os.Stat(f); err != nil {
+				return b, fmt.Errorf("build: %w", err)
+			}
+		}
+	} else {
+		bin := l.path("bin")
+		b = binaries{provisioner: filepath.Join(bin, "edge-provisioner"), relay: filepath.Join(bin, "edge-relay")}
+		if err := goBuild(ctx, l.cfg.Source, b.provisioner, "./provisioner"); err != nil {
+			return b, err
+		}
+		if l.cfg.Containerd == "" {
+			if err := goBuild(ctx, l.cfg.Source, b.relay, "./module"); err != nil {
+				return b, err
+			}
+		}
+		l.printf("build", "edge-provisioner and edge-relay built from %s in %v", l.cfg.Source, since(start))
+	}
+	if l.cfg.Containerd == "" {
+		return b, nil
+	}
+	start = time.Now()
+	res, err := image.Build(ctx, image.Options{
+		Dir:       l.cfg.Source,
+		Platforms: []string{"linux/" + goruntime.GOARCH + variant()},
+		Name:      RelayImage,
+		Out:       l.path("image"),
+	})
+	if err != nil {
+		return b, fmt.Errorf("build the relay image: %w", err)
+	}
+	b.archive = res.Images[0].DockerArchive
+	l.printf("image", "%s built without Docker in %v: %s", RelayImage, since(start), res.Images[0].Manifest)
+	return b, nil
+}
+
+// variant is the platform variant of this machine, as image.ParsePlatform
+// takes it.
+func variant() string {
+	if goruntime.GOARCH == "arm" {
+		return "/v7"
+	}
+	return ""
+}
+
+// goBuild builds the main package pkg of the module in dir into out.
+func goBuild(ctx context.Context, dir, out, pkg string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	cmd.Dir = dir
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s (run lab up in the edgetpm repository, or give --bin): %v\n%s", pkg, err, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}
+
+// since is the time since start, rounded for a progress line.
+func since(start time.Time) time.Duration {
+	return time.Since(start).Round(time.Millisecond)
+}

@@ -34,6 +34,7 @@ type Reconciler struct {
 	desired map[string]any // the desired document at version
 	good    Config
 	goodAt  int64 // the desired $version good came from; 0 for the defaults
+	applies int   // calls of apply, so a Sync can tell its GET went stale
 }
 
 // state is what StatePath holds.
@@ -69,6 +70,9 @@ func (r *Reconciler) Start() (Config, error) {
 // Sync fetches the whole twin and applies its desired properties: call it
 // on every connect, since patches are not queued while away.
 func (r *Reconciler) Sync(ctx context.Context) error {
+	r.mu.Lock()
+	applies := r.applies
+	r.mu.Unlock()
 	b, err := r.Get(ctx)
 	if err != nil {
 		return fmt.Errorf("get twin: %w", err)
@@ -85,8 +89,13 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if v == r.version && r.desired != nil {
+	switch {
+	case v == r.version && r.desired != nil:
 		return nil // nothing new
+	case v < r.version && r.applies != applies:
+		// A patch applied a later version while this GET was on its way.
+		// (With no apply in between, an older version is a twin made anew.)
+		return nil
 	}
 	r.desired = doc.Desired
 	return r.apply(ctx, v)
@@ -131,6 +140,7 @@ func (r *Reconciler) Version() int64 {
 // configuration. The caller holds r.mu.
 func (r *Reconciler) apply(ctx context.Context, v int64) error {
 	r.version = v
+	r.applies++
 	doc, _ := json.Marshal(r.desired)
 	report := map[string]any{"version": v}
 	c, err := Parse(doc)

@@ -150,6 +150,45 @@ func TestReconciler(t *testing.T) {
 	}
 }
 
+// A Sync whose GET was answered before a patch applied a later version
+// does not go back to the older one (edgehub runs Connected's Sync and the
+// Desired callback on goroutines of their own).
+func TestReconcilerStaleGet(t *testing.T) {
+	svc := &twinService{desired: map[string]any{"$version": 1.0, "output": "a"}}
+	answered, release := make(chan struct{}), make(chan struct{})
+	slow := true
+	r := &Reconciler{Report: svc.report, Apply: func(Config) error { return nil }}
+	r.Get = func(ctx context.Context) ([]byte, error) {
+		b, err := svc.get(ctx)
+		if slow {
+			slow = false
+			close(answered)
+			<-release
+		}
+		return b, err
+	}
+	r.Start()
+	done := make(chan error, 1)
+	go func() { done <- r.Sync(t.Context()) }()
+	<-answered // the first GET holds version 1
+	svc.desired = map[string]any{"$version": 2.0, "output": "b"}
+	if err := r.Patch(t.Context(), []byte(`{"$version":2,"output":"b"}`)); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if last := svc.last(); r.Version() != 2 || last["version"] != 2.0 || last["effective"].(map[string]any)["output"] != "b" {
+		t.Errorf("after a stale GET of version 1: version %d, reported %v; want version 2 kept", r.Version(), last)
+	}
+	// A twin made anew starts over at a lower version, and is applied.
+	svc.desired = map[string]any{"$version": 1.0, "output": "c"}
+	if err := r.Sync(t.Context()); err != nil || r.Version() != 1 || svc.last()["effective"].(map[string]any)["output"] != "c" {
+		t.Errorf("a twin made anew: version %d, reported %v, %v", r.Version(), svc.last(), err)
+	}
+}
+
 func TestReconcilerApplyFailureKeepsConfig(t *testing.T) {
 	svc := &twinService{desired: map[string]any{"$version": 1.0, "output": "a"}}
 	fail := false

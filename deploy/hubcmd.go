@@ -15,10 +15,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgetpm/edgetpm/deploy/lab"
-
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/deploy/manifest"
 	"github.com/edgetpm/edgetpm/deploy/rollout"
 	"github.com/edgetpm/edgetpm/internal/hubservice"

@@ -15,10 +15,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgetpm/edgetpm/deploy/lab"
-
 	"github.com/rs/zerolog"
 
+	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/registry"

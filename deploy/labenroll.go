@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
-
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/sas"

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
-
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"

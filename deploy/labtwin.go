@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
-
 	"github.com/edgetpm/edgetpm/deploy/manifest"
 )
 

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
-
 	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
 	"github.com/edgetpm/edgetpm/internal/registry"

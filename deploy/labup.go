@@ -24,6 +24,7 @@ func labUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	tpmURI := fs.String("tpm", "", "TPM `URI`, e.g. swtpm's mssim://127.0.0.1:2321 (default: the reference simulator, in this process)")
 	containerd := fs.String("containerd", "", "containerd socket `ADDRESS` to run the relay in, or none for a local process (default: "+defaultContainerd+" when reachable as root)")
 	bin := fs.String("bin", "", "`folder` with edge-provisioner and edge-relay (default: build them from the module in the current folder)")
+	broker := fs.String("broker", "", "the plant's MQTT broker: mosquitto or embedded (default: Mosquitto when installed, else embedded mochi-mqtt)")
 	rate := fs.Float64("rate", 10, "the sensor's `readings` per second")
 	duration := fs.Duration("duration", 0, "stop after this `duration` (default: run until interrupted)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON on stdout (progress goes to stderr)")
@@ -60,7 +61,7 @@ from. At the end (--duration, Ctrl-C) it prints a summary.
 		progress = stderr
 	}
 	start := time.Now()
-	l, err := lab.Up(ctx, lab.Config{StateDir: *dir, TPM: *tpmURI, Containerd: *containerd, Bin: *bin, Rate: *rate, Progress: progress})
+	l, err := lab.Up(ctx, lab.Config{StateDir: *dir, TPM: *tpmURI, Containerd: *containerd, Bin: *bin, Broker: *broker, Rate: *rate, Progress: progress})
 	if err != nil {
 		return err
 	}

@@ -17,15 +17,24 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
-// startBroker starts the plant's MQTT broker on loopback: Mosquitto when it
-// is installed, as on most gateways, else an embedded mochi-mqtt broker. It
-// returns the broker's URL.
+// startBroker starts the plant's MQTT broker on loopback, as Config.Broker
+// says: Mosquitto, as on most gateways, or an embedded mochi-mqtt broker.
+// It returns the broker's URL.
 func (l *Lab) startBroker(ctx context.Context) (string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return "", err
 	}
-	if bin, err := exec.LookPath("mosquitto"); err == nil {
+	bin, lookErr := exec.LookPath("mosquitto")
+	switch l.cfg.Broker {
+	case "", "mosquitto", "embedded":
+	default:
+		return "", fmt.Errorf("broker %q: want mosquitto or embedded", l.cfg.Broker)
+	}
+	if l.cfg.Broker == "mosquitto" && lookErr != nil {
+		return "", fmt.Errorf("broker: %w", lookErr)
+	}
+	if l.cfg.Broker != "embedded" && lookErr == nil {
 		if err := l.startMosquitto(ctx, bin, addr); err != nil {
 			return "", err
 		}
@@ -43,7 +52,7 @@ func (l *Lab) startBroker(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("broker: %w", err)
 	}
 	l.onClose(srv.Close)
-	l.printf("broker", "embedded MQTT broker (mochi-mqtt; Mosquitto is not installed) at mqtt://%s", addr)
+	l.printf("broker", "embedded MQTT broker (mochi-mqtt) at mqtt://%s", addr)
 	return "mqtt://" + addr, nil
 }
 

@@ -66,6 +66,28 @@ func (l *Lab) build(ctx context.Context) (binaries, error) {
 	return b, nil
 }
 
+// modulePath is the Go module the lab builds from.
+const modulePath = "github.com/edgetpm/edgetpm"
+
+// findSource finds the root of the edgetpm module from the current folder
+// up.
+func findSource() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(b), "module "+modulePath+"\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("build: the current folder is not in the %s module: run lab up in the repository, or give --bin", modulePath)
+		}
+		dir = parent
+	}
+}
+
 // variant is the platform variant of this machine, as image.ParsePlatform
 // takes it.
 func variant() string {
@@ -80,7 +102,7 @@ func goBuild(ctx context.Context, dir, out, pkg string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
 	cmd.Dir = dir
 	if msg, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build %s (run lab up in the edgetpm repository, or give --bin): %v\n%s", pkg, err, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("build %s: %v\n%s", pkg, err, indent(string(msg)))
 	}
 	return nil
 }

@@ -47,8 +47,12 @@ type Config struct {
 	// Bin is a folder with the edge-provisioner and edge-relay binaries;
 	// empty builds them from the Go module at Source into StateDir/bin.
 	Bin string
-	// Source is the root of the edgetpm module, for the builds; default ".".
+	// Source is the root of the edgetpm module, for the builds; default:
+	// the one the current folder is in.
 	Source string
+	// Broker is "mosquitto", "embedded" (mochi-mqtt, in this process) or
+	// empty: Mosquitto when it is installed, else embedded.
+	Broker string
 	// Rate is the sensor's readings per second; default 10.
 	Rate float64
 	// Progress gets one line per part as it comes up; nil discards them.
@@ -110,9 +114,6 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if cfg.Namespace == "" {
 		cfg.Namespace = DefaultNamespace
 	}
-	if cfg.Source == "" {
-		cfg.Source = "."
-	}
 	if cfg.Rate <= 0 {
 		cfg.Rate = 10
 	}
@@ -122,6 +123,11 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	stateDir, ca, err := OpenState(cfg.StateDir)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Source == "" && cfg.Bin == "" {
+		if cfg.Source, err = findSource(); err != nil {
+			return nil, err
+		}
 	}
 	l = &Lab{cfg: cfg, stateDir: stateDir, ca: ca, progress: cfg.Progress}
 	defer func() {

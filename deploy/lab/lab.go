@@ -130,10 +130,10 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		}
 	}
 	l = &Lab{cfg: cfg, stateDir: stateDir, ca: ca, progress: cfg.Progress}
+	started := l // the returns below set l to nil
 	defer func() {
 		if err != nil {
-			l.Close()
-			l = nil
+			started.Close()
 		}
 	}()
 	if err := os.MkdirAll(l.path("logs"), 0o700); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -207,6 +208,39 @@ func TestEmbeddedDefaults(t *testing.T) {
 	}
 }
 
+// A lab whose provisioning fails says why and stops what it had started:
+// the emulators' ports are closed and the TPM is free for the next lab.
+func TestUpFails(t *testing.T) {
+	bin := t.TempDir()
+	for name, script := range map[string]string{
+		"edge-provisioner": "#!/bin/sh\necho 'DPS registration: 401 not enrolled' >&2\nexit 4\n",
+		"edge-relay":       "#!/bin/sh\nexit 1\n",
+	} {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	_, err := Up(t.Context(), Config{StateDir: dir, Bin: bin, Broker: "embedded"})
+	if err == nil || !strings.Contains(err.Error(), "edge-provisioner provision") || !strings.Contains(err.Error(), "not enrolled") {
+		t.Fatalf("Up with a failing provisioner = %v", err)
+	}
+	for _, f := range []string{DPSEndpointFile, HubEndpointFile} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := strings.TrimPrefix(strings.TrimSpace(string(b)), "https://")
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			t.Errorf("%s still listens on %s", f, addr)
+		}
+	}
+	if pids := processesWith(dir); len(pids) > 0 {
+		t.Errorf("processes left that name the state folder: %v", pids)
+	}
+}
+
 // upstreamAtLeast waits until the hub holds n messages from the relay.
 func upstreamAtLeast(t *testing.T, l *Lab, n int) {
 	t.Helper()
@@ -234,4 +268,31 @@ func processesWith(s string) []string {
 		}
 	}
 	return pids
+}
+
+// BenchmarkUp measures how long lab up takes until the relay's first
+// message is upstream, on embedded defaults with the binaries already
+// built: what a newcomer waits for.
+func BenchmarkUp(b *testing.B) {
+	dir := b.TempDir()
+	var up, first time.Duration
+	n := 0
+	for b.Loop() {
+		n++
+		start := time.Now()
+		l, err := Up(b.Context(), Config{StateDir: dir, Broker: "embedded", Rate: 100})
+		if err != nil {
+			b.Fatal(err)
+		}
+		up += time.Since(start)
+		for len(l.upstream()) == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		first += time.Since(start)
+		if err := l.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(up.Seconds()/float64(n), "s-up")
+	b.ReportMetric(first.Seconds()/float64(n), "s-first-message")
 }

@@ -3,8 +3,6 @@ package lab
 import (
 	"context"
 	"fmt"
-	"net"
-	"strconv"
 
 	"github.com/google/go-tpm-tools/simulator"
 
@@ -19,21 +17,9 @@ import (
 // runtime stand-in reach it as they would swtpm. It returns the TPM's URI
 // and a function that stops it.
 func serveSimulator(seed int64) (uri string, stop func() error, err error) {
-	var cmdL, platL net.Listener
-	for range 20 {
-		cmdL, err = net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", nil, fmt.Errorf("tpm: %w", err)
-		}
-		port := cmdL.Addr().(*net.TCPAddr).Port
-		platL, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)))
-		if err == nil {
-			break
-		}
-		cmdL.Close()
-	}
+	cmdL, platL, err := mssim.Listen("127.0.0.1")
 	if err != nil {
-		return "", nil, fmt.Errorf("tpm: no two adjacent loopback ports: %w", err)
+		return "", nil, fmt.Errorf("tpm: %w", err)
 	}
 	sim, err := simulator.GetWithFixedSeedInsecure(seed)
 	if err != nil {

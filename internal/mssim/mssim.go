@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 
 	"github.com/google/go-tpm-tools/simulator"
@@ -191,4 +192,23 @@ func (s *Server) platform(c net.Conn) error {
 			return err
 		}
 	}
+}
+
+// Listen listens on two adjacent free TCP ports of host: the command port P
+// and the platform port P+1, since clients (provisioner/tpm, swtpm's,
+// tss.js) derive the one from the other.
+func Listen(host string) (command, platform net.Listener, err error) {
+	for range 20 {
+		command, err = net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, nil, err
+		}
+		port := command.Addr().(*net.TCPAddr).Port
+		platform, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port+1)))
+		if err == nil {
+			return command, platform, nil
+		}
+		command.Close()
+	}
+	return nil, nil, fmt.Errorf("no two adjacent free ports on %s: %w", host, err)
 }

@@ -483,15 +483,13 @@ func TestOpenPowersOnReferenceSimulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sim.Close()
-	cmdL, err := net.Listen("tcp", "127.0.0.1:0")
+	cmdL, platL, err := mssim.Listen("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := cmdL.Addr().(*net.TCPAddr).Port
-	platL, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
-	if err != nil {
-		cmdL.Close()
-		t.Skipf("port %d taken: %v", port+1, err)
+	if platL.Addr().(*net.TCPAddr).Port != port+1 {
+		t.Fatalf("mssim.Listen: ports %v and %v, want adjacent", cmdL.Addr(), platL.Addr())
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)

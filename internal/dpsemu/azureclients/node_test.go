@@ -302,22 +302,10 @@ func serveSimulator(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cmdL, platL net.Listener
-	for range 10 {
-		cmdL, err = net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := cmdL.Addr().(*net.TCPAddr).Port
-		platL, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)))
-		if err == nil {
-			break
-		}
-		cmdL.Close()
-	}
+	cmdL, platL, err := mssim.Listen("127.0.0.1")
 	if err != nil {
 		sim.Close()
-		t.Fatalf("no two adjacent loopback ports: %v", err)
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: go vet, then the unit and integration tests with -race.
+# Runs every test: go vet, then the unit and integration tests with -race,
+# among them the end-to-end test of the lab (deploy/lab: swtpm, containerd,
+# Mosquitto, the provisioner, the runtime stand-in and the relay image).
 # Run as root, it first installs the test peers that are missing (swtpm,
 # swtpm-tools, tpm2-tools, containerd, runc, Docker's engine, Mosquitto,
 # Node.js and npm) with apt; otherwise tests that need a missing peer are skipped,
@@ -53,5 +55,5 @@ if [[ ! -x $ctd17 ]] && command -v containerd >/dev/null; then
   rm -rf "$tmp"
 fi
 if [[ -x $ctd17 ]]; then
-  EDGE_TEST_CONTAINERD=$ctd17 go test -race -count=1 "$@" ./provisioner/containerd/... ./provisioner
+  EDGE_TEST_CONTAINERD=$ctd17 go test -race -count=1 "$@" ./provisioner/containerd/... ./provisioner ./deploy/lab
 fi

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
-	"errors"
 	"io"
 	"maps"
 	"os"
@@ -28,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/edgetpm/edgetpm/deploy/image"
+	"github.com/edgetpm/edgetpm/internal/syncbuf"
 	"github.com/edgetpm/edgetpm/provisioner/containerd"
 	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
 )
@@ -385,8 +385,11 @@ func runOnce(t *testing.T, d *containerdtest.Daemon, ns, ref string, args ...str
 			t.Errorf("delete container %s: %v", id, err)
 		}
 	}()
-	log := filepath.Join(t.TempDir(), "out.log")
-	task, err := ctr.NewTask(ctx, cio.LogFile(log))
+	// The output comes through FIFOs that this process copies, so that it
+	// is all here once the copy ends (a shim writing a log file itself
+	// could lose a short-lived process's stderr: "error copying stderr").
+	var out syncbuf.Buffer
+	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, &out, &out)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,15 +418,10 @@ func runOnce(t *testing.T, d *containerdtest.Daemon, ns, ref string, args ...str
 	if err := status.Error(); err != nil {
 		t.Fatal(err)
 	}
-	// The shim copies the output to the file on its own time: it is all
-	// there once the task is deleted.
+	task.IO().Wait()
 	deleted = true
 	if _, err := task.Delete(ctx); err != nil {
 		t.Fatalf("delete task %s: %v", id, err)
 	}
-	out, err := os.ReadFile(log)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	return int(status.ExitCode()), string(out)
+	return int(status.ExitCode()), out.String()
 }

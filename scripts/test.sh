@@ -15,6 +15,7 @@ command -v swtpm_setup >/dev/null || missing+=(swtpm-tools)
 command -v tpm2_readpublic >/dev/null || missing+=(tpm2-tools)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v gcc >/dev/null || missing+=(gcc) # cgo: the in-process reference TPM and -race
+[[ -e /usr/include/openssl/evp.h ]] || missing+=(libssl-dev) # the reference TPM links libcrypto
 # Image side-load and runtime health against real daemons, each test
 # starting its own in a temp folder: containerd 1.6 runs containers with
 # runc; dockerd 20.10 keeps images in its classic store.

@@ -32,7 +32,7 @@ type dpsInfo struct {
 }
 
 // startTPM serves the reference simulator, unless the lab was given a TPM.
-func (l *Lab) startTPM(ctx context.Context) (string, error) {
+func (l *Lab) startTPM() (string, error) {
 	if l.cfg.TPM != "" {
 		l.printf("tpm", "%s", l.cfg.TPM)
 		return l.cfg.TPM, nil
@@ -65,7 +65,7 @@ func (l *Lab) simulatorSeed() (int64, error) {
 }
 
 // startDPS serves the DPS emulator over HTTPS with the lab CA.
-func (l *Lab) startDPS(ctx context.Context) (dpsInfo, error) {
+func (l *Lab) startDPS() (dpsInfo, error) {
 	reg, err := registry.New(l.path(RegistryFile))
 	if err != nil {
 		return dpsInfo{}, err
@@ -125,7 +125,7 @@ func (l *Lab) enroll(ctx context.Context, tpmURI string, d dpsInfo) error {
 // startHub serves the IoT Hub emulator: MQTT over TLS, as edgeHub and IoT
 // Hub, and the service API, with the device keys DPS assigns. It returns
 // the MQTT address.
-func (l *Lab) startHub(ctx context.Context) (string, error) {
+func (l *Lab) startHub() (string, error) {
 	owner, err := ServicePolicy(l.stateDir, Hub)
 	if err != nil {
 		return "", err

@@ -124,7 +124,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Source == "" && cfg.Bin == "" {
+	// Builds need the source: the binaries without Bin, the image for
+	// containerd.
+	if cfg.Source == "" && (cfg.Bin == "" || cfg.Containerd != "") {
 		if cfg.Source, err = findSource(); err != nil {
 			return nil, err
 		}
@@ -151,18 +153,18 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	tpmURI, err := l.startTPM(ctx)
+	tpmURI, err := l.startTPM()
 	if err != nil {
 		return nil, err
 	}
-	dps, err := l.startDPS(ctx)
+	dps, err := l.startDPS()
 	if err != nil {
 		return nil, err
 	}
 	if err := l.enroll(ctx, tpmURI, dps); err != nil {
 		return nil, err
 	}
-	hubAddr, err := l.startHub(ctx)
+	hubAddr, err := l.startHub()
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +176,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.startRuntime(ctx, bins, dps, hubAddr); err != nil {
+	if err := l.startRuntime(ctx, bins, hubAddr); err != nil {
 		return nil, err
 	}
 	if err := l.configureRelay(ctx, brokerURL); err != nil {

@@ -61,7 +61,7 @@ type launcher interface {
 // Edge mounts it (edge-runtime.md §1.1).
 const containerSocket = "/var/run/iotedge/workload.sock"
 
-func (l *Lab) startRuntime(ctx context.Context, b binaries, d dpsInfo, hubAddr string) error {
+func (l *Lab) startRuntime(ctx context.Context, b binaries, hubAddr string) error {
 	start := time.Now()
 	doc, err := edgeconfig.Load(l.path("config.toml"))
 	if err != nil {

@@ -21,7 +21,7 @@ func labUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab up", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dir := fs.String("state-dir", "./lab-state", "`folder` for the lab's CA, emulator state, config.toml, logs and the relay's queue")
-	tpmURI := fs.String("tpm", "", "TPM `URI`, e.g. swtpm's mssim://127.0.0.1:2321 (default: the reference simulator, in this process)")
+	tpmURI := fs.String("tpm", "", "TPM `URI`, e.g. swtpm's mssim://127.0.0.1:2321, or swtpm to start one with its state in the state folder (default: the reference simulator, in this process)")
 	containerd := fs.String("containerd", "", "containerd socket `ADDRESS` to run the relay in, or none for a local process (default: "+defaultContainerd+" when reachable as root)")
 	bin := fs.String("bin", "", "`folder` with edge-provisioner and edge-relay (default: build them from the module in the current folder)")
 	broker := fs.String("broker", "", "the plant's MQTT broker: mosquitto or embedded (default: Mosquitto when installed, else embedded mochi-mqtt)")

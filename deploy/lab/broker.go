@@ -36,7 +36,7 @@ func (l *Lab) startBroker(ctx context.Context) (string, error) {
 	}
 	if l.cfg.Broker != "embedded" && lookErr == nil {
 		if err := l.startMosquitto(ctx, bin, addr); err != nil {
-			return "", err
+			return "", fmt.Errorf("broker: %w", err)
 		}
 		l.printf("broker", "Mosquitto (%s) at mqtt://%s", bin, addr)
 		return "mqtt://" + addr, nil
@@ -68,15 +68,22 @@ func (l *Lab) startMosquitto(ctx context.Context, bin, addr string) error {
 	if err := os.WriteFile(path, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
 		return err
 	}
-	out, err := os.OpenFile(l.path("logs", "mosquitto.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	return l.startDaemon(ctx, "mosquitto", addr, bin, "-c", path)
+}
+
+// startDaemon runs bin with args until the lab closes, its output in
+// logs/NAME.log, and waits until it listens on addr.
+func (l *Lab) startDaemon(ctx context.Context, name, addr, bin string, args ...string) error {
+	logPath := l.path("logs", name+".log")
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, "-c", path)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		out.Close()
-		return fmt.Errorf("broker: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait(); out.Close() }()
@@ -100,13 +107,13 @@ func (l *Lab) startMosquitto(ctx context.Context, bin, addr string) error {
 		select {
 		case err := <-exited:
 			exited <- err
-			return fmt.Errorf("broker: mosquitto exited (%v); see %s", err, l.path("logs", "mosquitto.log"))
+			return fmt.Errorf("%s exited (%v); see %s", name, err, logPath)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("broker: mosquitto does not listen on %s; see %s", addr, l.path("logs", "mosquitto.log"))
+			return fmt.Errorf("%s does not listen on %s; see %s", name, addr, logPath)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/hubemu"
+	"github.com/edgetpm/edgetpm/internal/mssim"
 	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -31,9 +33,14 @@ type dpsInfo struct {
 	service           dpsservice.ConnectionString
 }
 
-// startTPM serves the reference simulator, unless the lab was given a TPM.
-func (l *Lab) startTPM() (string, error) {
-	if l.cfg.TPM != "" {
+// startTPM serves the reference simulator, or starts swtpm with its state
+// in the state folder, unless the lab was given a TPM's URI.
+func (l *Lab) startTPM(ctx context.Context) (string, error) {
+	switch l.cfg.TPM {
+	case "":
+	case "swtpm":
+		return l.startSwtpm(ctx)
+	default:
 		l.printf("tpm", "%s", l.cfg.TPM)
 		return l.cfg.TPM, nil
 	}
@@ -48,6 +55,36 @@ func (l *Lab) startTPM() (string, error) {
 	l.onClose(stop)
 	l.printf("tpm", "reference TPM simulator at %s", uri)
 	return uri, nil
+}
+
+// startSwtpm runs swtpm on two adjacent loopback ports, the TPM's state
+// kept in the state folder from one lab to the next.
+func (l *Lab) startSwtpm(ctx context.Context) (string, error) {
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		return "", fmt.Errorf("tpm: %w", err)
+	}
+	dir := l.path("swtpm")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	cmdL, platL, err := mssim.Listen("127.0.0.1")
+	if err != nil {
+		return "", fmt.Errorf("tpm: %w", err)
+	}
+	addr, port := cmdL.Addr().String(), cmdL.Addr().(*net.TCPAddr).Port
+	cmdL.Close()
+	platL.Close()
+	err = l.startDaemon(ctx, "swtpm", addr, bin, "socket", "--tpm2",
+		"--tpmstate", "dir="+dir,
+		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
+		"--flags", "not-need-init,startup-clear")
+	if err != nil {
+		return "", fmt.Errorf("tpm: %w", err)
+	}
+	l.printf("tpm", "swtpm (%s) at mssim://%s, state in %s", bin, addr, dir)
+	return "mssim://" + addr, nil
 }
 
 // simulatorSeed is the simulator's seed, made once and kept in the state

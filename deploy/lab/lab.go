@@ -36,8 +36,9 @@ type Config struct {
 	// StateDir holds the lab's CA, emulator state, config.toml, logs and
 	// the relay's queue (required).
 	StateDir string
-	// TPM is the TPM URI (mssim://HOST:PORT for swtpm); empty serves the
-	// reference simulator from this process.
+	// TPM is a TPM's URI (mssim://HOST:PORT for swtpm), "swtpm" to start
+	// swtpm with its state in StateDir, or empty to serve the reference
+	// simulator from this process.
 	TPM string
 	// Containerd is containerd's socket; empty runs the relay as a local
 	// process instead of a container.
@@ -153,7 +154,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	tpmURI, err := l.startTPM()
+	tpmURI, err := l.startTPM(ctx)
 	if err != nil {
 		return nil, err
 	}

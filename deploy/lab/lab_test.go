@@ -209,8 +209,9 @@ func TestEmbeddedDefaults(t *testing.T) {
 }
 
 // A lab whose provisioning fails says why and stops what it had started:
-// the emulators' ports are closed and the TPM is free for the next lab.
+// the emulators' ports are closed and the swtpm it started is gone.
 func TestUpFails(t *testing.T) {
+	tpmtest.Need(t, "swtpm")
 	bin := t.TempDir()
 	for name, script := range map[string]string{
 		"edge-provisioner": "#!/bin/sh\necho 'DPS registration: 401 not enrolled' >&2\nexit 4\n",
@@ -221,7 +222,7 @@ func TestUpFails(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	_, err := Up(t.Context(), Config{StateDir: dir, Bin: bin, Broker: "embedded"})
+	_, err := Up(t.Context(), Config{StateDir: dir, TPM: "swtpm", Bin: bin, Broker: "embedded"})
 	if err == nil || !strings.Contains(err.Error(), "edge-provisioner provision") || !strings.Contains(err.Error(), "not enrolled") {
 		t.Fatalf("Up with a failing provisioner = %v", err)
 	}

@@ -265,12 +265,15 @@ func (rt *runtime) metrics(ctx context.Context) (map[string]int64, error) {
 
 // tctiURI turns config.toml's TCTI into the URI of provisioner/tpm.
 func tctiURI(tcti string) (string, error) {
-	switch {
-	case strings.HasPrefix(tcti, "device:"):
-		return tcti, nil
-	case strings.HasPrefix(tcti, "mssim:") || strings.HasPrefix(tcti, "swtpm:"):
+	name, conf, _ := strings.Cut(tcti, ":")
+	switch name {
+	case "device":
+		if conf == "" {
+			conf = "/dev/tpm0" // tss-esapi's default
+		}
+		return "device:" + conf, nil
+	case "mssim", "swtpm":
 		host, port := "127.0.0.1", "2321"
-		_, conf, _ := strings.Cut(tcti, ":")
 		for kv := range strings.SplitSeq(conf, ",") {
 			k, v, _ := strings.Cut(kv, "=")
 			switch k {

@@ -308,7 +308,12 @@ func (s *Server) viewLocked(c *configuration) configView {
 // different from every one given out before. s.deployMu must be held.
 func (s *Server) nextETagLocked() string {
 	s.etagSeq++
-	return base64.StdEncoding.EncodeToString([]byte(strconv.FormatUint(s.etagSeq, 10)))
+	return etagOf(s.etagSeq)
+}
+
+// etagOf is the ETag of number n, IoT Hub style: base64 of its digits.
+func etagOf(n uint64) string {
+	return base64.StdEncoding.EncodeToString([]byte(strconv.FormatUint(n, 10)))
 }
 
 // ifMatch reads a request's If-Match: "" when there is none, "*", or the

@@ -20,8 +20,12 @@
 //   - a service API shaped like IoT Hub's REST API (§6.3): twins with
 //     device tags, methods, automatic deployments (configurations with
 //     ETags, target conditions, priorities, layers and metrics) applied to
-//     the devices of Config.Devices, applyConfigurationContent, and, with
-//     Config.ServicePolicies, service SAS authentication;
+//     the devices of Config.Devices, applyConfigurationContent, the module
+//     identity registry aziot-identityd uses (create, update with
+//     If-Match, get, list, delete; sas keys given or generated, which then
+//     authenticate the module instead of Config.Key), and, with
+//     Config.ServicePolicies, service SAS authentication, or a device's
+//     own SAS token on its module registry;
 //   - simulated edgeAgents for fleets (Config.Agent) that report
 //     lastDesiredStatus as edgeAgent does, so deployment metrics count;
 //   - faults injected at run time (dropped connections, held PUBACKs,

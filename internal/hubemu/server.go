@@ -52,7 +52,8 @@ const (
 
 // Errors callers branch on.
 var (
-	// ErrUnknownIdentity: Config.Key does not know the device or module.
+	// ErrUnknownIdentity: neither Config.Key nor the module registry of the
+	// service API knows the device or module.
 	ErrUnknownIdentity = errors.New("unknown identity")
 	// ErrNotConnected: the module is not connected or has not subscribed to
 	// the topic needed (IoT Hub answers 404).
@@ -79,7 +80,10 @@ type Config struct {
 	// Key returns the primary key of a module identity (moduleID != "") or
 	// a device identity (moduleID == ""); ok false means unknown identity.
 	// It is called at every CONNECT and re-authentication, so a removed
-	// identity loses its connection at the next re-authentication.
+	// identity loses its connection at the next re-authentication. A module
+	// created through the service API's module registry is authenticated
+	// with its registry key instead, and one deleted there is unknown even
+	// if Key knows it.
 	Key func(deviceID, moduleID string) (key []byte, ok bool)
 	// Routes maps a route name to an edgeHub route (edge-runtime.md §6):
 	// "FROM <source> INTO <sink>", sources /messages/*,
@@ -132,7 +136,8 @@ type Config struct {
 // Server is the emulator. Create it with New and run it with Serve.
 type Server struct {
 	hub, gateway string
-	key          func(deviceID, moduleID string) ([]byte, bool)
+	cfgKey       func(deviceID, moduleID string) ([]byte, bool) // Config.Key
+	key          func(deviceID, moduleID string) ([]byte, bool) // identityKey: the registry, then Config.Key
 	routes       []route
 	reauth       time.Duration
 	ackTimeout   time.Duration
@@ -172,6 +177,14 @@ type Server struct {
 	// with no other lock held, and before twinMu.
 	agentMu sync.Mutex
 
+	// regMu guards the module registry of the service API. It is a leaf:
+	// no other lock is taken while it is held, so identityKey may be
+	// called under any lock.
+	regMu   sync.Mutex
+	modules map[identity]*moduleIdentity // created through the registry
+	removed map[identity]bool            // deleted through it, not created again
+	regSeq  uint64                       // the last registry ETag number
+
 	ridSeq     atomic.Uint64
 	stallUntil atomic.Int64 // UnixNano; PUBACKs held until then
 	refuseTill atomic.Int64 // UnixNano; CONNACK 3 until then
@@ -182,7 +195,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		hub:        cfg.HubHostName,
 		gateway:    cfg.GatewayHostName,
-		key:        cfg.Key,
+		cfgKey:     cfg.Key,
 		reauth:     cfg.ReauthInterval,
 		ackTimeout: cfg.MessageAckTimeout,
 		ttl:        cfg.MessageTTL,
@@ -199,10 +212,13 @@ func New(cfg Config) (*Server, error) {
 		upWake:     make(chan struct{}),
 		methods:    map[string]chan methodResult{},
 		twins:      map[identity]*twinState{},
+		modules:    map[identity]*moduleIdentity{},
+		removed:    map[identity]bool{},
 	}
-	if s.key == nil {
+	if s.cfgKey == nil {
 		return nil, errors.New("hubemu: Config.Key is required")
 	}
+	s.key = s.identityKey
 	if s.hub == "" {
 		s.hub = DefaultHubHostName
 	}

@@ -22,15 +22,25 @@ import (
 //	GET   /configurations/{id}, GET /configurations?top=N
 //	DELETE /configurations/{id}           204, If-Match optional
 //	POST  /devices/{d}/applyConfigurationContent  {"modulesContent":{...}} → 204
+//	PUT   /devices/{d}/modules/{m}        module identity: create (no If-Match) or update (If-Match) → 200
+//	GET   /devices/{d}/modules/{m}, GET /devices/{d}/modules
+//	DELETE /devices/{d}/modules/{m}       204, If-Match optional
 //	GET   /messages/upstream              (emulator only) messages routed to $upstream
 //
 // Twins are {"deviceId","moduleId","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}},
-// device twins with "tags" too. If-Match is "*" or the ETag in double
-// quotes, as IoT Hub wants it (the JSON "etag" has none; the ETag header
-// has them). Errors are {"Message":"ErrorCode:<code>;..."}:
-// 400 bad request, 401 unauthorized (with Config.ServicePolicies), 404
-// unknown identity, configuration or module not connected, 412 ETag
-// mismatch, 504 method timeout.
+// device twins with "tags" too. Module identities are {"moduleId",
+// "deviceId","managedBy","generationId","etag","connectionState",...,
+// "authentication":{"symmetricKey":{"primaryKey","secondaryKey"},"type":"sas"}}
+// (registry.go). If-Match is "*" or the ETag in double quotes, as IoT Hub
+// wants it (the JSON "etag" has none; the ETag header has them). Errors
+// are {"Message":"ErrorCode:<code>;..."}: 400 bad request, 401
+// unauthorized (with Config.ServicePolicies), 404 unknown device or
+// identity, configuration, module identity, or module not connected, 409
+// module identity exists, 412 ETag mismatch, 504 method timeout.
+//
+// With Config.ServicePolicies, requests need a service SAS token; the
+// module identity routes of a device also take a token of that device
+// (audience {hub}/devices/{d}, no skn), as aziot-identityd sends.
 func (s *Server) ServiceHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /twins/{d}/modules/{m}", s.serveGetTwin)
@@ -44,6 +54,10 @@ func (s *Server) ServiceHandler() http.Handler {
 	mux.HandleFunc("GET /configurations", s.serveListConfigurations)
 	mux.HandleFunc("DELETE /configurations/{id}", s.serveDeleteConfiguration)
 	mux.HandleFunc("POST /devices/{d}/applyConfigurationContent", s.serveApplyContent)
+	mux.HandleFunc("PUT /devices/{d}/modules/{m}", s.servePutModule)
+	mux.HandleFunc("GET /devices/{d}/modules/{m}", s.serveGetModule)
+	mux.HandleFunc("GET /devices/{d}/modules", s.serveListModules)
+	mux.HandleFunc("DELETE /devices/{d}/modules/{m}", s.serveDeleteModule)
 	mux.HandleFunc("GET /messages/upstream", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Upstream())
 	})
@@ -64,8 +78,9 @@ func (s *Server) ServiceHandler() http.Handler {
 // authorizeService checks a request's service SAS token when
 // Config.ServicePolicies is set (edge-runtime.md §6.3): sr the hub host,
 // skn a known policy, signed with its key, not expired past the 5 minute
-// skew. It returns why a request is refused, "" when it is not; the reason
-// never quotes the token.
+// skew. A token without skn on a device's module registry is that device's
+// (authorizeDevice). It returns why a request is refused, "" when it is
+// not; the reason never quotes the token.
 func (s *Server) authorizeService(r *http.Request) string {
 	if len(s.policies) == 0 {
 		return ""
@@ -78,6 +93,9 @@ func (s *Server) authorizeService(r *http.Request) string {
 	if err != nil {
 		return "malformed SAS token"
 	}
+	if d, ok := registryDevice(r); ok && tok.KeyName == "" {
+		return s.authorizeDevice(tok, d)
+	}
 	key, ok := s.policies[tok.KeyName]
 	if tok.KeyName == "" || !ok {
 		return "unknown shared access policy"
@@ -85,7 +103,13 @@ func (s *Server) authorizeService(r *http.Request) string {
 	if tok.MatchAudience(s.hub) != nil {
 		return "token audience is not the hub"
 	}
-	if err := tok.Verify(key, s.now()); err != nil {
+	return verifyReason(tok, key, s.now())
+}
+
+// verifyReason verifies tok with key at now and returns why it fails, ""
+// when it does not.
+func verifyReason(tok *sas.Token, key []byte, now time.Time) string {
+	if err := tok.Verify(key, now); err != nil {
 		if errors.Is(err, sas.ErrExpired) {
 			return "token expired"
 		}

@@ -159,13 +159,18 @@ func (l *Lab) enroll(ctx context.Context, tpmURI string, d dpsInfo) error {
 	return nil
 }
 
+// hubInfo is how devices reach the IoT Hub emulator.
+type hubInfo struct {
+	mqtt    string // host:port of MQTT over TLS
+	service string // base URL of the REST API
+}
+
 // startHub serves the IoT Hub emulator: MQTT over TLS, as edgeHub and IoT
-// Hub, and the service API, with the device keys DPS assigns. It returns
-// the MQTT address.
-func (l *Lab) startHub() (string, error) {
+// Hub, and the REST API, with the device keys DPS assigns.
+func (l *Lab) startHub() (hubInfo, error) {
 	owner, err := ServicePolicy(l.stateDir, Hub)
 	if err != nil {
-		return "", err
+		return hubInfo{}, err
 	}
 	gateway := gatewayHostName()
 	emu, err := hubemu.New(hubemu.Config{
@@ -178,15 +183,15 @@ func (l *Lab) startHub() (string, error) {
 		Log:             l.log.With().Str("part", "hub").Logger(),
 	})
 	if err != nil {
-		return "", err
+		return hubInfo{}, err
 	}
 	tlsConfig, err := l.ca.ServerTLS(gateway, Hub, "localhost", "127.0.0.1")
 	if err != nil {
-		return "", err
+		return hubInfo{}, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", fmt.Errorf("hub: %w", err)
+		return hubInfo{}, fmt.Errorf("hub: %w", err)
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -195,16 +200,16 @@ func (l *Lab) startHub() (string, error) {
 	l.hub = emu
 	serviceURL, err := l.serveHTTPS("hub", emu.ServiceHandler(), gateway, Hub, "localhost", "127.0.0.1")
 	if err != nil {
-		return "", err
+		return hubInfo{}, err
 	}
 	addr := ln.Addr().String()
 	for name, v := range map[string]string{HubEndpointFile: addr, HubServiceFile: serviceURL} {
 		if err := atomicfile.WriteFile(l.path(name), []byte(v+"\n"), 0o644); err != nil {
-			return "", err
+			return hubInfo{}, err
 		}
 	}
 	l.printf("hub", "IoT Hub emulator %s: MQTT at %s (gateway %s), service API at %s", Hub, addr, gateway, serviceURL)
-	return addr, nil
+	return hubInfo{mqtt: addr, service: serviceURL}, nil
 }
 
 // serveHTTPS serves h over TLS on a loopback port until the lab closes,

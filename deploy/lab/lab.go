@@ -165,7 +165,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := l.enroll(ctx, tpmURI, dps); err != nil {
 		return nil, err
 	}
-	hubAddr, err := l.startHub()
+	hub, err := l.startHub()
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +177,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.startRuntime(ctx, bins, hubAddr); err != nil {
+	if err := l.startRuntime(ctx, bins, hub); err != nil {
 		return nil, err
 	}
 	if err := l.configureRelay(ctx, brokerURL); err != nil {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,6 +113,28 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("the relay runs as uid %d, want the image's %d", spec.Process.User.UID, containerUID)
 	}
 	until.True(t, "the relay to connect", func() bool { return l.hub.Connected(l.identity.DeviceID, ModuleID) })
+	// The runtime made the relay's module identity in IoT Hub, and the
+	// container runs as its generation.
+	owner, err := ServicePolicy(l.stateDir, Hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := owner.Token(t.Context(), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/devices/"+l.identity.DeviceID+"/modules/"+ModuleID+"?api-version=2021-04-12", nil)
+	req.Header.Set("Authorization", token)
+	rec := httptest.NewRecorder()
+	l.hub.ServiceHandler().ServeHTTP(rec, req)
+	var mod struct {
+		GenerationID    string `json:"generationId"`
+		ConnectionState string `json:"connectionState"`
+	}
+	json.Unmarshal(rec.Body.Bytes(), &mod)
+	if rec.Code != http.StatusOK || mod.GenerationID == "" || !strings.Contains(env, "IOTEDGE_MODULEGENERATIONID="+mod.GenerationID+"\n") || mod.ConnectionState != "Connected" {
+		t.Errorf("the relay's module identity: %d %s; container environment:\n%s", rec.Code, rec.Body, env)
+	}
 	upstreamAtLeast(t, l, 100)
 
 	// A desired-property change is applied and reported.

@@ -2,9 +2,14 @@ package lab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +22,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/workloademu"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
@@ -61,7 +67,7 @@ type launcher interface {
 // Edge mounts it (edge-runtime.md §1.1).
 const containerSocket = "/var/run/iotedge/workload.sock"
 
-func (l *Lab) startRuntime(ctx context.Context, b binaries, hubAddr string) error {
+func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {
 	start := time.Now()
 	doc, err := edgeconfig.Load(l.path("config.toml"))
 	if err != nil {
@@ -96,13 +102,11 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hubAddr string) erro
 	if res.DeviceID != l.identity.DeviceID || res.AssignedHub != l.identity.AssignedHub {
 		return fmt.Errorf("runtime: DPS assigned %s on %s, the provisioner %s on %s", res.DeviceID, res.AssignedHub, l.identity.DeviceID, l.identity.AssignedHub)
 	}
-	// The relay's module identity: its key is derived from the device key
-	// inside the TPM, as the lab hub derives it (registry.ModuleKey).
-	moduleKey, err := t.Sign(ctx, []byte("module/"+ModuleID))
+	generationID, moduleKey, err := l.createModule(ctx, t, hub.service, res.AssignedHub, res.DeviceID)
 	if err != nil {
-		return fmt.Errorf("runtime: derive the module key: %w", err)
+		return fmt.Errorf("runtime: %w", err)
 	}
-	l.printf("runtime", "config.toml read; registered with DPS through the TPM as %s on %s in %v", res.DeviceID, res.AssignedHub, since(start))
+	l.printf("runtime", "config.toml read; registered with DPS through the TPM as %s on %s; module identity %s created with the device's credentials; in %v", res.DeviceID, res.AssignedHub, ModuleID, since(start))
 
 	// The workload socket: under the system's temporary folder, since a
 	// socket path must stay under 108 bytes.
@@ -160,12 +164,12 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hubAddr string) erro
 			"IOTEDGE_DEVICEID=" + res.DeviceID,
 			"IOTEDGE_IOTHUBHOSTNAME=" + res.AssignedHub,
 			"IOTEDGE_GATEWAYHOSTNAME=" + p.Hostname,
-			"IOTEDGE_MODULEGENERATIONID=" + strings.ToLower(rand.Text()[:12]),
+			"IOTEDGE_MODULEGENERATIONID=" + generationID,
 			"IOTEDGE_APIVERSION=2022-08-03",
 			"IOTEDGE_AUTHSCHEME=sasToken",
 			// edgeHub listens on the gateway's port 8883; the lab's is a
 			// free loopback port.
-			"EDGE_RELAY_HUB_ADDRESS=" + hubAddr,
+			"EDGE_RELAY_HUB_ADDRESS=" + hub.mqtt,
 		},
 		args:    []string{"--metrics-addr", metricsAddr},
 		socket:  socket,
@@ -186,6 +190,92 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hubAddr string) erro
 	l.printf("relay", "edge-relay running %s, metrics at http://%s/metrics", launch, metricsAddr)
 	return nil
 }
+
+// createModule creates the relay's module identity in IoT Hub with the
+// device's own credentials (SAS tokens signed in the TPM), as
+// aziot-identityd does for the modules of an edge device: a PUT without
+// keys, then an update with keys derived from "moduleId:generationId"
+// inside the TPM, as aziot-keyd derives them (iot-identity-service
+// aziot-identityd/src/identity.rs). A module made by a lab before is
+// updated. It returns the module's generation ID and primary key.
+func (l *Lab) createModule(ctx context.Context, t *tpm.TPM, serviceURL, hub, device string) (generationID string, key []byte, err error) {
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: l.ca.Pool()}}, Timeout: 30 * time.Second}
+	defer hc.CloseIdleConnections()
+	url := fmt.Sprintf("%s/devices/%s/modules/%s?api-version=%s", serviceURL, device, ModuleID, hubAPIVersion)
+	call := func(method, ifMatch string, body any) (map[string]any, error) {
+		token, err := sas.New(ctx, t, sas.DeviceResource(hub, device), "", time.Now().Add(time.Hour))
+		if err != nil {
+			return nil, err
+		}
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, url, rd)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", token)
+		req.Header.Set("Content-Type", "application/json")
+		if ifMatch != "" {
+			req.Header.Set("If-Match", ifMatch)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, &hubError{status: resp.StatusCode, msg: string(bytes.TrimSpace(b))}
+		}
+		var m map[string]any
+		return m, json.Unmarshal(b, &m)
+	}
+	m, err := call(http.MethodPut, "", map[string]string{"moduleId": ModuleID, "deviceId": device})
+	if he := (*hubError)(nil); errors.As(err, &he) && he.status == http.StatusConflict {
+		m, err = call(http.MethodGet, "", nil) // made by a lab before
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("create module identity %s: %w", ModuleID, err)
+	}
+	generationID, _ = m["generationId"].(string)
+	keys := map[string]string{}
+	for _, name := range []string{"primary", "secondary"} {
+		k, err := t.Sign(ctx, []byte(ModuleID+":"+generationID+":"+name))
+		if err != nil {
+			return "", nil, fmt.Errorf("derive the module key: %w", err)
+		}
+		if name == "primary" {
+			key = k
+		}
+		keys[name+"Key"] = base64.StdEncoding.EncodeToString(k)
+	}
+	_, err = call(http.MethodPut, "*", map[string]any{
+		"moduleId": ModuleID, "deviceId": device,
+		"authentication": map[string]any{"type": "sas", "symmetricKey": keys},
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("set the keys of module identity %s: %w", ModuleID, err)
+	}
+	return generationID, key, nil
+}
+
+// hubError is an IoT Hub REST answer other than 200.
+type hubError struct {
+	status int
+	msg    string
+}
+
+func (e *hubError) Error() string { return fmt.Sprintf("%d %s", e.status, e.msg) }
+
+// hubAPIVersion is the api-version aziot-identityd sends to IoT Hub's
+// module registry (aziot-cloud-client-async src/hub/mod.rs).
+const hubAPIVersion = "2017-11-08-preview"
 
 // supervise runs the module, again after each exit, with edgeAgent's
 // growing delay, until ctx ends.

@@ -47,7 +47,6 @@ type runtime struct {
 
 // moduleSpec is what a launcher runs.
 type moduleSpec struct {
-	id      string
 	env     []string // IOTEDGE_* and the relay's own
 	args    []string // after the binary
 	socket  string   // the workload socket on the host
@@ -157,7 +156,6 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {
 		return err
 	}
 	spec := moduleSpec{
-		id: ModuleID,
 		env: []string{
 			"IOTEDGE_WORKLOADURI=" + workloadURI,
 			"IOTEDGE_MODULEID=" + ModuleID,
@@ -186,6 +184,8 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {
 	case <-started:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-time.After(time.Minute):
+		return fmt.Errorf("relay: not started after a minute; see %s", l.path("logs", "lab.log"))
 	}
 	l.printf("relay", "edge-relay running %s, metrics at http://%s/metrics", launch, metricsAddr)
 	return nil

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/edgetpm/edgetpm/internal/azrest"
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/workloademu"
@@ -207,34 +207,19 @@ func (l *Lab) createModule(ctx context.Context, t *tpm.TPM, serviceURL, hub, dev
 		if err != nil {
 			return nil, err
 		}
-		var rd io.Reader
+		var b []byte
 		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
+			b, _ = json.Marshal(body)
 		}
-		req, err := http.NewRequestWithContext(ctx, method, url, rd)
+		status, data, err := azrest.Do(ctx, hc, token, azrest.Request{Method: method, URL: url, IfMatch: ifMatch, Body: b})
 		if err != nil {
 			return nil, err
 		}
-		req.Header.Set("Authorization", token)
-		req.Header.Set("Content-Type", "application/json")
-		if ifMatch != "" {
-			req.Header.Set("If-Match", ifMatch)
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if err != nil {
-			return nil, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return nil, &hubError{status: resp.StatusCode, msg: string(bytes.TrimSpace(b))}
+		if status != http.StatusOK {
+			return nil, &hubError{status: status, msg: string(bytes.TrimSpace(data))}
 		}
 		var m map[string]any
-		return m, json.Unmarshal(b, &m)
+		return m, json.Unmarshal(data, &m)
 	}
 	m, err := call(http.MethodPut, "", map[string]string{"moduleId": ModuleID, "deviceId": device})
 	if he := (*hubError)(nil); errors.As(err, &he) && he.status == http.StatusConflict {

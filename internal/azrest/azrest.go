@@ -1,8 +1,8 @@
 // Package azrest makes one call to an Azure service REST API (DPS, IoT
-// Hub) authenticated by a shared access policy: a fresh SAS token for the
-// policy's host in Authorization, JSON in and out, If-Match passed on, and
-// a bounded read of the answer. The service clients map its status codes
-// to their own errors.
+// Hub) authenticated by a SAS token (a shared access policy's, or a
+// device's for its own module identities): the token in Authorization,
+// JSON in and out, If-Match passed on, and a bounded read of the answer.
+// The callers map its status codes to their own errors.
 package azrest
 
 import (
@@ -11,9 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"time"
-
-	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // maxBody bounds what is read from a response.
@@ -28,14 +25,10 @@ type Request struct {
 	Body []byte
 }
 
-// Do sends r with a token of policy p that expires at expiry, through hc
-// (nil: http.DefaultClient), and returns the status and body of the
-// answer, whatever the status.
-func Do(ctx context.Context, hc *http.Client, p sas.Policy, expiry time.Time, r Request) (int, []byte, error) {
-	token, err := p.Token(ctx, expiry)
-	if err != nil {
-		return 0, nil, err
-	}
+// Do sends r with token in Authorization, through hc (nil:
+// http.DefaultClient), and returns the status and body of the answer,
+// whatever the status.
+func Do(ctx context.Context, hc *http.Client, token string, r Request) (int, []byte, error) {
 	var body io.Reader
 	if r.Body != nil {
 		body = bytes.NewReader(r.Body)

@@ -80,7 +80,11 @@ func (c *Client) do(ctx context.Context, method, registrationID, ifMatch string,
 		now = c.Now
 	}
 	// sr = HostName (dps-tpm.md §10).
-	status, data, err := azrest.Do(ctx, c.HTTP, c.Conn, now().Add(tokenTTL), azrest.Request{Method: method, URL: u, IfMatch: ifMatch, Body: body})
+	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
+	if err != nil {
+		return err
+	}
+	status, data, err := azrest.Do(ctx, c.HTTP, token, azrest.Request{Method: method, URL: u, IfMatch: ifMatch, Body: body})
 	if err != nil {
 		return err
 	}

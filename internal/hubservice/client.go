@@ -184,7 +184,11 @@ func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out
 		ifMatch = `"` + ifMatch + `"`
 	}
 	// sr = the hub's host name, skn = the policy (edge-runtime.md §6.3).
-	status, data, err := azrest.Do(ctx, c.HTTP, c.Conn, now().Add(tokenTTL), azrest.Request{
+	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
+	if err != nil {
+		return err
+	}
+	status, data, err := azrest.Do(ctx, c.HTTP, token, azrest.Request{
 		Method: method, URL: endpoint + path + sep + "api-version=" + APIVersion, IfMatch: ifMatch, Body: data,
 	})
 	if err != nil {

@@ -20,7 +20,6 @@ import (
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/registry"
 )
 
 // shutdownTimeout bounds the wait for requests in flight on exit.
@@ -93,25 +92,9 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	reg, err := registry.New(filepath.Join(stateDir, lab.RegistryFile))
-	if err != nil {
-		return err
-	}
 	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger()
-	emu, err := dpsemu.New(dpsemu.Config{
-		StateFile:  filepath.Join(stateDir, lab.DPSStateFile),
-		Registry:   reg,
-		Hubs:       hubs,
-		RetryAfter: *retryAfter,
-		Log:        logger,
-	})
+	emu, err := lab.NewDPS(stateDir, hubs, *retryAfter, logger)
 	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, lab.DPSConnFile), []byte(emu.ConnectionString().ConnectionString()+"\n"), 0o600); err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, lab.IDScopeFile), []byte(emu.IDScope()+"\n"), 0o644); err != nil {
 		return err
 	}
 

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -19,7 +18,6 @@ import (
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/internal/workloademu"
 )
@@ -60,7 +58,7 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if *gateway == "" {
-		*gateway, _ = os.Hostname()
+		*gateway = lab.GatewayHostName()
 	}
 	if len(routes) == 0 {
 		routes["upstream"] = "FROM /messages/* INTO $upstream"
@@ -73,21 +71,8 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	owner, err := lab.ServicePolicy(stateDir, *hub)
-	if err != nil {
-		return err
-	}
 	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger()
-	emu, err := hubemu.New(hubemu.Config{
-		HubHostName:     *hub,
-		GatewayHostName: *gateway,
-		Key:             registry.Lookup(filepath.Join(stateDir, lab.RegistryFile), *hub),
-		Routes:          routes,
-		ServicePolicies: map[string][]byte{owner.KeyName: owner.Key},
-		// Deployments target the devices lab dps registered.
-		Devices: func() []string { return lab.RegisteredDevices(stateDir, *hub) },
-		Log:     logger,
-	})
+	emu, err := lab.NewHub(stateDir, *hub, *gateway, routes, logger)
 	if err != nil {
 		return err
 	}

@@ -17,9 +17,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/mssim"
-	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
@@ -103,16 +101,8 @@ func (l *Lab) simulatorSeed() (int64, error) {
 
 // startDPS serves the DPS emulator over HTTPS with the lab CA.
 func (l *Lab) startDPS() (dpsInfo, error) {
-	reg, err := registry.New(l.path(RegistryFile))
-	if err != nil {
-		return dpsInfo{}, err
-	}
-	emu, err := dpsemu.New(dpsemu.Config{
-		StateFile:  l.path(DPSStateFile),
-		Registry:   reg,
-		RetryAfter: 1, // the least DPS sends and the C SDK honours (dps-tpm.md §8.2)
-		Log:        l.log.With().Str("part", "dps").Logger(),
-	})
+	// retry-after 1: the least DPS sends and the C SDK honours (dps-tpm.md §8.2).
+	emu, err := NewDPS(l.stateDir, nil, 1, l.log.With().Str("part", "dps").Logger())
 	if err != nil {
 		return dpsInfo{}, err
 	}
@@ -121,12 +111,7 @@ func (l *Lab) startDPS() (dpsInfo, error) {
 		return dpsInfo{}, err
 	}
 	d := dpsInfo{endpoint: endpoint, idScope: emu.IDScope(), service: emu.ConnectionString()}
-	for name, v := range map[string]string{DPSEndpointFile: endpoint, IDScopeFile: d.idScope} {
-		if err := atomicfile.WriteFile(l.path(name), []byte(v+"\n"), 0o644); err != nil {
-			return d, err
-		}
-	}
-	if err := atomicfile.WriteFile(l.path(DPSConnFile), []byte(d.service.ConnectionString()+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(l.path(DPSEndpointFile), []byte(endpoint+"\n"), 0o644); err != nil {
 		return d, err
 	}
 	l.printf("dps", "DPS emulator at %s, id scope %s", endpoint, d.idScope)
@@ -168,20 +153,8 @@ type hubInfo struct {
 // startHub serves the IoT Hub emulator: MQTT over TLS, as edgeHub and IoT
 // Hub, and the REST API, with the device keys DPS assigns.
 func (l *Lab) startHub() (hubInfo, error) {
-	owner, err := ServicePolicy(l.stateDir, Hub)
-	if err != nil {
-		return hubInfo{}, err
-	}
-	gateway := gatewayHostName()
-	emu, err := hubemu.New(hubemu.Config{
-		HubHostName:     Hub,
-		GatewayHostName: gateway,
-		Key:             registry.Lookup(l.path(RegistryFile), Hub),
-		Routes:          map[string]string{"upstream": "FROM /messages/* INTO $upstream"},
-		ServicePolicies: map[string][]byte{owner.KeyName: owner.Key},
-		Devices:         func() []string { return RegisteredDevices(l.stateDir, Hub) },
-		Log:             l.log.With().Str("part", "hub").Logger(),
-	})
+	gateway := GatewayHostName()
+	emu, err := NewHub(l.stateDir, Hub, gateway, map[string]string{"upstream": "FROM /messages/* INTO $upstream"}, l.log.With().Str("part", "hub").Logger())
 	if err != nil {
 		return hubInfo{}, err
 	}
@@ -247,9 +220,10 @@ func (l *Lab) serveHTTPS(part string, h http.Handler, names ...string) (string, 
 	return "https://" + ln.Addr().String(), nil
 }
 
-// gatewayHostName is the edge device's host name, as config.toml's
-// hostname and edgeHub's certificate carry it.
-func gatewayHostName() string {
+// GatewayHostName is this machine's host name as an edge device's
+// hostname in config.toml and edgeHub's certificate carry it: lower case,
+// or edge-lab when it has none usable.
+func GatewayHostName() string {
 	h, err := os.Hostname()
 	if err != nil || h == "" || strings.ContainsAny(h, "_ ") {
 		return "edge-lab"

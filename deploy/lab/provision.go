@@ -38,7 +38,7 @@ func (l *Lab) provision(ctx context.Context, b binaries, tpmURI string, d dpsInf
 		"--ca-file", l.path(pki.CertFile),
 		"--aziot-config", l.path("config.toml"),
 		"--state", l.path("provisioner", "assignment.json"),
-		"--hostname", gatewayHostName(),
+		"--hostname", GatewayHostName(),
 		"--no-apply", "--no-wait",
 	}
 	if b.archive != "" {

@@ -8,9 +8,12 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
+	"github.com/edgetpm/edgetpm/internal/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/hubemu"
 	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/rs/zerolog"
 )
 
 // Files of a lab state folder, which the lab's daemons (edge-deploy lab
@@ -73,4 +76,48 @@ func RegisteredDevices(stateDir, hub string) []string {
 		}
 	}
 	return out
+}
+
+// NewDPS returns the lab's DPS emulator, with its state and the device
+// registry in the state folder, and writes its ID scope and service
+// connection string (0600) there for lab enroll.
+func NewDPS(stateDir string, hubs []dpsemu.Hub, retryAfter int, log zerolog.Logger) (*dpsemu.Server, error) {
+	reg, err := registry.New(filepath.Join(stateDir, RegistryFile))
+	if err != nil {
+		return nil, err
+	}
+	emu, err := dpsemu.New(dpsemu.Config{
+		StateFile:  filepath.Join(stateDir, DPSStateFile),
+		Registry:   reg,
+		Hubs:       hubs,
+		RetryAfter: retryAfter,
+		Log:        log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, DPSConnFile), []byte(emu.ConnectionString().ConnectionString()+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	return emu, atomicfile.WriteFile(filepath.Join(stateDir, IDScopeFile), []byte(emu.IDScope()+"\n"), 0o644)
+}
+
+// NewHub returns the lab's emulator of IoT hub hub for the edge device
+// gateway: device keys from the registry lab dps fills, the iothubowner
+// policy of ServicePolicy, and the registered devices as the targets of
+// deployments.
+func NewHub(stateDir, hub, gateway string, routes map[string]string, log zerolog.Logger) (*hubemu.Server, error) {
+	owner, err := ServicePolicy(stateDir, hub)
+	if err != nil {
+		return nil, err
+	}
+	return hubemu.New(hubemu.Config{
+		HubHostName:     hub,
+		GatewayHostName: gateway,
+		Key:             registry.Lookup(filepath.Join(stateDir, RegistryFile), hub),
+		Routes:          routes,
+		ServicePolicies: map[string][]byte{owner.KeyName: owner.Key},
+		Devices:         func() []string { return RegisteredDevices(stateDir, hub) },
+		Log:             log,
+	})
 }

@@ -11,9 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
-
-	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/deploy/image"
 )
@@ -72,7 +69,7 @@ func imageBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger()
+	log := consoleLog(stderr)
 	res, err := image.Build(ctx, image.Options{
 		Dir:       root,
 		Platforms: platforms,

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
@@ -92,7 +90,7 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger()
+	logger := consoleLog(stderr)
 	emu, err := lab.NewDPS(stateDir, hubs, *retryAfter, logger)
 	if err != nil {
 		return err

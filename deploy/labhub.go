@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsemu"
@@ -71,7 +69,7 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger()
+	logger := consoleLog(stderr)
 	emu, err := lab.NewHub(stateDir, *hub, *gateway, routes, logger)
 	if err != nil {
 		return err
@@ -159,7 +157,7 @@ func labWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	emu, err := workloademu.New(workloademu.Config{
 		Key: func(module string) ([]byte, bool) { return lookup(*device, module) },
 		CA:  ca,
-		Log: zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger(),
+		Log: consoleLog(stderr),
 	})
 	if err != nil {
 		return err

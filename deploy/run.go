@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
+
+	"github.com/rs/zerolog"
 )
 
 const usage = `usage: edge-deploy <command> [flags]
@@ -120,4 +123,9 @@ func parseArgs(fs *flag.FlagSet, args []string) error {
 		return &usageError{err}
 	}
 	return nil
+}
+
+// consoleLog is the log of a command: plain lines with a time, on w.
+func consoleLog(w io.Writer) zerolog.Logger {
+	return zerolog.New(zerolog.ConsoleWriter{Out: w, NoColor: true, TimeFormat: time.RFC3339}).With().Timestamp().Logger()
 }

@@ -69,7 +69,6 @@ type Lab struct {
 	stateDir string
 	ca       *pki.CA
 	log      zerolog.Logger
-	progress io.Writer
 
 	hub     *hubemu.Server
 	runtime *runtime
@@ -132,7 +131,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			return nil, err
 		}
 	}
-	l = &Lab{cfg: cfg, stateDir: stateDir, ca: ca, progress: cfg.Progress}
+	l = &Lab{cfg: cfg, stateDir: stateDir, ca: ca}
 	started := l // the returns below set l to nil
 	defer func() {
 		if err != nil {
@@ -282,6 +281,6 @@ func (l *Lab) path(elem ...string) string {
 
 // printf prints a progress line for part.
 func (l *Lab) printf(part, format string, args ...any) {
-	fmt.Fprintf(l.progress, "%-10s %s\n", part, fmt.Sprintf(format, args...))
+	fmt.Fprintf(l.cfg.Progress, "%-10s %s\n", part, fmt.Sprintf(format, args...))
 	l.log.Info().Str("part", part).Msgf(format, args...)
 }

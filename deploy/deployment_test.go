@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
+	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 )
 
 // cmd runs edge-deploy with args and returns its output and error.

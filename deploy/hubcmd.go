@@ -20,9 +20,10 @@ import (
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/deploy/manifest"
 	"github.com/edgetpm/edgetpm/deploy/rollout"
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 	"github.com/edgetpm/edgetpm/internal/hubservice"
-	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 )
 
 // envConnectionString holds the IoT Hub service connection string: never
@@ -68,7 +69,7 @@ func (h *hubFlags) client(getenv func(string) string) (*hubservice.Client, error
 	if err != nil {
 		return nil, err
 	}
-	roots, err := pki.TrustFile(h.caFile)
+	roots, err := tlsconfig.TrustFile(h.caFile)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 )
 
 // shutdownTimeout bounds the wait for requests in flight on exit.

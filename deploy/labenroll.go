@@ -13,8 +13,9 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 )
 
@@ -75,7 +76,7 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	roots, err := pki.TrustFile(filepath.Join(*dir, pki.CertFile))
+	roots, err := tlsconfig.TrustFile(filepath.Join(*dir, pki.CertFile))
 	if err != nil {
 		return err
 	}

@@ -15,9 +15,9 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
 	"github.com/edgetpm/edgetpm/internal/registry"
-	"github.com/edgetpm/edgetpm/internal/workloademu"
 )
 
 // routeFlag collects repeated --route NAME=ROUTE values.

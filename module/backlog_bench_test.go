@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 )
 
 // BenchmarkBacklog is the outage the relay is for, end to end, with

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 )
 
 var buildOnce = sync.OnceValues(func() (string, error) {

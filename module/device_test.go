@@ -11,9 +11,9 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/activation"
 	"github.com/edgetpm/edgetpm/internal/assignment"
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 	"github.com/edgetpm/edgetpm/internal/until"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )

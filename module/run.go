@@ -20,8 +20,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
-	"github.com/edgetpm/edgetpm/internal/pki"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/relay"
@@ -237,7 +237,7 @@ func connection(ctx context.Context, getenv env, deviceState, caFile string) (*c
 }
 
 func pickConnection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
-	roots, err := pki.TrustFile(caFile)
+	roots, err := tlsconfig.TrustFile(caFile)
 	if err != nil {
 		return nil, err
 	}

@@ -13,11 +13,11 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
 	"github.com/edgetpm/edgetpm/internal/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 	"github.com/edgetpm/edgetpm/internal/until"
-	"github.com/edgetpm/edgetpm/internal/workloademu"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

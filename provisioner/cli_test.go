@@ -16,7 +16,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/activation"
 	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
@@ -55,10 +55,10 @@ func TestUsageErrors(t *testing.T) {
 		{"bogus"},
 		{"identity", "--nope"},
 		{"identity", "extra"},
-		{"token", "--tpm", "sim"},
-		{"token", "--tpm", "sim", "--hub", "h"},
-		{"token", "--tpm", "sim", "--hub", "h", "--device", "d", "--ttl", "-1s"},
-		{"identity", "--tpm", "sim", "--auth-key-index", "0x800000"},
+		{"token", "--tpm", "mssim://127.0.0.1:2321"},
+		{"token", "--tpm", "mssim://127.0.0.1:2321", "--hub", "h"},
+		{"token", "--tpm", "mssim://127.0.0.1:2321", "--hub", "h", "--device", "d", "--ttl", "-1s"},
+		{"identity", "--tpm", "mssim://127.0.0.1:2321", "--auth-key-index", "0x800000"},
 	} {
 		_, _, err := runCLI(t, nil, args...)
 		if exitCode(err) != 2 {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
@@ -171,7 +171,7 @@ func (d *doctor) dps(ctx context.Context) {
 	}
 	d.pass("DPS DNS", "%s is %s", host, strings.Join(addrs, ", "))
 
-	roots, err := pki.TrustFile(d.s.DPS.CAFile)
+	roots, err := tlsconfig.TrustFile(d.s.DPS.CAFile)
 	if err != nil {
 		d.fail("DPS TLS", err.Error(), "fix dps.ca_file")
 		return

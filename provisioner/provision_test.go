@@ -10,10 +10,10 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/dpsemu/dpstest"
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
-	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/dpstest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
 
 // fakeApplyTool puts an iotedge on PATH that does what 'iotedge config

@@ -12,7 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -77,7 +77,7 @@ func register(ctx context.Context, s *settings.Settings, t *tpm.TPM, id *tpm.Ide
 		}
 		payload = b
 	}
-	roots, err := pki.TrustFile(s.DPS.CAFile)
+	roots, err := tlsconfig.TrustFile(s.DPS.CAFile)
 	if err != nil {
 		return nil, err
 	}

@@ -9,11 +9,11 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/dpsemu/dpstest"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/dpstest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
@@ -120,7 +120,7 @@ func TestRegisterUsage(t *testing.T) {
 		{"register"},
 		{"register", "--id-scope", "s", "extra"},
 		{"register", "--id-scope", "s", "--timeout", "0s"},
-		{"token", "--tpm", "sim", "--hub", "h"},
+		{"token", "--tpm", "mssim://127.0.0.1:2321", "--hub", "h"},
 	} {
 		if _, _, err := runCLI(t, nil, args...); exitCode(err) != 2 {
 			t.Errorf("edge-provisioner %q: exit %d (%v), want 2", args, exitCode(err), err)

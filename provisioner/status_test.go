@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/dpsemu/dpstest"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/testharness/dpstest"
 )
 
 // status and doctor on a provisioned bench device.

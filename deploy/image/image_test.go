@@ -28,8 +28,8 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/image"
 	"github.com/edgetpm/edgetpm/internal/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 	"github.com/edgetpm/edgetpm/provisioner/containerd"
-	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
 )
 
 const (

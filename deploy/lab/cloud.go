@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/mssim"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/tpmsim"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
@@ -66,7 +66,7 @@ func (l *Lab) startSwtpm(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
-	cmdL, platL, err := mssim.Listen("127.0.0.1")
+	cmdL, platL, err := tpmsim.Listen("127.0.0.1")
 	if err != nil {
 		return "", fmt.Errorf("tpm: %w", err)
 	}

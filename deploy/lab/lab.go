@@ -24,8 +24,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 )
 
 // ModuleID is the relay's module identity.

@@ -18,10 +18,10 @@ import (
 	ctd "github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
 
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 	"github.com/edgetpm/edgetpm/internal/until"
-	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )

@@ -13,7 +13,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 )
 
 // provision runs "edge-provisioner provision" against the lab, as an

@@ -22,8 +22,8 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/azrest"
 	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
 	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/edgetpm/edgetpm/internal/workloademu"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"

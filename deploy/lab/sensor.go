@@ -11,7 +11,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgetpm/edgetpm/internal/hubemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 )
 
 // SensorTopic is where the sample sensor publishes.

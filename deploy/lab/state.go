@@ -8,9 +8,9 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/rs/zerolog"

@@ -3,7 +3,7 @@ package lab
 import (
 	"testing"
 
-	"github.com/edgetpm/edgetpm/internal/hubemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 )
 
 // The runtime stand-in reaches the TPM config.toml names, in the TCTI

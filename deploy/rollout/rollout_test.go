@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/internal/hubemu"
-	"github.com/edgetpm/edgetpm/internal/hubemu/hubtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/hubservice"
+	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 )
 
 var ownerKey = []byte("iothubowner-key-0123456789abcdef")

@@ -15,7 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/edgetpm/edgetpm/internal/mosquittotest"
+	"github.com/edgetpm/edgetpm/internal/testharness/mosquittotest"
 	"github.com/edgetpm/edgetpm/internal/until"
 	"github.com/edgetpm/edgetpm/module/twin"
 )

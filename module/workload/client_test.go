@@ -21,9 +21,9 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
+	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
 	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/edgetpm/edgetpm/internal/workloademu"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -8,8 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
 	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/edgetpm/edgetpm/internal/workloademu"
 	"github.com/edgetpm/edgetpm/module/workload"
 )
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/edgetpm/edgetpm/internal/pki"
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 )
 
 var digest32 = base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))

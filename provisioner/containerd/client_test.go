@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 )
 
 func TestNew(t *testing.T) {

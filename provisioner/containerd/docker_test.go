@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 )
 
 // dockerAPI calls Docker at socket and decodes the JSON answer into out,

@@ -18,7 +18,7 @@ import (
 	"github.com/containerd/containerd/namespaces"
 	"github.com/rs/zerolog"
 
-	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 )
 
 // newClient connects to d; the client logs to the test and to the

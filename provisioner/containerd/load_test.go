@@ -17,7 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 )
 
 // TestLoad loads every format into a real containerd, without Docker, then

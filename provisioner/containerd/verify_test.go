@@ -24,7 +24,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rs/zerolog"
 
-	"github.com/edgetpm/edgetpm/provisioner/containerd/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 )
 
 // tinyImage is a small image for table and fuzz tests.

@@ -7,8 +7,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 

@@ -17,11 +17,11 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/edgetpm/edgetpm/internal/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/dpsemu/dpstest"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
+	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/dpstest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
@@ -186,7 +186,7 @@ func TestRegisterFailuresKeepKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := tpm.Open("sim", tpm.Config{})
+	other, err := tpm.Open(tpmtest.StartSim(t), tpm.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func code(httpStatus, errorCode int) func(error) bool {
 }
 
 func TestRegisterRetries(t *testing.T) {
-	tp, id := openTPM(t, "sim")
+	tp, id := openTPM(t, tpmtest.StartSim(t))
 	for name, f := range map[string]dpsemu.Faults{
 		"throttled":          {Throttle: 2, ThrottleRetryAfter: 1},
 		"server errors":      {ServerErrors: 2},
@@ -289,7 +289,7 @@ func TestRegisterRetries(t *testing.T) {
 }
 
 func TestRegisterHonorsContext(t *testing.T) {
-	tp, id := openTPM(t, "sim")
+	tp, id := openTPM(t, tpmtest.StartSim(t))
 	l := newLab(t, dpsemu.Config{AssignDelay: time.Hour}, nil)
 	l.enroll(t, id, nil)
 	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)

@@ -48,7 +48,7 @@ func (s *Settings) fields() []field {
 		{"dps.timeout", "EDGE_DPS_TIMEOUT", "timeout", "give up registering after this `DURATION`, retries and polls included", DPSGroup, (*durationValue)(&s.DPS.Timeout), false},
 		{"dps.register", "EDGE_DPS_REGISTER", "skip-register", "do not register with DPS; leave it to the IoT Edge runtime", ProvisionGroup, (*invertedBool)(&s.DPS.Register), true},
 
-		{"tpm.uri", "EDGE_TPM", "tpm", "TPM `URI`: device:/dev/tpmrm0, mssim://HOST:PORT or sim", TPMGroup, (*stringValue)(&s.TPM.URI), false},
+		{"tpm.uri", "EDGE_TPM", "tpm", "TPM `URI`: device:/dev/tpmrm0, or mssim://HOST:PORT", TPMGroup, (*stringValue)(&s.TPM.URI), false},
 		{"tpm.auth_key_index", "EDGE_TPM_AUTH_KEY_INDEX", "auth-key-index", "persistent handle of the hub key, as an `INDEX` added to 0x81000000 like aziot's auth_key_index", TPMGroup, (*indexValue)(&s.TPM.AuthKeyIndex), false},
 		{"tpm.tcti", "EDGE_TPM_TCTI", "tcti", "`TCTI` written for aziot-tpmd (default: derived from --tpm)", AziotGroup, (*stringValue)(&s.TPM.TCTI), false},
 		// The passwords' own variables hold the password, not a file name:

@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
 	"os"
 	"os/exec"
@@ -16,7 +17,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
 
 // tpm2tools runs a tpm2-tools command against swtpm.
@@ -133,39 +134,41 @@ func TestEKCertificateOnSimulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, match := range []bool{true, false} {
-		tp, err := Open("sim", Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ek, err := tp.ensureEK()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tpub, _ := ek.pub.Contents()
-		ekPub, err := tpm2.Pub(*tpub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certified := ekPub
-		if !match {
-			certified = &other.PublicKey
-		}
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test EK"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, certified, ca)
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeNV(t, tp, ekCertIndex, append(der, 0xff, 0xff)) // padded, as some vendors do
-		id, err := tp.Identity(t.Context())
-		if match {
-			if err != nil || id.EKCertificate == nil || !bytes.Equal(id.EKCertificate.Raw, der) {
-				t.Errorf("Identity with a matching EK certificate = %v", err)
+		t.Run(fmt.Sprintf("match=%v", match), func(t *testing.T) {
+			tp, err := Open(tpmtest.StartSim(t), Config{})
+			if err != nil {
+				t.Fatal(err)
 			}
-		} else if err == nil || !strings.Contains(err.Error(), "does not certify") {
-			t.Errorf("Identity with a certificate for another key = %v, want a refusal", err)
-		}
-		tpmtest.CheckNoLeaks(t, tp.t)
-		tp.Close()
+			ek, err := tp.ensureEK()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tpub, _ := ek.pub.Contents()
+			ekPub, err := tpm2.Pub(*tpub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			certified := ekPub
+			if !match {
+				certified = &other.PublicKey
+			}
+			tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test EK"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, certified, ca)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeNV(t, tp, ekCertIndex, append(der, 0xff, 0xff)) // padded, as some vendors do
+			id, err := tp.Identity(t.Context())
+			if match {
+				if err != nil || id.EKCertificate == nil || !bytes.Equal(id.EKCertificate.Raw, der) {
+					t.Errorf("Identity with a matching EK certificate = %v", err)
+				}
+			} else if err == nil || !strings.Contains(err.Error(), "does not certify") {
+				t.Errorf("Identity with a certificate for another key = %v, want a refusal", err)
+			}
+			tpmtest.CheckNoLeaks(t, tp.t)
+			tp.Close()
+		})
 	}
 }
 

@@ -6,7 +6,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
 
 // Status reads and never creates; it follows Identity and ImportKey.

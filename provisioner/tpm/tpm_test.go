@@ -21,8 +21,8 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/edgetpm/edgetpm/internal/activation"
-	"github.com/edgetpm/edgetpm/internal/mssim"
-	"github.com/edgetpm/edgetpm/internal/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/emulator/tpmsim"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
 
 // open opens uri and, when the test ends, checks for leaked handles and
@@ -84,7 +84,7 @@ func TestOpenBadURI(t *testing.T) {
 	if _, err := Open("device:/nonexistent/tpmrm0", Config{}); err == nil || !strings.Contains(err.Error(), "driver") {
 		t.Errorf("Open(missing device) = %v, want a hint about the driver", err)
 	}
-	if _, err := Open("sim", Config{AuthKeyHandle: EKHandle}); err == nil {
+	if _, err := Open(tpmtest.StartSim(t), Config{AuthKeyHandle: EKHandle}); err == nil {
 		t.Error("Open accepted the EK handle as auth key handle")
 	}
 }
@@ -408,7 +408,7 @@ func TestExplainLockout(t *testing.T) {
 
 // Signing from many goroutines is serialized and always right.
 func TestConcurrentSign(t *testing.T) {
-	tp := open(t, "sim", Config{})
+	tp := open(t, tpmtest.StartSim(t), Config{})
 	_, key := activated(t, tp)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -483,17 +483,17 @@ func TestOpenPowersOnReferenceSimulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sim.Close()
-	cmdL, platL, err := mssim.Listen("127.0.0.1")
+	cmdL, platL, err := tpmsim.Listen("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := cmdL.Addr().(*net.TCPAddr).Port
 	if platL.Addr().(*net.TCPAddr).Port != port+1 {
-		t.Fatalf("mssim.Listen: ports %v and %v, want adjacent", cmdL.Addr(), platL.Addr())
+		t.Fatalf("tpmsim.Listen: ports %v and %v, want adjacent", cmdL.Addr(), platL.Addr())
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
-	go func() { done <- mssim.New(sim).Serve(ctx, cmdL, platL) }()
+	go func() { done <- tpmsim.New(sim).Serve(ctx, cmdL, platL) }()
 	defer func() { cancel(); <-done }()
 
 	uri := fmt.Sprintf("mssim://127.0.0.1:%d", port)

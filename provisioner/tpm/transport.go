@@ -16,7 +16,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
-	"github.com/google/go-tpm/tpm2/transport/simulator"
 
 	"github.com/edgetpm/edgetpm/internal/mssim"
 )
@@ -32,7 +31,6 @@ var ErrURI = errors.New("bad TPM URI")
 //	device:/dev/tpmrm0  the kernel resource manager (or /dev/tpm0)
 //	mssim://HOST:PORT   swtpm or the reference simulator over TCP; the
 //	                    platform port is PORT+1
-//	sim                 the reference simulator, in this process
 //
 // The TPM is powered on and started when it is not yet. The transport
 // serializes commands and retries those the TPM asks to retry.
@@ -45,8 +43,6 @@ func OpenTransport(uri string) (transport.TPMCloser, error) {
 		err error
 	)
 	switch {
-	case uri == "sim":
-		t, err = simulator.OpenSimulator()
 	case strings.HasPrefix(uri, "device:"):
 		path := strings.TrimPrefix(uri, "device:")
 		if path == "" || !strings.HasPrefix(path, "/") {
@@ -65,7 +61,7 @@ func OpenTransport(uri string) (transport.TPMCloser, error) {
 		}
 		t, err = openMSSim(u.Hostname(), u.Port())
 	default:
-		return nil, fmt.Errorf("%w %q: want device:PATH, mssim://HOST:PORT or sim", ErrURI, uri)
+		return nil, fmt.Errorf("%w %q: want device:PATH or mssim://HOST:PORT", ErrURI, uri)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open TPM %s: %w", uri, err)

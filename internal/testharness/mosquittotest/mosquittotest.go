@@ -1,0 +1,333 @@
+// Package mosquittotest runs a real Mosquitto per test, on loopback, and
+// QoS 1 producers publishing to it, like a plant's PLC gateways.
+package mosquittotest
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgetpm/edgetpm/internal/emulator/pki"
+	"github.com/edgetpm/edgetpm/internal/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
+)
+
+// Broker is a Mosquitto of one test, on loopback, with its own
+// configuration and no persistence.
+type Broker struct {
+	Port int
+	URL  string
+	// CAFile is the CA of a TLS listener.
+	CAFile string
+
+	t      testing.TB
+	users  map[string]string
+	bin    string
+	dir    string
+	extra  string // configuration lines
+	tls    bool
+	cmd    *exec.Cmd
+	exited chan error
+	out    *syncbuf.Buffer
+}
+
+type Options struct {
+	// Users are name → password in a password_file; none means anonymous.
+	Users map[string]string
+	TLS   bool
+	Extra []string // more configuration lines
+}
+
+func Start(t testing.TB, o Options) *Broker {
+	t.Helper()
+	b := &Broker{t: t, users: o.Users, bin: tpmtest.Need(t, "mosquitto"), dir: t.TempDir(), tls: o.TLS, out: &syncbuf.Buffer{}}
+	lines := []string{"allow_anonymous true"}
+	if len(o.Users) > 0 {
+		pw := filepath.Join(b.dir, "passwords")
+		for u, p := range o.Users {
+			args := []string{"-b", pw, u, p}
+			if _, err := os.Stat(pw); err != nil {
+				args = append([]string{"-c"}, args...)
+			}
+			if out, err := exec.Command(tpmtest.Need(t, "mosquitto_passwd"), args...).CombinedOutput(); err != nil {
+				t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
+			}
+		}
+		lines = []string{"allow_anonymous false", "password_file " + pw}
+	}
+	if o.TLS {
+		lines = append(lines, b.writeTLS(t)...)
+	}
+	b.extra = strings.Join(append(lines, o.Extra...), "\n")
+	if err := b.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		b.Stop()
+		if t.Failed() {
+			t.Logf("mosquitto log:\n%s", b.out.String())
+		}
+	})
+	return b
+}
+
+// writeTLS makes a CA and a server certificate for 127.0.0.1.
+func (b *Broker) writeTLS(t testing.TB) []string {
+	ca, err := pki.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ca.ServerTLS("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(cfg.Certificates[0].PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chain []byte
+	for _, der := range cfg.Certificates[0].Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	files := map[string][]byte{
+		"ca.pem":     ca.CertPEM(),
+		"server.pem": chain,
+		"server.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}),
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(b.dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.CAFile = filepath.Join(b.dir, "ca.pem")
+	return []string{
+		"cafile " + b.CAFile,
+		"certfile " + filepath.Join(b.dir, "server.pem"),
+		"keyfile " + filepath.Join(b.dir, "server.key"),
+	}
+}
+
+// start starts Mosquitto on b.Port, or on a free port when it is 0,
+// trying another if that one is taken in the meantime (Mosquitto cannot
+// pick one itself).
+func (b *Broker) start() error {
+	fixed := b.Port != 0
+	var lastErr error
+	for attempt := 0; attempt < 10; attempt++ {
+		if !fixed {
+			p, err := freePort()
+			if err != nil {
+				return err
+			}
+			b.Port = p
+		}
+		conf := filepath.Join(b.dir, "mosquitto.conf")
+		text := fmt.Sprintf("user root\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlistener %d 127.0.0.1\n%s\n", b.Port, b.extra)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			return err
+		}
+		cmd := exec.Command(b.bin, "-c", conf)
+		cmd.Stdout, cmd.Stderr = b.out, b.out
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start mosquitto: %w", err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		if err := waitListening(b.Port, exited); err != nil {
+			_ = cmd.Process.Kill()
+			<-exited
+			lastErr = err
+			time.Sleep(50 * time.Millisecond)
+			continue // the port was taken in the meantime
+		}
+		b.cmd, b.exited = cmd, exited
+		scheme := "tcp"
+		if b.tls {
+			scheme = "mqtts"
+		}
+		b.URL = fmt.Sprintf("%s://127.0.0.1:%d", scheme, b.Port)
+		return nil
+	}
+	return fmt.Errorf("mosquitto did not come up: %w\n%s", lastErr, b.out.String())
+}
+
+// Stop kills Mosquitto, like a crash: its sessions are gone.
+func (b *Broker) Stop() {
+	if b.cmd == nil {
+		return
+	}
+	_ = b.cmd.Process.Kill()
+	<-b.exited
+	b.cmd = nil
+}
+
+// Restart stops Mosquitto and starts it again on the same port.
+func (b *Broker) Restart() {
+	b.t.Helper()
+	b.Stop()
+	if err := b.start(); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func waitListening(port int, exited <-chan error) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("mosquitto exited: %v", err)
+		default:
+		}
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("mosquitto not listening on port %d after 5 s", port)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Producer is a QoS 1 publisher on a broker, like a PLC gateway. It signs
+// in as user "producer" when the broker has users.
+type Producer struct {
+	Client mqtt.Client
+	t      testing.TB
+}
+
+func NewProducer(t testing.TB, b *Broker) *Producer {
+	t.Helper()
+	opts := mqtt.NewClientOptions().AddBroker(fmt.Sprintf("tcp://127.0.0.1:%d", b.Port)).
+		SetClientID(fmt.Sprintf("producer-%d", time.Now().UnixNano())).SetAutoReconnect(false).SetConnectRetry(false)
+	if pw, ok := b.users["producer"]; ok {
+		opts.SetUsername("producer").SetPassword(pw)
+	}
+	if b.tls {
+		pem, err := os.ReadFile(b.CAFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		opts.Servers = nil
+		opts.AddBroker(fmt.Sprintf("ssl://127.0.0.1:%d", b.Port)).SetTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	}
+	cli := mqtt.NewClient(opts)
+	if tok := cli.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("producer connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { cli.Disconnect(100) })
+	return &Producer{cli, t}
+}
+
+// Publish sends messages at QoS 1 in order and waits for the broker's
+// PUBACKs.
+func (p *Producer) Publish(topic string, bodies ...string) {
+	p.t.Helper()
+	toks := make([]mqtt.Token, len(bodies))
+	for i, body := range bodies {
+		toks[i] = p.Client.Publish(topic, 1, false, body)
+	}
+	for _, tok := range toks {
+		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			p.t.Fatalf("publish to %s: %v", topic, tok.Error())
+		}
+	}
+}
+
+// Proxy forwards TCP connections to a broker, so that a test can cut them
+// without the broker noticing first.
+type Proxy struct {
+	URL string
+
+	l      net.Listener
+	to     string
+	mu     sync.Mutex
+	conns  []net.Conn
+	refuse bool
+}
+
+// NewProxy listens on a free loopback port and forwards to b.
+func NewProxy(t testing.TB, b *Broker) *Proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{URL: "tcp://" + l.Addr().String(), l: l, to: fmt.Sprintf("127.0.0.1:%d", b.Port)}
+	var wg sync.WaitGroup
+	wg.Go(func() { p.serve(&wg) })
+	t.Cleanup(func() {
+		l.Close()
+		p.Cut(false)
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *Proxy) serve(wg *sync.WaitGroup) {
+	for {
+		in, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		refuse := p.refuse
+		p.mu.Unlock()
+		if refuse {
+			in.Close()
+			continue
+		}
+		out, err := net.Dial("tcp", p.to)
+		if err != nil {
+			in.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, in, out)
+		p.mu.Unlock()
+		wg.Go(func() { io.Copy(out, in); out.Close() })
+		wg.Go(func() { io.Copy(in, out); in.Close() })
+	}
+}
+
+// Cut closes every connection forwarded so far, both ways; with refuse
+// set, new connections are closed at once until Restore.
+func (p *Proxy) Cut(refuse bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = refuse
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// Restore forwards new connections again.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = false
+}

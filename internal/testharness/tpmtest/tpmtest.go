@@ -1,0 +1,250 @@
+// Package tpmtest runs tests against real TPMs: the reference simulator in
+// this process and swtpm as a separate process on loopback, and checks that
+// a test leaves no transient objects or sessions behind.
+package tpmtest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/edgetpm/edgetpm/internal/emulator/tpmsim"
+)
+
+// Swtpm is a swtpm process serving the TPM command port (mssim framing) and
+// its control port on loopback, with its own state folder.
+type Swtpm struct {
+	// URI opens it with provisioner/tpm: mssim://127.0.0.1:PORT.
+	URI string
+	// TCTI reaches it with tpm2-tools.
+	TCTI string
+	// Dir holds its state.
+	Dir  string
+	Port int
+
+	flags  string
+	cmd    *exec.Cmd
+	exited chan error
+}
+
+// Need returns the path of a test peer binary. Without it the test is
+// skipped, except under CI, where scripts/test.sh installs every peer and a
+// missing one is a failure.
+func Need(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed; scripts/test.sh installs it", name)
+		}
+		t.Skipf("%s is not installed (scripts/test.sh installs it as root)", name)
+	}
+	return p
+}
+
+// StartSwtpm starts swtpm in a fresh state folder, already initialised and
+// started, and stops it when the test ends.
+func StartSwtpm(t testing.TB) *Swtpm {
+	return StartSwtpmFlags(t, "not-need-init,startup-clear")
+}
+
+// StartSwtpmFlags starts swtpm with the given --flags ("" for none, in which
+// case the TPM waits to be initialised and started by its client).
+func StartSwtpmFlags(t testing.TB, flags string) *Swtpm {
+	t.Helper()
+	Need(t, "swtpm")
+	s := &Swtpm{Dir: t.TempDir(), flags: flags}
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// StartManufactured starts swtpm on a state that swtpm_setup made like a
+// TPM from the factory: an RSA EK persisted at 0x81010001 and its
+// certificate, issued by swtpm-localca, in NV index 0x01c00002.
+func StartManufactured(t testing.TB) *Swtpm {
+	t.Helper()
+	Need(t, "swtpm_setup")
+	s := &Swtpm{Dir: t.TempDir(), flags: "not-need-init,startup-clear"}
+	out, err := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", s.Dir, "--create-ek-cert", "--pcr-banks", "sha256", "--overwrite").CombinedOutput()
+	if err != nil {
+		t.Fatalf("swtpm_setup: %v\n%s", err, out)
+	}
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Restart stops swtpm and starts it again on the same state and ports, like
+// a reboot of the machine.
+func (s *Swtpm) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *Swtpm) start() error {
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		if s.Port == 0 || attempt > 0 {
+			p, err := freePortPair()
+			if err != nil {
+				return err
+			}
+			s.Port = p
+		}
+		args := []string{"socket", "--tpm2",
+			"--tpmstate", "dir=" + s.Dir,
+			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", s.Port),
+			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", s.Port+1),
+		}
+		if s.flags != "" {
+			args = append(args, "--flags", s.flags)
+		}
+		cmd := exec.Command("swtpm", args...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start swtpm: %w", err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		if err := waitListening(s.Port, exited); err != nil {
+			_ = cmd.Process.Kill()
+			lastErr = err
+			continue // most likely a port taken in the meantime
+		}
+		s.cmd, s.exited = cmd, exited
+		s.URI = fmt.Sprintf("mssim://127.0.0.1:%d", s.Port)
+		s.TCTI = fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", s.Port)
+		return nil
+	}
+	return fmt.Errorf("swtpm did not come up: %w", lastErr)
+}
+
+// Stop stops swtpm; its state stays in Dir.
+func (s *Swtpm) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+}
+
+func waitListening(port int, exited <-chan error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("swtpm exited: %v", err)
+		default:
+		}
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port+1), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("swtpm not listening on port %d after 10 s", port+1)
+}
+
+// freePortPair finds PORT with PORT and PORT+1 free on loopback.
+func freePortPair() (int, error) {
+	for i := 0; i < 50; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1))
+		l.Close()
+		if err == nil {
+			l2.Close()
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free pair of loopback ports")
+}
+
+// StartSim serves a fresh reference simulator, in this process, over mssim
+// on loopback until the test ends, and returns its URI.
+func StartSim(t testing.TB) string {
+	t.Helper()
+	sim, err := simulator.Get()
+	if err != nil {
+		t.Fatalf("start the reference simulator: %v", err)
+	}
+	s, err := tpmsim.Start(sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("reference simulator: %v", err)
+		}
+	})
+	return s.URI
+}
+
+// Each runs f as a subtest on the in-process reference simulator ("sim") and
+// on a fresh swtpm.
+func Each(t *testing.T, f func(t *testing.T, uri string)) {
+	t.Run("sim", func(t *testing.T) { f(t, StartSim(t)) })
+	t.Run("swtpm", func(t *testing.T) { f(t, StartSwtpm(t).URI) })
+}
+
+// CheckNoLeaks fails the test when the TPM holds transient objects or
+// sessions (loaded or saved).
+func CheckNoLeaks(t testing.TB, tpm transport.TPM) {
+	t.Helper()
+	for _, r := range []struct {
+		what  string
+		first tpm2.TPMHandle
+	}{
+		{"transient objects", 0x80000000},
+		{"loaded sessions", 0x02000000},
+		{"saved sessions", 0x03000000},
+	} {
+		hs, err := Handles(tpm, r.first)
+		if err != nil {
+			t.Fatalf("list %s: %v", r.what, err)
+		}
+		if len(hs) > 0 {
+			t.Errorf("TPM holds %d %s after the test: %#x", len(hs), r.what, hs)
+		}
+	}
+}
+
+// Handles lists the handles in the range that starts at first.
+func Handles(tpm transport.TPM, first tpm2.TPMHandle) ([]tpm2.TPMHandle, error) {
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(first), PropertyCount: 64}.Execute(tpm)
+	if err != nil {
+		return nil, err
+	}
+	hl, err := rsp.CapabilityData.Data.Handles()
+	if err != nil {
+		return nil, err
+	}
+	var out []tpm2.TPMHandle
+	for _, h := range hl.Handle {
+		if h>>24 == first>>24 {
+			out = append(out, h)
+		}
+	}
+	return out, nil
+}

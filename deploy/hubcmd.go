@@ -316,7 +316,7 @@ func printReport(w io.Writer, rep *rollout.Report, asJSON bool) {
 
 // standard checks what applyConfigurationContent takes: {"modulesContent":
 // ...} of a standard deployment, each module as a whole "properties.desired"
-// (a layered deployment needs a base one under it, edge-runtime.md §6.2).
+// (a layered deployment needs a base one under it, docs/edge-protocol.md#deployments).
 func standard(doc []byte) error {
 	var d struct {
 		ModulesContent map[string]map[string]json.RawMessage `json:"modulesContent"`

@@ -70,7 +70,7 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	// The C SDK honours retry-after only within 1..300 s (dps-tpm.md §8.2).
+	// The C SDK honours retry-after only within 1..300 s (docs/dps-protocol.md#registering-and-polling).
 	if *retryAfter < 1 || *retryAfter > 300 {
 		return usagef("--retry-after %d: want 1 to 300 seconds", *retryAfter)
 	}
@@ -100,7 +100,7 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	// HTTP/1.1 only: the SDKs' device clients speak it (dps-tpm.md §2.3),
+	// HTTP/1.1 only: the SDKs' device clients speak it (docs/dps-protocol.md#endpoints-and-headers),
 	// and the reset fault needs a connection it can cut mid-response.
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)

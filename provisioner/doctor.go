@@ -24,7 +24,7 @@ import (
 )
 
 // maxClockSkew is how far the clock may be from DPS's: SAS tokens are
-// refused beyond five minutes (dps-tpm.md §7.2).
+// refused beyond five minutes (docs/dps-protocol.md#registration-sas-token).
 const maxClockSkew = 5 * time.Minute
 
 // aziotSockets are the sockets the IoT Edge services listen on once

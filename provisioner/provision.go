@@ -297,7 +297,7 @@ func (p *provisioner) queueApply(ctx context.Context) (string, string, error) {
 }
 
 // applied tells whether 'config apply' ran after config.toml last changed:
-// it writes identityd's part of the super config (edge-runtime.md §7.1).
+// it writes identityd's part of the super config (docs/edge-protocol.md#host-provisioning-file).
 func applied(config string) bool {
 	src, err := os.Stat(config)
 	if err != nil {

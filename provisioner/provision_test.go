@@ -17,7 +17,7 @@ import (
 )
 
 // fakeApplyTool puts an iotedge on PATH that does what 'iotedge config
-// apply' does to files (edge-runtime.md §7.1: it writes each service's
+// apply' does to files (docs/edge-protocol.md#host-provisioning-file: it writes each service's
 // config.d/00-super.toml) and logs its arguments. The real one needs the
 // aziot packages, which Debian does not ship. exit is its exit status.
 func fakeApplyTool(t testing.TB, exit int) (log string) {

@@ -101,7 +101,7 @@ func (l *Lab) simulatorSeed() (int64, error) {
 
 // startDPS serves the DPS emulator over HTTPS with the lab CA.
 func (l *Lab) startDPS() (dpsInfo, error) {
-	// retry-after 1: the least DPS sends and the C SDK honours (dps-tpm.md §8.2).
+	// retry-after 1: the least DPS sends and the C SDK honours (docs/dps-protocol.md#registering-and-polling).
 	emu, err := NewDPS(l.stateDir, nil, 1, l.log.With().Str("part", "dps").Logger())
 	if err != nil {
 		return dpsInfo{}, err
@@ -196,7 +196,7 @@ func (l *Lab) serveHTTPS(part string, h http.Handler, names ...string) (string, 
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", part, err)
 	}
-	// HTTP/1.1, as the device SDKs speak it (dps-tpm.md §2.3).
+	// HTTP/1.1, as the device SDKs speak it (docs/dps-protocol.md#endpoints-and-headers).
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	srv := &http.Server{

@@ -7,8 +7,8 @@
 //
 // Every part is the real code path: the provisioner and the relay run as
 // their own processes (the relay as a container when containerd is there),
-// and the parts reach each other only through the wire contracts of
-// shared/specs.
+// and the parts reach each other only through the wire contracts stated in
+// docs/dps-protocol.md and docs/edge-protocol.md.
 package lab
 
 import (

@@ -63,7 +63,7 @@ type launcher interface {
 }
 
 // Where the relay finds its workload socket inside a container, as IoT
-// Edge mounts it (edge-runtime.md §1.1).
+// Edge mounts it (docs/edge-protocol.md#module-environment).
 const containerSocket = "/var/run/iotedge/workload.sock"
 
 func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {

@@ -1,5 +1,5 @@
 // Package manifest renders and checks IoT Edge deployment manifests
-// (shared/specs/edge-runtime.md §6): Render fills a JSON template with
+// (docs/edge-protocol.md#deployments): Render fills a JSON template with
 // values and normalizes what IoT Hub wants spelled out (createOptions as
 // 512-character string chunks, env values wrapped, images pinned to
 // digests); Validate checks a standard or layered deployment against the

@@ -7,7 +7,7 @@ import (
 )
 
 // Route is an edgeHub route: FROM <Source> [WHERE <Condition>] INTO <Sink>
-// (edge-runtime.md §6.1).
+// (docs/edge-protocol.md#deployments).
 type Route struct {
 	Source    string // e.g. /messages/modules/relay/outputs/*
 	Condition string // an IoT Hub routing query; empty when there is no WHERE

@@ -24,7 +24,7 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Path + ": " + e.Msg }
 
-// Limits of edge-runtime.md §6.1 and of IoT Hub's module twins.
+// Limits of docs/edge-protocol.md#deployments and of IoT Hub's module twins.
 const (
 	maxChunkLen  = 512       // edgeAgent's TwinValueMaxSize, in .NET (UTF-16) characters
 	maxChunks    = 100       // edgeAgent's TwinValueMaxChunks
@@ -34,8 +34,8 @@ const (
 
 // Validate checks a deployment, either the {"modulesContent": ...} that
 // applyConfigurationContent takes or a whole Configuration body with
-// "content": {"modulesContent": ...}, against edge-runtime.md §6.1 (a
-// standard deployment) or §6.2 (a layered one: $edgeAgent is {} or
+// "content": {"modulesContent": ...}, against docs/edge-protocol.md#deployments (a
+// standard deployment) or docs/edge-protocol.md#deployments (a layered one: $edgeAgent is {} or
 // content keys start with "properties.desired."). It returns nil or every
 // problem, each an *Error, joined with errors.Join, in a stable order.
 func Validate(doc []byte) error {
@@ -78,7 +78,7 @@ func (c *checker) document(v any) {
 	}
 	p := "$"
 	if content, ok := top["content"]; ok && top["modulesContent"] == nil {
-		// A Configuration body (§6.3).
+		// A Configuration body (docs/edge-protocol.md#iot-hub-service-api).
 		p = "$.content"
 		if top, ok = c.object(p, content); !ok {
 			return
@@ -421,7 +421,7 @@ func (c *checker) twinValue(p string, v any, depth int) {
 	}
 }
 
-// layered checks a layered deployment (§6.2): dot-path keys below
+// layered checks a layered deployment (docs/edge-protocol.md#deployments): dot-path keys below
 // properties.desired, no system modules.
 func (c *checker) layered(p string, mc map[string]any) {
 	for _, name := range sortedKeys(mc) {

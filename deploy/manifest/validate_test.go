@@ -10,8 +10,8 @@ import (
 	"testing"
 )
 
-// validDoc is a standard deployment that breaks no rule: the one of
-// edge-runtime.md §6.1.
+// validDoc is a standard deployment that breaks no rule of
+// docs/edge-protocol.md#deployments.
 const validDoc = `{"modulesContent": {
   "$edgeAgent": {"properties.desired": {
     "schemaVersion": "1.1",
@@ -43,7 +43,7 @@ const validDoc = `{"modulesContent": {
   "relay": {"properties.desired": {"logLevel": "info", "sources": {"press": {"url": "tcp://p:1883"}}}}
 }}`
 
-// validLayered is the layered deployment of edge-runtime.md §6.2.
+// validLayered is the layered deployment example of docs/edge-protocol.md#deployments.
 const validLayered = `{"modulesContent": {
   "$edgeAgent": {
     "properties.desired.modules.filtermodule": {

@@ -1,5 +1,5 @@
 // Package rollout rolls a deployment out to a fleet in waves through IoT
-// Hub automatic deployments (edge-runtime.md §6.3): each wave is a
+// Hub automatic deployments (docs/edge-protocol.md#iot-hub-service-api): each wave is a
 // configuration with its own target condition, created once the wave
 // before it is healthy. Health is read from the configuration's metrics:
 // the devices whose edgeAgent reported the deployment applied (success)
@@ -348,8 +348,8 @@ func sameJSON(a, b json.RawMessage) bool {
 	return string(ja) == string(jb)
 }
 
-// checkID applies IoT Hub's rules for configuration IDs (edge-runtime.md
-// §6.3): up to 128 characters, lowercase, no spaces and none of
+// checkID applies IoT Hub's rules for configuration IDs
+// (docs/edge-protocol.md#iot-hub-service-api): up to 128 characters, lowercase, no spaces and none of
 // & ^ [ ] { } \ | " < > /.
 func checkID(id string) error {
 	switch {

@@ -34,7 +34,7 @@ func TestBuildMatchesRealDPSLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Field sizes of the real assigned-blob in dps-tpm.md §5.3.
+	// Field sizes of the real assigned-blob in docs/dps-protocol.md#the-activation-blob.
 	want := []int{52, 256, 142, 256, 48, 108}
 	for i, f := range [][]byte{b.CredentialBlob, b.Secret, b.Duplicate, b.InSymSeed, b.Public, b.EncURI} {
 		if len(f) != want[i] {
@@ -44,7 +44,7 @@ func TestBuildMatchesRealDPSLayout(t *testing.T) {
 	if len(blob) != 874 {
 		t.Errorf("blob is %d bytes, want 874 like the real one", len(blob))
 	}
-	// The public area has real DPS's header (§5.3): KEYEDHASH, SHA-256,
+	// The public area has real DPS's header (docs/dps-protocol.md#the-activation-blob): KEYEDHASH, SHA-256,
 	// sign|noDA|userWithAuth, empty policy, HMAC(SHA-256), 32-byte unique.
 	if got, want := hex.EncodeToString(b.Public[:16]), "0008000b000404400000000500"+"0b0020"; got != want {
 		t.Errorf("public area header = %s, want %s", got, want)

@@ -1,6 +1,6 @@
 // Package activation holds the DPS TPM activation blob: its wire format,
 // parsed by the device client before it activates the key in the TPM, and
-// the server side that builds it (dps-tpm.md §5.2 and §6), used by the DPS
+// the server side that builds it (docs/dps-protocol.md#the-activation-blob, #building-the-blob), used by the DPS
 // emulator and by tests that activate real blobs.
 package activation
 

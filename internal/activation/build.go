@@ -18,7 +18,7 @@ import (
 var ErrKey = errors.New("unsuitable TPM key")
 
 // ekPolicy is the TCG EK authPolicy, PolicySecret(TPM_RH_ENDORSEMENT)
-// (dps-tpm.md §3.3).
+// (docs/dps-protocol.md#ek-and-srk).
 var ekPolicy = []byte{
 	0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
 	0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa,
@@ -28,7 +28,7 @@ var ekPolicy = []byte{
 func EKPolicy() []byte { return append([]byte(nil), ekPolicy...) }
 
 // innerKeySize is the inner wrapper key: AES-128, as real DPS blobs show
-// (encIdentity of 18 bytes, dps-tpm.md §5.3).
+// (encIdentity of 18 bytes, docs/dps-protocol.md#the-activation-blob).
 const innerKeySize = 16
 
 // DecodePublic decodes a marshalled TPM2B_PUBLIC (with its size prefix), the
@@ -88,7 +88,7 @@ func CheckStorageKey(pub *tpm2.TPMTPublic) error {
 
 // Build makes an activation blob that lets only the TPM holding ek and srk
 // (TPM2B_PUBLIC bytes, as a device sends them) import key as an HMAC-SHA256
-// key, following dps-tpm.md §6: the key is duplicated to the SRK under an
+// key, following docs/dps-protocol.md#building-the-blob: the key is duplicated to the SRK under an
 // AES-128-CFB inner wrapper, and the inner key travels as a credential to
 // the EK bound to the SRK's name. encURI may be nil.
 func Build(rand io.Reader, ek, srk, key, encURI []byte) ([]byte, error) {
@@ -197,7 +197,7 @@ func Build(rand io.Reader, ek, srk, key, encURI []byte) ([]byte, error) {
 }
 
 // hmacKeyPublic is the public area of the key DPS wraps, as in real DPS blobs
-// (dps-tpm.md §5.3): KEYEDHASH, HMAC-SHA256, sign|userWithAuth|noDA, empty
+// (docs/dps-protocol.md#the-activation-blob): KEYEDHASH, HMAC-SHA256, sign|userWithAuth|noDA, empty
 // authPolicy. fixedTPM and fixedParent must stay clear for Import.
 func hmacKeyPublic(unique []byte) tpm2.TPMTPublic {
 	return tpm2.TPMTPublic{

@@ -79,7 +79,7 @@ func (c *Client) do(ctx context.Context, method, registrationID, ifMatch string,
 	if c.Now != nil {
 		now = c.Now
 	}
-	// sr = HostName (dps-tpm.md §10).
+	// sr = HostName (docs/dps-protocol.md#service-api).
 	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
 	if err != nil {
 		return err

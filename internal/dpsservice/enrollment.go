@@ -1,4 +1,4 @@
-// Package dpsservice is the DPS service API (dps-tpm.md §10) as far as TPM
+// Package dpsservice is the DPS service API (docs/dps-protocol.md#service-api) as far as TPM
 // individual enrollments go: the JSON types the DPS emulator serves and the
 // tools send, the service connection string, the error body, and a client.
 package dpsservice
@@ -28,7 +28,7 @@ const (
 	AllocationGeoLatency = "geoLatency"
 )
 
-// Enrollment is an individual enrollment (SPEC IndividualEnrollment). Fields
+// Enrollment is an individual enrollment (IndividualEnrollment in Azure's REST API spec). Fields
 // the service owns (ETag, the times, RegistrationState) are ignored on
 // writes.
 type Enrollment struct {
@@ -55,7 +55,7 @@ type Attestation struct {
 }
 
 // TPMAttestation carries marshalled TPM2B_PUBLIC areas, size prefix
-// included (dps-tpm.md §3.1); JSON holds them in standard base64.
+// included (docs/dps-protocol.md#request-bodies); JSON holds them in standard base64.
 type TPMAttestation struct {
 	EndorsementKey []byte `json:"endorsementKey"`
 	StorageRootKey []byte `json:"storageRootKey,omitempty"`
@@ -73,9 +73,9 @@ type ReprovisionPolicy struct {
 	MigrateDeviceData   bool `json:"migrateDeviceData"`
 }
 
-// RegistrationState is the outcome of a device's last registration (SPEC
-// DeviceRegistrationState; the device API's DeviceRegistrationResult adds
-// tpm and payload, dps-tpm.md §8.2).
+// RegistrationState is the outcome of a device's last registration
+// (DeviceRegistrationState in Azure's REST API spec; the device API's DeviceRegistrationResult adds
+// tpm and payload, docs/dps-protocol.md#registering-and-polling).
 type RegistrationState struct {
 	RegistrationID         string    `json:"registrationId"`
 	CreatedDateTimeUTC     time.Time `json:"createdDateTimeUtc,omitzero"`

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// ErrorBody is the JSON body of a DPS error response (dps-tpm.md §8.3).
+// ErrorBody is the JSON body of a DPS error response (docs/dps-protocol.md#errors).
 // Responses carry the tracking ID in the x-ms-request-id header too.
 type ErrorBody struct {
 	ErrorCode    int       `json:"errorCode"`

@@ -1,5 +1,5 @@
 // Package hubservice is a client of IoT Hub's service REST API for what
-// deployments need (edge-runtime.md §6.3): automatic deployments
+// deployments need (docs/edge-protocol.md#iot-hub-service-api): automatic deployments
 // (configurations), applying content to one device, and twins. It
 // authenticates with a shared access policy, a fresh SAS token on each
 // request, and always verifies TLS.
@@ -183,7 +183,7 @@ func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out
 	if ifMatch != "" && ifMatch != "*" && !strings.HasPrefix(ifMatch, `"`) {
 		ifMatch = `"` + ifMatch + `"`
 	}
-	// sr = the hub's host name, skn = the policy (edge-runtime.md §6.3).
+	// sr = the hub's host name, skn = the policy (docs/edge-protocol.md#iot-hub-service-api).
 	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
 	if err != nil {
 		return err

@@ -1,7 +1,7 @@
 // Package registry is the device registry the local DPS and IoT Hub
 // emulators share: DPS creates a hub device when it assigns a registration,
 // and the hub verifies that device's SAS tokens with the same primary key
-// (dps-tpm.md §9). It is kept in memory and, optionally, in a JSON file.
+// (docs/dps-protocol.md#after-assignment). It is kept in memory and, optionally, in a JSON file.
 package registry
 
 import (

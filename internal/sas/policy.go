@@ -14,7 +14,7 @@ import (
 var ErrPolicy = errors.New("bad service connection string")
 
 // Policy is a service's shared access policy, as its connection string
-// gives it, for DPS (dps-tpm.md §10) and IoT Hub (edge-runtime.md §6.3)
+// gives it, for DPS (docs/dps-protocol.md#service-api) and IoT Hub (docs/edge-protocol.md#iot-hub-service-api)
 // alike:
 //
 //	HostName=<host>;SharedAccessKeyName=<policy>;SharedAccessKey=<base64>

@@ -2,7 +2,7 @@
 // one implementation used by the device clients (signing inside the TPM or
 // with a software key) and by the DPS, IoT Hub and edgeHub emulators.
 //
-// Token form (dps-tpm.md §7, edge-runtime.md §3.3):
+// Token form (docs/dps-protocol.md#registration-sas-token, docs/edge-protocol.md#sas-tokens-for-edgehub):
 //
 //	SharedAccessSignature sr=<resource>&sig=<signature>&se=<expiry>[&skn=<key name>]
 //

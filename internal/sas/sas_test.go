@@ -15,7 +15,7 @@ import (
 var testKey = Key{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31}
 
 // pythonToken was made by Python's urllib.parse.quote(safe="") and hmac, the
-// way azure-iot-sdk-python builds module tokens (edge-runtime.md §3.3), with
+// way azure-iot-sdk-python builds module tokens (docs/edge-protocol.md#sas-tokens-for-edgehub), with
 // testKey.
 const pythonToken = "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fedge1%2Fmodules%2Ffiltermodule&sig=CVNpOaV4XxLRzAOSs51C5RqID7aRkOlk%2FIED5F76fEI%3D&se=1767225600"
 
@@ -67,7 +67,7 @@ func TestVerifyClientVariants(t *testing.T) {
 	tests := []struct {
 		name, token string
 	}{
-		// C SDK: URL_EncodeString with lowercase hex, sig encoded the same way (dps-tpm.md §7.1).
+		// C SDK: URL_EncodeString with lowercase hex, sig encoded the same way (docs/dps-protocol.md#registration-sas-token).
 		{"c", sign(lowerHexEscape(aud), se, lowerHexEscape, "registration")},
 		// Node and C#: %2F uppercase.
 		{"node", sign(Escape(aud), se, Escape, "registration")},

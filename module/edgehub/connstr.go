@@ -8,7 +8,7 @@ import (
 )
 
 // ParseConnectionString reads a device or module connection string, the
-// development convention (edge-runtime.md §1.2):
+// development convention (docs/edge-protocol.md#module-environment):
 // HostName=HUB;DeviceId=D[;ModuleId=M];SharedAccessKey=B64[;GatewayHostName=GW].
 // It returns the identity (connecting to the gateway when one is named,
 // else the hub) and the key.

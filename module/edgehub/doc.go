@@ -1,5 +1,5 @@
 // Package edgehub is a module's (or device's) MQTT session with edgeHub or
-// IoT Hub (edge-runtime.md §3–§4): MQTT 3.1.1 over TLS verified against the
+// IoT Hub (docs/edge-protocol.md#mqtt-to-edgehub, #sas-tokens-for-edgehub, #telemetry-topics-and-properties): MQTT 3.1.1 over TLS verified against the
 // trust bundle and the gateway's host name, client ID, user name and SAS
 // password exactly as edgeHub parses them, and a token that is renewed by
 // reconnecting at 80% of its life, because MQTT 3.1.1 has no in-band

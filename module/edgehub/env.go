@@ -5,8 +5,8 @@ import (
 	"strings"
 )
 
-// Environment is what IoT Edge gives a module container (edge-runtime.md
-// §1.1).
+// Environment is what IoT Edge gives a module container
+// (docs/edge-protocol.md#module-environment).
 type Environment struct {
 	WorkloadURI     string // IOTEDGE_WORKLOADURI
 	ModuleID        string // IOTEDGE_MODULEID
@@ -44,7 +44,7 @@ func EnvironmentFrom(getenv func(string) string) (Environment, error) {
 	if len(missing) > 0 {
 		return e, fmt.Errorf("not started by IoT Edge? missing %s", strings.Join(missing, ", "))
 	}
-	// Node's ModuleClient requires the same (edge-runtime.md §1.2).
+	// Node's ModuleClient requires the same (docs/edge-protocol.md#module-environment).
 	if !strings.EqualFold(e.AuthScheme, "sasToken") {
 		return e, fmt.Errorf("IOTEDGE_AUTHSCHEME %q: only sasToken is supported", e.AuthScheme)
 	}

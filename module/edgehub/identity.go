@@ -8,7 +8,7 @@ import (
 )
 
 // apiVersion is the IoT Hub MQTT API version in the user name; edgeHub
-// only requires it to be present (edge-runtime.md §3.2).
+// only requires it to be present (docs/edge-protocol.md#mqtt-to-edgehub).
 const apiVersion = "2019-10-01"
 
 // clientType is sent as DeviceClientType.

@@ -15,7 +15,7 @@ import (
 )
 
 // MaxMessageSize is edgeHub's limit on a message: body plus every
-// property key and value (edge-runtime.md §4.5).
+// property key and value (docs/edge-protocol.md#limits).
 const MaxMessageSize = 256 * 1024
 
 // ErrTooLarge is a message over MaxMessageSize; edgeHub would drop it.
@@ -131,8 +131,8 @@ var ErrReconnected = errors.New("not the current connection")
 // SendOn starts a QoS 1 publish of m to output on connection number gen
 // (from WaitConnected), or returns ErrReconnected if that is not the
 // current connection. One connection delivers in the order sent, and
-// edgeHub processes one connection's PUBLISHes in order (edge-runtime.md
-// §8); after a lost connection, the unacknowledged ones are sent again in
+// edgeHub processes one connection's PUBLISHes in order
+// (docs/edge-protocol.md#edgehub-delivery); after a lost connection, the unacknowledged ones are sent again in
 // order on the next one, before anything new: SendOn keeps a publish from
 // going out on another connection than the caller's window, which would
 // put it ahead of those.
@@ -206,7 +206,7 @@ func (s *Session) onInput(_ mqtt.Client, msg mqtt.Message) {
 		return
 	}
 	if err := s.cfg.Input(context.Background(), input, m); err != nil {
-		// No PUBACK: edgeHub redelivers after its ack timeout (§8).
+		// No PUBACK: edgeHub redelivers after its ack timeout (docs/edge-protocol.md#edgehub-delivery).
 		s.cfg.Log.Warn().Err(err).Str("input", input).Str("mid", m.ID).Msg("input not taken")
 		return
 	}

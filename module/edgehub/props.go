@@ -8,7 +8,7 @@ import (
 	"strings"
 )
 
-// System property keys on the wire (edge-runtime.md §4.1).
+// System property keys on the wire (docs/edge-protocol.md#telemetry-topics-and-properties).
 const (
 	PropOutput          = "$.on"
 	PropMessageID       = "$.mid"
@@ -61,7 +61,7 @@ func encodeProperties(system, app map[string]string) string {
 
 // ParseProperties splits a topic's property bag into system ("$."
 // prefixed) and application properties. A key without "=" has an empty
-// value (edge-runtime.md §4.2).
+// value (docs/edge-protocol.md#telemetry-topics-and-properties).
 func ParseProperties(bag string) (system, app map[string]string, err error) {
 	system, app = map[string]string{}, map[string]string{}
 	bag = strings.TrimPrefix(bag, "?")
@@ -91,7 +91,7 @@ func ParseProperties(bag string) (system, app map[string]string, err error) {
 }
 
 // propertiesSize is what edgeHub counts of a message's properties towards
-// the 256 KiB limit: every key and value (§4.5).
+// the 256 KiB limit: every key and value (docs/edge-protocol.md#limits).
 func propertiesSize(system, app map[string]string) int {
 	n := 0
 	for _, m := range []map[string]string{system, app} {

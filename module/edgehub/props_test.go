@@ -11,7 +11,7 @@ func TestEncodeProperties(t *testing.T) {
 	got := encodeProperties(
 		map[string]string{PropOutput: "alerts", PropMessageID: "6f1c", PropContentType: "application/json", PropContentEncoding: "utf-8"},
 		map[string]string{"site": "plant 1", "severity": "high", "a&b": "x=y+z"})
-	// edge-runtime.md §4.1's example, plus the reserved characters.
+	// The example of docs/edge-protocol.md#telemetry-topics-and-properties, plus the reserved characters.
 	want := "%24.on=alerts&%24.mid=6f1c&%24.ct=application%2Fjson&%24.ce=utf-8&a%26b=x%3Dy%2Bz&severity=high&site=plant%201"
 	if got != want {
 		t.Errorf("encodeProperties = %q, want %q", got, want)

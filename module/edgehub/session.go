@@ -32,7 +32,7 @@ const (
 	DefaultTokenTTL  = time.Hour
 	DefaultKeepAlive = time.Minute
 	// renewFraction of a token's life is when it is replaced, as the C SDK
-	// does (SAS_REFRESH_MULTIPLIER, edge-runtime.md §3.3).
+	// does (SAS_REFRESH_MULTIPLIER, docs/edge-protocol.md#sas-tokens-for-edgehub).
 	renewFraction = 0.8
 )
 

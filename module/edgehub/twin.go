@@ -35,7 +35,7 @@ func (s *Session) GetTwin(ctx context.Context) ([]byte, error) {
 }
 
 // ReportProperties merges patch into the reported properties. edgeHub
-// answers 204 without a $version (edge-runtime.md §4.3).
+// answers 204 without a $version (docs/edge-protocol.md#twin-and-methods-over-mqtt).
 func (s *Session) ReportProperties(ctx context.Context, patch []byte) error {
 	_, err := s.twinRequest(ctx, "$iothub/twin/PATCH/properties/reported/", patch)
 	return err

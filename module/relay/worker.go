@@ -103,7 +103,7 @@ func (w *worker) run(ctx context.Context) {
 func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 	r := w.r
 	// twin.Config.InFlight: edgeHub stops reading a client at 100 pending
-	// (edge-runtime.md §8), which slows it down but loses nothing.
+	// (docs/edge-protocol.md#edgehub-delivery), which slows it down but loses nothing.
 	for len(w.inflight) >= r.config.Load().InFlight && ctx.Err() == nil {
 		select {
 		case <-w.inflight[0].pending.Done():
@@ -141,7 +141,7 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		case errors.Is(err, edgehub.ErrReconnected):
 			continue
 		case errors.Is(err, edgehub.ErrTooLarge):
-			// edgeHub would drop it anyway (edge-runtime.md §4.5).
+			// edgeHub would drop it anyway (docs/edge-protocol.md#limits).
 			r.log.Warn().Str("mid", f.out.ID).Int("bytes", len(f.out.Body)).Msg("message over 256 KiB dropped")
 			r.Metrics.Dropped.WithLabelValues("too_large").Add(float64(len(msgs)))
 			r.ack(seqs(msgs)...)

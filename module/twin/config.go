@@ -1,6 +1,6 @@
 // Package twin turns the module twin's desired properties into the relay's
 // typed, validated configuration and reconciles it exactly once per
-// version (edge-runtime.md §5): a full GET on every connect, patches
+// version (docs/edge-protocol.md#twin-reconciliation): a full GET on every connect, patches
 // applied in order, a re-GET on a gap, JSON-merge semantics, the last good
 // configuration kept on disk and reported back.
 package twin
@@ -211,7 +211,7 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 func (d Duration) String() string { return time.Duration(d).String() }
 
 // Sources are an object keyed by source name in the twin, which holds no
-// arrays (edge-runtime.md §6, "no arrays"); here, a list sorted by name.
+// arrays (docs/edge-protocol.md#deployments, "no arrays"); here, a list sorted by name.
 type Sources []Source
 
 // Topics are an object keyed by a name of the user's choosing, for the

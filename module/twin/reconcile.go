@@ -190,7 +190,7 @@ func version(doc map[string]any) (int64, error) {
 }
 
 // merge applies a JSON merge patch: objects merge recursively, null
-// deletes, anything else replaces (edge-runtime.md §5).
+// deletes, anything else replaces (docs/edge-protocol.md#twin-reconciliation).
 func merge(dst, patch map[string]any) {
 	for k, v := range patch {
 		switch pv := v.(type) {

@@ -21,9 +21,9 @@ import (
 
 // DefaultAPIVersion is the workload api-version used when
 // IOTEDGE_APIVERSION is empty: edgeAgent always sets it, but the SDKs
-// treat it as optional, and edge-runtime.md §1.2 recommends this default
+// treat it as optional, and docs/edge-protocol.md#module-environment recommends this default
 // (the Node and C SDKs hard-code 2018-06-28; every route used here accepts
-// any known version, §2.1).
+// any known version, docs/edge-protocol.md#workload-api).
 const DefaultAPIVersion = "2019-01-30"
 
 const (
@@ -56,7 +56,7 @@ var _ sas.Signer = (*Client)(nil)
 // module moduleID (IOTEDGE_MODULEID) of generation generationID
 // (IOTEDGE_MODULEGENERATIONID), speaking apiVersion (IOTEDGE_APIVERSION,
 // DefaultAPIVersion when empty). Only unix:// URIs are supported: that is
-// all aziot-edged serves to modules (§1.1).
+// all aziot-edged serves to modules (docs/edge-protocol.md#module-environment).
 func New(uri, moduleID, generationID, apiVersion string) (*Client, error) {
 	socket, err := socketPath(uri)
 	if err != nil {
@@ -72,7 +72,7 @@ func New(uri, moduleID, generationID, apiVersion string) (*Client, error) {
 		apiVersion = DefaultAPIVersion
 	}
 	// Path segments escaped like the SDKs' encodeURIComponent ($edgeHub →
-	// %24edgeHub); aziot-edged percent-decodes them (§2.3).
+	// %24edgeHub); aziot-edged percent-decodes them (docs/edge-protocol.md#workload-api).
 	query := "?api-version=" + sas.Escape(apiVersion)
 	return &Client{
 		module:     moduleID,
@@ -116,11 +116,11 @@ type signRequest struct {
 }
 
 // Sign returns HMAC-SHA256 over data with the module's identity key, as
-// computed by aziot-keyd behind the workload API (§2.3). It retries until
+// computed by aziot-keyd behind the workload API (docs/edge-protocol.md#workload-api). It retries until
 // ctx ends while the socket gives no reply.
 func (c *Client) Sign(ctx context.Context, data []byte) ([]byte, error) {
 	// keyId and algo are ignored by aziot-edged but required by the older
-	// swaggers, and every SDK sends them (§2.3).
+	// swaggers, and every SDK sends them (docs/edge-protocol.md#workload-api).
 	body, err := json.Marshal(signRequest{KeyID: "primary", Algo: "HMACSHA256", Data: base64.StdEncoding.EncodeToString(data)})
 	if err != nil {
 		return nil, err
@@ -136,7 +136,7 @@ func (c *Client) Sign(ctx context.Context, data []byte) ([]byte, error) {
 }
 
 // TrustBundle returns the PEM certificates that edgeHub's server
-// certificate chains to (§2.4), checked to hold at least one certificate.
+// certificate chains to (docs/edge-protocol.md#workload-api), checked to hold at least one certificate.
 func (c *Client) TrustBundle(ctx context.Context) ([]byte, error) {
 	rsp, err := c.do(ctx, http.MethodGet, c.bundlePath, nil, http.StatusOK)
 	if err == nil {
@@ -186,7 +186,7 @@ func (c *Client) roundTrip(ctx context.Context, method, path string, body []byte
 		rd = bytes.NewReader(body)
 	}
 	a := &attempt{}
-	// The host is not looked at (§2.1); the path carries everything.
+	// The host is not looked at (docs/edge-protocol.md#workload-api); the path carries everything.
 	req, err := http.NewRequestWithContext(context.WithValue(ctx, attemptKey{}, a), method, "http://workload"+path, rd)
 	if err != nil {
 		return nil, false, err

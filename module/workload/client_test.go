@@ -138,8 +138,8 @@ func TestSign(t *testing.T) {
 	}
 }
 
-// The Client is the SAS signer of the edgeHub session (edge-runtime.md
-// §3.3): a token it signs verifies with the module key.
+// The Client is the SAS signer of the edgeHub session
+// (docs/edge-protocol.md#sas-tokens-for-edgehub): a token it signs verifies with the module key.
 func TestSASToken(t *testing.T) {
 	e := newEmulator(t, workloademu.Config{})
 	e.start(t, 0)
@@ -258,7 +258,7 @@ func holdAll(t *testing.T, path string) []net.Conn {
 }
 
 // With all ten slots taken, calls get their connection closed; the client
-// retries until slots free up (edge-runtime.md §2.1).
+// retries until slots free up (docs/edge-protocol.md#workload-api).
 func TestRetryWhenCapExhausted(t *testing.T) {
 	e := newEmulator(t, workloademu.Config{})
 	e.start(t, 0)
@@ -388,7 +388,7 @@ func fakeServer(t *testing.T, h http.HandlerFunc) string {
 }
 
 // On the wire: the module id percent-encoded, api-version, and the body
-// every SDK sends (edge-runtime.md §2.3).
+// every SDK sends (docs/edge-protocol.md#workload-api).
 func TestWire(t *testing.T) {
 	type seen struct {
 		uri, ctype string

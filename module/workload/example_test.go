@@ -14,7 +14,7 @@ import (
 )
 
 // A module signs its SAS token through the workload API, with the
-// variables edgeAgent gives it (edge-runtime.md §1.1, §3.3).
+// variables edgeAgent gives it (docs/edge-protocol.md#module-environment, #sas-tokens-for-edgehub).
 func ExampleClient_Sign() {
 	dir, _ := os.MkdirTemp("", "wl")
 	defer os.RemoveAll(dir)

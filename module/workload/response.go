@@ -18,7 +18,7 @@ import (
 )
 
 // Error is an error answer of the workload API: its status and the text
-// of its {"message": ...} body (edge-runtime.md §2.2).
+// of its {"message": ...} body (docs/edge-protocol.md#workload-api).
 type Error struct {
 	Status  int
 	Message string
@@ -58,7 +58,7 @@ func parseError(status int, body []byte) *Error {
 	return &Error{Status: status, Message: string(bytes.ToValidUTF8(msg, []byte("\uFFFD")))}
 }
 
-// parseDigest reads {"digest": "<base64 HMAC-SHA256>"} (§2.3). The length
+// parseDigest reads {"digest": "<base64 HMAC-SHA256>"} (docs/edge-protocol.md#workload-api). The length
 // is checked: a digest of another size would make a token that fails late
 // and obscurely at edgeHub.
 func parseDigest(body []byte) ([]byte, error) {
@@ -82,7 +82,7 @@ func parseDigest(body []byte) ([]byte, error) {
 }
 
 // parseTrustBundle reads {"certificate": "<PEM>"}: PEM text itself, not
-// base64 of it, whatever the swagger says (§2.4).
+// base64 of it, whatever the swagger says (docs/edge-protocol.md#workload-api).
 func parseTrustBundle(body []byte) ([]byte, error) {
 	var rsp struct {
 		Certificate *string `json:"certificate"`
@@ -115,7 +115,7 @@ func parseTrustBundle(body []byte) ([]byte, error) {
 }
 
 // retryable reports whether a failed request got no answer from
-// aziot-edged, which is worth retrying (edge-runtime.md §2.1): the socket
+// aziot-edged, which is worth retrying (docs/edge-protocol.md#workload-api): the socket
 // is missing or refuses while aziot-edged restarts, the connection was
 // closed before a byte of answer (the ten-connection cap), the attempt
 // timed out, or the answer was cut off. A socket that cannot be opened

@@ -1,5 +1,5 @@
 // Package dps registers a device with the Azure IoT Hub Device Provisioning
-// Service by TPM attestation over HTTPS (shared/specs/dps-tpm.md): it sends
+// Service by TPM attestation over HTTPS (docs/dps-protocol.md): it sends
 // the TPM's endorsement and storage root keys, proves possession of the TPM
 // by activating DPS's challenge inside it, polls the registration and
 // imports the IoT hub device key DPS returns into the TPM's auth key slot.
@@ -31,10 +31,10 @@ import (
 // Defaults of a Client.
 const (
 	GlobalEndpoint      = "https://global.azure-devices-provisioning.net"
-	APIVersion          = "2021-06-01" // what the C SDK and IoT Edge send (dps-tpm.md §2.2)
+	APIVersion          = "2021-06-01" // what the C SDK and IoT Edge send (docs/dps-protocol.md#endpoints-and-headers)
 	DefaultPollInterval = 2 * time.Second
 	DefaultTimeout      = 5 * time.Minute
-	// maxRetryAfter bounds a server's retry-after, as the C SDK does (§8.2).
+	// maxRetryAfter bounds a server's retry-after, as the C SDK does (docs/dps-protocol.md#registering-and-polling).
 	maxRetryAfter = 300 * time.Second
 	// maxBody bounds what is read of any answer.
 	maxBody = 1 << 20
@@ -105,7 +105,7 @@ type Timing struct {
 	Polls    int           `json:"polls"`
 }
 
-// Register runs the whole TPM attestation flow of dps-tpm.md §1 for req and,
+// Register runs the whole TPM attestation flow of docs/dps-protocol.md#the-flow for req and,
 // once DPS has assigned the device, imports the IoT hub device key into dev.
 // Throttling, server errors and network failures are retried until the
 // Timeout; a refusal is returned as an *Error; running out of time as
@@ -410,7 +410,7 @@ func (r *registration) roundTrip(ctx context.Context, method, u string, body []b
 }
 
 // retryAfter reads the retry-after header (integer seconds); zero when
-// absent or outside 1 s to 5 min, like the C SDK (dps-tpm.md §8.2).
+// absent or outside 1 s to 5 min, like the C SDK (docs/dps-protocol.md#registering-and-polling).
 func retryAfter(v string) time.Duration {
 	n, err := strconv.Atoi(strings.TrimSpace(v))
 	if err != nil || n < 1 || time.Duration(n)*time.Second > maxRetryAfter {

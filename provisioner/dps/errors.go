@@ -47,7 +47,7 @@ func (e *Error) Error() string {
 
 // transient reports whether the request may succeed when tried again:
 // throttling and server errors, as the C SDK treats every status ≥ 429
-// (dps-tpm.md §8.3).
+// (docs/dps-protocol.md#errors).
 func (e *Error) transient() bool {
 	return e.HTTPStatus == http.StatusTooManyRequests || e.HTTPStatus >= 500
 }

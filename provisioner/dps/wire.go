@@ -14,7 +14,7 @@ import (
 // ErrResponse reports a DPS answer this client cannot understand.
 var ErrResponse = errors.New("malformed DPS response")
 
-// registerBody is the body of both register PUTs (dps-tpm.md §3.1, §3.2):
+// registerBody is the body of both register PUTs (docs/dps-protocol.md#request-bodies):
 // like the C, Node and C# SDKs, the signed PUT repeats the tpm field.
 type registerBody struct {
 	RegistrationID string          `json:"registrationId"`
@@ -27,14 +27,14 @@ type tpmKeys struct {
 	StorageRootKey string `json:"storageRootKey"`
 }
 
-// challenge is the body of the 401 answer to the first PUT (§5.1).
+// challenge is the body of the 401 answer to the first PUT (docs/dps-protocol.md#the-challenge).
 type challenge struct {
 	AuthenticationKey string `json:"authenticationKey"`
 	KeyName           string `json:"keyName"`
 }
 
 // parseChallenge returns the activation blob and the key name to sign
-// with, or nil when the 401 carries no challenge (no enrollment, §8.3).
+// with, or nil when the 401 carries no challenge (no enrollment, docs/dps-protocol.md#errors).
 func parseChallenge(data []byte) (blob []byte, keyName string, err error) {
 	var c challenge
 	if err := json.Unmarshal(data, &c); err != nil {
@@ -58,7 +58,7 @@ func parseChallenge(data []byte) (blob []byte, keyName string, err error) {
 	return blob, c.KeyName, nil
 }
 
-// Registration status vocabulary (dps-tpm.md §8.2).
+// Registration status vocabulary (docs/dps-protocol.md#registering-and-polling).
 const (
 	statusUnassigned = "unassigned"
 	statusAssigning  = "assigning"
@@ -67,7 +67,7 @@ const (
 	statusDisabled   = "disabled"
 )
 
-// operation is the body of the signed PUT's 202 and of the polls (§8).
+// operation is the body of the signed PUT's 202 and of the polls (docs/dps-protocol.md#registering-and-polling).
 type operation struct {
 	OperationID       string             `json:"operationId"`
 	Status            string             `json:"status"`
@@ -113,7 +113,7 @@ func parseOperation(data []byte) (*operation, error) {
 		if !validDeviceID(rs.DeviceID) {
 			return nil, fmt.Errorf("%w: deviceId %q is not an IoT Hub device ID", ErrResponse, rs.DeviceID)
 		}
-		// Mandatory for TPM: the C, C# and Node SDKs fail without it (§8.2).
+		// Mandatory for TPM: the C, C# and Node SDKs fail without it (docs/dps-protocol.md#registering-and-polling).
 		if rs.TPM == nil || rs.TPM.AuthenticationKey == "" {
 			return nil, fmt.Errorf("%w: assigned without registrationState.tpm.authenticationKey", ErrResponse)
 		}
@@ -144,7 +144,7 @@ func (c *code) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// errorBody is DPS's error document (dps-tpm.md §8.3).
+// errorBody is DPS's error document (docs/dps-protocol.md#errors).
 type errorBody struct {
 	ErrorCode  code   `json:"errorCode"`
 	TrackingID string `json:"trackingId"`

@@ -15,7 +15,7 @@ var challengeTests = []struct {
 	keyName  string
 	ok       bool
 }{
-	// The shape real DPS sends (dps-tpm.md §5.1).
+	// The shape real DPS sends (docs/dps-protocol.md#the-challenge).
 	{"real", `{"message":"The request requires authentication.","authenticationKey":"AAEC","unencryptedAuthenticationKey":null,"keyName":"registration"}`, true, "registration", true},
 	{"no key name", `{"authenticationKey":"AAEC"}`, true, "registration", true},
 	{"no challenge", `{"errorCode":401002,"trackingId":"t","message":"Unauthorized"}`, false, "", true},
@@ -41,7 +41,7 @@ var operationTests = []struct {
 	name, in string
 	ok       bool
 }{
-	// Real 202 body (Node issue #721, dps-tpm.md §8.1).
+	// Real 202 body (Node issue #721, docs/dps-protocol.md#registering-and-polling).
 	{"accepted", `{"operationId":"4.0bdadb0c47c2d6b4.4a081f01-f5f2-4d1c-87c5-af533f1a3958","status":"assigning"}`, true},
 	{"assigning poll", `{"operationId":"4.a.b","status":"assigning","registrationState":{"registrationId":"r","status":"assigning"}}`, true},
 	{"assigned", `{"operationId":"4.a.b","status":"assigned","registrationState":{"registrationId":"r","assignedHub":"h.azure-devices.net","deviceId":"d","status":"assigned","substatus":"initialAssignment","lastUpdatedDateTimeUtc":"2026-11-23T10:00:00.1234567Z","tpm":{"authenticationKey":"` + blobB64 + `"},"payload":{"a":1}}}`, true},

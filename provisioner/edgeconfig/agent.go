@@ -9,7 +9,7 @@ import (
 const DefaultAgentImage = "mcr.microsoft.com/azureiotedge-agent:1.5"
 
 // EnsureAgent gives a Document without an [agent] table a complete one
-// (edge-runtime.md §7.3): name, type, pull policy, the image, and its
+// (docs/edge-protocol.md#host-provisioning-file): name, type, pull policy, the image, and its
 // storage folder bound to the host so edgeAgent's backup of the deployment
 // survives re-creating the container. An existing [agent] is left as it
 // is. It reports whether it added one.

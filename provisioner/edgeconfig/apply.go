@@ -12,8 +12,8 @@ import (
 var ErrNoApplyTool = errors.New("neither iotedge nor aziotctl is on PATH; is IoT Edge installed?")
 
 // Apply runs "iotedge config apply -c path", or, where only the identity
-// service is installed, "aziotctl config apply -c path" (edge-runtime.md
-// §7.1), with the tool's output and errors streamed to out. It returns the
+// service is installed, "aziotctl config apply -c path"
+// (docs/edge-protocol.md#host-provisioning-file), with the tool's output and errors streamed to out. It returns the
 // tool it ran. Both tools must run as root; they restart aziot's services.
 func Apply(ctx context.Context, path string, out io.Writer) (tool string, err error) {
 	tool, argv, err := ApplyCommand(path)

@@ -1,5 +1,5 @@
 // Package edgeconfig manages Azure IoT Edge's host configuration,
-// /etc/aziot/config.toml (shared/specs/edge-runtime.md §7): it sets DPS
+// /etc/aziot/config.toml (docs/edge-protocol.md#host-provisioning-file): it sets DPS
 // provisioning with TPM attestation, validates the file against the rules
 // aziot's services apply when they read it, writes it atomically with a
 // backup, and runs "iotedge config apply".

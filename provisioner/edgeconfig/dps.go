@@ -16,7 +16,7 @@ const DefaultGlobalEndpoint = "https://global.azure-devices-provisioning.net"
 
 // maxAuthKeyIndex bounds [tpm] auth_key_index: aziot-tpmd adds it to the
 // first owner persistent handle, 0x81000000, and the owner range ends at
-// 0x817FFFFF (edge-runtime.md §7.2).
+// 0x817FFFFF (docs/edge-protocol.md#host-provisioning-file).
 const maxAuthKeyIndex = 0x7FFFFF
 
 // DPS is the part of config.toml the provisioner owns: DPS provisioning with

@@ -35,7 +35,7 @@ func (e *ValidationError) Error() string {
 }
 
 // Validate checks the content of a config.toml against the schema of
-// edge-runtime.md §7.2. It returns a *ParseError when data is not TOML and
+// docs/edge-protocol.md#host-provisioning-file. It returns a *ParseError when data is not TOML and
 // a *ValidationError listing every problem otherwise.
 func Validate(data []byte) error {
 	tree, err := decode(data)

@@ -8,7 +8,7 @@ import (
 )
 
 // minimal is the smallest config aziot accepts for DPS with a TPM
-// (edge-runtime.md §7.3).
+// (docs/edge-protocol.md#host-provisioning-file).
 const minimal = `[provisioning]
 source = "dps"
 id_scope = "0ne00ABCDEF"

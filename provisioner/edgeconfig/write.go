@@ -19,7 +19,7 @@ const backupLayout = "20060102T150405Z"
 
 // Write replaces the file at path with data, atomically, mode 0600 and, when
 // running as root, owned by root: config.toml holds secrets and only
-// "iotedge config apply", run as root, reads it (edge-runtime.md §7.1).
+// "iotedge config apply", run as root, reads it (docs/edge-protocol.md#host-provisioning-file).
 // The previous file is first copied to PATH.bak-<UTC time of now>, also
 // 0600, with a -2, -3, ... suffix when a backup of that second exists: one
 // is never overwritten. When the file

@@ -19,7 +19,7 @@ import (
 const DefaultPath = "/etc/edge-provisioner/config.toml"
 
 // Settings is everything edge-provisioner can be told. The TOML keys are
-// the file's; see Example in the README and manifests/.
+// the file's; see docs/device-install.md and manifests/provisioner.toml.
 type Settings struct {
 	DPS    DPS    `toml:"dps"`
 	TPM    TPM    `toml:"tpm"`

@@ -15,7 +15,7 @@ import (
 // corrupted on the way. The previous auth key is untouched.
 var ErrActivation = errors.New("TPM refused the activation blob")
 
-// ImportKey activates an activation blob from DPS (dps-tpm.md §5.4) and
+// ImportKey activates an activation blob from DPS (docs/dps-protocol.md#activation-in-the-tpm) and
 // persists the HMAC key it carries at the auth key handle. The previous key
 // is evicted only once the new one is loaded, so a bad blob leaves it usable.
 func (t *TPM) ImportKey(ctx context.Context, blob []byte) error {

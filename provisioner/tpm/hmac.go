@@ -10,7 +10,7 @@ import (
 
 // Sign returns HMAC-SHA256(authKey, data) computed inside the TPM with the
 // key persisted at the auth key handle: one TPM2_HMAC when data fits in
-// TPM_PT_INPUT_BUFFER, an HMAC sequence beyond that (dps-tpm.md §7.3).
+// TPM_PT_INPUT_BUFFER, an HMAC sequence beyond that (docs/dps-protocol.md#hmac-inside-the-tpm).
 func (t *TPM) Sign(ctx context.Context, data []byte) ([]byte, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()

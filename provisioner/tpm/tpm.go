@@ -1,7 +1,7 @@
 // Package tpm is the device's TPM 2.0 identity: it opens a TPM by URI, keeps
 // the endorsement key (EK) and storage root key (SRK) persisted with the TCG
 // templates, derives the DPS registration ID, reads the EK certificate,
-// activates the keys DPS sends (dps-tpm.md §5.4) and signs with them inside
+// activates the keys DPS sends (docs/dps-protocol.md#activation-in-the-tpm) and signs with them inside
 // the chip. Keys never leave the TPM.
 //
 // A TPM is safe for concurrent use: its operations are serialized, so a
@@ -25,7 +25,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/activation"
 )
 
-// Well-known persistent handles (dps-tpm.md §4; TCG EK Credential Profile).
+// Well-known persistent handles (docs/dps-protocol.md#ek-and-srk; TCG EK Credential Profile).
 const (
 	EKHandle             tpm2.TPMHandle = 0x81010001
 	SRKHandle            tpm2.TPMHandle = 0x81000001
@@ -145,7 +145,7 @@ func (t *TPM) Identity(ctx context.Context) (*Identity, error) {
 
 // RegistrationID derives the DPS registration ID from a marshalled EK
 // TPM2B_PUBLIC: lowercase RFC 4648 base32 of its SHA-256, without padding
-// (dps-tpm.md §3.4; C prov_auth_client.c, Node tpm.ts).
+// (docs/dps-protocol.md#registration-id; C prov_auth_client.c, Node tpm.ts).
 func RegistrationID(ek []byte) string {
 	sum := sha256.Sum256(ek)
 	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:]))

@@ -69,7 +69,7 @@ func TestRegistrationIDVector(t *testing.T) {
 	if got := RegistrationID(ek); got != vectorRegID {
 		t.Errorf("RegistrationID = %q, want %q", got, vectorRegID)
 	}
-	// The size prefix is part of what is hashed (dps-tpm.md §3.4).
+	// The size prefix is part of what is hashed (docs/dps-protocol.md#registration-id).
 	if got := RegistrationID(ek[2:]); got == vectorRegID {
 		t.Error("RegistrationID ignores the TPM2B size prefix")
 	}
@@ -89,7 +89,7 @@ func TestOpenBadURI(t *testing.T) {
 	}
 }
 
-// Byte layouts of dps-tpm.md §3.3.
+// Byte layouts of docs/dps-protocol.md#ek-and-srk.
 var (
 	ekPrefix  = []byte{0x01, 0x3a, 0x00, 0x01, 0x00, 0x0b, 0x00, 0x03, 0x00, 0xb2, 0x00, 0x20, 0x83, 0x71, 0x97, 0x67}
 	ekParams  = []byte{0x00, 0x06, 0x00, 0x80, 0x00, 0x43, 0x00, 0x10, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00}

@@ -13,7 +13,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/registry"
 )
 
-// Substatus values (SPEC DeviceRegistrationResult, dps-tpm.md §8.2).
+// Substatus values (DeviceRegistrationResult in Azure's REST API spec, docs/dps-protocol.md#registering-and-polling).
 const (
 	substatusInitial  = "initialAssignment"
 	substatusMigrated = "deviceDataMigrated"
@@ -48,7 +48,7 @@ func allocate(enr *dpsservice.Enrollment, linked []Hub, defaultPolicy, prevHub s
 		}
 	}
 	// With updateHubAssignment false a registered device stays on its hub
-	// (SPEC ReprovisionPolicy).
+	// (ReprovisionPolicy in Azure's REST API spec).
 	if prevHub != "" && enr.ReprovisionPolicy != nil && !enr.ReprovisionPolicy.UpdateHubAssignment {
 		if h, ok := find(prevHub); ok && slices.Contains(candidates, h) {
 			return h.HostName, nil
@@ -87,8 +87,8 @@ func allocate(enr *dpsservice.Enrollment, linked []Hub, defaultPolicy, prevHub s
 }
 
 // assign finishes an operation: it allocates a hub, makes sure the device
-// exists there and wraps the device's key for the TPM (blob #2, dps-tpm.md
-// §9). An error is an internal failure; refusals end in a "failed" or
+// exists there and wraps the device's key for the TPM (blob #2,
+// docs/dps-protocol.md#after-assignment). An error is an internal failure; refusals end in a "failed" or
 // "disabled" result. s.mu is held.
 func (s *Server) assign(enr *dpsservice.Enrollment, op *operation) (*registrationResult, error) {
 	now := s.now()
@@ -106,7 +106,7 @@ func (s *Server) assign(enr *dpsservice.Enrollment, op *operation) (*registratio
 	switch hub, aerr := allocate(enr, s.hubs, s.allocation, prev.AssignedHub); {
 	case enr.ProvisioningStatus == dpsservice.StatusDisabled:
 		// Still challenged, then disabled at the end, like C's
-		// PROV_DEVICE_RESULT_DISABLED (dps-tpm.md §8.2).
+		// PROV_DEVICE_RESULT_DISABLED (docs/dps-protocol.md#registering-and-polling).
 		rs.Status, rs.ErrorCode, rs.ErrorMessage = statusDisabled, codeDisabled, "The enrollment is disabled."
 	case aerr != nil:
 		rs.Status, rs.ErrorCode, rs.ErrorMessage = statusFailed, aerr.code, aerr.msg

@@ -15,10 +15,10 @@ import (
 	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
-// deviceAPIVersions are those the SDKs send (dps-tpm.md §2.2).
+// deviceAPIVersions are those the SDKs send (docs/dps-protocol.md#endpoints-and-headers).
 var deviceAPIVersions = []string{"2019-03-31", "2021-06-01", "2021-10-01"}
 
-// Registration statuses (SPEC EnrollmentStatus, dps-tpm.md §8.2).
+// Registration statuses (EnrollmentStatus in Azure's REST API spec, docs/dps-protocol.md#registering-and-polling).
 const (
 	statusAssigning = "assigning"
 	statusAssigned  = "assigned"
@@ -26,7 +26,7 @@ const (
 	statusDisabled  = "disabled"
 )
 
-// registerRequest is the body of both register PUTs (dps-tpm.md §3.1, §3.2).
+// registerRequest is the body of both register PUTs (docs/dps-protocol.md#request-bodies).
 type registerRequest struct {
 	RegistrationID string                     `json:"registrationId"`
 	TPM            *dpsservice.TPMAttestation `json:"tpm"`
@@ -68,8 +68,8 @@ func (s *Server) deviceRequest(w http.ResponseWriter, r *http.Request, method st
 }
 
 // register handles PUT /{scope}/registrations/{regID}/register: without
-// Authorization it issues the TPM challenge (dps-tpm.md §11.1), with it it
-// starts an operation (§11.2).
+// Authorization it issues the TPM challenge (docs/dps-protocol.md#the-challenge), with it it
+// starts an operation (docs/dps-protocol.md#registering-and-polling).
 func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	if !s.deviceRequest(w, r, http.MethodPut) {
 		return
@@ -94,7 +94,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	enr := s.enrollmentFor(scope, regID)
 	if enr == nil {
 		// No challenge for an unknown scope or registration: nothing says
-		// whether it exists (dps-tpm.md §8.3).
+		// whether it exists (docs/dps-protocol.md#errors).
 		log.Warn().Msg("registration rejected: no enrollment")
 		s.writeError(w, http.StatusUnauthorized, codeUnauthorized, msgUnauthorized)
 		return
@@ -116,7 +116,7 @@ func (s *Server) enrollmentFor(scope, regID string) *dpsservice.Enrollment {
 }
 
 // challenge checks the TPM's keys against the enrollment and answers 401
-// with a fresh key K wrapped for that TPM (dps-tpm.md §5.1, §6).
+// with a fresh key K wrapped for that TPM (docs/dps-protocol.md#the-challenge, #building-the-blob).
 func (s *Server) challenge(w http.ResponseWriter, enr *dpsservice.Enrollment, regID string, req *registerRequest) {
 	log := s.log.With().Str("registration_id", regID).Logger()
 	if req.TPM == nil {
@@ -183,7 +183,7 @@ func sameKey(a, b []byte) bool {
 	return bytes.Equal(tpm2.Marshal(pa), tpm2.Marshal(pb))
 }
 
-// authorize verifies a registration token as dps-tpm.md §7.2 says and
+// authorize verifies a registration token as docs/dps-protocol.md#registration-sas-token says and
 // returns the challenge it was signed with. The error text is safe to send:
 // it never holds the token. s.mu is held.
 func (s *Server) authorize(regID, header string) (*challenge, error) {
@@ -207,7 +207,7 @@ func (s *Server) authorize(regID, header string) (*challenge, error) {
 	return ch, nil
 }
 
-// startOperation handles the authorised PUT (dps-tpm.md §8.1): it always
+// startOperation handles the authorised PUT (docs/dps-protocol.md#registering-and-polling): it always
 // answers 202 "assigning", however soon the result is ready.
 func (s *Server) startOperation(w http.ResponseWriter, enr *dpsservice.Enrollment, regID, auth string, req *registerRequest) {
 	log := s.log.With().Str("registration_id", regID).Logger()
@@ -220,7 +220,7 @@ func (s *Server) startOperation(w http.ResponseWriter, enr *dpsservice.Enrollmen
 		s.writeError(w, http.StatusUnauthorized, codeUnauthorized, msgUnauthorized+": "+err.Error())
 		return
 	}
-	// The C, Node and C# SDKs resend the keys; IIS does not (§3.2).
+	// The C, Node and C# SDKs resend the keys; IIS does not (docs/dps-protocol.md#request-bodies).
 	if req.TPM != nil {
 		if !sameKey(req.TPM.EndorsementKey, enr.Attestation.TPM.EndorsementKey) {
 			log.Warn().Msg("registration rejected: endorsement key does not match")
@@ -263,7 +263,7 @@ func (s *Server) startOperation(w http.ResponseWriter, enr *dpsservice.Enrollmen
 }
 
 // operation handles GET /{scope}/registrations/{regID}/operations/{opID}
-// (dps-tpm.md §8.2): 202 while assigning, then 200 with the final state, on
+// (docs/dps-protocol.md#registering-and-polling): 202 while assigning, then 200 with the final state, on
 // every poll.
 func (s *Server) operation(w http.ResponseWriter, r *http.Request) {
 	if !s.deviceRequest(w, r, http.MethodGet) {

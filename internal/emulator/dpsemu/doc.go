@@ -1,6 +1,6 @@
 // Package dpsemu emulates the Azure IoT Hub Device Provisioning Service for
 // TPM attestation over HTTPS, as strictly as the real service checks what
-// the Azure SDKs send (dps-tpm.md §2–§11):
+// the Azure SDKs send (docs/dps-protocol.md):
 //
 //   - the device API: the 401 challenge carrying an activation blob, SAS
 //     verification with the challenge key, operations that stay "assigning"

@@ -15,7 +15,7 @@ import (
 
 // An emulator served over TLS, seeded with a TPM enrollment through the
 // service API. A device then registers at ts.URL + "/" + emu.IDScope() +
-// "/registrations/…" (dps-tpm.md §1).
+// "/registrations/…" (docs/dps-protocol.md#the-flow).
 func Example() {
 	emu, err := dpsemu.New(dpsemu.Config{IDScope: "0ne0000A1B2"})
 	if err != nil {

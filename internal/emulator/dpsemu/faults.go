@@ -50,7 +50,7 @@ func (s *Server) injectFault(w http.ResponseWriter, r *http.Request) bool {
 		s.writeError(w, http.StatusServiceUnavailable, codeUnavailable, "Service unavailable (injected fault).")
 	case faultThrottle:
 		s.log.Info().Str("path", r.URL.Path).Msg("fault: throttled")
-		// Clients retry 429 after retry-after (dps-tpm.md §8.3).
+		// Clients retry 429 after retry-after (docs/dps-protocol.md#errors).
 		setRetryAfter(w, retryAfter)
 		s.writeError(w, http.StatusTooManyRequests, codeThrottled, "Too many requests (injected fault).")
 	default:

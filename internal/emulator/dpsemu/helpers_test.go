@@ -138,7 +138,7 @@ func (r *response) hasHeader(name, value string) bool {
 }
 
 // errorCode checks an error response: status, errorCode, the JSON content
-// type and the tracking ID repeated in x-ms-request-id (dps-tpm.md §8.3).
+// type and the tracking ID repeated in x-ms-request-id (docs/dps-protocol.md#errors).
 func (r *response) errorCode(t *testing.T, status, code int) map[string]any {
 	t.Helper()
 	if r.Status != status {
@@ -164,7 +164,7 @@ func (r *response) errorCode(t *testing.T, status, code int) map[string]any {
 }
 
 // deviceTry sends a device API request with the headers the C SDK sends
-// (dps-tpm.md §2.3), UserAgent and no User-Agent, over its own TLS
+// (docs/dps-protocol.md#endpoints-and-headers), UserAgent and no User-Agent, over its own TLS
 // connection, and returns the response as it came over the wire.
 func (e *env) deviceTry(ctx context.Context, method, path, auth string, body any) (*response, error) {
 	var data []byte

@@ -13,7 +13,7 @@ import (
 )
 
 // errorCode values. 401002, 400004, 404201, 400208 and 400209 are seen in
-// real DPS responses or SDK sources (dps-tpm.md §8.2, §8.3); the others
+// real DPS responses or SDK sources (docs/dps-protocol.md#registering-and-polling, #errors); the others
 // follow the same HTTP status + 3 digits pattern, chosen here where no
 // source gives the real value.
 const (
@@ -33,8 +33,8 @@ const (
 	codeUnavailable  = 503001
 )
 
-// Messages clients or people match on; the EK one is real DPS's (dps-tpm.md
-// §3.1, §8.3) and the challenge one is from a captured 401 (§5.1).
+// Messages clients or people match on; the EK one is real DPS's
+// (docs/dps-protocol.md#request-bodies, #errors) and the challenge one is from a captured 401 (docs/dps-protocol.md#the-challenge).
 const (
 	msgUnauthorized     = "Unauthorized"
 	msgEndorsementKey   = "Endorsement key is invalid, or does not match the Enrollment."
@@ -46,13 +46,13 @@ const (
 const (
 	maxRequestBody  = 256 << 10
 	contentTypeJSON = "application/json; charset=utf-8"
-	// Header names as DPS writes them, lowercase (dps-tpm.md §2.4).
+	// Header names as DPS writes them, lowercase (docs/dps-protocol.md#endpoints-and-headers).
 	headerRequestID  = "x-ms-request-id"
 	headerErrorCode  = "x-ms-error-code"
 	headerRetryAfter = "retry-after"
 )
 
-// writeJSON writes v with the headers DPS sends (dps-tpm.md §2.4). The
+// writeJSON writes v with the headers DPS sends (docs/dps-protocol.md#endpoints-and-headers). The
 // request ID header goes in lowercase, as DPS writes it; Content-Type is
 // set canonically so net/http does not add a sniffed one.
 func (s *Server) writeJSON(w http.ResponseWriter, status int, v any, requestID string) {
@@ -73,7 +73,7 @@ func (s *Server) writeJSON(w http.ResponseWriter, status int, v any, requestID s
 }
 
 // writeError writes the DPS error body, its trackingId equal to
-// x-ms-request-id (dps-tpm.md §8.3).
+// x-ms-request-id (docs/dps-protocol.md#errors).
 func (s *Server) writeError(w http.ResponseWriter, status, code int, msg string) {
 	id := s.uuid()
 	w.Header()[headerErrorCode] = []string{strconv.Itoa(code)}
@@ -81,7 +81,7 @@ func (s *Server) writeError(w http.ResponseWriter, status, code int, msg string)
 }
 
 // setRetryAfter sets the header under its lowercase name: the C SDK looks
-// it up case-sensitively (dps-tpm.md §2.4), and Header.Set would write
+// it up case-sensitively (docs/dps-protocol.md#endpoints-and-headers), and Header.Set would write
 // Retry-After.
 func setRetryAfter(w http.ResponseWriter, seconds int) {
 	w.Header()[headerRetryAfter] = []string{strconv.Itoa(seconds)}
@@ -124,8 +124,8 @@ func (s *Server) uuid() string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
-// operationID has the shape of real ones, "4.<16 hex>.<uuid>" (dps-tpm.md
-// §8.1, §11.5).
+// operationID has the shape of real ones, "4.<16 hex>.<uuid>"
+// (docs/dps-protocol.md#registering-and-polling).
 func (s *Server) operationID() (string, error) {
 	b, err := s.random(8)
 	if err != nil {
@@ -138,7 +138,7 @@ func (s *Server) operationID() (string, error) {
 func (s *Server) enrollmentETag() string { return `"` + s.uuid() + `"` }
 
 // registrationETag copies the real form: base64 of a quoted ID (the
-// "IjZkMDBm…" of dps-tpm.md §8.2).
+// "IjZkMDBm…" of docs/dps-protocol.md#registering-and-polling).
 func (s *Server) registrationETag() string {
 	return base64.StdEncoding.EncodeToString([]byte(`"` + s.uuid() + `"`))
 }

@@ -209,7 +209,7 @@ func (s *Server) SetFaults(f Faults) {
 }
 
 // now returns the time in UTC at the 100 ns precision DPS timestamps have
-// (seven fractional digits, dps-tpm.md §8.3), which .NET clients parse.
+// (seven fractional digits, docs/dps-protocol.md#errors), which .NET clients parse.
 func (s *Server) now() time.Time { return s.clock().UTC().Truncate(100 * time.Nanosecond) }
 
 // lockedReader lets handlers share a Rand that may not be safe for

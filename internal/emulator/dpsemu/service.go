@@ -15,7 +15,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
-// enrollment serves /enrollments/{id} (dps-tpm.md §10).
+// enrollment serves /enrollments/{id} (docs/dps-protocol.md#service-api).
 func (s *Server) enrollment(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("api-version") == "" {
 		s.writeError(w, http.StatusBadRequest, codeBadRequest, "The api-version query parameter is required.")
@@ -45,7 +45,7 @@ func (s *Server) enrollment(w http.ResponseWriter, r *http.Request) {
 }
 
 // authorizeService checks a service token: the owner policy, sr = the
-// service host name, signed with its key (dps-tpm.md §10).
+// service host name, signed with its key (docs/dps-protocol.md#service-api).
 func (s *Server) authorizeService(header string) error {
 	if header == "" {
 		return errors.New("no Authorization header")
@@ -158,7 +158,7 @@ func validateEnrollment(e *dpsservice.Enrollment, pathID string) (int, string) {
 	if e.Attestation.TPM == nil {
 		return codeBadKey, msgEndorsementKey
 	}
-	// The EK must be able to receive an activation blob (dps-tpm.md §6).
+	// The EK must be able to receive an activation blob (docs/dps-protocol.md#building-the-blob).
 	ek, err := activation.DecodePublic(e.Attestation.TPM.EndorsementKey)
 	if err == nil {
 		err = activation.CheckStorageKey(ek)

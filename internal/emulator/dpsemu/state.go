@@ -26,7 +26,7 @@ type state struct {
 	Operations  map[string]*operation             `json:"operations"`
 }
 
-// challenge is the key K of a 401 challenge (dps-tpm.md §11.1) and the SRK
+// challenge is the key K of a 401 challenge (docs/dps-protocol.md#the-challenge) and the SRK
 // it was wrapped for.
 type challenge struct {
 	Key            []byte    `json:"key"`
@@ -46,8 +46,8 @@ type operation struct {
 	Result *registrationResult `json:"result,omitempty"`
 }
 
-// registrationResult is the device API's registrationState (SPEC
-// DeviceRegistrationResult, dps-tpm.md §8.2).
+// registrationResult is the device API's registrationState
+// (DeviceRegistrationResult in Azure's REST API spec, docs/dps-protocol.md#registering-and-polling).
 type registrationResult struct {
 	dpsservice.RegistrationState
 	TPM     *tpmResult      `json:"tpm,omitempty"`

@@ -36,7 +36,7 @@ func openSim(t *testing.T) (*tpm.TPM, *tpm.Identity) {
 
 var operationIDPattern = regexp.MustCompile(`^4\.[0-9a-f]{16}\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
-// challengeBlob checks a 401 challenge (dps-tpm.md §5.1) and returns blob #1.
+// challengeBlob checks a 401 challenge (docs/dps-protocol.md#the-challenge) and returns blob #1.
 func challengeBlob(t *testing.T, r *response) []byte {
 	t.Helper()
 	if r.Status != http.StatusUnauthorized {
@@ -60,7 +60,7 @@ func challengeBlob(t *testing.T, r *response) []byte {
 	return blob
 }
 
-// The whole flow of dps-tpm.md §1 with a real TPM: challenge, activation,
+// The whole flow of docs/dps-protocol.md#the-flow with a real TPM: challenge, activation,
 // a SAS signed in the TPM, 202 with a literal lowercase retry-after, polls,
 // the assignment, and blob #2 carrying the hub device key. A second
 // registration gets the same device key.
@@ -131,7 +131,7 @@ func TestDeviceFlowTPM(t *testing.T) {
 		}
 		deviceKey = dev.PrimaryKey
 
-		// Blob #2 carries the hub device key (dps-tpm.md §9).
+		// Blob #2 carries the hub device key (docs/dps-protocol.md#after-assignment).
 		if err := tp.ImportKey(t.Context(), rs.TPM.AuthenticationKey); err != nil {
 			t.Fatalf("activate blob #2: %v", err)
 		}
@@ -158,7 +158,7 @@ func TestDeviceFlowTPM(t *testing.T) {
 }
 
 // escapeLower percent-encodes like the C SDK's URL_EncodeString: lowercase
-// hex (dps-tpm.md §7.1).
+// hex (docs/dps-protocol.md#registration-sas-token).
 func escapeLower(s string) string {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
@@ -173,7 +173,7 @@ func escapeLower(s string) string {
 }
 
 // Every SDK's token form is accepted and the bad ones are refused, on the
-// PUT and on the polls (dps-tpm.md §7.1, §7.2).
+// PUT and on the polls (docs/dps-protocol.md#registration-sas-token).
 func TestTokenFormsTPM(t *testing.T) {
 	tp, id := openSim(t)
 	e := newEnv(t, Config{})

@@ -59,7 +59,7 @@ func (id identity) owns(topic string) bool {
 }
 
 // maySubscribe reports whether the identity may subscribe to filter: only
-// filters inside its own topics or $iothub/ (edge-runtime.md §4.2–§4.4), so
+// filters inside its own topics or $iothub/ (docs/edge-protocol.md#telemetry-topics-and-properties, #twin-and-methods-over-mqtt), so
 // that no wildcard reaches another identity's messages.
 func (id identity) maySubscribe(filter string) bool {
 	if strings.HasPrefix(filter, "$iothub/") {
@@ -89,7 +89,7 @@ func unavailable(format string, a ...any) *refusal {
 	return &refusal{code: packets.ErrServerUnavailable, reason: fmt.Sprintf(format, a...)}
 }
 
-// authenticate checks a CONNECT as edgeHub does (edge-runtime.md §3.2–§3.4):
+// authenticate checks a CONNECT as edgeHub does (docs/edge-protocol.md#mqtt-to-edgehub, #sas-tokens-for-edgehub):
 // CONNACK 3 for refused connects and malformed usernames, 5 for anything
 // about identity or token.
 func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, *sas.Token, *refusal) {
@@ -128,7 +128,7 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, *sa
 }
 
 // checkToken verifies the audience, expiry and signature of a token for id
-// (edge-runtime.md §3.3): audience {host}/devices/{d}[/modules/{m}] with
+// (docs/edge-protocol.md#sas-tokens-for-edgehub): audience {host}/devices/{d}[/modules/{m}] with
 // host the hub or the gateway, case-insensitive; expired past se + 5 min;
 // HMAC over the raw sr with the identity key.
 func (s *Server) checkToken(id identity, tok *sas.Token, key []byte) error {
@@ -143,7 +143,7 @@ func (s *Server) checkToken(id identity, tok *sas.Token, key []byte) error {
 }
 
 // parseUsername reads the identity from a CONNECT username the way
-// MqttUsernameParser does (edge-runtime.md §3.2):
+// MqttUsernameParser does (docs/edge-protocol.md#mqtt-to-edgehub):
 // {host}/{d}[/{m}]/?{query} or {host}/{d}[/{m}]/{query}; the host is
 // ignored, ids are trimmed but not decoded, and the query must hold a
 // non-blank api-version.
@@ -192,7 +192,7 @@ func parseUsername(u string) (identity, error) {
 // reauthLoop re-authenticates every connection each interval and closes
 // those whose token no longer verifies (expired past the skew, identity
 // removed, key changed), like edgeHub's ConnectionReauthenticator
-// (edge-runtime.md §3.3).
+// (docs/edge-protocol.md#sas-tokens-for-edgehub).
 func (s *Server) reauthLoop() {
 	t := time.NewTicker(s.reauth)
 	defer t.Stop()

@@ -19,7 +19,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubquery"
 )
 
-// Limits of configurations (edge-runtime.md §6.3).
+// Limits of configurations (docs/edge-protocol.md#iot-hub-service-api).
 const (
 	maxConfigIDLength = 128
 	// maxConfigList is what GET /configurations returns at most: IoT Hub
@@ -30,13 +30,13 @@ const (
 )
 
 // desiredKey is the content key of a module's desired properties; layered
-// deployments use desiredKey + "." + a path (edge-runtime.md §6.2).
+// deployments use desiredKey + "." + a path (docs/edge-protocol.md#deployments).
 const desiredKey = "properties.desired"
 
-// moduleName is the form of a module name in modulesContent (§6.1).
+// moduleName is the form of a module name in modulesContent (docs/edge-protocol.md#deployments).
 var moduleName = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
-// configuration is an automatic deployment (edge-runtime.md §6.3). Content
+// configuration is an automatic deployment (docs/edge-protocol.md#iot-hub-service-api). Content
 // never changes after creation; the other fields are under s.deployMu.
 type configuration struct {
 	id              string
@@ -143,7 +143,7 @@ func checkConfigID(id string) error {
 // parseModulesContent reads modulesContent: module name → object whose
 // keys are either all "properties.desired" (a standard deployment, the
 // module's whole desired properties; standard is true) or all
-// "properties.desired.<path>" (a layered one, edge-runtime.md §6.2; dotted
+// "properties.desired.<path>" (a layered one, docs/edge-protocol.md#deployments; dotted
 // is true). Values follow the twin rules and the 32 KB limit; nulls inside
 // objects are dropped, as merging a twin patch drops them, while a layered
 // key's null value stays: it deletes the member.
@@ -470,7 +470,7 @@ func (s *Server) serveDeleteConfiguration(w http.ResponseWriter, r *http.Request
 
 // serveApplyContent sets one device's modules from {"modulesContent":
 // {...}}: each module's "properties.desired" replaces its desired
-// properties (edge-runtime.md §6.1). Layered keys are refused: they need a
+// properties (docs/edge-protocol.md#deployments). Layered keys are refused: they need a
 // base deployment to merge onto.
 func (s *Server) serveApplyContent(w http.ResponseWriter, r *http.Request) {
 	d := r.PathValue("d")

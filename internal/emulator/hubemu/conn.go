@@ -107,7 +107,7 @@ func (c *conn) untrack(pid uint16) {
 }
 
 // subscription returns the QoS to send topic at, min(subscription QoS, 1)
-// (edge-runtime.md §4.2), if a subscription accepted by accept (nil: any)
+// (docs/edge-protocol.md#telemetry-topics-and-properties), if a subscription accepted by accept (nil: any)
 // matches topic.
 func (c *conn) subscription(topic string, accept func(filter string) bool) (byte, bool) {
 	best := -1
@@ -193,8 +193,8 @@ func (s *Server) DropAll() {
 }
 
 // StallAcks holds every client PUBLISH, and so its PUBACK, for d from now:
-// edgeHub's back-pressure, which stops reading the socket (edge-runtime.md
-// §8). The connection reads nothing else meanwhile.
+// edgeHub's back-pressure, which stops reading the socket
+// (docs/edge-protocol.md#edgehub-delivery). The connection reads nothing else meanwhile.
 func (s *Server) StallAcks(d time.Duration) {
 	s.stallUntil.Store(time.Now().Add(d).UnixNano())
 }

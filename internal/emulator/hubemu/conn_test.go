@@ -29,7 +29,7 @@ func TestConnectAccepted(t *testing.T) {
 	}
 }
 
-// CONNECT is checked as edgeHub checks it (edge-runtime.md §3.2–§3.4).
+// CONNECT is checked as edgeHub checks it (docs/edge-protocol.md#mqtt-to-edgehub, #sas-tokens-for-edgehub).
 func TestConnectCodes(t *testing.T) {
 	s := start(t, nil)
 	now := time.Now()
@@ -137,7 +137,7 @@ func TestSecondConnectionKicksFirst(t *testing.T) {
 }
 
 // A connection whose token expired (past the 5 min skew) is closed at the
-// next re-authentication (edge-runtime.md §3.3).
+// next re-authentication (docs/edge-protocol.md#sas-tokens-for-edgehub).
 func TestReauthClosesExpired(t *testing.T) {
 	clk := &clock{t: time.Now()}
 	s := start(t, func(c *hubemu.Config) {
@@ -168,7 +168,7 @@ func TestReauthClosesExpired(t *testing.T) {
 }
 
 // A QoS 2 PUBLISH is processed, then the connection is closed
-// (edge-runtime.md §4.5).
+// (docs/edge-protocol.md#limits).
 func TestQoS2PublishCloses(t *testing.T) {
 	s := start(t, nil)
 	watch, lostCh := onLost()
@@ -181,7 +181,7 @@ func TestQoS2PublishCloses(t *testing.T) {
 }
 
 // Packets with a remaining length over 262144 bytes close the connection
-// (edge-runtime.md §4.5); one of exactly that size is read.
+// (docs/edge-protocol.md#limits); one of exactly that size is read.
 func TestPacketSizeLimit(t *testing.T) {
 	s := start(t, func(c *hubemu.Config) {
 		c.Routes = map[string]string{"all": "FROM /messages/* INTO $upstream"}

@@ -11,7 +11,7 @@ import (
 )
 
 // inbox is the queue of one module's input messages, drained by one worker
-// goroutine: one message in flight per module (edge-runtime.md §8).
+// goroutine: one message in flight per module (docs/edge-protocol.md#edgehub-delivery).
 type inbox struct {
 	id   identity
 	q    []queued // under Server.mu
@@ -85,7 +85,7 @@ func (s *Server) startInboxLocked(b *inbox) {
 }
 
 // head returns the oldest message of b that has not expired, dropping the
-// expired ones (store-and-forward TTL, edge-runtime.md §8).
+// expired ones (store-and-forward TTL, docs/edge-protocol.md#edgehub-delivery).
 func (s *Server) head(b *inbox) (queued, time.Duration, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -109,8 +109,8 @@ func (s *Server) pop(b *inbox) {
 // drain delivers b's messages in order until the server stops: to a ready
 // connection subscribed to its module messages, waiting for the PUBACK up
 // to the acknowledgement timeout, retrying with backoff (1 s..60 s) after a
-// timeout or a lost connection, until the message's TTL (edge-runtime.md
-// §8; ModuleEndpoint, RoutingModule EndpointExecutorConfig).
+// timeout or a lost connection, until the message's TTL
+// (docs/edge-protocol.md#edgehub-delivery; ModuleEndpoint, RoutingModule EndpointExecutorConfig).
 func (s *Server) drain(b *inbox) {
 	retry := backoff.Backoff{Base: time.Second, Max: time.Minute}
 	// wait sleeps for d, waking early on a poke; false when stopping.
@@ -152,7 +152,7 @@ func (s *Server) drain(b *inbox) {
 		var qos byte
 		if c != nil {
 			// edgeHub recognizes ^devices/.+/modules/.+/#$ as the
-			// module-messages subscription (§4.2).
+			// module-messages subscription (docs/edge-protocol.md#telemetry-topics-and-properties).
 			qos, ok = c.subscription(topic, moduleMessagesFilter.MatchString)
 		}
 		if c == nil || !ok {

@@ -10,7 +10,7 @@ import (
 
 // reconcileLocked applies the automatic deployments to every device of
 // Config.Devices, as IoT Hub does after a configuration or tag change
-// (edge-runtime.md §6.2, §6.3), and records which devices each
+// (docs/edge-protocol.md#deployments, #iot-hub-service-api), and records which devices each
 // configuration targets and where it is in effect. It returns the
 // Config.Agent calls the changes owe, for runAgents once s.deployMu is
 // released. s.deployMu must be held.

@@ -1,6 +1,6 @@
 // Package hubemu emulates edgeHub, and IoT Hub's MQTT endpoint for devices
 // and modules, as strictly as edgeHub treats what a module sends
-// (edge-runtime.md §3, §4, §5, §8, §9):
+// (docs/edge-protocol.md#mqtt-to-edgehub, #telemetry-topics-and-properties, #twin-reconciliation, #edgehub-delivery):
 //
 //   - MQTT 3.1.1 over TLS only; CONNECT checked like edgeHub: client id
 //     equal to the identity, the username rules of MqttUsernameParser, a SAS
@@ -17,7 +17,7 @@
 //     $version, desired pushes only to connected modules) and direct
 //     methods; a twin request without $rid closes the connection, as the
 //     exception it raises in edgeHub does;
-//   - a service API shaped like IoT Hub's REST API (§6.3): twins with
+//   - a service API shaped like IoT Hub's REST API (docs/edge-protocol.md#iot-hub-service-api): twins with
 //     device tags, methods, automatic deployments (configurations with
 //     ETags, target conditions, priorities, layers and metrics) applied to
 //     the devices of Config.Devices, applyConfigurationContent, the module

@@ -10,7 +10,7 @@ import (
 
 // hook drives mochi. Its OnPublish runs on the client's read goroutine
 // before mochi writes the PUBACK, so a PUBACK always follows the message
-// being recorded or queued (edge-runtime.md §8), and holding it there is
+// being recorded or queued (docs/edge-protocol.md#edgehub-delivery), and holding it there is
 // back-pressure.
 type hook struct {
 	mqtt.HookBase
@@ -58,8 +58,8 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	old := s.conns[id]
 	s.byClient[cl] = c
 	s.mu.Unlock()
-	// A second connection of an identity closes the first (edge-runtime.md
-	// §3.4). Closing it here, before mochi's session take-over, keeps mochi
+	// A second connection of an identity closes the first
+	// (docs/edge-protocol.md#mqtt-to-edgehub). Closing it here, before mochi's session take-over, keeps mochi
 	// from writing a DISCONNECT to it.
 	if old != nil {
 		old.close("replaced by a new connection of the same identity")
@@ -118,7 +118,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, filter string, write bool) bool {
 	return c != nil && c.id.maySubscribe(filter)
 }
 
-// OnSubscribe grants QoS 1 for QoS 2 (edge-runtime.md §4.5).
+// OnSubscribe grants QoS 1 for QoS 2 (docs/edge-protocol.md#limits).
 func (h *hook) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.Packet {
 	for i := range pk.Filters {
 		pk.Filters[i].Qos = min(pk.Filters[i].Qos, 1)
@@ -168,7 +168,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.ErrRejectPacket
 	}
 	// edgeHub processes a QoS 2 PUBLISH, then closes the connection
-	// ("QoS 2 is not supported", edge-runtime.md §4.5).
+	// ("QoS 2 is not supported", docs/edge-protocol.md#limits).
 	if pk.FixedHeader.Qos == 2 {
 		c.close("QoS 2 publish")
 		return pk, packets.ErrRejectPacket

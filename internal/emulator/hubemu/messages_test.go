@@ -12,7 +12,7 @@ import (
 )
 
 // Telemetry reaches $upstream with its property bag decoded, and is
-// recorded before the PUBACK (edge-runtime.md §4.1, §8).
+// recorded before the PUBACK (docs/edge-protocol.md#telemetry-topics-and-properties, #edgehub-delivery).
 func TestTelemetryUpstream(t *testing.T) {
 	s := start(t, nil)
 	c := s.Connect(t, dev, "a", keyA, nil)
@@ -67,7 +67,7 @@ func TestDeviceTelemetry(t *testing.T) {
 }
 
 // A module output routed to another module's input arrives with $.cdid and
-// $.cmid, without $.on (edge-runtime.md §4.2).
+// $.cmid, without $.on (docs/edge-protocol.md#telemetry-topics-and-properties).
 func TestRouteToModuleInput(t *testing.T) {
 	s := start(t, nil)
 	a := s.Connect(t, dev, "a", keyA, nil)
@@ -101,7 +101,7 @@ func TestInputSubscriptionForms(t *testing.T) {
 
 // Input delivery waits for the PUBACK, one message at a time, redelivers
 // after the acknowledgement timeout, and keeps messages while the module is
-// away (edge-runtime.md §8).
+// away (docs/edge-protocol.md#edgehub-delivery).
 func TestInputDelivery(t *testing.T) {
 	s := start(t, nil) // MessageAckTimeout 500 ms
 	send := func(body string) {
@@ -193,7 +193,7 @@ func TestSendToInputErrors(t *testing.T) {
 }
 
 // With CleanSession 0 the subscriptions outlive the connection, as edgeHub
-// restores them (edge-runtime.md §3.2): input messages queued meanwhile are
+// restores them (docs/edge-protocol.md#mqtt-to-edgehub): input messages queued meanwhile are
 // delivered on reconnecting without a new SUBSCRIBE.
 func TestPersistentSessionKeepsSubscriptions(t *testing.T) {
 	s := start(t, nil)

@@ -10,7 +10,7 @@ import (
 )
 
 // maxMethodPayload is IoT Hub's direct method payload limit
-// (edge-runtime.md §4.4).
+// (docs/edge-protocol.md#twin-and-methods-over-mqtt).
 const maxMethodPayload = 128 * 1024
 
 type methodResult struct {
@@ -21,7 +21,7 @@ type methodResult struct {
 func methodKey(id identity, rid string) string { return id.String() + "\x00" + rid }
 
 // InvokeMethod calls a direct method on a connected module (module "" for
-// a device) and waits up to timeout for its answer (edge-runtime.md §4.4):
+// a device) and waits up to timeout for its answer (docs/edge-protocol.md#twin-and-methods-over-mqtt):
 // request on $iothub/methods/POST/{method}/?$rid={rid}, response on
 // $iothub/methods/res/{status}/?$rid={rid}. It returns ErrNotConnected when
 // the module is not connected or not subscribed to $iothub/methods/POST/#,

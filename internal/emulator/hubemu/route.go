@@ -35,7 +35,7 @@ func (m Message) clone() Message {
 }
 
 // size is the routing size of a message: body plus every property name and
-// value (Routing.Core Message.Size, edge-runtime.md §4.5).
+// value (Routing.Core Message.Size, docs/edge-protocol.md#limits).
 func (m Message) size() int {
 	n := len(m.Body)
 	for k, v := range m.Properties {
@@ -76,7 +76,7 @@ var (
 	moduleSrc  = regexp.MustCompile(`^/messages/modules/([^/*]+)(/\*|/outputs/\*|/outputs/([^/*]+))?$`)
 )
 
-// parseRoute parses an edgeHub route (edge-runtime.md §6): FROM, a source,
+// parseRoute parses an edgeHub route (docs/edge-protocol.md#deployments): FROM, a source,
 // INTO and a sink; WHERE conditions are not supported.
 func parseRoute(name, text string) (route, error) {
 	m := routeRE.FindStringSubmatch(text)
@@ -137,7 +137,7 @@ func (src source) match(id identity, output string) bool {
 	return output != "" && (src.output == "" || src.output == output)
 }
 
-// ingest routes a telemetry message from id (edge-runtime.md §4.1, §8). It
+// ingest routes a telemetry message from id (docs/edge-protocol.md#telemetry-topics-and-properties, #edgehub-delivery). It
 // returns once the message is in every sink, before the PUBACK.
 func (s *Server) ingest(id identity, t inTopic, body []byte) {
 	if t.device != id.device || t.module != id.module {

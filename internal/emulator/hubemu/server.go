@@ -25,15 +25,15 @@ const (
 	DefaultHubHostName     = "lab-hub.azure-devices.net"
 	DefaultGatewayHostName = "lab-edge"
 	// DefaultReauthInterval is edgeHub's ConnectionReauthenticator period
-	// (edge-runtime.md §3.3).
+	// (docs/edge-protocol.md#sas-tokens-for-edgehub).
 	DefaultReauthInterval = 5 * time.Minute
-	// DefaultMessageAckTimeout is edgeHub's MessageAckTimeoutSecs (§8).
+	// DefaultMessageAckTimeout is edgeHub's MessageAckTimeoutSecs (docs/edge-protocol.md#edgehub-delivery).
 	DefaultMessageAckTimeout = 30 * time.Second
 	// DefaultMessageTTL is how long undelivered input messages are kept.
 	DefaultMessageTTL = 2 * time.Hour
 )
 
-// Limits of edgeHub (edge-runtime.md §3.1, §4.5).
+// Limits of edgeHub (docs/edge-protocol.md#mqtt-to-edgehub, #limits).
 const (
 	// maxPacket is the decoder limit on a packet's remaining length
 	// (MaxInboundMessageSize); larger packets close the connection.
@@ -75,7 +75,7 @@ type Config struct {
 	HubHostName string
 	// GatewayHostName is the edge device's hostname; empty means
 	// DefaultGatewayHostName. Tokens may name either host as audience
-	// (edge-runtime.md §3.3), and both belong in the TLS certificate.
+	// (docs/edge-protocol.md#sas-tokens-for-edgehub), and both belong in the TLS certificate.
 	GatewayHostName string
 	// Key returns the primary key of a module identity (moduleID != "") or
 	// a device identity (moduleID == ""); ok false means unknown identity.
@@ -85,7 +85,7 @@ type Config struct {
 	// with its registry key instead, and one deleted there is unknown even
 	// if Key knows it.
 	Key func(deviceID, moduleID string) (key []byte, ok bool)
-	// Routes maps a route name to an edgeHub route (edge-runtime.md §6):
+	// Routes maps a route name to an edgeHub route (docs/edge-protocol.md#deployments):
 	// "FROM <source> INTO <sink>", sources /messages/*,
 	// /messages/modules/{m}/*, /messages/modules/{m}/outputs/* and
 	// /messages/modules/{m}/outputs/{o}; sinks $upstream and
@@ -111,7 +111,7 @@ type Config struct {
 	// ServicePolicies maps a shared access policy name (skn) to its key.
 	// When it is not empty, every service API request needs a service SAS
 	// token for the hub host signed with one of these keys
-	// (edge-runtime.md §6.3); when empty the service API is open.
+	// (docs/edge-protocol.md#iot-hub-service-api); when empty the service API is open.
 	ServicePolicies map[string][]byte
 	// Devices lists the edge devices automatic deployments consider (the
 	// lab's registry, a test's fleet); nil means none. It is called at
@@ -280,7 +280,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, tlsConfig *tls.Confi
 		return errors.New("hubemu: serve: already serving")
 	}
 	tc := tlsConfig.Clone()
-	// edgeHub SslProtocols default tls1.2,tls1.3 (edge-runtime.md §3.1).
+	// edgeHub SslProtocols default tls1.2,tls1.3 (docs/edge-protocol.md#mqtt-to-edgehub).
 	tc.MinVersion = max(tc.MinVersion, tls.VersionTLS12)
 	addr := l.Addr()
 	s.addr.Store(&addr)

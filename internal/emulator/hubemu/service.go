@@ -11,7 +11,7 @@ import (
 )
 
 // ServiceHandler serves a service API shaped like IoT Hub's REST API
-// (api-version required on every request; edge-runtime.md §6.3):
+// (api-version required on every request; docs/edge-protocol.md#iot-hub-service-api):
 //
 //	GET   /twins/{d}/modules/{m}          module twin
 //	PATCH /twins/{d}/modules/{m}          {"properties":{"desired":{...}}} → twin
@@ -76,7 +76,7 @@ func (s *Server) ServiceHandler() http.Handler {
 }
 
 // authorizeService checks a request's service SAS token when
-// Config.ServicePolicies is set (edge-runtime.md §6.3): sr the hub host,
+// Config.ServicePolicies is set (docs/edge-protocol.md#iot-hub-service-api): sr the hub host,
 // skn a known policy, signed with its key, not expired past the 5 minute
 // skew. A token without skn on a device's module registry is that device's
 // (authorizeDevice). It returns why a request is refused, "" when it is

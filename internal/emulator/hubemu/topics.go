@@ -17,7 +17,7 @@ type topicKind int
 
 const (
 	// kindUnknown matches none of edgeHub's inbound templates: the message is
-	// dropped but still acknowledged (edge-runtime.md §4.5).
+	// dropped but still acknowledged (docs/edge-protocol.md#limits).
 	kindUnknown topicKind = iota
 	kindTelemetry
 	kindTwinGet
@@ -31,7 +31,7 @@ type inTopic struct {
 	// device and module name the identity in a telemetry topic; module is
 	// empty for a device's topic.
 	device, module string
-	// props is the property bag of telemetry (edge-runtime.md §4.1) or the
+	// props is the property bag of telemetry (docs/edge-protocol.md#telemetry-topics-and-properties) or the
 	// query of a $iothub topic.
 	props map[string]string
 	// rid is $rid of twin and method topics, status the method status.
@@ -42,7 +42,7 @@ type inTopic struct {
 var errNoRID = errors.New("$rid missing or empty")
 
 // parseTopic maps an inbound topic onto edgeHub's inbound templates
-// (edge-runtime.md §4.1, §4.3, §4.4; appsettings_hub.json InboundTemplates).
+// (docs/edge-protocol.md#telemetry-topics-and-properties, #twin-and-methods-over-mqtt; appsettings_hub.json InboundTemplates).
 // A topic that matches no template is kindUnknown without an error; an
 // error means the topic matched a template but its content is unusable
 // (bad percent-encoding, no $rid).
@@ -124,7 +124,7 @@ func parseIoTHubTopic(rest string) (inTopic, error) {
 
 // parseProperties decodes a property bag: pairs split on '&', each split on
 // its first '=', both halves RFC 3986 percent-decoded ('+' stays '+'); a key
-// without '=' has an empty (null) value (edge-runtime.md §4.1, §4.2). Empty
+// without '=' has an empty (null) value (docs/edge-protocol.md#telemetry-topics-and-properties). Empty
 // pairs are skipped.
 func parseProperties(bag string) (map[string]string, error) {
 	props := map[string]string{}
@@ -157,7 +157,7 @@ func parseProperties(bag string) (map[string]string, error) {
 var systemOrder = []string{"$.mid", "$.cid", "$.uid", "$.ct", "$.ce", "$.exp", "$.to", "$.schema", "$.ctime", "$.ifid", "$.sub", "$.cdid", "$.cmid"}
 
 // encodeProperties writes system properties first, then user properties
-// sorted, as the SDKs do (edge-runtime.md §4.1), percent-encoding all but
+// sorted, as the SDKs do (docs/edge-protocol.md#telemetry-topics-and-properties), percent-encoding all but
 // RFC 3986 unreserved characters ('$' becomes %24, space %20).
 func encodeProperties(system, user map[string]string) string {
 	var b strings.Builder
@@ -231,8 +231,8 @@ func matchFilter(filter, topic string) bool {
 }
 
 // moduleMessagesFilter is how edgeHub recognizes the module-messages
-// subscription (SessionStateParser, edge-runtime.md §4.2).
+// subscription (SessionStateParser, docs/edge-protocol.md#telemetry-topics-and-properties).
 var moduleMessagesFilter = regexp.MustCompile(`^devices/.+/modules/.+/#$`)
 
-// twinResponseFilter must be subscribed exactly (edge-runtime.md §4.3).
+// twinResponseFilter must be subscribed exactly (docs/edge-protocol.md#twin-and-methods-over-mqtt).
 const twinResponseFilter = "$iothub/twin/res/#"

@@ -11,7 +11,7 @@ var topicTests = []struct {
 	want    inTopic
 	wantErr bool
 }{
-	// The four inbound telemetry templates (edge-runtime.md §4.1).
+	// The four inbound telemetry templates (docs/edge-protocol.md#telemetry-topics-and-properties).
 	{topic: "devices/edge1/modules/filter/messages/events", want: inTopic{kind: kindTelemetry, device: "edge1", module: "filter", props: map[string]string{}}},
 	{topic: "devices/edge1/modules/filter/messages/events/", want: inTopic{kind: kindTelemetry, device: "edge1", module: "filter", props: map[string]string{}}},
 	{topic: "devices/edge1/modules/filter/messages/events/a=1", want: inTopic{kind: kindTelemetry, device: "edge1", module: "filter", props: map[string]string{"a": "1"}}},
@@ -37,7 +37,7 @@ var topicTests = []struct {
 	{topic: "foo/bar"},
 	{topic: "$iothub/twin/PATCH/properties/desired/?$version=2"},
 	{topic: "$iothub/methods/res/abc/?$rid=1"},
-	// Twin and methods (§4.3, §4.4).
+	// Twin and methods (docs/edge-protocol.md#twin-and-methods-over-mqtt).
 	{topic: "$iothub/twin/GET/?$rid=42", want: inTopic{kind: kindTwinGet, rid: "42", props: map[string]string{"$rid": "42"}}},
 	{topic: "$iothub/twin/PATCH/properties/reported/?$rid=a%20b", want: inTopic{kind: kindTwinReported, rid: "a b", props: map[string]string{"$rid": "a b"}}},
 	{topic: "$iothub/methods/res/200/?$rid=7", want: inTopic{kind: kindMethodResponse, rid: "7", status: 200, props: map[string]string{"$rid": "7"}}},
@@ -165,7 +165,7 @@ func TestParseRoute(t *testing.T) {
 }
 
 // The routing size check counts body and every property name and value,
-// including the $.cdid/$.cmid the emulator adds (edge-runtime.md §4.5).
+// including the $.cdid/$.cmid the emulator adds (docs/edge-protocol.md#limits).
 func TestIngestDropsOversize(t *testing.T) {
 	s, err := New(Config{
 		Key:    func(string, string) ([]byte, bool) { return nil, true },

@@ -10,7 +10,7 @@ import (
 	"strings"
 )
 
-// Twin limits (edge-runtime.md §4.5, iot-hub-devguide-device-twins).
+// Twin limits (docs/edge-protocol.md#limits, iot-hub-devguide-device-twins).
 const (
 	maxTwinSize  = 32 * 1024
 	maxTwinDepth = 10
@@ -99,7 +99,7 @@ func (s *Server) Twin(device, module string) (Twin, error) {
 // UpdateDesired merges patch into the desired properties (JSON merge: null
 // deletes), bumps the desired $version and, if the module is connected and
 // subscribed to $iothub/twin/PATCH/properties/desired/#, sends it the
-// patch with "$version" (edge-runtime.md §4.3, §5). Disconnected modules
+// patch with "$version" (docs/edge-protocol.md#twin-and-methods-over-mqtt, #twin-reconciliation). Disconnected modules
 // get nothing queued; they GET the twin when they reconnect.
 func (s *Server) UpdateDesired(device, module string, patch json.RawMessage) (int64, error) {
 	id := identity{device, module}
@@ -264,7 +264,7 @@ func (s *Server) SetTags(device string, tags json.RawMessage) error {
 }
 
 // twinGet answers $iothub/twin/GET with the desired and reported documents,
-// each with its $version (edge-runtime.md §4.3).
+// each with its $version (docs/edge-protocol.md#twin-and-methods-over-mqtt).
 func (s *Server) twinGet(c *conn, rid string) {
 	s.twinMu.Lock()
 	defer s.twinMu.Unlock()
@@ -326,7 +326,7 @@ func withVersion(doc map[string]any, v int64) map[string]any {
 
 // decodePatch decodes a twin patch: a JSON object whose keys follow the
 // twin rules (no '.', '$', space or control characters), without arrays,
-// nested at most 10 deep (edge-runtime.md §4.5). Numbers keep their text.
+// nested at most 10 deep (docs/edge-protocol.md#limits). Numbers keep their text.
 func decodePatch(data []byte) (map[string]any, error) {
 	var v any
 	if err := decodeStrict(data, &v); err != nil {

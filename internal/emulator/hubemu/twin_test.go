@@ -30,7 +30,7 @@ func jsonEq(t *testing.T, got []byte, want string) bool {
 }
 
 // twinClient is a module's twin session: response and desired-patch
-// subscriptions as the SDKs make them (edge-runtime.md §5).
+// subscriptions as the SDKs make them (docs/edge-protocol.md#twin-reconciliation).
 type twinClient struct {
 	c       paho.Client
 	res     <-chan paho.Message
@@ -61,7 +61,7 @@ func TestTwin(t *testing.T) {
 		t.Errorf("GET answered %s %s", m.Topic(), m.Payload())
 	}
 
-	// Reported patches: 204 without $version (edgeHub, §4.3), merged.
+	// Reported patches: 204 without $version (edgeHub, docs/edge-protocol.md#twin-and-methods-over-mqtt), merged.
 	m = tc.request(t, "$iothub/twin/PATCH/properties/reported/?$rid=2", `{"interval":5,"status":{"ok":true,"gone":1}}`)
 	if m.Topic() != "$iothub/twin/res/204/?$rid=2" || len(m.Payload()) != 0 {
 		t.Errorf("reported patch answered %s %q, want $iothub/twin/res/204/?$rid=2 and no body", m.Topic(), m.Payload())
@@ -128,7 +128,7 @@ func TestTwin(t *testing.T) {
 }
 
 // Desired patches are not queued for a disconnected module: it sees the
-// change when it GETs the twin after reconnecting (edge-runtime.md §5).
+// change when it GETs the twin after reconnecting (docs/edge-protocol.md#twin-reconciliation).
 func TestUpdateDesiredWhileDisconnected(t *testing.T) {
 	s := start(t, nil)
 	if _, err := s.UpdateDesired(dev, "a", json.RawMessage(`{"mode":"eco"}`)); err != nil {

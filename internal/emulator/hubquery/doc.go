@@ -1,5 +1,5 @@
 // Package hubquery parses and evaluates the subset of the IoT Hub query
-// language that automatic deployments use (edge-runtime.md §6.3): the
+// language that automatic deployments use (docs/edge-protocol.md#iot-hub-service-api): the
 // targetCondition of a configuration and the SELECT ... FROM devices or
 // devices.modules queries of its metrics. The IoT Hub emulator calls it to
 // pick target devices and to count metric results; twins are decoded JSON

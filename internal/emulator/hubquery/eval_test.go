@@ -35,7 +35,7 @@ var matchTests = []struct {
 	cond string
 	want []string // names of the matching twins, sorted
 }{
-	// edge-runtime.md §6.3.
+	// docs/edge-protocol.md#iot-hub-service-api.
 	{"tags.environment='prod' AND tags.site='plant1'", []string{"edge1"}},
 	{"moduleId='$edgeAgent' AND properties.reported.lastDesiredStatus.code = 200", []string{"agent1"}},
 	// The package doc example.

@@ -11,7 +11,7 @@ import (
 )
 
 // The server certificate chains to the CA and carries the names and EKU of
-// edge-runtime.md §2.5.
+// docs/edge-protocol.md#workload-api.
 func TestServerCertificate(t *testing.T) {
 	ca := newCA(t)
 	h := newServer(t, Config{CA: ca}).Handler()

@@ -1,19 +1,19 @@
 // Package workloademu emulates the IoT Edge workload API that aziot-edged
-// serves to modules over a Unix socket (edge-runtime.md §2, §9), as strictly
+// serves to modules over a Unix socket (docs/edge-protocol.md#workload-api), as strictly
 // as the real daemon answers what the Azure SDKs and module/workload send:
 //
 //   - POST /modules/{m}/genid/{g}/sign: HMAC-SHA256 with the module's
-//     identity key (§2.3);
+//     identity key (docs/edge-protocol.md#workload-api);
 //   - GET /trust-bundle and GET /manifest-trust-bundle: PEM text in JSON
-//     (§2.4);
+//     (docs/edge-protocol.md#workload-api);
 //   - POST /modules/{m}/genid/{g}/certificate/server: a server certificate
-//     issued by an internal/pki CA (§2.5);
+//     issued by an internal/pki CA (docs/edge-protocol.md#workload-api);
 //   - POST /modules/{m}/certificate/identity: recognised, answered 500
-//     because internal/pki cannot issue client certificates (§2.6);
+//     because internal/pki cannot issue client certificates (docs/edge-protocol.md#workload-api);
 //   - the request rules of aziot's http-common server: api-version first,
-//     {"message"} errors, body rules, 404/400/422/408 (§2.1, §2.2);
+//     {"message"} errors, body rules, 404/400/422/408 (docs/edge-protocol.md#workload-api);
 //   - per socket, at most Config.MaxConcurrent live connections, the rest
-//     closed without a reply (§2.1), and optionally the caller's peer pid
+//     closed without a reply (docs/edge-protocol.md#workload-api), and optionally the caller's peer pid
 //     checked against the module in the path (403).
 //
 // A Server is safe for concurrent use; Serve may run on several sockets at

@@ -13,7 +13,7 @@ import (
 )
 
 // Sign request bodies from outside: never a panic, only the statuses of
-// edge-runtime.md §2.2, a JSON answer, and a 200 only with the right HMAC
+// docs/edge-protocol.md#workload-api, a JSON answer, and a 200 only with the right HMAC
 // over the data a plain JSON reading finds.
 func FuzzSignRequest(f *testing.F) {
 	for _, seed := range []struct{ body, ctype string }{

@@ -83,7 +83,7 @@ const (
 	signBody = `{"keyId":"primary","algo":"HMACSHA256","data":"aGVsbG8="}` // "hello"
 )
 
-// Every route and every error of edge-runtime.md §2.2, through Handler.
+// Every route and every error of docs/edge-protocol.md#workload-api, through Handler.
 func TestHandler(t *testing.T) {
 	ca := newCA(t)
 	s := newServer(t, Config{CA: ca})
@@ -182,8 +182,8 @@ func TestHandler(t *testing.T) {
 	}
 }
 
-// Every known api-version is accepted on every route (edge-runtime.md
-// §2.1: all routes accept >= 2018-06-28).
+// Every known api-version is accepted on every route
+// (docs/edge-protocol.md#workload-api: all routes accept >= 2018-06-28).
 func TestAPIVersions(t *testing.T) {
 	h := newServer(t, Config{CA: newCA(t)}).Handler()
 	for _, ver := range []string{"2018-06-28", "2019-01-30", "2019-10-22", "2019-11-05", "2020-07-07", "2021-12-07", "2022-08-03"} {
@@ -248,7 +248,7 @@ func TestNewRejects(t *testing.T) {
 }
 
 // With a pid check configured, module routes reached without a pid do not
-// match, as aziot-edged's from_uri returns None (edge-runtime.md §2.1);
+// match, as aziot-edged's from_uri returns None (docs/edge-protocol.md#workload-api);
 // the trust bundle has no pid check.
 func TestHandlerWithoutPID(t *testing.T) {
 	s := newServer(t, Config{CA: newCA(t), ModuleOfPID: func(int32) (string, bool) { return "filtermodule", true }})

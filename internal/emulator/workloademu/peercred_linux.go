@@ -6,7 +6,7 @@ import (
 )
 
 // peerPID reads the pid of the process that connected c (SO_PEERCRED), the
-// caller identity aziot-edged checks (edge-runtime.md §2.1).
+// caller identity aziot-edged checks (docs/edge-protocol.md#workload-api).
 func peerPID(c net.Conn) (int32, bool) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {

@@ -12,7 +12,7 @@ import (
 	"unicode/utf8"
 )
 
-// apiVersions are the versions aziot-edged knows (edge-runtime.md §2.1,
+// apiVersions are the versions aziot-edged knows (docs/edge-protocol.md#workload-api,
 // edgelet-http/src/version.rs). Every route here accepts all of them.
 var apiVersions = map[string]bool{
 	"2018-06-28": true,
@@ -124,7 +124,7 @@ func debugQuote(s string) string {
 // parsed: http-common parses when the header is absent (or not visible
 // ASCII, which hyper's to_str rejects) or its media type is exactly
 // application/json; any other type makes the body count as absent
-// (edge-runtime.md §2.1).
+// (docs/edge-protocol.md#workload-api).
 func isJSON(contentType []string) bool {
 	if len(contentType) == 0 {
 		return true

@@ -22,7 +22,7 @@ const (
 )
 
 // moduleRoute reports whether the route names a module and so needs the
-// caller's pid; the trust bundle routes do not (edge-runtime.md §2.4).
+// caller's pid; the trust bundle routes do not (docs/edge-protocol.md#workload-api).
 func (k routeKind) moduleRoute() bool {
 	return k == routeSign || k == routeServerCert || k == routeIdentityCert
 }
@@ -76,7 +76,7 @@ func matchRoute(path string) (route, bool) {
 }
 
 // authCaller is edgelet-http's auth_caller: the caller's pid must belong
-// to the module in the path (edge-runtime.md §2.1).
+// to the module in the path (docs/edge-protocol.md#workload-api).
 func (s *Server) authCaller(w http.ResponseWriter, r *http.Request, rt route) bool {
 	if s.pids == nil {
 		return true
@@ -93,7 +93,7 @@ type signResponse struct {
 	Digest string `json:"digest"`
 }
 
-// sign is POST /modules/{m}/genid/{g}/sign (edge-runtime.md §2.3): only
+// sign is POST /modules/{m}/genid/{g}/sign (docs/edge-protocol.md#workload-api): only
 // data is read; keyId and algo are ignored as by aziot-edged. The checks
 // run in the real order: pid, body present, base64, identity.
 func (s *Server) sign(w http.ResponseWriter, r *http.Request, rt route, body map[string]string) {
@@ -113,7 +113,7 @@ func (s *Server) sign(w http.ResponseWriter, r *http.Request, rt route, body map
 	key, ok := s.key(rt.module)
 	if !ok {
 		// An unknown module is an identity service failure, 500, not a
-		// 404: the route matched (edge-runtime.md §2.2, get_module_key in
+		// 404: the route matched (docs/edge-protocol.md#workload-api, get_module_key in
 		// module/data/sign.rs).
 		s.fail(w, r, http.StatusInternalServerError, fmt.Sprintf("failed to get module identity for %s: identity not found", rt.module))
 		return
@@ -128,7 +128,7 @@ type trustBundleResponse struct {
 }
 
 // trustBundle serves both bundles as PEM text, not base64 of it
-// (edge-runtime.md §2.4).
+// (docs/edge-protocol.md#workload-api).
 func (s *Server) trustBundle(w http.ResponseWriter, r *http.Request, rt route) {
 	if rt.kind == routeManifestTrustBundle {
 		s.writeJSON(w, r, http.StatusOK, trustBundleResponse{Certificate: string(s.manifest)})
@@ -153,7 +153,7 @@ type certificateResponse struct {
 }
 
 // serverCert is POST /modules/{m}/genid/{g}/certificate/server
-// (edge-runtime.md §2.5): CN and first SAN commonName, second SAN the
+// (docs/edge-protocol.md#workload-api): CN and first SAN commonName, second SAN the
 // module id without '$', EKU serverAuth, 201 with key, chain and
 // expiration. expiration in the body is ignored.
 func (s *Server) serverCert(w http.ResponseWriter, r *http.Request, rt route, body map[string]string) {
@@ -211,7 +211,7 @@ func (s *Server) serverCert(w http.ResponseWriter, r *http.Request, rt route, bo
 	})
 }
 
-// identityCert is POST /modules/{m}/certificate/identity (§2.6). It needs
+// identityCert is POST /modules/{m}/certificate/identity (docs/edge-protocol.md#workload-api). It needs
 // a client certificate with a URI SAN, which internal/pki cannot issue, so
 // after the same checks as the real route it fails the way a certd
 // failure does.

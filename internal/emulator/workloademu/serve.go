@@ -20,7 +20,7 @@ const shutdownGrace = 2 * time.Second
 // Serve listens on a Unix socket at socketPath and serves the workload API
 // there until ctx ends; then it closes the socket, waits for its
 // goroutines and removes the socket file. The socket is mode 0666, like
-// aziot-edged's workload sockets (systemd SocketMode=0666, §1.1). A stale
+// aziot-edged's workload sockets (systemd SocketMode=0666, docs/edge-protocol.md#module-environment). A stale
 // socket file is replaced; a live one, or a file that is not a socket, is
 // an error. Serve returns nil when ctx ended.
 func (s *Server) Serve(ctx context.Context, socketPath string) error {
@@ -92,7 +92,7 @@ func removeStale(path string) error {
 
 // capListener hands out at most cap(slots) live connections and closes
 // any beyond that at once, without an HTTP reply, as aziot-edged does with
-// its per-socket semaphore (edge-runtime.md §2.1); callers retry.
+// its per-socket semaphore (docs/edge-protocol.md#workload-api); callers retry.
 type capListener struct {
 	net.Listener
 	slots chan struct{}

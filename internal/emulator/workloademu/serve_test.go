@@ -165,7 +165,7 @@ func holdSlot(t *testing.T, path string) net.Conn {
 }
 
 // Ten live connections fill the socket; the eleventh is closed without a
-// byte of HTTP (edge-runtime.md §2.1), and a freed slot serves again.
+// byte of HTTP (docs/edge-protocol.md#workload-api), and a freed slot serves again.
 func TestConcurrencyCap(t *testing.T) {
 	path := serve(t, newServer(t, Config{CA: newCA(t)}))
 	var held []net.Conn

@@ -19,12 +19,12 @@ import (
 )
 
 // DefaultMaxConcurrent is aziot-edged's limit of simultaneous connections
-// per workload socket (edge-runtime.md §2.1, workload_manager.rs
+// per workload socket (docs/edge-protocol.md#workload-api, workload_manager.rs
 // max_requests).
 const DefaultMaxConcurrent = 10
 
 // bodyTimeout is how long http-common waits for a request body before it
-// answers 408 (HYPER_REQUEST_TIMEOUT, edge-runtime.md §2.1).
+// answers 408 (HYPER_REQUEST_TIMEOUT, docs/edge-protocol.md#workload-api).
 const bodyTimeout = 5 * time.Second
 
 // Config configures a Server.
@@ -32,12 +32,12 @@ type Config struct {
 	// Key returns a module's identity key, the HMAC key of its sign calls;
 	// the lab wires it to the device registry. Required.
 	Key func(moduleID string) (key []byte, ok bool)
-	// CA issues module server certificates (§2.5); nil answers that route
+	// CA issues module server certificates (docs/edge-protocol.md#workload-api); nil answers that route
 	// with 500, as aziot-edged does when certd fails.
 	CA *pki.CA
 	// TrustBundle is the PEM returned by GET /trust-bundle; empty means
 	// the CA's certificate, and with no CA either the route answers 404
-	// like aziot-edged without its bundle (§2.4).
+	// like aziot-edged without its bundle (docs/edge-protocol.md#workload-api).
 	TrustBundle []byte
 	// ManifestTrustBundle is the PEM returned by GET
 	// /manifest-trust-bundle; empty gives "", as when not configured.
@@ -133,7 +133,7 @@ func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 // their outcome.
 func (s *Server) Requests() int64 { return s.signs.Load() }
 
-// errorBody is http-common's ErrorBody (edge-runtime.md §2.2).
+// errorBody is http-common's ErrorBody (docs/edge-protocol.md#workload-api).
 type errorBody struct {
 	Message string `json:"message"`
 }
@@ -170,7 +170,7 @@ func rawTarget(r *http.Request) (path, query string) {
 }
 
 // serveHTTP follows http-common's make_service! step by step
-// (edge-runtime.md §2.1–§2.2): api-version before anything else, then the
+// (docs/edge-protocol.md): api-version before anything else, then the
 // route, then the method, then the body, then the route's own checks.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	path, query := rawTarget(r)
@@ -271,7 +271,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // body returns the request body as POST and DELETE see it: nil when empty
-// or when the Content-Type is not JSON (edge-runtime.md §2.1). ok is false
+// or when the Content-Type is not JSON (docs/edge-protocol.md#workload-api). ok is false
 // when an error answer was written.
 func (s *Server) body(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	b, ok := s.readBody(w, r)

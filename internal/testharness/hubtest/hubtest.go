@@ -24,7 +24,7 @@ import (
 )
 
 // APIVersion is the api-version the helpers put in usernames and service
-// requests (the Python SDK's, edge-runtime.md §3.2).
+// requests (the Python SDK's, docs/edge-protocol.md#mqtt-to-edgehub).
 const APIVersion = "2019-10-01"
 
 // Server is a running emulator.
@@ -130,8 +130,8 @@ func (s *Server) ModuleToken(t testing.TB, device, module string, key []byte, tt
 	return Token(t, res, key, s.Now().Add(ttl))
 }
 
-// Username is the CONNECT username the Python SDK sends (edge-runtime.md
-// §3.2).
+// Username is the CONNECT username the Python SDK sends
+// (docs/edge-protocol.md#mqtt-to-edgehub).
 func (s *Server) Username(device, module string) string {
 	id := device
 	if module != "" {

@@ -43,7 +43,7 @@ const (
 // HTTP transport and azure-iot-security-tpm over tss.js), registers a
 // reference TPM simulator with the emulator: it reads the EK, gets the 401
 // challenge, activates blob #1, signs the SAS token in the TPM, polls the
-// operation and imports blob #2 at 0x81000100 (dps-tpm.md §1). The key it
+// operation and imports blob #2 at 0x81000100 (docs/dps-protocol.md#the-flow). The key it
 // imported must then be the hub device key the registry holds, both as the
 // SDK signs with it and as our own TPM client does.
 func TestNodeSDKRegistersWithTPM(t *testing.T) {
@@ -161,8 +161,8 @@ func TestNodeSDKRegistersWithTPM(t *testing.T) {
 	}
 }
 
-// The device API exchanges of dps-tpm.md §1 with Node's api-version
-// (§2.2): an anonymous PUT challenged with 401, the same PUT with the SAS
+// The device API exchanges of docs/dps-protocol.md#the-flow with Node's api-version
+// (docs/dps-protocol.md#endpoints-and-headers): an anonymous PUT challenged with 401, the same PUT with the SAS
 // token accepted with 202, then polls with the token, "assigning" (202) and
 // finally "assigned" (200).
 func checkDeviceFlow(t *testing.T, got []exchange, registration string) {

@@ -7,21 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"net"
-	"net/http"
-	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
-	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 )
-
-// shutdownTimeout bounds the wait for requests in flight on exit.
-const shutdownTimeout = 5 * time.Second
 
 // hubFlag collects repeated --hub HOST[=LATENCY] values.
 type hubFlag []dpsemu.Hub
@@ -74,69 +66,25 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *retryAfter < 1 || *retryAfter > 300 {
 		return usagef("--retry-after %d: want 1 to 300 seconds", *retryAfter)
 	}
-	host, _, err := net.SplitHostPort(*listen)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(*listen); err != nil {
 		return usagef("--listen %q: %v", *listen, err)
 	}
 	stateDir, ca, err := lab.OpenState(*dir)
 	if err != nil {
 		return err
 	}
-	names := []string{"localhost", "127.0.0.1", "::1"}
-	if ip := net.ParseIP(host); host != "" && !slices.Contains(names, host) && (ip == nil || !ip.IsUnspecified()) {
-		names = append(names, host)
-	}
-	tlsConfig, err := ca.ServerTLS(names...)
+	d, err := lab.StartDPS(stateDir, ca, lab.DPSConfig{Listen: *listen, Hubs: hubs, RetryAfter: *retryAfter, Log: consoleLog(stderr)})
 	if err != nil {
-		return err
-	}
-	logger := consoleLog(stderr)
-	emu, err := lab.NewDPS(stateDir, hubs, *retryAfter, logger)
-	if err != nil {
-		return err
-	}
-
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	// HTTP/1.1 only: the SDKs' device clients speak it (docs/dps-protocol.md#endpoints-and-headers),
-	// and the reset fault needs a connection it can cut mid-response.
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	srv := &http.Server{
-		Handler:           emu,
-		TLSConfig:         tlsConfig,
-		Protocols:         &protocols,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          log.New(logger, "", 0),
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(ln, "", "") }()
-
-	endpoint := "https://" + ln.Addr().String()
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, lab.DPSEndpointFile), []byte(endpoint+"\n"), 0o644); err != nil {
-		srv.Close()
 		return err
 	}
 	if *asJSON {
-		json.NewEncoder(stdout).Encode(map[string]string{"endpoint": endpoint, "idScope": emu.IDScope(), "stateDir": stateDir})
+		json.NewEncoder(stdout).Encode(map[string]string{"endpoint": d.Endpoint, "idScope": d.IDScope(), "stateDir": stateDir})
 	} else {
-		fmt.Fprintf(stdout, "dps emulator at %s, id scope %s, state in %s\n", endpoint, emu.IDScope(), stateDir)
+		fmt.Fprintf(stdout, "dps emulator at %s, id scope %s, state in %s\n", d.Endpoint, d.IDScope(), stateDir)
 	}
-
 	select {
-	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
+	case <-d.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shut down: %w", err)
-	}
-	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve: %w", err)
-	}
-	return nil
+	return d.Close()
 }

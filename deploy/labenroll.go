@@ -12,11 +12,6 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
-	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/emulator/pki"
-	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/edgetpm/edgetpm/internal/tlsconfig"
-	"github.com/edgetpm/edgetpm/provisioner/dps"
 )
 
 // labEnroll creates or replaces the individual TPM enrollment of a device
@@ -57,43 +52,17 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		return fmt.Errorf("identity holds no registrationId and endorsementKey: give the output of 'edge-provisioner identity --json'")
 	}
 
-	read := func(name string) (string, error) {
-		b, err := os.ReadFile(filepath.Join(*dir, name))
-		if err != nil {
-			return "", fmt.Errorf("read the lab's %s (is 'edge-deploy lab dps --state-dir %s' running?): %w", name, *dir, err)
-		}
-		return strings.TrimSpace(string(b)), nil
-	}
-	endpoint, err := read(lab.DPSEndpointFile)
+	c, err := lab.DPSServiceClient(*dir)
 	if err != nil {
 		return err
 	}
-	cs, err := read(lab.DPSConnFile)
+	if err := lab.Enroll(ctx, c, id.RegistrationID, *deviceID, ek, *edge); err != nil {
+		return err
+	}
+	scope, err := os.ReadFile(filepath.Join(*dir, lab.IDScopeFile))
 	if err != nil {
 		return err
 	}
-	conn, err := sas.ParsePolicy(cs)
-	if err != nil {
-		return err
-	}
-	roots, err := tlsconfig.TrustFile(filepath.Join(*dir, pki.CertFile))
-	if err != nil {
-		return err
-	}
-	c := &dpsservice.Client{Conn: conn, Endpoint: endpoint, HTTP: dps.NewHTTPClient(roots)}
-	e, err := c.PutEnrollment(ctx, dpsservice.Enrollment{
-		RegistrationID: id.RegistrationID,
-		DeviceID:       *deviceID,
-		Attestation:    dpsservice.Attestation{Type: "tpm", TPM: &dpsservice.TPMAttestation{EndorsementKey: ek}},
-		Capabilities:   &dpsservice.Capabilities{IoTEdge: *edge},
-	}, "")
-	if err != nil {
-		return err
-	}
-	scope, err := read(lab.IDScopeFile)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "enrolled %s in id scope %s at %s\n", e.RegistrationID, scope, endpoint)
+	fmt.Fprintf(stdout, "enrolled %s in id scope %s at %s\n", id.RegistrationID, strings.TrimSpace(string(scope)), c.Endpoint)
 	return nil
 }

@@ -7,17 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
-	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
-	"github.com/edgetpm/edgetpm/internal/registry"
 )
 
 // routeFlag collects repeated --route NAME=ROUTE values.
@@ -55,89 +48,42 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *gateway == "" {
-		*gateway = lab.GatewayHostName()
-	}
-	if len(routes) == 0 {
-		routes["upstream"] = "FROM /messages/* INTO $upstream"
-	}
 	stateDir, ca, err := lab.OpenState(*dir)
 	if err != nil {
 		return err
 	}
-	tlsConfig, err := ca.ServerTLS(*gateway, *hub, "localhost", "127.0.0.1")
+	h, err := lab.StartHub(stateDir, ca, lab.HubConfig{MQTT: *listen, Service: *service, Hub: *hub, Gateway: *gateway, Routes: routes, Log: consoleLog(stderr)})
 	if err != nil {
 		return err
-	}
-	logger := consoleLog(stderr)
-	emu, err := lab.NewHub(stateDir, *hub, *gateway, routes, logger)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	sln, err := net.Listen("tcp", *service)
-	if err != nil {
-		ln.Close()
-		return fmt.Errorf("listen: %w", err)
-	}
-	// A copy: http.Server adds its HTTP/2 settings to the config it gets.
-	srv := &http.Server{Handler: emu.ServiceHandler(), TLSConfig: tlsConfig.Clone(), ReadHeaderTimeout: 10 * time.Second}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	mqttDone := make(chan error, 1)
-	go func() { mqttDone <- emu.Serve(ctx, ln, tlsConfig) }()
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.ServeTLS(sln, "", "") }()
-
-	endpoint, serviceURL := ln.Addr().String(), "https://"+sln.Addr().String()
-	for name, v := range map[string]string{lab.HubEndpointFile: endpoint, lab.HubServiceFile: serviceURL} {
-		if err := atomicfile.WriteFile(filepath.Join(stateDir, name), []byte(v+"\n"), 0o644); err != nil {
-			cancel()
-			srv.Close()
-			<-mqttDone
-			return err
-		}
 	}
 	if *asJSON {
-		json.NewEncoder(stdout).Encode(map[string]string{"mqtt": endpoint, "service": serviceURL, "hub": *hub, "gateway": *gateway, "stateDir": stateDir})
+		json.NewEncoder(stdout).Encode(map[string]string{"mqtt": h.MQTT, "service": h.Service, "hub": h.HubHostName(), "gateway": h.GatewayHostName(), "stateDir": stateDir})
 	} else {
-		fmt.Fprintf(stdout, "hub emulator: MQTT at %s (hub %s, gateway %s), service API at %s, state in %s\n", endpoint, *hub, *gateway, serviceURL, stateDir)
+		fmt.Fprintf(stdout, "hub emulator: MQTT at %s (hub %s, gateway %s), service API at %s, state in %s\n", h.MQTT, h.HubHostName(), h.GatewayHostName(), h.Service, stateDir)
 	}
-
-	var err2 error
 	select {
-	case err2 = <-mqttDone:
-		err2 = fmt.Errorf("serve MQTT: %w", err2)
-		srv.Close()
-		<-httpDone
-		return err2
-	case err2 = <-httpDone:
-		cancel()
-		<-mqttDone
-		return fmt.Errorf("serve the service API: %w", err2)
 	case <-ctx.Done():
+	case <-h.Done():
 	}
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	defer scancel()
-	srv.Shutdown(sctx)
-	<-httpDone
-	return <-mqttDone
+	return h.Close()
 }
 
 // labWorkload serves the workload API for one device's modules until ctx
-// ends, with module keys as the hub emulator derives them.
+// ends. As aziot-identityd does, it first makes each module's identity in
+// the running lab hub, signed with the device's key (from the lab's
+// registry: by hand, the lab stands in for the TPM), with keys derived
+// from the module's generation.
 func labWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab workload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	socket := fs.String("socket", "./lab-state/workload.sock", "unix socket `path` to serve on")
-	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (CA and device registry)")
+	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (CA, device registry and the running lab hub's service API)")
 	hub := fs.String("hub", dpsemu.DefaultHub, "IoT hub `host` name")
 	device := fs.String("device", "", "edge device `ID` whose modules are served (required)")
+	var modules moduleFlag
+	fs.Var(&modules, "module", "module `ID` to make an identity for and serve; repeatable (default relay)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab workload --device ID [flags]\n\nServe the IoT Edge workload API for a device's modules.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab workload --device ID [flags]\n\nMake module identities in the running lab hub and serve the IoT Edge workload API for them.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := parse(fs, args); err != nil {
@@ -146,22 +92,49 @@ func labWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *device == "" {
 		return usagef("lab workload needs --device")
 	}
+	if len(modules) == 0 {
+		modules = moduleFlag{lab.ModuleID}
+	}
 	stateDir, ca, err := lab.OpenState(*dir)
 	if err != nil {
 		return err
 	}
-	lookup := registry.Lookup(filepath.Join(stateDir, lab.RegistryFile), *hub)
-	if _, ok := lookup(*device, ""); !ok {
-		return fmt.Errorf("device %q of %s is not in the lab's registry: register it through lab dps first", *device, *hub)
-	}
-	emu, err := workloademu.New(workloademu.Config{
-		Key: func(module string) ([]byte, bool) { return lookup(*device, module) },
-		CA:  ca,
-		Log: consoleLog(stderr),
-	})
+	c, err := lab.DeviceClient(stateDir, *hub, *device)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "workload API for %s's modules at unix://%s\n", *device, *socket)
-	return emu.Serve(ctx, *socket)
+	var ids []lab.ModuleIdentity
+	for _, m := range modules {
+		id, err := lab.CreateModule(ctx, c, m)
+		if err != nil {
+			return err
+		}
+		ids = append(ids, id)
+	}
+	w, err := lab.StartWorkload(*socket, ca, ids, consoleLog(stderr))
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		fmt.Fprintf(stdout, "module identity %s/%s, generation %s (IOTEDGE_MODULEGENERATIONID)\n", *device, id.ModuleID, id.GenerationID)
+	}
+	fmt.Fprintf(stdout, "workload API for %s's modules at unix://%s\n", *device, w.Socket)
+	select {
+	case <-ctx.Done():
+	case <-w.Done():
+	}
+	return w.Close()
+}
+
+// moduleFlag collects repeated --module ID values.
+type moduleFlag []string
+
+func (m *moduleFlag) String() string { return strings.Join(*m, ",") }
+
+func (m *moduleFlag) Set(v string) error {
+	if v == "" {
+		return errors.New("empty module ID")
+	}
+	*m = append(*m, v)
+	return nil
 }

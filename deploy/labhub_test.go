@@ -46,9 +46,11 @@ func startCommand(t *testing.T, args ...string) string {
 }
 
 // lab hub and lab workload, separate commands as they are separate
-// processes in the lab, agree on a module's key through the registry lab
-// dps fills: a module signing through the workload API connects to the hub
-// and its telemetry reaches the service API.
+// processes in the lab, agree on a module's key as IoT Edge does: lab
+// workload makes the module's identity in the hub's module registry, with
+// the device's key from the registry lab dps fills. A module signing
+// through the workload API connects to the hub and its telemetry reaches
+// the service API.
 func TestLabHubAndWorkload(t *testing.T) {
 	dir, err := os.MkdirTemp("", "lab")
 	if err != nil {
@@ -69,7 +71,29 @@ func TestLabHubAndWorkload(t *testing.T) {
 		t.Fatalf("lab hub printed %q: %v", line, err)
 	}
 	sock := filepath.Join(dir, "wl.sock")
-	startCommand(t, "lab", "workload", "--socket", sock, "--state-dir", dir, "--device", "edge1")
+	out := startCommand(t, "lab", "workload", "--socket", sock, "--state-dir", dir, "--device", "edge1")
+
+	// lab workload made the relay's module identity in the hub, as
+	// aziot-identityd does, and serves its key; a module it did not make
+	// has none.
+	var gen string
+	if _, err := fmt.Sscanf(out, "module identity edge1/relay, generation %s", &gen); err != nil {
+		t.Fatalf("lab workload printed %q: %v", out, err)
+	}
+	svc, err := lab.ServiceClient(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := svc.GetModule(t.Context(), "edge1", "relay"); err != nil || m.GenerationID != gen {
+		t.Errorf("the hub's module identity edge1/relay = %+v, %v; want generation %s", m, err, gen)
+	}
+	other, err := workload.New("unix://"+sock, "sensor", "1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Sign(t.Context(), []byte("x")); err == nil {
+		t.Error("the workload API signs for a module it made no identity for")
+	}
 
 	wl, err := workload.New("unix://"+sock, "relay", "1", "")
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/deploy/manifest"
+	"github.com/edgetpm/edgetpm/module/twin"
 )
 
 // labTwinSet changes desired properties of a module of the running lab
@@ -60,58 +62,29 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		*device = devs[0]
 	}
-	c, err := (&hubFlags{lab: *dir}).client(func(string) string { return "" })
+	c, err := lab.ServiceClient(*dir)
 	if err != nil {
 		return err
 	}
-	patch, _ := json.Marshal(map[string]any{"properties": map[string]any{"desired": desired}})
-	tw, err := c.UpdateTwin(ctx, *device, *module, patch)
+	version, err := lab.SetDesired(ctx, c, *device, *module, desired)
 	if err != nil {
 		return err
 	}
-	var set struct {
-		Properties struct {
-			Desired struct {
-				Version int64 `json:"$version"`
-			} `json:"desired"`
-		} `json:"properties"`
-	}
-	json.Unmarshal(tw, &set)
-	version := set.Properties.Desired.Version
 	fmt.Fprintf(stdout, "desired properties of %s/%s at version %d\n", *device, *module, version)
 	if *wait <= 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, *wait)
 	defer cancel()
-	for {
-		tw, err := c.Twin(ctx, *device, *module)
-		if err != nil {
-			return err
-		}
-		var rep struct {
-			Properties struct {
-				Reported struct {
-					Configuration struct {
-						Version int64  `json:"version"`
-						Status  string `json:"status"`
-						Reason  string `json:"reason"`
-					} `json:"configuration"`
-				} `json:"reported"`
-			} `json:"properties"`
-		}
-		json.Unmarshal(tw, &rep)
-		if r := rep.Properties.Reported.Configuration; r.Version >= version {
-			if r.Status == "rejected" {
-				return fmt.Errorf("%s/%s rejected version %d: %s", *device, *module, r.Version, r.Reason)
-			}
-			fmt.Fprintf(stdout, "%s/%s %s version %d\n", *device, *module, r.Status, r.Version)
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s/%s did not report version %d within %v (is it running?)", *device, *module, version, *wait)
-		case <-time.After(200 * time.Millisecond):
-		}
+	r, err := lab.WaitReported(ctx, c, *device, *module, version)
+	switch {
+	case errors.Is(err, lab.ErrNoReport):
+		return fmt.Errorf("%s/%s did not report version %d within %v (is it running?)", *device, *module, version, *wait)
+	case err != nil:
+		return err
+	case r.Status == twin.StatusRejected:
+		return fmt.Errorf("%s/%s rejected version %d: %s", *device, *module, r.Version, r.Reason)
 	}
+	fmt.Fprintf(stdout, "%s/%s %s version %d\n", *device, *module, r.Status, r.Version)
+	return nil
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/pki"
+	"github.com/edgetpm/edgetpm/internal/hubservice"
 )
 
 // ModuleID is the relay's module identity.
@@ -70,7 +71,8 @@ type Lab struct {
 	ca       *pki.CA
 	log      zerolog.Logger
 
-	hub     *hubemu.Server
+	hub     *HubEmulator
+	service *hubservice.Client // the hub's service API, as its iothubowner
 	runtime *runtime
 	sensor  *sensor
 
@@ -161,7 +163,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.enroll(ctx, tpmURI, dps); err != nil {
+	if err := l.enroll(ctx, tpmURI); err != nil {
 		return nil, err
 	}
 	hub, err := l.startHub()
@@ -191,8 +193,8 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 // Summary reports the lab's figures now.
 func (l *Lab) Summary(ctx context.Context) Summary {
 	s := l.identity
-	if l.hub != nil {
-		if r, err := l.reportedConfiguration(); err == nil {
+	if l.service != nil {
+		if r, ok, err := Reported(ctx, l.service, l.identity.DeviceID, ModuleID); err == nil && ok {
 			s.TwinVersionApplied = r.AppliedVersion
 		}
 	}

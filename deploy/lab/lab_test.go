@@ -145,23 +145,9 @@ func TestEndToEnd(t *testing.T) {
 	if err := l.waitApplied(t.Context(), v, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	tw, err := l.hub.Twin(l.identity.DeviceID, ModuleID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep struct {
-		Configuration struct {
-			AppliedVersion int64 `json:"appliedVersion"`
-			Effective      struct {
-				Batching struct {
-					Enabled bool `json:"enabled"`
-				} `json:"batching"`
-			} `json:"effective"`
-		} `json:"configuration"`
-	}
-	json.Unmarshal(tw.Reported, &rep)
-	if rep.Configuration.AppliedVersion != v || !rep.Configuration.Effective.Batching.Enabled {
-		t.Errorf("reported after desired version %d: %s", v, tw.Reported)
+	r, ok, err := Reported(t.Context(), l.service, l.identity.DeviceID, ModuleID)
+	if err != nil || !ok || r.AppliedVersion != v || !r.Effective.Batching.Enabled {
+		t.Errorf("reported after desired version %d: %+v, %v, %v", v, r, ok, err)
 	}
 	before := len(l.upstream())
 	until.True(t, "batches upstream", func() bool { return hasBatch(l.upstream()[before:]) })

@@ -22,7 +22,7 @@ import (
 // side-loaded into containerd. The runtime stand-in applies config.toml
 // itself, and is started after, so the provisioner neither applies nor
 // waits for modules.
-func (l *Lab) provision(ctx context.Context, b binaries, tpmURI string, d dpsInfo) error {
+func (l *Lab) provision(ctx context.Context, b binaries, tpmURI string, d *DPSEmulator) error {
 	start := time.Now()
 	// An empty settings file, so that the host's own
 	// /etc/edge-provisioner/config.toml has no say.
@@ -33,8 +33,8 @@ func (l *Lab) provision(ctx context.Context, b binaries, tpmURI string, d dpsInf
 	args := []string{"provision", "--json",
 		"--config", settings,
 		"--tpm", tpmURI,
-		"--id-scope", d.idScope,
-		"--endpoint", d.endpoint,
+		"--id-scope", d.IDScope(),
+		"--endpoint", d.Endpoint,
 		"--ca-file", l.path(pki.CertFile),
 		"--aziot-config", l.path("config.toml"),
 		"--state", l.path("provisioner", "assignment.json"),

@@ -2,12 +2,8 @@ package lab
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,10 +16,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgetpm/edgetpm/internal/azrest"
 	"github.com/edgetpm/edgetpm/internal/backoff"
-	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
-	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/hubservice"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -66,7 +60,7 @@ type launcher interface {
 // Edge mounts it (docs/edge-protocol.md#module-environment).
 const containerSocket = "/var/run/iotedge/workload.sock"
 
-func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {
+func (l *Lab) startRuntime(ctx context.Context, b binaries, hub *HubEmulator) error {
 	start := time.Now()
 	doc, err := edgeconfig.Load(l.path("config.toml"))
 	if err != nil {
@@ -101,7 +95,12 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {
 	if res.DeviceID != l.identity.DeviceID || res.AssignedHub != l.identity.AssignedHub {
 		return fmt.Errorf("runtime: DPS assigned %s on %s, the provisioner %s on %s", res.DeviceID, res.AssignedHub, l.identity.DeviceID, l.identity.AssignedHub)
 	}
-	generationID, moduleKey, err := l.createModule(ctx, t, hub.service, res.AssignedHub, res.DeviceID)
+	// The module registry calls are signed with the device's key, in the
+	// TPM, as aziot-identityd signs them.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: l.ca.Pool()}}, Timeout: 30 * time.Second}
+	defer hc.CloseIdleConnections()
+	device := &hubservice.Client{Device: &hubservice.Device{HubHostName: res.AssignedHub, DeviceID: res.DeviceID, Signer: t}, Endpoint: hub.Service, HTTP: hc}
+	mod, err := CreateModule(ctx, device, ModuleID)
 	if err != nil {
 		return fmt.Errorf("runtime: %w", err)
 	}
@@ -119,18 +118,11 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {
 		return err
 	}
 	socket := filepath.Join(sockDir, "workload.sock")
-	wl, err := workloademu.New(workloademu.Config{
-		Key: func(module string) ([]byte, bool) { return moduleKey, module == ModuleID },
-		CA:  l.ca,
-		Log: l.log.With().Str("part", "workload").Logger(),
-	})
+	wl, err := StartWorkload(socket, l.ca, []ModuleIdentity{mod}, l.log.With().Str("part", "workload").Logger())
 	if err != nil {
 		return err
 	}
-	wctx, wcancel := context.WithCancel(context.Background())
-	wdone := make(chan error, 1)
-	go func() { wdone <- wl.Serve(wctx, socket) }()
-	l.onClose(func() error { wcancel(); return <-wdone })
+	l.onClose(wl.Close)
 	l.printf("workload", "workload API for %s's modules at unix://%s", res.DeviceID, socket)
 
 	dataDir := l.path("relay-data")
@@ -162,12 +154,12 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {
 			"IOTEDGE_DEVICEID=" + res.DeviceID,
 			"IOTEDGE_IOTHUBHOSTNAME=" + res.AssignedHub,
 			"IOTEDGE_GATEWAYHOSTNAME=" + p.Hostname,
-			"IOTEDGE_MODULEGENERATIONID=" + generationID,
+			"IOTEDGE_MODULEGENERATIONID=" + mod.GenerationID,
 			"IOTEDGE_APIVERSION=2022-08-03",
 			"IOTEDGE_AUTHSCHEME=sasToken",
 			// edgeHub listens on the gateway's port 8883; the lab's is a
 			// free loopback port.
-			"EDGE_RELAY_HUB_ADDRESS=" + hub.mqtt,
+			"EDGE_RELAY_HUB_ADDRESS=" + hub.MQTT,
 		},
 		args:    []string{"--metrics-addr", metricsAddr},
 		socket:  socket,
@@ -190,77 +182,6 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hub hubInfo) error {
 	l.printf("relay", "edge-relay running %s, metrics at http://%s/metrics", launch, metricsAddr)
 	return nil
 }
-
-// createModule creates the relay's module identity in IoT Hub with the
-// device's own credentials (SAS tokens signed in the TPM), as
-// aziot-identityd does for the modules of an edge device: a PUT without
-// keys, then an update with keys derived from "moduleId:generationId"
-// inside the TPM, as aziot-keyd derives them (iot-identity-service
-// aziot-identityd/src/identity.rs). A module made by a lab before is
-// updated. It returns the module's generation ID and primary key.
-func (l *Lab) createModule(ctx context.Context, t *tpm.TPM, serviceURL, hub, device string) (generationID string, key []byte, err error) {
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: l.ca.Pool()}}, Timeout: 30 * time.Second}
-	defer hc.CloseIdleConnections()
-	url := fmt.Sprintf("%s/devices/%s/modules/%s?api-version=%s", serviceURL, device, ModuleID, hubAPIVersion)
-	call := func(method, ifMatch string, body any) (map[string]any, error) {
-		token, err := sas.New(ctx, t, sas.DeviceResource(hub, device), "", time.Now().Add(time.Hour))
-		if err != nil {
-			return nil, err
-		}
-		var b []byte
-		if body != nil {
-			b, _ = json.Marshal(body)
-		}
-		status, data, err := azrest.Do(ctx, hc, token, azrest.Request{Method: method, URL: url, IfMatch: ifMatch, Body: b})
-		if err != nil {
-			return nil, err
-		}
-		if status != http.StatusOK {
-			return nil, &hubError{status: status, msg: string(bytes.TrimSpace(data))}
-		}
-		var m map[string]any
-		return m, json.Unmarshal(data, &m)
-	}
-	m, err := call(http.MethodPut, "", map[string]string{"moduleId": ModuleID, "deviceId": device})
-	if he := (*hubError)(nil); errors.As(err, &he) && he.status == http.StatusConflict {
-		m, err = call(http.MethodGet, "", nil) // made by a lab before
-	}
-	if err != nil {
-		return "", nil, fmt.Errorf("create module identity %s: %w", ModuleID, err)
-	}
-	generationID, _ = m["generationId"].(string)
-	keys := map[string]string{}
-	for _, name := range []string{"primary", "secondary"} {
-		k, err := t.Sign(ctx, []byte(ModuleID+":"+generationID+":"+name))
-		if err != nil {
-			return "", nil, fmt.Errorf("derive the module key: %w", err)
-		}
-		if name == "primary" {
-			key = k
-		}
-		keys[name+"Key"] = base64.StdEncoding.EncodeToString(k)
-	}
-	_, err = call(http.MethodPut, "*", map[string]any{
-		"moduleId": ModuleID, "deviceId": device,
-		"authentication": map[string]any{"type": "sas", "symmetricKey": keys},
-	})
-	if err != nil {
-		return "", nil, fmt.Errorf("set the keys of module identity %s: %w", ModuleID, err)
-	}
-	return generationID, key, nil
-}
-
-// hubError is an IoT Hub REST answer other than 200.
-type hubError struct {
-	status int
-	msg    string
-}
-
-func (e *hubError) Error() string { return fmt.Sprintf("%d %s", e.status, e.msg) }
-
-// hubAPIVersion is the api-version aziot-identityd sends to IoT Hub's
-// module registry (aziot-cloud-client-async src/hub/mod.rs).
-const hubAPIVersion = "2017-11-08-preview"
 
 // supervise runs the module, again after each exit, with edgeAgent's
 // growing delay, until ctx ends.

@@ -1,19 +1,28 @@
 package lab
 
 import (
+	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
+	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/pki"
+	"github.com/edgetpm/edgetpm/internal/hubservice"
 	"github.com/edgetpm/edgetpm/internal/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/rs/zerolog"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
+	"github.com/edgetpm/edgetpm/provisioner/dps"
 )
 
 // Files of a lab state folder, which the lab's daemons (edge-deploy lab
@@ -78,10 +87,10 @@ func RegisteredDevices(stateDir, hub string) []string {
 	return out
 }
 
-// NewDPS returns the lab's DPS emulator, with its state and the device
+// newDPS returns the lab's DPS emulator, with its state and the device
 // registry in the state folder, and writes its ID scope and service
 // connection string (0600) there for lab enroll.
-func NewDPS(stateDir string, hubs []dpsemu.Hub, retryAfter int, log zerolog.Logger) (*dpsemu.Server, error) {
+func newDPS(stateDir string, hubs []dpsemu.Hub, retryAfter int, log zerolog.Logger) (*dpsemu.Server, error) {
 	reg, err := registry.New(filepath.Join(stateDir, RegistryFile))
 	if err != nil {
 		return nil, err
@@ -102,11 +111,11 @@ func NewDPS(stateDir string, hubs []dpsemu.Hub, retryAfter int, log zerolog.Logg
 	return emu, atomicfile.WriteFile(filepath.Join(stateDir, IDScopeFile), []byte(emu.IDScope()+"\n"), 0o644)
 }
 
-// NewHub returns the lab's emulator of IoT hub hub for the edge device
-// gateway: device keys from the registry lab dps fills, the iothubowner
-// policy of ServicePolicy, and the registered devices as the targets of
-// deployments.
-func NewHub(stateDir, hub, gateway string, routes map[string]string, log zerolog.Logger) (*hubemu.Server, error) {
+// newHub returns the lab's emulator of IoT hub hub for the edge device
+// gateway: device keys from the registry lab dps fills, module keys from
+// its own module registry, the iothubowner policy of ServicePolicy, and
+// the registered devices as the targets of deployments.
+func newHub(stateDir, hub, gateway string, routes map[string]string, log zerolog.Logger) (*hubemu.Server, error) {
 	owner, err := ServicePolicy(stateDir, hub)
 	if err != nil {
 		return nil, err
@@ -120,4 +129,113 @@ func NewHub(stateDir, hub, gateway string, routes map[string]string, log zerolog
 		Devices:         func() []string { return RegisteredDevices(stateDir, hub) },
 		Log:             log,
 	})
+}
+
+// readState reads a file of the state folder that daemon (lab dps, lab
+// hub) writes while it runs.
+func readState(stateDir, name, daemon string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, name))
+	if err != nil {
+		return "", fmt.Errorf("read the lab's %s (is 'edge-deploy lab %s --state-dir %s' running?): %w", name, daemon, stateDir, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// trustLab returns an HTTP client that trusts the lab CA of the state
+// folder.
+func trustLab(stateDir string) (*http.Client, error) {
+	roots, err := tlsconfig.TrustFile(filepath.Join(stateDir, pki.CertFile))
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: time.Minute}, nil
+}
+
+// ServiceClient returns a client of the running lab hub's service API, as
+// an operator reaches IoT Hub: its URL, iothubowner connection string and
+// CA from the state folder.
+func ServiceClient(stateDir string) (*hubservice.Client, error) {
+	endpoint, err := readState(stateDir, HubServiceFile, "hub")
+	if err != nil {
+		return nil, err
+	}
+	cs, err := readState(stateDir, HubConnFile, "hub")
+	if err != nil {
+		return nil, err
+	}
+	conn, err := sas.ParsePolicy(cs)
+	if err != nil {
+		return nil, err
+	}
+	hc, err := trustLab(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	return &hubservice.Client{Conn: conn, Endpoint: endpoint, HTTP: hc}, nil
+}
+
+// DeviceClient returns a client of the running lab hub's service API that
+// signs as device of hub, with the device's key from the lab's registry:
+// by hand, the lab stands in for the device's TPM.
+func DeviceClient(stateDir, hub, device string) (*hubservice.Client, error) {
+	r, err := registry.New(filepath.Join(stateDir, RegistryFile))
+	if err != nil {
+		return nil, err
+	}
+	d, ok := r.Get(hub, device)
+	if !ok || d.Status == registry.StatusDisabled {
+		return nil, fmt.Errorf("device %q of %s is not in the lab's registry: register it through lab dps first", device, hub)
+	}
+	endpoint, err := readState(stateDir, HubServiceFile, "hub")
+	if err != nil {
+		return nil, err
+	}
+	hc, err := trustLab(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	return &hubservice.Client{
+		Device:   &hubservice.Device{HubHostName: hub, DeviceID: device, Signer: sas.Key(d.PrimaryKey)},
+		Endpoint: endpoint, HTTP: hc,
+	}, nil
+}
+
+// DPSServiceClient returns a client of the running lab DPS's service API,
+// as an operator's tooling reaches DPS: its endpoint, connection string
+// and CA from the state folder.
+func DPSServiceClient(stateDir string) (*dpsservice.Client, error) {
+	endpoint, err := readState(stateDir, DPSEndpointFile, "dps")
+	if err != nil {
+		return nil, err
+	}
+	cs, err := readState(stateDir, DPSConnFile, "dps")
+	if err != nil {
+		return nil, err
+	}
+	conn, err := sas.ParsePolicy(cs)
+	if err != nil {
+		return nil, err
+	}
+	roots, err := tlsconfig.TrustFile(filepath.Join(stateDir, pki.CertFile))
+	if err != nil {
+		return nil, err
+	}
+	return &dpsservice.Client{Conn: conn, Endpoint: endpoint, HTTP: dps.NewHTTPClient(roots)}, nil
+}
+
+// Enroll creates or replaces the individual TPM enrollment of
+// registrationID, with the TPM's endorsement key ek, through DPS's service
+// API, as an operator would in Azure. An empty deviceID makes the device
+// ID the registration ID; edge makes it an IoT Edge device.
+func Enroll(ctx context.Context, c *dpsservice.Client, registrationID, deviceID string, ek []byte, edge bool) error {
+	_, err := c.PutEnrollment(ctx, dpsservice.Enrollment{
+		RegistrationID: registrationID,
+		DeviceID:       deviceID,
+		Attestation:    dpsservice.Attestation{Type: "tpm", TPM: &dpsservice.TPMAttestation{EndorsementKey: ek}},
+		Capabilities:   &dpsservice.Capabilities{IoTEdge: edge},
+	}, "")
+	if err != nil {
+		return fmt.Errorf("enroll: %w", err)
+	}
+	return nil
 }

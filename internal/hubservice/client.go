@@ -1,8 +1,9 @@
 // Package hubservice is a client of IoT Hub's service REST API for what
 // deployments need (docs/edge-protocol.md#iot-hub-service-api): automatic deployments
-// (configurations), applying content to one device, and twins. It
-// authenticates with a shared access policy, a fresh SAS token on each
-// request, and always verifies TLS.
+// (configurations), applying content to one device, twins, and module
+// identities. It authenticates with a shared access policy, or as an edge
+// device with its own key for the device's module identities, with a
+// fresh SAS token on each request, and always verifies TLS.
 package hubservice
 
 import (
@@ -28,11 +29,16 @@ const APIVersion = "2021-04-12"
 const tokenTTL = time.Hour
 
 // Client calls IoT Hub's service API with a shared access policy
-// (iothubowner, or one with registry write and service connect). Set
-// Conn; a Client is safe for concurrent use.
+// (iothubowner, or one with registry write and service connect), or as a
+// device. Set Conn or Device; a Client is safe for concurrent use.
 type Client struct {
 	Conn sas.Policy
-	// Endpoint is the base URL; empty means "https://" + Conn.HostName.
+	// Device, when not nil, signs the requests instead of Conn: the
+	// device's own credentials, which IoT Hub takes for the device's
+	// module identities only.
+	Device *Device
+	// Endpoint is the base URL; empty means "https://" and the hub's host
+	// name.
 	Endpoint string
 	// HTTP is the client to use; nil means http.DefaultClient.
 	HTTP *http.Client
@@ -150,12 +156,55 @@ func identity(deviceID, moduleID string) string {
 	return deviceID + "/" + moduleID
 }
 
-// do sends one request: body (when not nil) as JSON, a json.RawMessage as
-// it is; a 2xx response is decoded into out (when not nil), anything else
-// becomes a *ServiceError.
-func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out any) error {
+// Device is an edge device's credentials, as aziot-identityd signs its
+// calls on the device's module identities: a token for the audience
+// {hub}/devices/{device} with no key name, signed with the device's key
+// (aziot-cloud-client-async src/connector.rs).
+type Device struct {
+	HubHostName, DeviceID string
+	// Signer holds the device's key: the TPM, or sas.Key.
+	Signer sas.Signer
+}
+
+// hostName is the hub's host name of the credentials in use.
+func (c *Client) hostName() string {
+	if c.Device != nil {
+		return c.Device.HubHostName
+	}
+	return c.Conn.HostName
+}
+
+// token is a SAS token of the credentials in use, valid until expiry.
+func (c *Client) token(ctx context.Context, expiry time.Time) (string, error) {
+	if d := c.Device; d != nil {
+		if d.HubHostName == "" || d.DeviceID == "" || d.Signer == nil {
+			return "", errors.New("incomplete device credentials")
+		}
+		return sas.New(ctx, d.Signer, sas.DeviceResource(d.HubHostName, d.DeviceID), "", expiry)
+	}
 	if c.Conn.HostName == "" || len(c.Conn.Key) == 0 {
-		return errors.New("no service connection string")
+		return "", errors.New("no service connection string")
+	}
+	// sr = the hub's host name, skn = the policy (docs/edge-protocol.md#iot-hub-service-api).
+	return c.Conn.Token(ctx, expiry)
+}
+
+// do sends one request of api-version APIVersion: body (when not nil) as
+// JSON, a json.RawMessage as it is; a 2xx response is decoded into out
+// (when not nil), anything else becomes a *ServiceError.
+func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out any) error {
+	return c.doVersion(ctx, APIVersion, method, path, ifMatch, body, out)
+}
+
+// doVersion is do with another api-version.
+func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatch string, body, out any) error {
+	now := time.Now
+	if c.Now != nil {
+		now = c.Now
+	}
+	token, err := c.token(ctx, now().Add(tokenTTL))
+	if err != nil {
+		return err
 	}
 	var data []byte
 	if body != nil {
@@ -169,27 +218,18 @@ func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out
 	}
 	endpoint := c.Endpoint
 	if endpoint == "" {
-		endpoint = "https://" + c.Conn.HostName
+		endpoint = "https://" + c.hostName()
 	}
 	sep := "?"
 	if strings.Contains(path, "?") {
 		sep = "&"
 	}
-	now := time.Now
-	if c.Now != nil {
-		now = c.Now
-	}
 	// IoT Hub wants the ETag quoted in If-Match; its JSON carries it bare.
 	if ifMatch != "" && ifMatch != "*" && !strings.HasPrefix(ifMatch, `"`) {
 		ifMatch = `"` + ifMatch + `"`
 	}
-	// sr = the hub's host name, skn = the policy (docs/edge-protocol.md#iot-hub-service-api).
-	token, err := c.Conn.Token(ctx, now().Add(tokenTTL))
-	if err != nil {
-		return err
-	}
 	status, data, err := azrest.Do(ctx, c.HTTP, token, azrest.Request{
-		Method: method, URL: endpoint + path + sep + "api-version=" + APIVersion, IfMatch: ifMatch, Body: data,
+		Method: method, URL: endpoint + path + sep + "api-version=" + apiVersion, IfMatch: ifMatch, Body: data,
 	})
 	if err != nil {
 		return err

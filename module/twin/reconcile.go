@@ -142,27 +142,30 @@ func (r *Reconciler) apply(ctx context.Context, v int64) error {
 	r.version = v
 	r.applies++
 	doc, _ := json.Marshal(r.desired)
-	report := map[string]any{"version": v}
+	report := Reported{Version: v}
 	c, err := Parse(doc)
 	if err == nil {
 		err = r.Apply(c)
 	}
 	if err != nil {
 		r.Log.Warn().Err(err).Int64("version", v).Msg("desired properties rejected; keeping the last good configuration")
-		report["status"], report["reason"] = "rejected", err.Error()
+		report.Status, report.Reason = StatusRejected, err.Error()
 	} else {
 		r.good, r.goodAt = c, v
-		report["status"] = "applied"
+		report.Status = StatusApplied
 		if err := r.save(v, c); err != nil {
 			r.Log.Warn().Err(err).Msg("could not keep the configuration on disk")
 		}
 		r.Log.Info().Int64("version", v).Msg("desired properties applied")
 	}
-	report["effective"], report["appliedVersion"] = r.good, r.goodAt
+	report.Effective, report.AppliedVersion = r.good, r.goodAt
 	if r.Counters != nil {
-		report["counters"] = r.Counters()
+		report.Counters = r.Counters()
 	}
-	patch, _ := json.Marshal(map[string]any{"configuration": report})
+	patch, err := json.Marshal(ReportedProperties{Configuration: &report})
+	if err != nil {
+		return fmt.Errorf("report configuration: %w", err)
+	}
 	if err := r.Report(ctx, patch); err != nil {
 		return fmt.Errorf("report configuration: %w", err)
 	}

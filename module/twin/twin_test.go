@@ -224,3 +224,36 @@ func hasArray(v any) bool {
 	}
 	return false
 }
+
+// What the reconciler reports decodes into the typed report that readers
+// of the twin (the lab, operators' tools) share with it.
+func TestReportedProperties(t *testing.T) {
+	var patches [][]byte
+	svc := &twinService{desired: map[string]any{"$version": 2.0, "output": "plant"}}
+	r := &Reconciler{Get: svc.get, Apply: func(Config) error { return nil }, Counters: func() any { return map[string]int{"relayed": 7} }}
+	r.Report = func(ctx context.Context, p []byte) error { patches = append(patches, p); return svc.report(ctx, p) }
+	r.Start()
+	if err := r.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Patch(t.Context(), []byte(`{"$version":3,"inFlight":0}`)); err != nil {
+		t.Fatal(err)
+	}
+	var got []Reported
+	for _, p := range patches {
+		var rp ReportedProperties
+		if err := json.Unmarshal(p, &rp); err != nil || rp.Configuration == nil {
+			t.Fatalf("Unmarshal(%s) = %+v, %v", p, rp, err)
+		}
+		got = append(got, *rp.Configuration)
+	}
+	if len(got) != 2 {
+		t.Fatalf("%d reports, want 2", len(got))
+	}
+	if a := got[0]; a.Version != 2 || a.Status != StatusApplied || a.Reason != "" || a.AppliedVersion != 2 || a.Effective.Output != "plant" || a.Counters == nil {
+		t.Errorf("report of version 2 = %+v, want applied with output plant and counters", a)
+	}
+	if b := got[1]; b.Version != 3 || b.Status != StatusRejected || !strings.Contains(b.Reason, "inFlight") || b.AppliedVersion != 2 || b.Effective.Output != "plant" {
+		t.Errorf("report of version 3 = %+v, want rejected, version 2 still effective", b)
+	}
+}

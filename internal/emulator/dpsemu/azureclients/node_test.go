@@ -105,7 +105,7 @@ func TestNodeSDKRegistersWithTPM(t *testing.T) {
 	}
 	runNode(t, nodeDir, env, "identity", &id)
 	if want := tpm.RegistrationID(id.EndorsementKey); id.RegistrationID != want {
-		t.Fatalf("Node registration ID = %q, want %q (dps-tpm.md §3.4 over its EK)", id.RegistrationID, want)
+		t.Fatalf("Node registration ID = %q, want %q (docs/dps-protocol.md#registration-id, over its EK)", id.RegistrationID, want)
 	}
 
 	emu.EnrollTPM(t, id.RegistrationID, id.EndorsementKey, func(e *dpsservice.Enrollment) { e.DeviceID = deviceID })

@@ -15,7 +15,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/backoff"
-	"github.com/edgetpm/edgetpm/internal/registry"
+	"github.com/edgetpm/edgetpm/internal/emulator/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/workload"

@@ -9,7 +9,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
-	"github.com/edgetpm/edgetpm/internal/registry"
+	"github.com/edgetpm/edgetpm/internal/emulator/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 	"github.com/edgetpm/edgetpm/module/edgehub"

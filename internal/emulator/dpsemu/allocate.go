@@ -10,7 +10,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/activation"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/registry"
+	"github.com/edgetpm/edgetpm/internal/emulator/registry"
 )
 
 // Substatus values (DeviceRegistrationResult in Azure's REST API spec, docs/dps-protocol.md#registering-and-polling).

@@ -13,7 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/registry"
+	"github.com/edgetpm/edgetpm/internal/emulator/registry"
 )
 
 // Defaults of Config.

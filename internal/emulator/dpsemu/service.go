@@ -11,7 +11,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/activation"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
-	"github.com/edgetpm/edgetpm/internal/registry"
+	"github.com/edgetpm/edgetpm/internal/emulator/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
 )
 

@@ -21,7 +21,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )

@@ -21,7 +21,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgetpm/edgetpm/internal/emulator/pki"
-	"github.com/edgetpm/edgetpm/internal/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
 

@@ -5,7 +5,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -142,22 +141,23 @@ func (p *Process) Kill() {
 // attempts times. A daemon told to listen on a port that was free when
 // picked may find it taken by then; spec picks another.
 func StartRetry(ctx context.Context, attempts int, spec func(attempt int) (Spec, error)) (*Process, error) {
-	var errs []error
-	for attempt := range attempts {
-		s, err := spec(attempt)
-		if err != nil {
+	var err error
+	tried := 0
+	for attempt := range max(attempts, 1) {
+		tried++
+		var s Spec
+		if s, err = spec(attempt); err != nil {
 			return nil, err
 		}
-		p, err := Start(ctx, s)
-		if err == nil {
+		var p *Process
+		if p, err = Start(ctx, s); err == nil {
 			return p, nil
 		}
-		errs = append(errs, err)
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, errors.Join(errs...)
+	return nil, fmt.Errorf("%w (attempt %d of %d)", err, tried, attempts)
 }
 
 // Listening is a Spec.Ready that answers once addr accepts TCP

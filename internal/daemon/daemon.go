@@ -29,7 +29,8 @@ type Spec struct {
 	// *os.File is handed to the process as it is.
 	Output io.Writer
 	// Ready returns nil once the daemon serves; Start calls it until then,
-	// each call bounded by a second. Listening makes one.
+	// each call bounded by a second. Listening makes one; nil counts a
+	// daemon ready once started.
 	Ready func(context.Context) error
 	// Timeout bounds the wait for Ready; 0 means DefaultTimeout.
 	Timeout time.Duration

@@ -21,7 +21,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/sas"
-	"github.com/edgetpm/edgetpm/internal/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )

@@ -14,7 +14,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 

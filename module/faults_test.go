@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 )
 
 // startPlant is a plant for the relay of e, taking messages.

@@ -16,7 +16,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/mosquittotest"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 )
 
 // devHub is the hub emulator a relay process in development mode talks

@@ -15,9 +15,9 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
-	"github.com/edgetpm/edgetpm/internal/syncbuf"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -27,8 +27,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/edgetpm/edgetpm/deploy/image"
-	"github.com/edgetpm/edgetpm/internal/syncbuf"
 	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
 	"github.com/edgetpm/edgetpm/provisioner/containerd"
 )
 

@@ -11,8 +11,8 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
+	"github.com/edgetpm/edgetpm/internal/daemon"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
-	"github.com/edgetpm/edgetpm/internal/emulator/tpmsim"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
@@ -54,18 +54,19 @@ func (l *Lab) startSwtpm(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
-	cmdL, platL, err := tpmsim.Listen("127.0.0.1")
-	if err != nil {
-		return "", fmt.Errorf("tpm: %w", err)
-	}
-	addr, port := cmdL.Addr().String(), cmdL.Addr().(*net.TCPAddr).Port
-	cmdL.Close()
-	platL.Close()
-	err = l.startDaemon(ctx, "swtpm", addr, bin, "socket", "--tpm2",
-		"--tpmstate", "dir="+dir,
-		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-		"--flags", "not-need-init,startup-clear")
+	var addr string
+	err = l.startDaemon(ctx, "swtpm", func(int) (daemon.Spec, error) {
+		port, err := daemon.FreePorts(2)
+		if err != nil {
+			return daemon.Spec{}, err
+		}
+		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		return daemon.Spec{Path: bin, Ready: daemon.Listening(addr), Args: []string{"socket", "--tpm2",
+			"--tpmstate", "dir=" + dir,
+			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
+			"--flags", "not-need-init,startup-clear"}}, nil
+	})
 	if err != nil {
 		return "", fmt.Errorf("tpm: %w", err)
 	}

@@ -20,8 +20,9 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
@@ -44,7 +45,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 func TestEndToEnd(t *testing.T) {
 	sw := tpmtest.StartSwtpm(t)
 	d := containerdtest.Start(t)
-	tpmtest.Need(t, "mosquitto")
+	peertest.Need(t, "mosquitto")
 	const ns = "edgetpm-e2e"
 	l, err := Up(t.Context(), Config{
 		StateDir: t.TempDir(), TPM: sw.URI, Containerd: d.Address, Namespace: ns,
@@ -75,7 +76,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("config.toml provisions with %+v; want DPS, TPM attestation, registration ID %s and the swtpm", p, l.identity.RegistrationID)
 	}
 	ekFile := filepath.Join(t.TempDir(), "ek.pub")
-	if out, err := exec.Command(tpmtest.Need(t, "tpm2_readpublic"), "-T", sw.TCTI, "-c", "0x81010001", "-o", ekFile).CombinedOutput(); err != nil {
+	if out, err := exec.Command(peertest.Need(t, "tpm2_readpublic"), "-T", sw.TCTI, "-c", "0x81010001", "-o", ekFile).CombinedOutput(); err != nil {
 		t.Fatalf("tpm2_readpublic: %v\n%s", err, out)
 	}
 	ek, err := os.ReadFile(ekFile)
@@ -221,7 +222,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 // A lab whose provisioning fails says why and stops what it had started:
 // the emulators' ports are closed and the swtpm it started is gone.
 func TestUpFails(t *testing.T) {
-	tpmtest.Need(t, "swtpm")
+	peertest.Need(t, "swtpm")
 	bin := t.TempDir()
 	for name, script := range map[string]string{
 		"edge-provisioner": "#!/bin/sh\necho 'DPS registration: 401 not enrolled' >&2\nexit 4\n",

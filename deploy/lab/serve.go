@@ -30,9 +30,9 @@ import (
 // shutdownTimeout bounds the wait for requests in flight on Close.
 const shutdownTimeout = 5 * time.Second
 
-// daemon owns the goroutines that serve a part: the first to fail ends the
+// serving owns the goroutines that serve a part: the first to fail ends the
 // others, and Close ends them all and joins them.
-type daemon struct {
+type serving struct {
 	cancel context.CancelFunc
 	g      *errgroup.Group
 	done   <-chan struct{}
@@ -40,22 +40,22 @@ type daemon struct {
 
 // startDaemon runs each of serve on a goroutine until Close; each returns
 // nil once its ctx ends, or an error when it cannot go on.
-func startDaemon(serve ...func(ctx context.Context) error) *daemon {
+func startServing(serve ...func(ctx context.Context) error) *serving {
 	ctx, cancel := context.WithCancel(context.Background())
 	g, gctx := errgroup.WithContext(ctx)
 	for _, f := range serve {
 		g.Go(func() error { return f(gctx) })
 	}
-	return &daemon{cancel: cancel, g: g, done: gctx.Done()}
+	return &serving{cancel: cancel, g: g, done: gctx.Done()}
 }
 
 // Done is closed when the part stopped serving: it failed (Close says
 // why), or it was closed.
-func (d *daemon) Done() <-chan struct{} { return d.done }
+func (d *serving) Done() <-chan struct{} { return d.done }
 
 // Close stops the part, waits for its goroutines and returns why it
 // failed, if it did.
-func (d *daemon) Close() error {
+func (d *serving) Close() error {
 	d.cancel()
 	return d.g.Wait()
 }
@@ -121,7 +121,7 @@ type DPSEmulator struct {
 	*dpsemu.Server
 	// Endpoint is the https URL of its device and service APIs.
 	Endpoint string
-	*daemon
+	*serving
 }
 
 // StartDPS serves the lab's DPS emulator, with its state and the device
@@ -149,7 +149,7 @@ func StartDPS(stateDir string, ca *pki.CA, cfg DPSConfig) (*DPSEmulator, error) 
 		return nil, fmt.Errorf("dps: %w", err)
 	}
 	d := &DPSEmulator{Server: emu, Endpoint: "https://" + ln.Addr().String()}
-	d.daemon = startDaemon(func(ctx context.Context) error { return serveHTTPS(ctx, ln, emu, tlsConfig, cfg.Log) })
+	d.serving = startServing(func(ctx context.Context) error { return serveHTTPS(ctx, ln, emu, tlsConfig, cfg.Log) })
 	if err := atomicfile.WriteFile(filepath.Join(stateDir, DPSEndpointFile), []byte(d.Endpoint+"\n"), 0o644); err != nil {
 		d.Close()
 		return nil, err
@@ -179,7 +179,7 @@ type HubEmulator struct {
 	// MQTT is the host:port of MQTT over TLS, Service the base URL of the
 	// service API.
 	MQTT, Service string
-	*daemon
+	*serving
 }
 
 // StartHub serves the lab's hub emulator: MQTT over TLS, as edgeHub and
@@ -217,7 +217,7 @@ func StartHub(stateDir string, ca *pki.CA, cfg HubConfig) (*HubEmulator, error) 
 		return nil, fmt.Errorf("hub service API: %w", err)
 	}
 	h := &HubEmulator{Server: emu, MQTT: ln.Addr().String(), Service: "https://" + sln.Addr().String()}
-	h.daemon = startDaemon(
+	h.serving = startServing(
 		func(ctx context.Context) error {
 			if err := emu.Serve(ctx, ln, tlsConfig); err != nil {
 				return fmt.Errorf("serve MQTT: %w", err)
@@ -242,7 +242,7 @@ func StartHub(stateDir string, ca *pki.CA, cfg HubConfig) (*HubEmulator, error) 
 // unix socket. Close stops it and removes the socket.
 type WorkloadAPI struct {
 	Socket string
-	*daemon
+	*serving
 }
 
 // socketWait bounds the wait for the workload socket to accept.
@@ -265,7 +265,7 @@ func StartWorkload(socket string, ca *pki.CA, mods []ModuleIdentity, logger zero
 		return nil, err
 	}
 	w := &WorkloadAPI{Socket: socket}
-	w.daemon = startDaemon(func(ctx context.Context) error { return emu.Serve(ctx, socket) })
+	w.serving = startServing(func(ctx context.Context) error { return emu.Serve(ctx, socket) })
 	deadline := time.Now().Add(socketWait)
 	for {
 		c, err := net.Dial("unix", socket)

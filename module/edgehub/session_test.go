@@ -16,7 +16,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 )
 
 var moduleKey = []byte("0123456789abcdef0123456789abcdef")

@@ -9,12 +9,13 @@ import (
 	"reflect"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
+
+	"github.com/edgetpm/edgetpm/internal/testharness/testclock"
 )
 
 func TestMain(m *testing.M) {
@@ -26,13 +27,6 @@ func TestMain(m *testing.M) {
 }
 
 var t0 = time.Date(2026, 11, 23, 10, 0, 0, 123456789, time.UTC)
-
-// clock is a settable Options.Now.
-type clock struct{ ns atomic.Int64 }
-
-func newClock() *clock               { c := &clock{}; c.ns.Store(t0.UnixNano()); return c }
-func (c *clock) now() time.Time      { return time.Unix(0, c.ns.Load()) }
-func (c *clock) add(d time.Duration) { c.ns.Add(int64(d)) }
 
 func testOptions(t testing.TB, dir string) Options {
 	return Options{Dir: dir, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
@@ -131,7 +125,7 @@ var roundTripTests = []*Message{
 func TestRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	opts := testOptions(t, dir)
-	opts.Now = newClock().now
+	opts.Now = testclock.New(t0).Now
 	q := mustOpen(t, opts)
 	var want []*Message
 	for _, m := range roundTripTests {
@@ -381,16 +375,16 @@ func TestDropOldest(t *testing.T) {
 }
 
 func TestStale(t *testing.T) {
-	c := newClock()
+	c := testclock.New(t0)
 	opts := testOptions(t, t.TempDir())
-	opts.Now = c.now
+	opts.Now = c.Now
 	opts.MaxAge = time.Hour
 	opts.MaxBytes = 4 * recSize
 	q := mustOpen(t, opts)
 	expiring := msg(2)
 	expiring.Expires = t0.Add(10 * time.Minute)
 	appendAll(t, q, msg(1), expiring)
-	c.add(30 * time.Minute)
+	c.Add(30 * time.Minute)
 	appendAll(t, q, freshMsg(3))
 
 	if s := seqs(readAll(t, q, 0)); !reflect.DeepEqual(s, []uint64{1, 3}) {
@@ -399,7 +393,7 @@ func TestStale(t *testing.T) {
 	if st := q.Stats(); st.Dropped[reasonExpired] != 1 || st.Depth != 2 || st.OldestAge != 30*time.Minute {
 		t.Errorf("Stats = %+v, want 1 expired, Depth 2, OldestAge 30m", st)
 	}
-	c.add(45 * time.Minute) // message 1 is 75 minutes old, 3 is 45
+	c.Add(45 * time.Minute) // message 1 is 75 minutes old, 3 is 45
 	if s := seqs(readAll(t, q, 0)); !reflect.DeepEqual(s, []uint64{3}) {
 		t.Errorf("Read after 75 minutes = %v, want [3]", s)
 	}
@@ -408,13 +402,13 @@ func TestStale(t *testing.T) {
 	}
 
 	// Under Backpressure, old messages make room before ErrFull.
-	c.add(time.Hour)
+	c.Add(time.Hour)
 	appendAll(t, q, freshMsg(4), freshMsg(5), freshMsg(6), freshMsg(7))
 	if st := q.Stats(); st.Dropped[reasonAge] != 2 || st.Depth != 4 {
 		t.Errorf("Stats = %+v, want 2 dropped for age, Depth 4", st)
 	}
 	// With nobody reading, the flusher sweeps the front.
-	c.add(2 * time.Hour)
+	c.Add(2 * time.Hour)
 	deadline := time.Now().Add(5 * time.Second)
 	for q.Stats().Depth != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

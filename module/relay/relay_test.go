@@ -16,7 +16,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/twin"

@@ -12,8 +12,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
-	"github.com/edgetpm/edgetpm/internal/syncbuf"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 	"github.com/edgetpm/edgetpm/module/queue"
 )
 

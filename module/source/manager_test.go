@@ -16,7 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/edgetpm/edgetpm/internal/testharness/mosquittotest"
-	"github.com/edgetpm/edgetpm/internal/until"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 

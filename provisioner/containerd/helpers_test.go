@@ -10,7 +10,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/containerd/containerd"
@@ -19,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
 )
 
 // newClient connects to d; the client logs to the test and to the
@@ -36,23 +36,12 @@ func newClient(t *testing.T, d *containerdtest.Daemon, opts ...Option) (*Client,
 }
 
 // logBuffer keeps log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type logBuffer struct{ syncbuf.Buffer }
 
 // messages returns the msg of every line.
 func (b *logBuffer) messages() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var out []string
-	for line := range strings.Lines(b.buf.String()) {
+	for line := range strings.Lines(b.String()) {
 		var l struct{ Message string }
 		if json.Unmarshal([]byte(line), &l) == nil {
 			out = append(out, l.Message)

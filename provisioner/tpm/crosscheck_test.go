@@ -17,13 +17,14 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
 
 // tpm2tools runs a tpm2-tools command against swtpm.
 func tpm2tools(t *testing.T, sw *tpmtest.Swtpm, tool string, args ...string) {
 	t.Helper()
-	tpmtest.Need(t, tool)
+	peertest.Need(t, tool)
 	cmd := exec.Command(tool, append([]string{"-T", sw.TCTI}, args...)...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v\n%s", tool, strings.Join(args, " "), err, out)

@@ -13,6 +13,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/emulator/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/testharness/testclock"
 )
 
 func TestRegisterRejections(t *testing.T) {
@@ -381,7 +382,7 @@ func TestPersistence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newClock()
+	c := testclock.New(time.Now().UTC())
 	srv, err := New(Config{StateFile: file, Registry: reg, Now: c.Now})
 	if err != nil {
 		t.Fatal(err)

@@ -22,40 +22,21 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/testharness/testclock"
 )
-
-// clock is a settable test clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Now().UTC()} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // env is an emulator served over TLS with a service client.
 type env struct {
 	srv   *Server
 	ts    *httptest.Server
 	svc   *dpsservice.Client
-	clock *clock
+	clock *testclock.Clock
 }
 
 // newEnv starts an emulator; cfg.Now is set to a test clock.
 func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
-	c := newClock()
+	c := testclock.New(time.Now().UTC())
 	cfg.Now = c.Now
 	srv, err := New(cfg)
 	if err != nil {
@@ -64,7 +45,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 	return serveEnv(t, srv, c)
 }
 
-func serveEnv(t *testing.T, srv *Server, c *clock) *env {
+func serveEnv(t *testing.T, srv *Server, c *testclock.Clock) *env {
 	t.Helper()
 	ts := httptest.NewTLSServer(srv)
 	t.Cleanup(ts.Close)

@@ -11,6 +11,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/testclock"
 )
 
 func TestConnectAccepted(t *testing.T) {
@@ -139,7 +140,7 @@ func TestSecondConnectionKicksFirst(t *testing.T) {
 // A connection whose token expired (past the 5 min skew) is closed at the
 // next re-authentication (docs/edge-protocol.md#sas-tokens-for-edgehub).
 func TestReauthClosesExpired(t *testing.T) {
-	clk := &clock{t: time.Now()}
+	clk := testclock.New(time.Now())
 	s := start(t, func(c *hubemu.Config) {
 		c.Now = clk.Now
 		c.ReauthInterval = 500 * time.Millisecond

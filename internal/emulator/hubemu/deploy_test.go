@@ -1,7 +1,6 @@
 package hubemu_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
 )
 
 // request sends a service API request with headers and returns the status,
@@ -44,27 +44,9 @@ func request(t *testing.T, s *hubtest.Server, method, path, body string, headers
 	return resp.StatusCode, b, resp.Header
 }
 
-// logBuffer is a Config.Log destination tests read.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestServiceSAS(t *testing.T) {
 	ownerKey := []byte("iothubowner-key-0123456789abcdef")
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	s := start(t, func(c *hubemu.Config) {
 		c.ServicePolicies = map[string][]byte{"iothubowner": ownerKey}
 		c.Log = zerolog.New(&logs)

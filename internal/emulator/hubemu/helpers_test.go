@@ -1,7 +1,6 @@
 package hubemu_test
 
 import (
-	"sync"
 	"testing"
 	"time"
 
@@ -109,22 +108,4 @@ func notLost(t *testing.T, ch <-chan error, what string) {
 		t.Fatalf("%s: connection lost: %v", what, err)
 	default:
 	}
-}
-
-// clock is a settable Config.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
 }

@@ -9,6 +9,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/testharness/testclock"
 )
 
 // Telemetry reaches $upstream with its property bag decoded, and is
@@ -163,7 +164,7 @@ func TestInputWaitsForSubscription(t *testing.T) {
 
 // Messages older than MessageTTL are dropped rather than delivered.
 func TestInputTTL(t *testing.T) {
-	clk := &clock{t: time.Now()}
+	clk := testclock.New(time.Now())
 	s := start(t, func(c *hubemu.Config) {
 		c.Now = clk.Now
 		c.MessageTTL = time.Minute

@@ -7,10 +7,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +17,8 @@ import (
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 
-	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/daemon"
+	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 )
 
 const (
@@ -33,8 +32,6 @@ type Daemon struct {
 	Address string
 	Root    string
 	State   string
-
-	proc *process
 }
 
 // EnvBinary names the containerd binary Start runs, instead of the one on
@@ -48,13 +45,13 @@ const EnvBinary = "EDGE_TEST_CONTAINERD"
 // it prints containerd's log first.
 func Start(t testing.TB) *Daemon {
 	t.Helper()
-	needRoot(t)
+	peertest.NeedRoot(t, "containerd")
 	bin := os.Getenv(EnvBinary)
 	if bin == "" {
-		bin = tpmtest.Need(t, "containerd")
+		bin = peertest.Need(t, "containerd")
 	}
-	tpmtest.Need(t, "runc")
-	tpmtest.Need(t, "containerd-shim-runc-v2")
+	peertest.Need(t, "runc")
+	peertest.Need(t, "containerd-shim-runc-v2")
 	dir := tempDir(t, "ctd")
 	d := &Daemon{
 		Address: filepath.Join(dir, "c.sock"),
@@ -73,8 +70,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.proc = startProcess(t, dir, bin, "--config", cfg)
-	d.proc.wait(t, func(ctx context.Context) error {
+	start(t, daemon.Spec{Path: bin, Args: []string{"--config", cfg}, Ready: func(ctx context.Context) error {
 		c, err := containerd.New(d.Address, containerd.WithTimeout(time.Second))
 		if err != nil {
 			return err
@@ -82,7 +78,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		defer c.Close()
 		_, err = c.Version(ctx)
 		return err
-	})
+	}})
 	return d
 }
 
@@ -91,8 +87,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 type Docker struct {
 	// Socket is its Engine API socket.
 	Socket string
-
-	proc *process
 }
 
 // StartDocker starts dockerd on d, without touching the host's network
@@ -100,25 +94,24 @@ type Docker struct {
 // /_ping. It stops when the test ends, before d.
 func StartDocker(t testing.TB, d *Daemon) *Docker {
 	t.Helper()
-	tpmtest.Need(t, "dockerd")
+	bin := peertest.Need(t, "dockerd")
 	dir := tempDir(t, "dkr")
 	dk := &Docker{Socket: filepath.Join(dir, "d.sock")}
 	cfg := filepath.Join(dir, "daemon.json") // not the host's /etc/docker/daemon.json
 	if err := os.WriteFile(cfg, []byte("{}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	dk.proc = startProcess(t, dir, "dockerd",
+	start(t, daemon.Spec{Path: bin, Args: []string{
 		"--config-file", cfg,
 		"--containerd", d.Address,
 		"--data-root", filepath.Join(dir, "data"),
 		"--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "docker.pid"),
-		"-H", "unix://"+dk.Socket,
+		"-H", "unix://" + dk.Socket,
 		"--storage-driver", "overlay2",
 		"--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none",
 		"--shutdown-timeout", "5",
-	)
-	dk.proc.wait(t, func(ctx context.Context) error {
+	}, Ready: func(ctx context.Context) error {
 		c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", dk.Socket)
@@ -134,7 +127,7 @@ func StartDocker(t testing.TB, d *Daemon) *Docker {
 			return fmt.Errorf("/_ping: %s", resp.Status)
 		}
 		return nil
-	})
+	}})
 	return dk
 }
 
@@ -200,18 +193,6 @@ func containerID(module string) string {
 	return "edge-" + name + "-" + rand.Text()[:8]
 }
 
-// needRoot skips the test unless it runs as root, or fails it under CI.
-func needRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("containerd needs root; run the tests as root")
-	}
-	t.Skip("containerd needs root")
-}
-
 // tempDir makes a short folder that is removed when the test ends.
 func tempDir(t testing.TB, prefix string) string {
 	t.Helper()
@@ -227,85 +208,9 @@ func tempDir(t testing.TB, prefix string) string {
 	return dir
 }
 
-// process is a daemon started by a test.
-type process struct {
-	name   string
-	log    string
-	cmd    *exec.Cmd
-	exited chan struct{}
-	err    error
-}
-
-// startProcess starts a daemon logging to a file in dir and stops it when
-// the test ends.
-func startProcess(t testing.TB, dir, name string, args ...string) *process {
+// start starts the daemon s names and stops it when the test ends.
+func start(t testing.TB, s daemon.Spec) {
 	t.Helper()
-	p := &process{name: name, log: filepath.Join(dir, filepath.Base(name)+".log"), exited: make(chan struct{})}
-	logf, err := os.Create(p.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	p.cmd = exec.Command(name, args...)
-	p.cmd.Stdout, p.cmd.Stderr = logf, logf
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() { p.stop(t) })
-	return p
-}
-
-// wait polls ready until it succeeds, failing the test when the daemon
-// exits or does not answer in time.
-func (p *process) wait(t testing.TB, ready func(context.Context) error) {
-	t.Helper()
-	deadline := time.Now().Add(startTimeout)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := ready(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-		select {
-		case <-p.exited:
-			t.Fatalf("%s exited: %v", p.name, p.err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s does not answer after %v: %v", p.name, startTimeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop sends SIGTERM, then SIGKILL after stopTimeout, and prints the log
-// when the test failed.
-func (p *process) stop(t testing.TB) {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(stopTimeout):
-		t.Errorf("%s did not stop on SIGTERM within %v", p.name, stopTimeout)
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-	if t.Failed() {
-		if b, err := os.ReadFile(p.log); err == nil {
-			t.Logf("%s log:\n%s", p.name, tail(b, 200))
-		}
-	}
-}
-
-// tail returns the last n lines of b.
-func tail(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	s.Timeout = startTimeout
+	peertest.New(t, filepath.Base(s.Path)).Start(1, func(int) (daemon.Spec, error) { return s, nil })
 }

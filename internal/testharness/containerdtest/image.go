@@ -27,7 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 )
 
 // The archive formats, as containerd.LoadResult names them.
@@ -78,7 +78,7 @@ var sleeper struct {
 // once per test process.
 func Sleeper(t testing.TB) v1.Image {
 	t.Helper()
-	goCmd := tpmtest.Need(t, "go")
+	goCmd := peertest.Need(t, "go")
 	sleeper.once.Do(func() {
 		bin, err := buildSleeper(goCmd)
 		if err != nil {

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,9 +19,9 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgetpm/edgetpm/internal/daemon"
 	"github.com/edgetpm/edgetpm/internal/emulator/pki"
-	"github.com/edgetpm/edgetpm/internal/syncbuf"
-	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 )
 
 // Broker is a Mosquitto of one test, on loopback, with its own
@@ -33,15 +32,13 @@ type Broker struct {
 	// CAFile is the CA of a TLS listener.
 	CAFile string
 
-	t      testing.TB
-	users  map[string]string
-	bin    string
-	dir    string
-	extra  string // configuration lines
-	tls    bool
-	cmd    *exec.Cmd
-	exited chan error
-	out    *syncbuf.Buffer
+	t     testing.TB
+	users map[string]string
+	bin   string
+	dir   string
+	extra string // configuration lines
+	tls   bool
+	peer  *peertest.Peer
 }
 
 type Options struct {
@@ -53,7 +50,7 @@ type Options struct {
 
 func Start(t testing.TB, o Options) *Broker {
 	t.Helper()
-	b := &Broker{t: t, users: o.Users, bin: tpmtest.Need(t, "mosquitto"), dir: t.TempDir(), tls: o.TLS, out: &syncbuf.Buffer{}}
+	b := &Broker{t: t, users: o.Users, bin: peertest.Need(t, "mosquitto"), dir: t.TempDir(), tls: o.TLS}
 	lines := []string{"allow_anonymous true"}
 	if len(o.Users) > 0 {
 		pw := filepath.Join(b.dir, "passwords")
@@ -62,7 +59,7 @@ func Start(t testing.TB, o Options) *Broker {
 			if _, err := os.Stat(pw); err != nil {
 				args = append([]string{"-c"}, args...)
 			}
-			if out, err := exec.Command(tpmtest.Need(t, "mosquitto_passwd"), args...).CombinedOutput(); err != nil {
+			if out, err := exec.Command(peertest.Need(t, "mosquitto_passwd"), args...).CombinedOutput(); err != nil {
 				t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
 			}
 		}
@@ -72,15 +69,8 @@ func Start(t testing.TB, o Options) *Broker {
 		lines = append(lines, b.writeTLS(t)...)
 	}
 	b.extra = strings.Join(append(lines, o.Extra...), "\n")
-	if err := b.start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		b.Stop()
-		if t.Failed() {
-			t.Logf("mosquitto log:\n%s", b.out.String())
-		}
-	})
+	b.peer = peertest.New(t, "mosquitto")
+	b.start()
 	return b
 }
 
@@ -123,91 +113,39 @@ func (b *Broker) writeTLS(t testing.TB) []string {
 // start starts Mosquitto on b.Port, or on a free port when it is 0,
 // trying another if that one is taken in the meantime (Mosquitto cannot
 // pick one itself).
-func (b *Broker) start() error {
+func (b *Broker) start() {
+	b.t.Helper()
 	fixed := b.Port != 0
-	var lastErr error
-	for attempt := 0; attempt < 10; attempt++ {
+	b.peer.Start(10, func(int) (daemon.Spec, error) {
 		if !fixed {
-			p, err := freePort()
+			p, err := daemon.FreePorts(1)
 			if err != nil {
-				return err
+				return daemon.Spec{}, err
 			}
 			b.Port = p
 		}
 		conf := filepath.Join(b.dir, "mosquitto.conf")
 		text := fmt.Sprintf("user root\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlistener %d 127.0.0.1\n%s\n", b.Port, b.extra)
 		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-			return err
+			return daemon.Spec{}, err
 		}
-		cmd := exec.Command(b.bin, "-c", conf)
-		cmd.Stdout, cmd.Stderr = b.out, b.out
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("start mosquitto: %w", err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		if err := waitListening(b.Port, exited); err != nil {
-			_ = cmd.Process.Kill()
-			<-exited
-			lastErr = err
-			time.Sleep(50 * time.Millisecond)
-			continue // the port was taken in the meantime
-		}
-		b.cmd, b.exited = cmd, exited
-		scheme := "tcp"
-		if b.tls {
-			scheme = "mqtts"
-		}
-		b.URL = fmt.Sprintf("%s://127.0.0.1:%d", scheme, b.Port)
-		return nil
+		return daemon.Spec{Path: b.bin, Args: []string{"-c", conf}, Ready: daemon.Listening(fmt.Sprintf("127.0.0.1:%d", b.Port)), Timeout: 5 * time.Second}, nil
+	})
+	scheme := "tcp"
+	if b.tls {
+		scheme = "mqtts"
 	}
-	return fmt.Errorf("mosquitto did not come up: %w\n%s", lastErr, b.out.String())
+	b.URL = fmt.Sprintf("%s://127.0.0.1:%d", scheme, b.Port)
 }
 
 // Stop kills Mosquitto, like a crash: its sessions are gone.
-func (b *Broker) Stop() {
-	if b.cmd == nil {
-		return
-	}
-	_ = b.cmd.Process.Kill()
-	<-b.exited
-	b.cmd = nil
-}
+func (b *Broker) Stop() { b.peer.Kill() }
 
 // Restart stops Mosquitto and starts it again on the same port.
 func (b *Broker) Restart() {
 	b.t.Helper()
 	b.Stop()
-	if err := b.start(); err != nil {
-		b.t.Fatal(err)
-	}
-}
-
-func waitListening(port int, exited <-chan error) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("mosquitto exited: %v", err)
-		default:
-		}
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return fmt.Errorf("mosquitto not listening on port %d after 5 s", port)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	b.start()
 }
 
 // Producer is a QoS 1 publisher on a broker, like a PLC gateway. It signs

@@ -5,18 +5,16 @@ package tpmtest
 
 import (
 	"fmt"
-	"net"
-	"os"
 	"os/exec"
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/edgetpm/edgetpm/internal/daemon"
 	"github.com/edgetpm/edgetpm/internal/emulator/tpmsim"
+	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 )
 
 // Swtpm is a swtpm process serving the TPM command port (mssim framing) and
@@ -30,24 +28,8 @@ type Swtpm struct {
 	Dir  string
 	Port int
 
-	flags  string
-	cmd    *exec.Cmd
-	exited chan error
-}
-
-// Need returns the path of a test peer binary. Without it the test is
-// skipped, except under CI, where scripts/test.sh installs every peer and a
-// missing one is a failure.
-func Need(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed; scripts/test.sh installs it", name)
-		}
-		t.Skipf("%s is not installed (scripts/test.sh installs it as root)", name)
-	}
-	return p
+	flags string
+	peer  *peertest.Peer
 }
 
 // StartSwtpm starts swtpm in a fresh state folder, already initialised and
@@ -60,12 +42,8 @@ func StartSwtpm(t testing.TB) *Swtpm {
 // case the TPM waits to be initialised and started by its client).
 func StartSwtpmFlags(t testing.TB, flags string) *Swtpm {
 	t.Helper()
-	Need(t, "swtpm")
 	s := &Swtpm{Dir: t.TempDir(), flags: flags}
-	if err := s.start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
+	s.start(t)
 	return s
 }
 
@@ -74,36 +52,35 @@ func StartSwtpmFlags(t testing.TB, flags string) *Swtpm {
 // certificate, issued by swtpm-localca, in NV index 0x01c00002.
 func StartManufactured(t testing.TB) *Swtpm {
 	t.Helper()
-	Need(t, "swtpm_setup")
 	s := &Swtpm{Dir: t.TempDir(), flags: "not-need-init,startup-clear"}
-	out, err := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", s.Dir, "--create-ek-cert", "--pcr-banks", "sha256", "--overwrite").CombinedOutput()
+	out, err := exec.Command(peertest.Need(t, "swtpm_setup"), "--tpm2", "--tpmstate", s.Dir, "--create-ek-cert", "--pcr-banks", "sha256", "--overwrite").CombinedOutput()
 	if err != nil {
 		t.Fatalf("swtpm_setup: %v\n%s", err, out)
 	}
-	if err := s.start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
+	s.start(t)
 	return s
 }
 
-// Restart stops swtpm and starts it again on the same state and ports, like
-// a reboot of the machine.
+// Restart kills swtpm and starts it again on the same state, and on the
+// same ports unless they were taken meanwhile, like a reboot of the
+// machine.
 func (s *Swtpm) Restart(t testing.TB) {
 	t.Helper()
-	s.Stop()
-	if err := s.start(); err != nil {
-		t.Fatal(err)
-	}
+	s.peer.Kill()
+	s.start(t)
 }
 
-func (s *Swtpm) start() error {
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
+func (s *Swtpm) start(t testing.TB) {
+	t.Helper()
+	bin := peertest.Need(t, "swtpm")
+	if s.peer == nil {
+		s.peer = peertest.New(t, "swtpm")
+	}
+	s.peer.Start(5, func(attempt int) (daemon.Spec, error) {
 		if s.Port == 0 || attempt > 0 {
-			p, err := freePortPair()
+			p, err := daemon.FreePorts(2)
 			if err != nil {
-				return err
+				return daemon.Spec{}, err
 			}
 			s.Port = p
 		}
@@ -115,70 +92,10 @@ func (s *Swtpm) start() error {
 		if s.flags != "" {
 			args = append(args, "--flags", s.flags)
 		}
-		cmd := exec.Command("swtpm", args...)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("start swtpm: %w", err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		if err := waitListening(s.Port, exited); err != nil {
-			_ = cmd.Process.Kill()
-			lastErr = err
-			continue // most likely a port taken in the meantime
-		}
-		s.cmd, s.exited = cmd, exited
-		s.URI = fmt.Sprintf("mssim://127.0.0.1:%d", s.Port)
-		s.TCTI = fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", s.Port)
-		return nil
-	}
-	return fmt.Errorf("swtpm did not come up: %w", lastErr)
-}
-
-// Stop stops swtpm; its state stays in Dir.
-func (s *Swtpm) Stop() {
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Kill()
-	<-s.exited
-	s.cmd = nil
-}
-
-func waitListening(port int, exited <-chan error) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("swtpm exited: %v", err)
-		default:
-		}
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port+1), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("swtpm not listening on port %d after 10 s", port+1)
-}
-
-// freePortPair finds PORT with PORT and PORT+1 free on loopback.
-func freePortPair() (int, error) {
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1))
-		l.Close()
-		if err == nil {
-			l2.Close()
-			return p, nil
-		}
-	}
-	return 0, fmt.Errorf("no free pair of loopback ports")
+		return daemon.Spec{Path: bin, Args: args, Ready: daemon.Listening(fmt.Sprintf("127.0.0.1:%d", s.Port+1))}, nil
+	})
+	s.URI = fmt.Sprintf("mssim://127.0.0.1:%d", s.Port)
+	s.TCTI = fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", s.Port)
 }
 
 // StartSim serves a fresh reference simulator, in this process, over mssim

@@ -273,9 +273,9 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle: %w", err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(bundle) {
-		return nil, errors.New("the workload API's trust bundle holds no certificate")
+	pool, err := tlsconfig.TrustBundle(bundle)
+	if err != nil {
+		return nil, fmt.Errorf("workload API: %w", err)
 	}
 	return &conn{"module", e.Identity(), w, pool, nothing}, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/batchconn"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 )
 
 // signer signs a SAS token's string-to-sign with the identity's key: the
@@ -124,7 +125,8 @@ var ErrNotAuthorized = errors.New("not authorized (CONNACK 5)")
 // retried with jittered backoff, without giving up.
 func (s *Session) Run(ctx context.Context) error {
 	log := s.cfg.Log
-	tlsCfg := &tls.Config{RootCAs: s.cfg.RootCAs, ServerName: s.cfg.Identity.Host, MinVersion: tls.VersionTLS12}
+	// The gateway's name, whatever address is dialled (Identity.Address).
+	tlsCfg := tlsconfig.Client(s.cfg.RootCAs, s.cfg.Identity.Host)
 	opts := mqtt.NewClientOptions().
 		AddBroker("tls://" + s.cfg.Identity.address()).
 		SetClientID(s.cfg.Identity.clientID()).

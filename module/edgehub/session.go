@@ -38,7 +38,9 @@ const (
 )
 
 // Config is a Session's identity, trust and handlers. The handlers run on
-// their own goroutines; they must be safe for concurrent use.
+// their own goroutines; they must be safe for concurrent use. They get the
+// ctx of Run and must return soon after it ends: Run returns only once
+// they have.
 type Config struct {
 	Identity Identity
 	Signer   signer
@@ -55,7 +57,7 @@ type Config struct {
 	// Method answers a direct method call with a status and a JSON body.
 	Method func(ctx context.Context, name string, payload []byte) (status int, response []byte)
 	// Desired receives desired property patches, "$version" included.
-	Desired func(patch []byte)
+	Desired func(ctx context.Context, patch []byte)
 	// Connected runs after every connect, once subscriptions are in place
 	// (a twin GET belongs there: patches are not queued while away).
 	Connected func(ctx context.Context)
@@ -80,7 +82,8 @@ type Session struct {
 	pending sync.Map // rid -> chan response
 
 	renewals atomic.Int64
-	wg       sync.WaitGroup // Connected hooks, joined by Run
+	wg       sync.WaitGroup // Connected hooks and handlers, joined by Run
+	ending   bool           // Run is joining wg; guarded by mu
 }
 
 // New checks cfg and returns a Session that Run connects.
@@ -158,7 +161,17 @@ func (s *Session) Run(ctx context.Context) error {
 			default:
 			}
 		})
-	defer s.wg.Wait()
+	s.mu.Lock()
+	s.ending = false
+	s.mu.Unlock()
+	defer func() {
+		// No handler starts from here on, so none is added to wg while
+		// it is waited for.
+		s.mu.Lock()
+		s.ending = true
+		s.mu.Unlock()
+		s.wg.Wait()
+	}()
 	b := s.cfg.Backoff
 	for {
 		// A client per connection: paho hands a publish caught by a lost
@@ -218,6 +231,20 @@ func (s *Session) connect(ctx context.Context, cli mqtt.Client) (expiry time.Tim
 		s.wg.Go(func() { s.cfg.Connected(ctx) })
 	}
 	return expiry, nil
+}
+
+// handle runs h, a message's handler, on the caller's goroutine (paho's
+// for the message) unless Run is ending, and has Run wait for it.
+func (s *Session) handle(h func()) {
+	s.mu.Lock()
+	if s.ending {
+		s.mu.Unlock()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	h()
 }
 
 // serve waits for the connection to end: nil when it is time to renew the

@@ -3,13 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,9 +71,7 @@ func (h *hubFlags) client(getenv func(string) string) (*hubservice.Client, error
 	if err != nil {
 		return nil, err
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-	return &hubservice.Client{Conn: conn, Endpoint: strings.TrimSuffix(h.endpoint, "/"), HTTP: &http.Client{Transport: tr, Timeout: time.Minute}}, nil
+	return &hubservice.Client{Conn: conn, Endpoint: strings.TrimSuffix(h.endpoint, "/"), HTTP: tlsconfig.HTTPClient(roots, time.Minute)}, nil
 }
 
 // planFile is a rollout plan as written in TOML.

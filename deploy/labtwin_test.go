@@ -39,10 +39,10 @@ func TestLabTwinSet(t *testing.T) {
 	rec := &twin.Reconciler{
 		Get:       func(ctx context.Context) ([]byte, error) { return sess.GetTwin(ctx) },
 		Report:    func(ctx context.Context, p []byte) error { return sess.ReportProperties(ctx, p) },
-		Apply:     func(twin.Config) error { return nil },
+		Apply:     func(context.Context, twin.Config) error { return nil },
 		StatePath: filepath.Join(t.TempDir(), "desired.json"),
 	}
-	if _, err := rec.Start(); err != nil {
+	if _, err := rec.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
@@ -50,7 +50,7 @@ func TestLabTwinSet(t *testing.T) {
 		Identity:  edgehub.Identity{HubHostName: hub.HubHostName(), DeviceID: "edge1", ModuleID: "relay", Host: hub.GatewayHostName(), Address: hub.Addr},
 		Signer:    sas.Key(moduleKey),
 		RootCAs:   hub.Pool,
-		Desired:   func(p []byte) { rec.Patch(ctx, p) },
+		Desired:   func(ctx context.Context, p []byte) { rec.Patch(ctx, p) },
 		Connected: func(ctx context.Context) { rec.Sync(ctx) },
 	})
 	if err != nil {

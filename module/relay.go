@@ -33,13 +33,13 @@ type app struct {
 
 // apply puts a configuration into effect, live. Before the pipeline exists
 // (the last good configuration at start) it only records it.
-func (a *app) apply(c twin.Config) error {
+func (a *app) apply(ctx context.Context, c twin.Config) error {
 	l, err := zerolog.ParseLevel(c.LogLevel)
 	if err != nil {
 		return err
 	}
 	if a.relay != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if err := a.sources.Apply(ctx, c.Sources, c.Output); err != nil {
 			return err

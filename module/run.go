@@ -87,7 +87,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		Counters:  func() any { return a.stats() },
 		Log:       log,
 	}
-	cfg, err := rec.Start()
+	cfg, err := rec.Start(ctx)
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		TokenTTL: *tokenTTL,
 		Input:    func(ctx context.Context, input string, m *edgehub.Message) error { return a.relay.Input(ctx, input, m) },
 		Method:   a.method,
-		Desired: func(patch []byte) {
+		Desired: func(ctx context.Context, patch []byte) {
 			if err := rec.Patch(ctx, patch); err != nil {
 				log.Warn().Err(err).Msg("desired patch")
 			}
@@ -133,7 +133,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		Output: cfg.Output, Identity: conn.id.DeviceID + "/" + conn.id.ModuleID,
 		StateDir: sourcesDir, Getenv: getenv, Log: log,
 	})
-	if err := a.apply(cfg); err != nil {
+	if err := a.apply(ctx, cfg); err != nil {
 		return err
 	}
 
@@ -273,9 +273,9 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle: %w", err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(bundle) {
-		return nil, errors.New("the workload API's trust bundle holds no certificate")
+	pool, err := tlsconfig.TrustBundle(bundle)
+	if err != nil {
+		return nil, fmt.Errorf("workload API: %w", err)
 	}
 	return &conn{"module", e.Identity(), w, pool, nothing}, nil
 }

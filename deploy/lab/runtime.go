@@ -3,7 +3,6 @@ package lab
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -97,7 +98,7 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hub *HubEmulator) er
 	}
 	// The module registry calls are signed with the device's key, in the
 	// TPM, as aziot-identityd signs them.
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: l.ca.Pool()}}, Timeout: 30 * time.Second}
+	hc := tlsconfig.HTTPClient(l.ca.Pool(), 30*time.Second)
 	defer hc.CloseIdleConnections()
 	device := &hubservice.Client{Device: &hubservice.Device{HubHostName: res.AssignedHub, DeviceID: res.DeviceID, Signer: t}, Endpoint: hub.Service, HTTP: hc}
 	mod, err := CreateModule(ctx, device, ModuleID)

@@ -3,7 +3,6 @@ package lab
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"fmt"
 	"net/http"
 	"os"
@@ -148,7 +147,7 @@ func trustLab(stateDir string) (*http.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: time.Minute}, nil
+	return tlsconfig.HTTPClient(roots, time.Minute), nil
 }
 
 // ServiceClient returns a client of the running lab hub's service API, as

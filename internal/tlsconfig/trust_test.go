@@ -4,11 +4,28 @@ import (
 	"crypto/x509"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 )
+
+// verifies reports whether a server certificate of ca for localhost
+// verifies against pool.
+func verifies(t *testing.T, ca *pki.CA, pool *x509.CertPool) bool {
+	t.Helper()
+	tc, err := ca.ServerTLS("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(tc.Certificates[0].Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "localhost"})
+	return err == nil
+}
 
 func TestTrustFile(t *testing.T) {
 	if pool, err := tlsconfig.TrustFile(""); pool != nil || err != nil {
@@ -19,27 +36,66 @@ func TestTrustFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	good, junk := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "junk.pem")
-	os.WriteFile(good, ca.CertPEM(), 0o644)
-	os.WriteFile(junk, []byte("not PEM"), 0o644)
-	pool, err := tlsconfig.TrustFile(good)
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("ca.pem", ca.CertPEM())
+	for _, tt := range []struct {
+		name, file string
+		want       string // in the error; "" is success
+	}{
+		{"CA file", good, ""},
+		{"not PEM", write("junk.pem", []byte("not PEM")), "no PEM certificate"},
+		{"PEM, no certificate", write("key.pem", []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")), "no PEM certificate"},
+		{"missing", filepath.Join(dir, "missing.pem"), "no such file"},
+		{"a folder", dir, "directory"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pool, err := tlsconfig.TrustFile(tt.file)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("TrustFile(%s) = %v", tt.file, err)
+				}
+				if !verifies(t, ca, pool) {
+					t.Errorf("a server certificate of the CA does not verify with TrustFile(%s)", tt.file)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), tt.file) {
+				t.Errorf("TrustFile(%s) = %v, want an error naming the file, with %q", tt.file, err, tt.want)
+			}
+		})
+	}
+}
+
+// A trust bundle replaces the system's roots: IoT Edge's edgeHub is
+// trusted through it and nothing else.
+func TestTrustBundle(t *testing.T) {
+	ca, err := pki.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc, err := ca.ServerTLS("localhost")
+	other, err := pki.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, err := x509.ParseCertificate(tc.Certificates[0].Certificate[0])
+	pool, err := tlsconfig.TrustBundle(ca.CertPEM())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "localhost"}); err != nil {
-		t.Errorf("a server certificate of the CA does not verify with the pool: %v", err)
+	if !verifies(t, ca, pool) {
+		t.Error("a server certificate of the bundle's CA does not verify")
 	}
-	for _, bad := range []string{junk, filepath.Join(dir, "missing.pem")} {
-		if _, err := tlsconfig.TrustFile(bad); err == nil {
-			t.Errorf("tlsconfig.TrustFile(%s) = nil error", bad)
+	if verifies(t, other, pool) {
+		t.Error("a server certificate of another CA verifies")
+	}
+	for _, bad := range [][]byte{nil, []byte("not PEM")} {
+		if pool, err := tlsconfig.TrustBundle(bad); err == nil {
+			t.Errorf("TrustBundle(%q) = %v, nil; want an error", bad, pool)
 		}
 	}
 }

@@ -158,10 +158,14 @@ func (s *Session) SendOn(gen uint64, output string, m *Message) (Pending, error)
 	return Pending{cli.Publish(s.cfg.Identity.prefix()+"/messages/events/"+encodeProperties(sys, m.Properties), 1, false, m.Body)}, nil
 }
 
+// handler handles one message on the ctx of Run.
+type handler func(ctx context.Context, c mqtt.Client, msg mqtt.Message)
+
 // subscribe makes this connection's subscriptions: inputs (modules only),
-// twin responses and desired patches, and methods.
+// twin responses and desired patches, and methods. Their handlers get
+// ctx, Run's, so that they end with the session.
 func (s *Session) subscribe(ctx context.Context, cli mqtt.Client) error {
-	filters := map[string]mqtt.MessageHandler{
+	filters := map[string]handler{
 		"$iothub/twin/res/#":                      s.onTwinResponse,
 		"$iothub/twin/PATCH/properties/desired/#": s.onDesired,
 		"$iothub/methods/POST/#":                  s.onMethod,
@@ -176,7 +180,9 @@ func (s *Session) subscribe(ctx context.Context, cli mqtt.Client) error {
 	if err := wait(ctx, cli.SubscribeMultiple(qos, func(c mqtt.Client, msg mqtt.Message) {
 		for f, h := range filters {
 			if match(f, msg.Topic()) {
-				h(c, msg)
+				// Not acknowledged when the session is ending: an input
+				// comes again on the next connection.
+				s.handle(func() { h(ctx, c, msg) })
 				return
 			}
 		}
@@ -194,7 +200,7 @@ func match(filter, topic string) bool {
 
 // onInput parses devices/{d}/modules/{m}/inputs/{input}/{props} and acks
 // once the handler has taken the message.
-func (s *Session) onInput(_ mqtt.Client, msg mqtt.Message) {
+func (s *Session) onInput(ctx context.Context, _ mqtt.Client, msg mqtt.Message) {
 	input, m, err := s.parseInput(msg.Topic(), msg.Payload())
 	if err != nil {
 		s.cfg.Log.Warn().Err(err).Str("topic", msg.Topic()).Msg("dropping an input message")
@@ -205,7 +211,7 @@ func (s *Session) onInput(_ mqtt.Client, msg mqtt.Message) {
 		msg.Ack()
 		return
 	}
-	if err := s.cfg.Input(context.Background(), input, m); err != nil {
+	if err := s.cfg.Input(ctx, input, m); err != nil {
 		// No PUBACK: edgeHub redelivers after its ack timeout (docs/edge-protocol.md#edgehub-delivery).
 		s.cfg.Log.Warn().Err(err).Str("input", input).Str("mid", m.ID).Msg("input not taken")
 		return
@@ -247,7 +253,7 @@ func (s *Session) parseInput(topic string, body []byte) (string, *Message, error
 }
 
 // onMethod answers $iothub/methods/POST/{name}/?$rid={rid}.
-func (s *Session) onMethod(c mqtt.Client, msg mqtt.Message) {
+func (s *Session) onMethod(ctx context.Context, c mqtt.Client, msg mqtt.Message) {
 	msg.Ack()
 	rest := strings.TrimPrefix(msg.Topic(), "$iothub/methods/POST/")
 	name, query, _ := strings.Cut(rest, "/")
@@ -258,7 +264,7 @@ func (s *Session) onMethod(c mqtt.Client, msg mqtt.Message) {
 	}
 	status, resp := 404, []byte(`{"message":"no such method"}`)
 	if s.cfg.Method != nil {
-		status, resp = s.cfg.Method(context.Background(), name, msg.Payload())
+		status, resp = s.cfg.Method(ctx, name, msg.Payload())
 	}
 	c.Publish("$iothub/methods/res/"+strconv.Itoa(status)+"/?$rid="+escape(rid), 0, false, resp)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/batchconn"
 	"github.com/edgetpm/edgetpm/internal/sas"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 )
 
 // signer signs a SAS token's string-to-sign with the identity's key: the
@@ -37,7 +38,9 @@ const (
 )
 
 // Config is a Session's identity, trust and handlers. The handlers run on
-// their own goroutines; they must be safe for concurrent use.
+// their own goroutines; they must be safe for concurrent use. They get the
+// ctx of Run and must return soon after it ends: Run returns only once
+// they have.
 type Config struct {
 	Identity Identity
 	Signer   signer
@@ -54,7 +57,7 @@ type Config struct {
 	// Method answers a direct method call with a status and a JSON body.
 	Method func(ctx context.Context, name string, payload []byte) (status int, response []byte)
 	// Desired receives desired property patches, "$version" included.
-	Desired func(patch []byte)
+	Desired func(ctx context.Context, patch []byte)
 	// Connected runs after every connect, once subscriptions are in place
 	// (a twin GET belongs there: patches are not queued while away).
 	Connected func(ctx context.Context)
@@ -79,7 +82,8 @@ type Session struct {
 	pending sync.Map // rid -> chan response
 
 	renewals atomic.Int64
-	wg       sync.WaitGroup // Connected hooks, joined by Run
+	wg       sync.WaitGroup // Connected hooks and handlers, joined by Run
+	ending   bool           // Run is joining wg; guarded by mu
 }
 
 // New checks cfg and returns a Session that Run connects.
@@ -124,7 +128,8 @@ var ErrNotAuthorized = errors.New("not authorized (CONNACK 5)")
 // retried with jittered backoff, without giving up.
 func (s *Session) Run(ctx context.Context) error {
 	log := s.cfg.Log
-	tlsCfg := &tls.Config{RootCAs: s.cfg.RootCAs, ServerName: s.cfg.Identity.Host, MinVersion: tls.VersionTLS12}
+	// The gateway's name, whatever address is dialled (Identity.Address).
+	tlsCfg := tlsconfig.Client(s.cfg.RootCAs, s.cfg.Identity.Host)
 	opts := mqtt.NewClientOptions().
 		AddBroker("tls://" + s.cfg.Identity.address()).
 		SetClientID(s.cfg.Identity.clientID()).
@@ -156,7 +161,17 @@ func (s *Session) Run(ctx context.Context) error {
 			default:
 			}
 		})
-	defer s.wg.Wait()
+	s.mu.Lock()
+	s.ending = false
+	s.mu.Unlock()
+	defer func() {
+		// No handler starts from here on, so none is added to wg while
+		// it is waited for.
+		s.mu.Lock()
+		s.ending = true
+		s.mu.Unlock()
+		s.wg.Wait()
+	}()
 	b := s.cfg.Backoff
 	for {
 		// A client per connection: paho hands a publish caught by a lost
@@ -216,6 +231,20 @@ func (s *Session) connect(ctx context.Context, cli mqtt.Client) (expiry time.Tim
 		s.wg.Go(func() { s.cfg.Connected(ctx) })
 	}
 	return expiry, nil
+}
+
+// handle runs h, a message's handler, on the caller's goroutine (paho's
+// for the message) unless Run is ending, and has Run wait for it.
+func (s *Session) handle(h func()) {
+	s.mu.Lock()
+	if s.ending {
+		s.mu.Unlock()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	h()
 }
 
 // serve waits for the connection to end: nil when it is time to renew the

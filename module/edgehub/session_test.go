@@ -77,7 +77,7 @@ func TestSession(t *testing.T) {
 		Method: func(_ context.Context, name string, payload []byte) (int, []byte) {
 			return 200, []byte(fmt.Sprintf(`{"method":%q,"got":%s}`, name, payload))
 		},
-		Desired:   func(p []byte) { desired.Store(string(p)) },
+		Desired:   func(_ context.Context, p []byte) { desired.Store(string(p)) },
 		Connected: func(context.Context) { connected <- struct{}{} },
 	})
 	ctx := t.Context()

@@ -68,7 +68,7 @@ func (s *Session) twinRequest(ctx context.Context, topic string, body []byte) ([
 }
 
 // onTwinResponse matches $iothub/twin/res/{status}/?$rid={rid}.
-func (s *Session) onTwinResponse(_ mqtt.Client, msg mqtt.Message) {
+func (s *Session) onTwinResponse(_ context.Context, _ mqtt.Client, msg mqtt.Message) {
 	msg.Ack()
 	rest := strings.TrimPrefix(msg.Topic(), "$iothub/twin/res/")
 	code, query, _ := strings.Cut(rest, "/")
@@ -82,10 +82,10 @@ func (s *Session) onTwinResponse(_ mqtt.Client, msg mqtt.Message) {
 }
 
 // onDesired passes a desired patch on.
-func (s *Session) onDesired(_ mqtt.Client, msg mqtt.Message) {
+func (s *Session) onDesired(ctx context.Context, _ mqtt.Client, msg mqtt.Message) {
 	msg.Ack()
 	if s.cfg.Desired != nil {
-		s.cfg.Desired(msg.Payload())
+		s.cfg.Desired(ctx, msg.Payload())
 	}
 }
 

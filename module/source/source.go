@@ -3,12 +3,10 @@ package source
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/batchconn"
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -312,23 +311,15 @@ func dial(ctx context.Context, addr string, tlsCfg *tls.Config) (net.Conn, error
 }
 
 // tlsConfig trusts the system's roots and the source's CA file, read
-// again on every attempt so that a renewed file is picked up.
+// again on every attempt so that a renewed file is picked up, and checks
+// the broker's certificate against the URL's host.
 func (s *source) tlsConfig() (*tls.Config, error) {
-	pool, err := x509.SystemCertPool()
+	roots, err := tlsconfig.TrustFile(s.cfg.CAFile)
 	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if s.cfg.CAFile != "" {
-		pem, err := os.ReadFile(s.cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("CA file: %w", err)
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s: no PEM certificate", s.cfg.CAFile)
-		}
+		return nil, err
 	}
 	host, _, _ := net.SplitHostPort(s.ep.addr)
-	return &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}, nil
+	return tlsconfig.Client(roots, host), nil
 }
 
 // subscribe subscribes to every topic filter at its QoS; a filter the

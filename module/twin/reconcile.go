@@ -20,8 +20,9 @@ type Reconciler struct {
 	Get func(ctx context.Context) ([]byte, error)
 	// Report merges a patch into the reported properties.
 	Report func(ctx context.Context, patch []byte) error
-	// Apply puts a validated configuration into effect, live.
-	Apply func(Config) error
+	// Apply puts a validated configuration into effect, live, on the ctx
+	// of the Start, Sync or Patch that calls it.
+	Apply func(ctx context.Context, c Config) error
 	// StatePath keeps the last good configuration (0600), so the module
 	// starts with it while offline.
 	StatePath string
@@ -45,7 +46,7 @@ type state struct {
 
 // Start loads the last good configuration (the defaults when there is
 // none), applies it and returns it.
-func (r *Reconciler) Start() (Config, error) {
+func (r *Reconciler) Start(ctx context.Context) (Config, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.good = Defaults()
@@ -64,7 +65,7 @@ func (r *Reconciler) Start() (Config, error) {
 			r.good, r.goodAt = st.Config, st.Version
 		}
 	}
-	return r.good, r.Apply(r.good)
+	return r.good, r.Apply(ctx, r.good)
 }
 
 // Sync fetches the whole twin and applies its desired properties: call it
@@ -145,7 +146,7 @@ func (r *Reconciler) apply(ctx context.Context, v int64) error {
 	report := Reported{Version: v}
 	c, err := Parse(doc)
 	if err == nil {
-		err = r.Apply(c)
+		err = r.Apply(ctx, c)
 	}
 	if err != nil {
 		r.Log.Warn().Err(err).Int64("version", v).Msg("desired properties rejected; keeping the last good configuration")

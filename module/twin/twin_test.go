@@ -100,8 +100,8 @@ func TestReconciler(t *testing.T) {
 	svc := &twinService{desired: map[string]any{"$version": 3.0, "output": "plant", "logLevel": "debug"}}
 	var applied []Config
 	state := filepath.Join(t.TempDir(), "desired.json")
-	r := &Reconciler{Get: svc.get, Report: svc.report, StatePath: state, Apply: func(c Config) error { applied = append(applied, c); return nil }}
-	if c, err := r.Start(); err != nil || c.Output != "telemetry" {
+	r := &Reconciler{Get: svc.get, Report: svc.report, StatePath: state, Apply: func(_ context.Context, c Config) error { applied = append(applied, c); return nil }}
+	if c, err := r.Start(t.Context()); err != nil || c.Output != "telemetry" {
 		t.Fatalf("Start without state = %+v, %v; want the defaults", c, err)
 	}
 	ctx := t.Context()
@@ -144,8 +144,8 @@ func TestReconciler(t *testing.T) {
 	}
 
 	// A restart offline starts from the last good configuration.
-	r2 := &Reconciler{Get: svc.get, Report: svc.report, StatePath: state, Apply: func(Config) error { return nil }}
-	if c, err := r2.Start(); err != nil || c.Output != "line9" {
+	r2 := &Reconciler{Get: svc.get, Report: svc.report, StatePath: state, Apply: func(context.Context, Config) error { return nil }}
+	if c, err := r2.Start(t.Context()); err != nil || c.Output != "line9" {
 		t.Errorf("Start after a restart = %+v, %v; want the last good configuration", c, err)
 	}
 }
@@ -157,7 +157,7 @@ func TestReconcilerStaleGet(t *testing.T) {
 	svc := &twinService{desired: map[string]any{"$version": 1.0, "output": "a"}}
 	answered, release := make(chan struct{}), make(chan struct{})
 	slow := true
-	r := &Reconciler{Report: svc.report, Apply: func(Config) error { return nil }}
+	r := &Reconciler{Report: svc.report, Apply: func(context.Context, Config) error { return nil }}
 	r.Get = func(ctx context.Context) ([]byte, error) {
 		b, err := svc.get(ctx)
 		if slow {
@@ -167,7 +167,7 @@ func TestReconcilerStaleGet(t *testing.T) {
 		}
 		return b, err
 	}
-	r.Start()
+	r.Start(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- r.Sync(t.Context()) }()
 	<-answered // the first GET holds version 1
@@ -192,13 +192,13 @@ func TestReconcilerStaleGet(t *testing.T) {
 func TestReconcilerApplyFailureKeepsConfig(t *testing.T) {
 	svc := &twinService{desired: map[string]any{"$version": 1.0, "output": "a"}}
 	fail := false
-	r := &Reconciler{Get: svc.get, Report: svc.report, Apply: func(c Config) error {
+	r := &Reconciler{Get: svc.get, Report: svc.report, Apply: func(_ context.Context, c Config) error {
 		if fail {
 			return context.DeadlineExceeded
 		}
 		return nil
 	}}
-	r.Start()
+	r.Start(t.Context())
 	if err := r.Sync(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -230,9 +230,9 @@ func hasArray(v any) bool {
 func TestReportedProperties(t *testing.T) {
 	var patches [][]byte
 	svc := &twinService{desired: map[string]any{"$version": 2.0, "output": "plant"}}
-	r := &Reconciler{Get: svc.get, Apply: func(Config) error { return nil }, Counters: func() any { return map[string]int{"relayed": 7} }}
+	r := &Reconciler{Get: svc.get, Apply: func(context.Context, Config) error { return nil }, Counters: func() any { return map[string]int{"relayed": 7} }}
 	r.Report = func(ctx context.Context, p []byte) error { patches = append(patches, p); return svc.report(ctx, p) }
-	r.Start()
+	r.Start(t.Context())
 	if err := r.Sync(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -4,12 +4,13 @@
 package dpstest
 
 import (
-	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
@@ -51,7 +52,7 @@ func Start(t testing.TB, cfg dpsemu.Config, wrap func(http.Handler) http.Handler
 	}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
+	hc := tlsconfig.HTTPClient(ca.Pool(), 0)
 	return &Server{
 		Server:  emu,
 		URL:     srv.URL,

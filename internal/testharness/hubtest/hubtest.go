@@ -6,7 +6,6 @@ package hubtest
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"net"
@@ -15,6 +14,8 @@ import (
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
@@ -90,7 +91,7 @@ func Start(t testing.TB, cfg hubemu.Config) *Server {
 		Pool:    ca.Pool(),
 		Service: svc,
 		URL:     svc.URL,
-		HTTP:    &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}},
+		HTTP:    tlsconfig.HTTPClient(ca.Pool(), 0),
 		Now:     now,
 	}
 }
@@ -151,7 +152,7 @@ func (s *Server) ClientOptions(device, module, token string) *paho.ClientOptions
 	}
 	return paho.NewClientOptions().
 		AddBroker("tls://" + s.Addr).
-		SetTLSConfig(&tls.Config{RootCAs: s.Pool, ServerName: s.GatewayHostName()}).
+		SetTLSConfig(tlsconfig.Client(s.Pool, s.GatewayHostName())).
 		SetClientID(id).
 		SetUsername(s.Username(device, module)).
 		SetPassword(token).

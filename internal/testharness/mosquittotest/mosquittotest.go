@@ -3,7 +3,6 @@
 package mosquittotest
 
 import (
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
@@ -170,7 +171,7 @@ func NewProducer(t testing.TB, b *Broker) *Producer {
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(pem)
 		opts.Servers = nil
-		opts.AddBroker(fmt.Sprintf("ssl://127.0.0.1:%d", b.Port)).SetTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+		opts.AddBroker(fmt.Sprintf("ssl://127.0.0.1:%d", b.Port)).SetTLSConfig(tlsconfig.Client(pool, ""))
 	}
 	cli := mqtt.NewClient(opts)
 	if tok := cli.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {

@@ -29,7 +29,7 @@ fi
 if [[ -z $binary ]]; then
   binary=$(mktemp -d)/edge-provisioner
   echo "install.sh: building $binary" >&2
-  go build -trimpath -o "$binary" ./provisioner
+  CGO_ENABLED=0 go build -trimpath -o "$binary" ./provisioner
 fi
 
 install -D -m 0755 "$binary" "$prefix/usr/local/bin/edge-provisioner"

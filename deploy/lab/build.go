@@ -97,10 +97,12 @@ func variant() string {
 	return ""
 }
 
-// goBuild builds the main package pkg of the module in dir into out.
+// goBuild builds the main package pkg of the module in dir into out, as
+// it ships: static, without cgo.
 func goBuild(ctx context.Context, dir, out, pkg string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build %s: %v\n%s", pkg, err, indent(string(msg)))
 	}

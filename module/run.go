@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 	"github.com/edgetpm/edgetpm/module/edgehub"
@@ -34,12 +35,11 @@ import (
 // env looks up an environment variable (os.Getenv in main).
 type env func(string) string
 
-func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
 	if len(args) > 0 && args[0] == "health" {
 		return health(ctx, envOr(getenv, "EDGE_RELAY_METRICS_ADDR", ":9600"))
 	}
 	fs := flag.NewFlagSet("edge-relay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	dataDir := fs.String("data", envOr(getenv, "EDGE_RELAY_DATA", "/data"), "`DIR` for the queue and the last good configuration: a volume, so they survive re-creating the container [$EDGE_RELAY_DATA]")
 	deviceState := fs.String("device-state", getenv("EDGE_RELAY_DEVICE_STATE"), "run as the device in `FILE`, the assignment edge-provisioner saved, signing in the TPM [$EDGE_RELAY_DEVICE_STATE]")
 	listen := fs.String("metrics-addr", envOr(getenv, "EDGE_RELAY_METRICS_ADDR", ":9600"), "`ADDRESS` serving /metrics, /healthz and /readyz [$EDGE_RELAY_METRICS_ADDR]")
@@ -48,20 +48,18 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edge-relay [flags]\n       edge-relay health   (exit 0 when /healthz on the metrics address answers 200)\n\n")
 		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "\n%s\n", cli.ExitStatus)
 	}
 	if v := getenv("EDGE_RELAY_TOKEN_TTL"); v != "" {
 		if err := fs.Set("token-ttl", v); err != nil {
-			return usageError{fmt.Errorf("EDGE_RELAY_TOKEN_TTL: %w", err)}
+			return cli.Usagef("EDGE_RELAY_TOKEN_TTL: %w", err)
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
+	if err := cli.Parse(fs, args, stdout); err != nil {
+		return err
 	}
 	if *tokenTTL < time.Second {
-		return usageError{fmt.Errorf("--token-ttl %v: want at least 1s", *tokenTTL)}
+		return cli.Usagef("--token-ttl %v: want at least 1s", *tokenTTL)
 	}
 	level := new(logLevel)
 	level.Store(int32(zerolog.InfoLevel))
@@ -69,7 +67,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 
 	conn, err := connection(ctx, getenv, *deviceState, *caFile)
 	if err != nil {
-		return usageError{err}
+		return err
 	}
 	defer conn.close()
 	log.Info().Str("mode", conn.mode).Str("device", conn.id.DeviceID).Str("module", conn.id.ModuleID).Str("host", conn.id.Host).Msg("starting")
@@ -172,7 +170,7 @@ const healthTimeout = 3 * time.Second
 func health(ctx context.Context, listen string) error {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
-		return usageError{fmt.Errorf("health: metrics address %q: %w", listen, err)}
+		return cli.Usagef("health: metrics address %q: %w", listen, err)
 	}
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"
@@ -225,7 +223,8 @@ type conn struct {
 
 // connection picks the mode from the environment: a connection string
 // (development), the IoT Edge environment (a module), or a device
-// assignment (device mode, TPM). $EDGE_RELAY_HUB_ADDRESS, when set, is
+// assignment (device mode, TPM). What the settings or environment got
+// wrong is a usage error; a TPM or workload API that fails is not. $EDGE_RELAY_HUB_ADDRESS, when set, is
 // dialled instead of the host (the lab, where the gateway's name does not
 // resolve); the certificate is still checked against the host's name.
 func connection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
@@ -239,22 +238,25 @@ func connection(ctx context.Context, getenv env, deviceState, caFile string) (*c
 func pickConnection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
 	roots, err := tlsconfig.TrustFile(caFile)
 	if err != nil {
-		return nil, err
+		return nil, cli.Usage(err)
 	}
 	nothing := func() {}
 	if cs := envOr(getenv, "EdgeHubConnectionString", getenv("IotHubConnectionString")); cs != "" {
 		id, key, err := edgehub.ParseConnectionString(cs)
 		if err != nil {
-			return nil, err
+			return nil, cli.Usage(err)
 		}
 		return &conn{"development", id, sas.Key(key), roots, nothing}, nil
 	}
 	if deviceState != "" {
 		a, err := assignment.Load(deviceState)
 		if err != nil {
-			return nil, err
+			return nil, cli.Usage(err)
 		}
 		t, err := tpm.Open(a.TPM, tpm.Config{AuthKeyHandle: tpm2.TPMHandle(a.AuthKeyHandle)})
+		if errors.Is(err, tpm.ErrURI) {
+			return nil, cli.Usage(err)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -263,11 +265,11 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 	}
 	e, err := edgehub.EnvironmentFrom(getenv)
 	if err != nil {
-		return nil, fmt.Errorf("%w (or set EdgeHubConnectionString, or --device-state)", err)
+		return nil, cli.Usagef("%w (or set EdgeHubConnectionString, or --device-state)", err)
 	}
 	w, err := workload.New(e.WorkloadURI, e.ModuleID, e.GenerationID, e.APIVersion)
 	if err != nil {
-		return nil, err
+		return nil, cli.Usage(err)
 	}
 	bundle, err := w.TrustBundle(ctx)
 	if err != nil {

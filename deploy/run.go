@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -83,15 +82,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	return cli.Usagef("unknown command %q", args[0])
 }
-
-// The lab commands' names for internal/cli's, until they call it.
-var (
-	usagef  = cli.Usagef
-	isUsage = cli.IsUsage
-)
-
-func parse(fs *flag.FlagSet, args []string) error     { return cli.Parse(fs, args, fs.Output()) }
-func parseArgs(fs *flag.FlagSet, args []string) error { return cli.ParseArgs(fs, args, fs.Output()) }
 
 // consoleLog is the log of a command: plain lines with a time, on w.
 func consoleLog(w io.Writer) zerolog.Logger {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
@@ -98,9 +99,16 @@ min_success = 0.9
 max_failures = 1
 timeout = "2s"
 `), 0o600)
-	out, err = cmd(t, "rollout", "--lab", lab, "--plan", plan, "--json")
-	if err == nil || !strings.Contains(out, "halted") || !strings.Contains(out, "edge-deploy rollback --plan") {
-		t.Fatalf("rollout with a failing canary: %v\n%s", err, out)
+	// As main runs it: the halt is printed once, with how to undo it.
+	var stdout, stderr bytes.Buffer
+	err = run(t.Context(), []string{"rollout", "--lab", lab, "--plan", plan, "--json"}, &stdout, &stderr)
+	code := cli.Report("edge-deploy", err, &stderr)
+	out = stdout.String() + stderr.String()
+	if err == nil || code != 1 || !strings.Contains(out, "halted") || !strings.Contains(out, "edge-deploy rollback --plan") {
+		t.Fatalf("rollout with a failing canary: %v (exit %d)\n%s", err, code, out)
+	}
+	if n := strings.Count(stderr.String(), "rollout halted"); n != 1 {
+		t.Errorf("rollout printed its error %d times, want once:\n%s", n, stderr.String())
 	}
 	var rep struct {
 		Halted string
@@ -152,10 +160,10 @@ func TestNoConnectionString(t *testing.T) {
 		t.Fatalf("render: %v\n%s", err, out)
 	}
 	_, err := cmd(t, "status", "--plan", plan)
-	if err == nil || !isUsage(err) || !strings.Contains(err.Error(), envConnectionString) {
+	if err == nil || !cli.IsUsage(err) || !strings.Contains(err.Error(), envConnectionString) {
 		t.Errorf("status without a connection string: %v", err)
 	}
-	if _, err := cmd(t, "status", "--plan", plan, "--connection-string", "x"); err == nil || !isUsage(err) {
+	if _, err := cmd(t, "status", "--plan", plan, "--connection-string", "x"); err == nil || !cli.IsUsage(err) {
 		t.Errorf("--connection-string was accepted: %v", err)
 	}
 	bad := filepath.Join(t.TempDir(), "plan.toml")

@@ -18,6 +18,7 @@ import (
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/deploy/manifest"
 	"github.com/edgetpm/edgetpm/deploy/rollout"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 	"github.com/edgetpm/edgetpm/internal/hubservice"
 	"github.com/edgetpm/edgetpm/internal/sas"
@@ -61,7 +62,7 @@ func (h *hubFlags) client(getenv func(string) string) (*hubservice.Client, error
 		cs = string(b)
 	}
 	if strings.TrimSpace(cs) == "" {
-		return nil, usagef("no IoT Hub service connection string: set $%s or --connection-string-file", envConnectionString)
+		return nil, cli.Usagef("no IoT Hub service connection string: set $%s or --connection-string-file", envConnectionString)
 	}
 	conn, err := sas.ParsePolicy(cs)
 	if err != nil {
@@ -145,9 +146,8 @@ func loadPlan(path string) (rollout.Plan, error) {
 }
 
 // hubCommand parses the flags common to the rollout commands.
-func hubCommand(name, summary string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*flag.FlagSet, *hubFlags, error) {
+func hubCommand(name, summary string, args []string, stdout io.Writer, extra func(*flag.FlagSet)) (*flag.FlagSet, *hubFlags, error) {
 	fs := flag.NewFlagSet("edge-deploy "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	h := &hubFlags{}
 	h.register(fs)
 	extra(fs)
@@ -155,14 +155,14 @@ func hubCommand(name, summary string, args []string, stderr io.Writer, extra fun
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy %s [flags]\n\n%s\n\n", name, summary)
 		fs.PrintDefaults()
 	}
-	return fs, h, parse(fs, args)
+	return fs, h, cli.Parse(fs, args, stdout)
 }
 
 // applyCmd sets one edge device's modules from a deployment
 // (applyConfigurationContent).
-func applyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+func applyCmd(ctx context.Context, args []string, stdout, _ io.Writer, getenv func(string) string) error {
 	var device, file string
-	_, h, err := hubCommand("apply", "Apply a deployment to one IoT Edge device.", args, stderr, func(fs *flag.FlagSet) {
+	_, h, err := hubCommand("apply", "Apply a deployment to one IoT Edge device.", args, stdout, func(fs *flag.FlagSet) {
 		fs.StringVar(&device, "device", "", "the edge device's `ID`")
 		fs.StringVar(&file, "deployment", "", "the deployment `FILE` (JSON with modulesContent)")
 	})
@@ -170,7 +170,7 @@ func applyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return err
 	}
 	if device == "" || file == "" {
-		return usagef("apply: want --device and --deployment")
+		return cli.Usagef("apply: want --device and --deployment")
 	}
 	content, err := os.ReadFile(file)
 	if err != nil {
@@ -197,7 +197,7 @@ func applyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 func rolloutCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	var planPath string
 	var asJSON bool
-	_, h, err := hubCommand("rollout", "Roll a deployment out in waves, each gated on the health of the one before.", args, stderr, func(fs *flag.FlagSet) {
+	_, h, err := hubCommand("rollout", "Roll a deployment out in waves, each gated on the health of the one before.", args, stdout, func(fs *flag.FlagSet) {
 		fs.StringVar(&planPath, "plan", "", "the rollout plan `FILE` (TOML)")
 		fs.BoolVar(&asJSON, "json", false, "print the final report as JSON")
 	})
@@ -220,16 +220,17 @@ func rolloutCmd(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 		printReport(stdout, rep, asJSON)
 	}
 	if errors.Is(err, rollout.ErrHalted) {
-		fmt.Fprintf(stderr, "edge-deploy: %v\nto undo: edge-deploy rollback --plan %s --wave %s\n", err, planPath, rep.Halted)
+		// The hint goes with the error, which main prints once.
+		return fmt.Errorf("%w\nto undo: edge-deploy rollback --plan %s --wave %s", err, planPath, rep.Halted)
 	}
 	return err
 }
 
 // statusCmd shows where a rollout stands.
-func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+func statusCmd(ctx context.Context, args []string, stdout, _ io.Writer, getenv func(string) string) error {
 	var planPath string
 	var asJSON bool
-	_, h, err := hubCommand("status", "Show each wave of a rollout: targeted, applied, succeeded, failed.", args, stderr, func(fs *flag.FlagSet) {
+	_, h, err := hubCommand("status", "Show each wave of a rollout: targeted, applied, succeeded, failed.", args, stdout, func(fs *flag.FlagSet) {
 		fs.StringVar(&planPath, "plan", "", "the rollout plan `FILE` (TOML)")
 		fs.BoolVar(&asJSON, "json", false, "print JSON")
 	})
@@ -249,9 +250,9 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer, get
 }
 
 // rollbackCmd removes a wave's configuration and those after it.
-func rollbackCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+func rollbackCmd(ctx context.Context, args []string, stdout, _ io.Writer, getenv func(string) string) error {
 	var planPath, wave string
-	_, h, err := hubCommand("rollback", "Remove a wave's deployment and the waves after it; its devices go back to the deployment below.", args, stderr, func(fs *flag.FlagSet) {
+	_, h, err := hubCommand("rollback", "Remove a wave's deployment and the waves after it; its devices go back to the deployment below.", args, stdout, func(fs *flag.FlagSet) {
 		fs.StringVar(&planPath, "plan", "", "the rollout plan `FILE` (TOML)")
 		fs.StringVar(&wave, "wave", "", "the wave `NAME` to remove, with the ones after it")
 	})
@@ -259,7 +260,7 @@ func rollbackCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		return err
 	}
 	if wave == "" {
-		return usagef("rollback: want --wave")
+		return cli.Usagef("rollback: want --wave")
 	}
 	p, c, err := planAndClient(planPath, h, getenv)
 	if err != nil {
@@ -277,7 +278,7 @@ func rollbackCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 
 func planAndClient(path string, h *hubFlags, getenv func(string) string) (rollout.Plan, *hubservice.Client, error) {
 	if path == "" {
-		return rollout.Plan{}, nil, usagef("want --plan")
+		return rollout.Plan{}, nil, cli.Usagef("want --plan")
 	}
 	p, err := loadPlan(path)
 	if err != nil {

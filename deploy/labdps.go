@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 )
 
@@ -48,7 +49,6 @@ func (h *hubFlag) Set(v string) error {
 // state folder, so a restart with the same folder continues where it was.
 func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab dps", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:8443", "`address` to serve HTTPS on")
 	dir := fs.String("state-dir", "./lab-state", "`folder` for the CA, the emulator state and the device registry")
 	var hubs hubFlag
@@ -59,15 +59,15 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab dps [flags]\n\nServe a DPS emulator for TPM attestation over HTTPS.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	// The C SDK honours retry-after only within 1..300 s (docs/dps-protocol.md#registering-and-polling).
 	if *retryAfter < 1 || *retryAfter > 300 {
-		return usagef("--retry-after %d: want 1 to 300 seconds", *retryAfter)
+		return cli.Usagef("--retry-after %d: want 1 to 300 seconds", *retryAfter)
 	}
 	if _, _, err := net.SplitHostPort(*listen); err != nil {
-		return usagef("--listen %q: %v", *listen, err)
+		return cli.Usagef("--listen %q: %v", *listen, err)
 	}
 	stateDir, ca, err := lab.OpenState(*dir)
 	if err != nil {

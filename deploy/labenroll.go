@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 // labEnroll creates or replaces the individual TPM enrollment of a device
@@ -19,7 +20,6 @@ import (
 // would, with the identity 'edge-provisioner identity --json' printed.
 func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab enroll", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (endpoint, CA and service connection string)")
 	identity := fs.String("identity", "-", "`FILE` with the output of 'edge-provisioner identity --json'; - for stdin")
 	deviceID := fs.String("device-id", "", "IoT hub device `ID` (default: the registration ID)")
@@ -28,7 +28,7 @@ func labEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		fmt.Fprintf(fs.Output(), "usage: edge-provisioner identity --json | edge-deploy lab enroll [flags]\n\nEnroll a TPM in the running lab's DPS.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	var in io.Reader = stdin

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 )
 
@@ -32,7 +33,6 @@ func (r routeFlag) Set(v string) error {
 // fills, so the devices DPS assigns can connect.
 func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab hub", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:8883", "`address` of MQTT over TLS")
 	service := fs.String("service", "127.0.0.1:8444", "`address` of the service API over HTTPS")
 	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (CA and device registry, shared with lab dps)")
@@ -45,7 +45,7 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab hub [flags]\n\nServe an edgeHub and IoT Hub emulator: MQTT over TLS and a service API.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	stateDir, ca, err := lab.OpenState(*dir)
@@ -75,7 +75,6 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 // from the module's generation.
 func labWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab workload", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	socket := fs.String("socket", "./lab-state/workload.sock", "unix socket `path` to serve on")
 	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (CA, device registry and the running lab hub's service API)")
 	hub := fs.String("hub", dpsemu.DefaultHub, "IoT hub `host` name")
@@ -86,11 +85,11 @@ func labWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab workload --device ID [flags]\n\nMake module identities in the running lab hub and serve the IoT Edge workload API for them.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	if *device == "" {
-		return usagef("lab workload needs --device")
+		return cli.Usagef("lab workload needs --device")
 	}
 	if len(modules) == 0 {
 		modules = moduleFlag{lab.ModuleID}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/deploy/manifest"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -22,7 +23,6 @@ import (
 // waits for the module to report the version applied or rejected.
 func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab twin set", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (the running lab hub's)")
 	device := fs.String("device", "", "edge device `ID` (default: the device lab up provisioned, else the lab's only device)")
 	module := fs.String("module", "relay", "module `ID`")
@@ -32,24 +32,24 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab twin set [flags] KEY=VALUE...\n\nChange desired properties of a module in the running lab and show it applying them.\nDotted keys nest (batching.enabled=true); a VALUE that is JSON is taken as JSON, null deletes,\nanything else is a string.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parseArgs(fs, args); err != nil {
+	if err := cli.ParseArgs(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return usagef("lab twin set: want KEY=VALUE")
+		return cli.Usagef("lab twin set: want KEY=VALUE")
 	}
 	desired := map[string]any{}
 	for _, kv := range fs.Args() {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return usagef("lab twin set: %q: want KEY=VALUE", kv)
+			return cli.Usagef("lab twin set: %q: want KEY=VALUE", kv)
 		}
 		var val any = v
 		if json.Valid([]byte(v)) {
 			json.Unmarshal([]byte(v), &val)
 		}
 		if err := manifest.Set(desired, k, val); err != nil {
-			return usagef("lab twin set: %v", err)
+			return cli.Usagef("lab twin set: %v", err)
 		}
 	}
 	if b, err := os.ReadFile(filepath.Join(*dir, lab.DeviceFile)); *device == "" && err == nil {
@@ -58,7 +58,7 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *device == "" {
 		devs := lab.RegisteredDevices(*dir, *hub)
 		if len(devs) != 1 {
-			return usagef("lab twin set: the lab has %d devices of %s: give --device", len(devs), *hub)
+			return cli.Usagef("lab twin set: the lab has %d devices of %s: give --device", len(devs), *hub)
 		}
 		*device = devs[0]
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/registry"
 	"github.com/edgetpm/edgetpm/internal/sas"
@@ -72,7 +73,7 @@ func TestLabTwinSet(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "rejected version") || !strings.Contains(err.Error(), "inFlight") {
 		t.Errorf("an invalid value: %v\n%s", err, out)
 	}
-	if _, err := cmd(t, "lab", "twin", "set", "--state-dir", dir, "--hub", hub.HubHostName(), "novalue"); err == nil || !isUsage(err) {
+	if _, err := cmd(t, "lab", "twin", "set", "--state-dir", dir, "--hub", hub.HubHostName(), "novalue"); err == nil || !cli.IsUsage(err) {
 		t.Errorf("KEY without =VALUE: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 // defaultContainerd is where containerd listens on a host that runs it.
@@ -19,7 +20,6 @@ const defaultContainerd = "/run/containerd/containerd.sock"
 // machine until --duration passes or ctx ends, then prints a summary.
 func labUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab up", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	dir := fs.String("state-dir", "./lab-state", "`folder` for the lab's CA, emulator state, config.toml, logs and the relay's queue")
 	tpmURI := fs.String("tpm", "", "TPM `URI`, e.g. swtpm's mssim://127.0.0.1:2321, or swtpm to start one with its state in the state folder (default: the reference simulator, in this process)")
 	containerd := fs.String("containerd", "", "containerd socket `ADDRESS` to run the relay in, or none for a local process (default: "+defaultContainerd+" when it exists and this runs as root)")
@@ -40,11 +40,11 @@ from. At the end (--duration, Ctrl-C) it prints a summary.
 `)
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	if *rate <= 0 || *rate > 10000 {
-		return usagef("--rate %g: want 0 to 10000 readings per second", *rate)
+		return cli.Usagef("--rate %g: want 0 to 10000 readings per second", *rate)
 	}
 	switch *containerd {
 	case "":

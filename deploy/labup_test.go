@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 // lab up as the README's main command runs it, on embedded defaults (the
@@ -51,7 +52,7 @@ func TestLabUpUsage(t *testing.T) {
 	} {
 		var stdout, stderr syncBuffer
 		err := run(t.Context(), append([]string{"lab", "up"}, args...), &stdout, &stderr)
-		if !isUsage(err) {
+		if !cli.IsUsage(err) {
 			t.Errorf("lab up %q = %v, want a usage error", args, err)
 		}
 	}

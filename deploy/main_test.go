@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
@@ -206,12 +207,19 @@ func TestUsage(t *testing.T) {
 	} {
 		var stdout, stderr bytes.Buffer
 		err := run(t.Context(), tc.args, &stdout, &stderr)
-		if got := exitCode(err, io.Discard); got != tc.code {
+		if got := cli.ExitCode(err); got != tc.code {
 			t.Errorf("run(%q) = %v, exit %d, want %d", tc.args, err, got, tc.code)
 		}
-		if tc.code == 0 && !strings.Contains(stdout.String()+stderr.String(), "usage:") {
-			t.Errorf("run(%q) printed no usage", tc.args)
+		if tc.code == 0 && !strings.Contains(stdout.String(), "usage:") {
+			t.Errorf("run(%q) printed no usage on stdout", tc.args)
 		}
+		if tc.code == 2 && stdout.Len()+stderr.Len() > 0 {
+			t.Errorf("run(%q) printed %q and %q besides the error", tc.args, stdout.String(), stderr.String())
+		}
+	}
+	var stdout bytes.Buffer
+	if err := run(t.Context(), []string{"--help"}, &stdout, io.Discard); err != nil || !strings.Contains(stdout.String(), cli.ExitStatus) {
+		t.Errorf("edge-deploy --help = %v, does not document the exit codes:\n%s", err, stdout.String())
 	}
 }
 
@@ -219,7 +227,7 @@ func TestListenFailure(t *testing.T) {
 	l := startLab(t, "--state-dir", t.TempDir())
 	addr := strings.TrimPrefix(l.Endpoint, "https://")
 	err := run(t.Context(), []string{"lab", "dps", "--listen", addr, "--state-dir", t.TempDir()}, io.Discard, io.Discard)
-	if err == nil || exitCode(err, io.Discard) != 1 {
+	if err == nil || cli.ExitCode(err) != 1 {
 		t.Errorf("second lab on %s = %v, want a failure", addr, err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/deploy/manifest"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 // setFlags collects repeated key=value flags.
@@ -21,9 +22,8 @@ func (s *setFlags) Set(v string) error { *s = append(*s, v); return nil }
 
 // renderCmd fills a deployment template with values and prints the
 // deployment, checked.
-func renderCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func renderCmd(_ context.Context, args []string, stdout, _ io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy render", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	tmpl := fs.String("template", "", "the deployment template `FILE` (JSON with Go template actions)")
 	values := fs.String("values", "", "values `FILE` (TOML or JSON)")
 	out := fs.String("out", "-", "write the deployment to `FILE`; - for stdout")
@@ -33,11 +33,11 @@ func renderCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy render --template FILE [--values FILE] [--set KEY=VALUE]... [--out FILE]\n\nRender a deployment manifest: createOptions split into 512-character chunks, images pinned to digests, then validated.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	if *tmpl == "" {
-		return usagef("render: want --template")
+		return cli.Usagef("render: want --template")
 	}
 	t, err := os.ReadFile(*tmpl)
 	if err != nil {
@@ -52,7 +52,7 @@ func renderCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 	for _, kv := range sets {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
-			return usagef("render: --set %q: want KEY=VALUE", kv)
+			return cli.Usagef("render: --set %q: want KEY=VALUE", kv)
 		}
 		if err := manifest.SetValue(vals, k, v); err != nil {
 			return err
@@ -72,18 +72,17 @@ func renderCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 
 // validateCmd checks deployment files and prints every problem with its
 // JSON path.
-func validateCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func validateCmd(_ context.Context, args []string, stdout, _ io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy validate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy validate FILE...\n\nCheck deployment manifests (standard or layered, or a whole configuration) against the rules of edgeAgent, edgeHub and IoT Hub.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := parseArgs(fs, args); err != nil {
+	if err := cli.ParseArgs(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return usagef("validate: want one or more files")
+		return cli.Usagef("validate: want one or more files")
 	}
 	bad := 0
 	for _, f := range fs.Args() {

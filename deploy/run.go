@@ -2,13 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/rs/zerolog"
 )
 
@@ -37,30 +36,14 @@ $IOTHUB_CONNECTION_STRING or --connection-string-file, never from the
 command line; --lab DIR uses the running lab hub.
 
 Run "edge-deploy lab dps --help" for the flags of a command.
+
+` + cli.ExitStatus + `
 `
-
-// usageError is a command line that cannot be run; it exits with 2.
-type usageError struct{ err error }
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
-func usagef(format string, args ...any) error {
-	return &usageError{fmt.Errorf(format, args...)}
-}
-
-func isUsage(err error) bool {
-	var u *usageError
-	return errors.As(err, &u)
-}
-
-func isHelp(err error) bool { return errors.Is(err, flag.ErrHelp) }
 
 // run runs the command in args (without the program name).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return usagef("no command given")
+		return cli.Usagef("no command given")
 	}
 	switch args[0] {
 	case "-h", "-help", "--help", "help":
@@ -81,8 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case len(args) > 2 && args[1] == "twin" && args[2] == "set":
 			return labTwinSet(ctx, args[3:], stdout, stderr)
 		}
-		fmt.Fprint(stderr, usage)
-		return usagef("lab: want up, dps, enroll, hub, workload or twin set")
+		return cli.Usagef("lab: want up, dps, enroll, hub, workload or twin set")
 	case "image":
 		return runImage(ctx, args[1:], stdout, stderr)
 	case "render":
@@ -98,31 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "rollback":
 		return rollbackCmd(ctx, args[1:], stdout, stderr, os.Getenv)
 	}
-	fmt.Fprint(stderr, usage)
-	return usagef("unknown command %q", args[0])
-}
-
-// parse parses the flags of a command that takes no arguments: --help is
-// flag.ErrHelp, anything else wrong is a usage error.
-func parse(fs *flag.FlagSet, args []string) error {
-	if err := parseArgs(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
-	}
-	return nil
-}
-
-// parseArgs is parse for a command that takes arguments after its flags.
-func parseArgs(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if isHelp(err) {
-			return err
-		}
-		return &usageError{err}
-	}
-	return nil
+	return cli.Usagef("unknown command %q", args[0])
 }
 
 // consoleLog is the log of a command: plain lines with a time, on w.

@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 func TestHealth(t *testing.T) {
@@ -55,8 +57,8 @@ func TestHealth(t *testing.T) {
 				t.Fatalf("health on %s = %v, want healthy", tt.addr, err)
 			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 				t.Fatalf("health on %s = %v, want an error with %q", tt.addr, err, tt.want)
-			case tt.want != "" && exitCode(err) != 1:
-				t.Fatalf("exitCode(%v) = %d, want 1", err, exitCode(err))
+			case tt.want != "" && cli.ExitCode(err) != 1:
+				t.Fatalf("cli.ExitCode(%v) = %d, want 1", err, cli.ExitCode(err))
 			}
 		})
 	}

@@ -7,34 +7,14 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"io"
 	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "edge-relay:", err)
-	}
-	os.Exit(exitCode(err))
-}
-
-// usageError is a mistake in the command line or environment: exit 2.
-type usageError struct{ error }
-
-func exitCode(err error) int {
-	var u usageError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &u):
-		return 2
-	default:
-		return 1
-	}
+	cli.Main("edge-relay", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		return run(ctx, args, stdout, stderr, os.Getenv)
+	})
 }

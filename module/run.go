@@ -20,11 +20,13 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/relay"
+	"github.com/edgetpm/edgetpm/module/settings"
 	"github.com/edgetpm/edgetpm/module/source"
 	"github.com/edgetpm/edgetpm/module/twin"
 	"github.com/edgetpm/edgetpm/module/workload"
@@ -34,47 +36,52 @@ import (
 // env looks up an environment variable (os.Getenv in main).
 type env func(string) string
 
-func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) error {
+const usage = `usage: edge-relay [flags]
+       edge-relay health [flags]   exit 0 when /healthz on the metrics address answers 200
+
+Settings come from a TOML file (--config or $EDGE_RELAY_CONFIG), then the
+environment, then flags. The identity comes from IoT Edge's IOTEDGE_*
+variables, from --device-state, or in development from
+$EdgeHubConnectionString (or $IotHubConnectionString).
+
+` + cli.ExitStatus + `
+
+Flags:
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+	name := "edge-relay"
 	if len(args) > 0 && args[0] == "health" {
-		return health(ctx, envOr(getenv, "EDGE_RELAY_METRICS_ADDR", ":9600"))
+		name, args = "edge-relay health", args[1:]
 	}
-	fs := flag.NewFlagSet("edge-relay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dataDir := fs.String("data", envOr(getenv, "EDGE_RELAY_DATA", "/data"), "`DIR` for the queue and the last good configuration: a volume, so they survive re-creating the container [$EDGE_RELAY_DATA]")
-	deviceState := fs.String("device-state", getenv("EDGE_RELAY_DEVICE_STATE"), "run as the device in `FILE`, the assignment edge-provisioner saved, signing in the TPM [$EDGE_RELAY_DEVICE_STATE]")
-	listen := fs.String("metrics-addr", envOr(getenv, "EDGE_RELAY_METRICS_ADDR", ":9600"), "`ADDRESS` serving /metrics, /healthz and /readyz [$EDGE_RELAY_METRICS_ADDR]")
-	caFile := fs.String("ca-file", getenv("EdgeModuleCACertificateFile"), "trust the CA certificates in `PEM` (development and device mode; IoT Edge gives its own) [$EdgeModuleCACertificateFile]")
-	tokenTTL := fs.Duration("token-ttl", edgehub.DefaultTokenTTL, "`LIFETIME` of each SAS token; a new one replaces it at 80% [$EDGE_RELAY_TOKEN_TTL]")
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	l := settings.NewLoader(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: edge-relay [flags]\n       edge-relay health   (exit 0 when /healthz on the metrics address answers 200)\n\n")
+		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	if v := getenv("EDGE_RELAY_TOKEN_TTL"); v != "" {
-		if err := fs.Set("token-ttl", v); err != nil {
-			return usageError{fmt.Errorf("EDGE_RELAY_TOKEN_TTL: %w", err)}
-		}
+	if err := cli.Parse(fs, args, stdout); err != nil {
+		return err
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
+	s, err := l.Load(getenv)
+	if err != nil {
+		return cli.Usage(err)
 	}
-	if *tokenTTL < time.Second {
-		return usageError{fmt.Errorf("--token-ttl %v: want at least 1s", *tokenTTL)}
+	if name == "edge-relay health" {
+		return health(ctx, s.MetricsAddr)
 	}
 	level := new(logLevel)
 	level.Store(int32(zerolog.InfoLevel))
 	log := newLogger(stderr, level)
 
-	conn, err := connection(ctx, getenv, *deviceState, *caFile)
+	conn, err := connection(ctx, getenv, s)
 	if err != nil {
-		return usageError{err}
+		return err
 	}
 	defer conn.close()
 	log.Info().Str("mode", conn.mode).Str("device", conn.id.DeviceID).Str("module", conn.id.ModuleID).Str("host", conn.id.Host).Msg("starting")
 
-	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+	if err := os.MkdirAll(s.Data, 0o700); err != nil {
 		return fmt.Errorf("data folder: %w", err)
 	}
 	a := &app{log: log, level: level, started: time.Now()}
@@ -83,7 +90,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		Get:       func(ctx context.Context) ([]byte, error) { return sess.GetTwin(ctx) },
 		Report:    func(ctx context.Context, p []byte) error { return sess.ReportProperties(ctx, p) },
 		Apply:     a.apply,
-		StatePath: filepath.Join(*dataDir, "desired.json"),
+		StatePath: filepath.Join(s.Data, "desired.json"),
 		Counters:  func() any { return a.stats() },
 		Log:       log,
 	}
@@ -92,7 +99,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		return err
 	}
 	q, err := queue.Open(queue.Options{
-		Dir: filepath.Join(*dataDir, "queue"), MaxBytes: cfg.Queue.MaxBytes, MaxAge: time.Duration(cfg.Queue.MaxAge),
+		Dir: filepath.Join(s.Data, "queue"), MaxBytes: cfg.Queue.MaxBytes, MaxAge: time.Duration(cfg.Queue.MaxAge),
 		WhenFull: policy(cfg.Queue.WhenFull), Log: log,
 	})
 	if err != nil {
@@ -103,7 +110,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		Identity: conn.id,
 		Signer:   conn.signer,
 		RootCAs:  conn.roots,
-		TokenTTL: *tokenTTL,
+		TokenTTL: time.Duration(s.TokenTTL),
 		Input:    func(ctx context.Context, input string, m *edgehub.Message) error { return a.relay.Input(ctx, input, m) },
 		Method:   a.method,
 		Desired: func(ctx context.Context, patch []byte) {
@@ -125,7 +132,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 	a.relay = relay.New(q, sess, cfg, relay.Options{Log: log})
 	a.relay.Metrics.SetConnected(sess.Connected)
 	a.relay.Metrics.TokenRenewals(sess.TokenRenewals)
-	sourcesDir := filepath.Join(*dataDir, "sources")
+	sourcesDir := filepath.Join(s.Data, "sources")
 	if err := os.MkdirAll(sourcesDir, 0o700); err != nil {
 		return fmt.Errorf("data folder: %w", err)
 	}
@@ -137,8 +144,8 @@ func run(ctx context.Context, args []string, _, stderr io.Writer, getenv env) er
 		return err
 	}
 
-	srv := &http.Server{Addr: *listen, Handler: a.relay.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	ln, err := net.Listen("tcp", *listen)
+	srv := &http.Server{Addr: s.MetricsAddr, Handler: a.relay.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", s.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -172,7 +179,7 @@ const healthTimeout = 3 * time.Second
 func health(ctx context.Context, listen string) error {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
-		return usageError{fmt.Errorf("health: metrics address %q: %w", listen, err)}
+		return cli.Usagef("health: metrics address %q: %w", listen, err)
 	}
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"
@@ -225,13 +232,15 @@ type conn struct {
 
 // connection picks the mode from the environment: a connection string
 // (development), the IoT Edge environment (a module), or a device
-// assignment (device mode, TPM). $EDGE_RELAY_HUB_ADDRESS, when set, is
-// dialled instead of the host (the lab, where the gateway's name does not
-// resolve); the certificate is still checked against the host's name.
-func connection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
-	c, err := pickConnection(ctx, getenv, deviceState, caFile)
+// assignment (device mode, TPM). What the settings or environment got
+// wrong is a usage error; a TPM or workload API that fails is not. The
+// hub address, when set, is dialled instead of the host (the lab, where
+// the gateway's name does not resolve); the certificate is still checked
+// against the host's name.
+func connection(ctx context.Context, getenv env, s *settings.Settings) (*conn, error) {
+	c, err := pickConnection(ctx, getenv, s.DeviceState, s.CAFile)
 	if err == nil {
-		c.id.Address = getenv("EDGE_RELAY_HUB_ADDRESS")
+		c.id.Address = s.HubAddress
 	}
 	return c, err
 }
@@ -239,22 +248,25 @@ func connection(ctx context.Context, getenv env, deviceState, caFile string) (*c
 func pickConnection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
 	roots, err := tlsconfig.TrustFile(caFile)
 	if err != nil {
-		return nil, err
+		return nil, cli.Usage(err)
 	}
 	nothing := func() {}
 	if cs := envOr(getenv, "EdgeHubConnectionString", getenv("IotHubConnectionString")); cs != "" {
 		id, key, err := edgehub.ParseConnectionString(cs)
 		if err != nil {
-			return nil, err
+			return nil, cli.Usage(err)
 		}
 		return &conn{"development", id, sas.Key(key), roots, nothing}, nil
 	}
 	if deviceState != "" {
 		a, err := assignment.Load(deviceState)
 		if err != nil {
-			return nil, err
+			return nil, cli.Usage(err)
 		}
 		t, err := tpm.Open(a.TPM, tpm.Config{AuthKeyHandle: tpm2.TPMHandle(a.AuthKeyHandle)})
+		if errors.Is(err, tpm.ErrURI) {
+			return nil, cli.Usage(err)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -263,11 +275,11 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 	}
 	e, err := edgehub.EnvironmentFrom(getenv)
 	if err != nil {
-		return nil, fmt.Errorf("%w (or set EdgeHubConnectionString, or --device-state)", err)
+		return nil, cli.Usagef("%w (or set EdgeHubConnectionString, or --device-state)", err)
 	}
 	w, err := workload.New(e.WorkloadURI, e.ModuleID, e.GenerationID, e.APIVersion)
 	if err != nil {
-		return nil, err
+		return nil, cli.Usage(err)
 	}
 	bundle, err := w.TrustBundle(ctx)
 	if err != nil {

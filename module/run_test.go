@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +16,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/workloademu"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
@@ -217,8 +222,65 @@ func TestDesiredWhileOffline(t *testing.T) {
 
 func TestUsage(t *testing.T) {
 	err := run(t.Context(), []string{"--data", t.TempDir()}, nil, &syncBuffer{}, func(string) string { return "" })
-	if exitCode(err) != 2 || !strings.Contains(err.Error(), "IOTEDGE_WORKLOADURI") {
-		t.Errorf("edge-relay without an environment = %v (exit %d), want a usage error naming what is missing", err, exitCode(err))
+	if cli.ExitCode(err) != 2 || !strings.Contains(err.Error(), "IOTEDGE_WORKLOADURI") {
+		t.Errorf("edge-relay without an environment = %v (exit %d), want a usage error naming what is missing", err, cli.ExitCode(err))
+	}
+	for _, args := range [][]string{{"--token-ttl", "10ms"}, {"--bogus"}, {"extra"}} {
+		if err := run(t.Context(), args, nil, nil, func(string) string { return "" }); cli.ExitCode(err) != 2 {
+			t.Errorf("edge-relay %q = %v (exit %d), want a usage error", args, err, cli.ExitCode(err))
+		}
+	}
+	var stdout syncBuffer
+	err = run(t.Context(), []string{"--help"}, &stdout, nil, func(string) string { return "" })
+	if cli.ExitCode(err) != 0 || !strings.Contains(stdout.String(), "usage: edge-relay") || !strings.Contains(stdout.String(), cli.ExitStatus) {
+		t.Errorf("edge-relay --help = %v, stdout:\n%s", err, stdout.String())
+	}
+}
+
+// A TPM or workload API that fails is a failure (exit 1), not a usage
+// error: the command line and environment were right.
+func TestConnectionFailure(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "assignment.json")
+	if err := assignment.Save(state, &assignment.Assignment{
+		IDScope: "0ne00000001", Endpoint: "https://global.azure-devices-provisioning.net", RegistrationID: "press-7",
+		AssignedHub: "hub.example", DeviceID: "press-7", AssignedAt: time.Now().UTC(),
+		TPM: "device:" + filepath.Join(dir, "tpmrm0"), AuthKeyHandle: 0x81000100,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A workload API that refuses this module: an answer, so not retried.
+	sock := filepath.Join(dir, "workload.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		io.WriteString(w, `{"message":"module relay is not known"}`)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	workloadEnv := map[string]string{
+		"IOTEDGE_WORKLOADURI": "unix://" + sock, "IOTEDGE_AUTHSCHEME": "sasToken", "IOTEDGE_MODULEGENERATIONID": "1",
+		"IOTEDGE_IOTHUBHOSTNAME": "hub.example", "IOTEDGE_GATEWAYHOSTNAME": "gateway", "IOTEDGE_DEVICEID": "edge1", "IOTEDGE_MODULEID": "relay",
+	}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		environ map[string]string
+	}{
+		{"tpm", []string{"--device-state", state}, nil},
+		{"workload API", nil, workloadEnv},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"--data", t.TempDir(), "--metrics-addr", "127.0.0.1:0"}, tc.args...)
+			err := run(t.Context(), args, nil, &syncBuffer{}, func(k string) string { return tc.environ[k] })
+			if err == nil || cli.ExitCode(err) != 1 {
+				t.Errorf("edge-relay %q = %v (exit %d), want a failure, exit 1", args, err, cli.ExitCode(err))
+			}
+		})
 	}
 }
 

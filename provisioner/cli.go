@@ -15,15 +15,11 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
-
-// usageError is a mistake in the command line: exit code 2.
-type usageError struct{ error }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 const usage = `usage: edge-provisioner COMMAND [flags]
 
@@ -43,6 +39,9 @@ Settings come from /etc/edge-provisioner/config.toml (--config), then the
 environment, then flags.
 
 Run 'edge-provisioner COMMAND --help' for the flags of a command.
+
+` + cli.ExitStatus + `
+provision exits 3 to 8 for the step that failed; see its --help.
 `
 
 // env looks up an environment variable (os.Getenv in main, a map in tests).
@@ -50,8 +49,7 @@ type env func(string) string
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return usagef("no command given")
+		return cli.Usagef("no command given")
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer, env) error{
 		"identity":  runIdentity,
@@ -69,8 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
-		fmt.Fprint(stderr, usage)
-		return usagef("unknown command %q", args[0])
+		return cli.Usagef("unknown command %q", args[0])
 	}
 	return cmd(ctx, args[1:], stdout, stderr, getenv)
 }
@@ -81,7 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 func loadSettings(fs *flag.FlagSet, l *settings.Loader, args []string, stdout io.Writer, getenv env) (s *settings.Settings, help bool, err error) {
 	rest, s, help, err := loadSettingsArgs(fs, l, args, stdout, getenv)
 	if err == nil && !help && len(rest) > 0 {
-		return nil, false, usagef("unexpected argument %q", rest[0])
+		return nil, false, cli.Usagef("unexpected argument %q", rest[0])
 	}
 	return s, help, err
 }
@@ -93,7 +90,7 @@ func loadSettingsArgs(fs *flag.FlagSet, l *settings.Loader, args []string, stdou
 		return nil, nil, help, err
 	}
 	if s, err = l.Load(getenv); err != nil {
-		return nil, nil, false, usageError{err}
+		return nil, nil, false, cli.Usage(err)
 	}
 	return fs.Args(), s, false, nil
 }
@@ -126,18 +123,14 @@ func tpmConfig(s *settings.Settings) tpm.Config {
 	}
 }
 
-// parse parses a command's flags; --help prints them and is not an error.
+// parse parses a command's flags; --help prints them on stdout and is not
+// an error.
 func parse(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, err error) {
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return true, nil
-		}
-		return false, usageError{err}
+	err = cli.ParseArgs(fs, args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return true, nil
 	}
-	return false, nil
+	return false, err
 }
 
 func newFlagSet(name, synopsis string) *flag.FlagSet {
@@ -200,15 +193,15 @@ func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv en
 		return err
 	}
 	if *ttl <= 0 {
-		return usagef("--ttl must be positive")
+		return cli.Usagef("--ttl must be positive")
 	}
 	if *hub == "" || *device == "" {
 		if *hub != "" || *device != "" {
-			return usagef("token needs both --hub and --device, or neither to use the DPS assignment")
+			return cli.Usagef("token needs both --hub and --device, or neither to use the DPS assignment")
 		}
 		a, err := assignment.Load(s.State)
 		if errors.Is(err, os.ErrNotExist) {
-			return usageError{fmt.Errorf("token needs --hub and --device: %w", err)}
+			return cli.Usagef("token needs --hub and --device: %w", err)
 		}
 		if err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/edgetpm/edgetpm/internal/activation"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -60,16 +61,23 @@ func TestUsageErrors(t *testing.T) {
 		{"token", "--tpm", "mssim://127.0.0.1:2321", "--hub", "h", "--device", "d", "--ttl", "-1s"},
 		{"identity", "--tpm", "mssim://127.0.0.1:2321", "--auth-key-index", "0x800000"},
 	} {
-		_, _, err := runCLI(t, nil, args...)
-		if exitCode(err) != 2 {
-			t.Errorf("edge-provisioner %q: exit %d (%v), want 2", args, exitCode(err), err)
+		out, errOut, err := runCLI(t, nil, args...)
+		if cli.ExitCode(err) != 2 {
+			t.Errorf("edge-provisioner %q: exit %d (%v), want 2", args, cli.ExitCode(err), err)
+		}
+		// The error alone, printed once by cli.Report.
+		if out != "" || errOut != "" {
+			t.Errorf("edge-provisioner %q printed %q and %q besides the error", args, out, errOut)
 		}
 	}
 	for _, args := range [][]string{{"--help"}, {"identity", "--help"}, {"token", "-h"}} {
-		out, _, err := runCLI(t, nil, args...)
-		if err != nil || !strings.Contains(out, "usage: edge-provisioner") {
-			t.Errorf("edge-provisioner %q = %v, output %q", args, err, out)
+		out, errOut, err := runCLI(t, nil, args...)
+		if err != nil || !strings.Contains(out, "usage: edge-provisioner") || errOut != "" {
+			t.Errorf("edge-provisioner %q = %v, output %q, stderr %q", args, err, out, errOut)
 		}
+	}
+	if out, _, _ := runCLI(t, nil, "--help"); !strings.Contains(out, cli.ExitStatus) {
+		t.Errorf("edge-provisioner --help does not document the exit codes:\n%s", out)
 	}
 }
 
@@ -112,7 +120,7 @@ func TestIdentityAndToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := runCLI(t, environ, "token", "--hub", "hub.example", "--device", "dev1"); !errors.Is(err, tpm.ErrNoAuthKey) || exitCode(err) != 1 {
+	if _, _, err := runCLI(t, environ, "token", "--hub", "hub.example", "--device", "dev1"); !errors.Is(err, tpm.ErrNoAuthKey) || cli.ExitCode(err) != 1 {
 		t.Errorf("token at the default index = %v, want ErrNoAuthKey", err)
 	}
 	out, _, err = runCLI(t, environ, "token", "--hub", "hub.example", "--device", "dev1", "--module", "relay", "--ttl", "10m", "--auth-key-index", "0x101")

@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/provisioner/containerd"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
 )
 
 func runImage(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
 	if len(args) == 0 || args[0] != "load" {
-		return usagef("usage: edge-provisioner image load [--containerd-address PATH] [--containerd-namespace NAME] [--json] FILE...")
+		return cli.Usagef("usage: edge-provisioner image load [--containerd-address PATH] [--containerd-namespace NAME] [--json] FILE...")
 	}
 	fs := newFlagSet("image load", "image load [--containerd-address PATH] [--containerd-namespace NAME] [--docker-socket PATH] [--json] FILE...\n\nSide-loads docker-archive or OCI layout tars (plain or gzip) into containerd,\nor through Docker when Docker keeps its images in its classic store.")
 	l := settings.NewLoader(fs, settings.ContainerdGroup)
@@ -22,7 +23,7 @@ func runImage(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return err
 	}
 	if len(files) == 0 {
-		return usagef("image load needs at least one FILE")
+		return cli.Usagef("image load needs at least one FILE")
 	}
 	c, err := newContainerd(ctx, s, progressLog(stderr))
 	if err != nil {

@@ -5,38 +5,14 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"io"
 	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "edge-provisioner:", err)
-	}
-	os.Exit(exitCode(err))
-}
-
-// exitCode is 0 on success, 2 for a usage error, the step's code when a
-// step of provision failed, 1 for any other failure.
-func exitCode(err error) int {
-	var (
-		u    usageError
-		step *stepError
-	)
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &u):
-		return 2
-	case errors.As(err, &step):
-		return step.code
-	default:
-		return 1
-	}
+	cli.Main("edge-provisioner", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		return run(ctx, args, stdout, stderr, os.Getenv)
+	})
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/provisioner/containerd"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
@@ -54,7 +55,7 @@ func runProvision(ctx context.Context, args []string, stdout, stderr io.Writer, 
 		return err
 	}
 	if s.DPS.IDScope == "" {
-		return usagef("provision needs --id-scope (or dps.id_scope in the settings file)")
+		return cli.Usagef("provision needs --id-scope (or dps.id_scope in the settings file)")
 	}
 	p := &provisioner{s: s, log: progressLog(stderr), stdout: stdout, stderr: stderr, dryRun: *dryRun, force: *force, reregister: *reregister, underSystemd: getenv("INVOCATION_ID") != ""}
 	p.steps = steps{out: stderr, total: 7}

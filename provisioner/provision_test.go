@@ -10,6 +10,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/dpstest"
@@ -257,8 +258,8 @@ func TestProvisionStepFailures(t *testing.T) {
 			}
 			before, _ := os.ReadFile(w.aziot)
 			r, progress, err := provision(t, w, tc.args...)
-			if exitCode(err) != tc.code {
-				t.Fatalf("provision: exit %d (%v), want %d\n%s", exitCode(err), err, tc.code, progress)
+			if cli.ExitCode(err) != tc.code {
+				t.Fatalf("provision: exit %d (%v), want %d\n%s", cli.ExitCode(err), err, tc.code, progress)
 			}
 			last := r.Steps[len(r.Steps)-1]
 			if last.Name != tc.failed || last.Status != stepFailed {

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
@@ -27,7 +28,7 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		return err
 	}
 	if s.DPS.IDScope == "" {
-		return usagef("register needs --id-scope (or dps.id_scope in the settings file)")
+		return cli.Usagef("register needs --id-scope (or dps.id_scope in the settings file)")
 	}
 	// Fail on an unwritable state folder before touching DPS or the TPM.
 	if err := checkWritable(s.State); err != nil {

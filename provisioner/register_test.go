@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
@@ -122,8 +123,8 @@ func TestRegisterUsage(t *testing.T) {
 		{"register", "--id-scope", "s", "--timeout", "0s"},
 		{"token", "--tpm", "mssim://127.0.0.1:2321", "--hub", "h"},
 	} {
-		if _, _, err := runCLI(t, nil, args...); exitCode(err) != 2 {
-			t.Errorf("edge-provisioner %q: exit %d (%v), want 2", args, exitCode(err), err)
+		if _, _, err := runCLI(t, nil, args...); cli.ExitCode(err) != 2 {
+			t.Errorf("edge-provisioner %q: exit %d (%v), want 2", args, cli.ExitCode(err), err)
 		}
 	}
 }

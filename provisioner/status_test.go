@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/testharness/dpstest"
 )
@@ -22,8 +23,8 @@ func TestStatusAndDoctor(t *testing.T) {
 	if jerr := json.Unmarshal([]byte(out), &checks); jerr != nil {
 		t.Fatalf("doctor --json: %v\n%s", jerr, out)
 	}
-	if exitCode(err) != 1 {
-		t.Errorf("doctor before provisioning: exit %d (%v), want 1", exitCode(err), err)
+	if cli.ExitCode(err) != 1 {
+		t.Errorf("doctor before provisioning: exit %d (%v), want 1", cli.ExitCode(err), err)
 	}
 	failed := map[string]check{}
 	for _, c := range checks {

@@ -26,6 +26,9 @@ type stepError struct {
 func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
 func (e *stepError) Unwrap() error { return e.err }
 
+// ExitCode is the step's code, for cli.ExitCode.
+func (e *stepError) ExitCode() int { return e.code }
+
 // Step outcomes.
 const (
 	stepChanged   = "changed"

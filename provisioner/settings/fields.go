@@ -1,11 +1,10 @@
 package settings
 
 import (
-	"flag"
 	"fmt"
 	"strconv"
-	"strings"
-	"time"
+
+	"github.com/edgetpm/edgetpm/internal/layered"
 )
 
 // Group selects which settings a command offers as flags.
@@ -27,70 +26,48 @@ const (
 	StateGroup
 )
 
-// field is one setting's key in the file, its environment variable (none
-// when empty) and its flag.
+// field is one setting and the group that offers its flag.
 type field struct {
-	key, env, flag, usage string
-	group                 Group
-	value                 flag.Value
-	// inverted marks a --no-X flag for the setting X, whose file key and
-	// variable say X itself (true or false).
-	inverted bool
+	layered.Field
+	group Group
 }
 
 func (s *Settings) fields() []field {
 	return []field{
-		{"dps.id_scope", "EDGE_DPS_ID_SCOPE", "id-scope", "DPS ID `SCOPE`, e.g. 0ne00000000", DPSGroup, (*stringValue)(&s.DPS.IDScope), false},
-		{"dps.endpoint", "EDGE_DPS_ENDPOINT", "endpoint", "DPS device endpoint `URL`", DPSGroup, (*stringValue)(&s.DPS.Endpoint), false},
-		{"dps.registration_id", "EDGE_DPS_REGISTRATION_ID", "registration-id", "registration `ID` enrolled in DPS (default: derived from the endorsement key)", DPSGroup, (*stringValue)(&s.DPS.RegistrationID), false},
-		{"dps.payload_file", "EDGE_DPS_PAYLOAD_FILE", "payload", "send the JSON in `FILE` as the registration payload (custom allocation)", DPSGroup, (*stringValue)(&s.DPS.PayloadFile), false},
-		{"dps.ca_file", "EDGE_DPS_CA_FILE", "ca-file", "also trust the CA certificates in `PEM` (private endpoints, the local lab)", DPSGroup, (*stringValue)(&s.DPS.CAFile), false},
-		{"dps.timeout", "EDGE_DPS_TIMEOUT", "timeout", "give up registering after this `DURATION`, retries and polls included", DPSGroup, (*durationValue)(&s.DPS.Timeout), false},
-		{"dps.register", "EDGE_DPS_REGISTER", "skip-register", "do not register with DPS; leave it to the IoT Edge runtime", ProvisionGroup, (*invertedBool)(&s.DPS.Register), true},
+		{layered.Field{Key: "dps.id_scope", Env: "EDGE_DPS_ID_SCOPE", Flag: "id-scope", Usage: "DPS ID `SCOPE`, e.g. 0ne00000000", Value: layered.StringVar(&s.DPS.IDScope)}, DPSGroup},
+		{layered.Field{Key: "dps.endpoint", Env: "EDGE_DPS_ENDPOINT", Flag: "endpoint", Usage: "DPS device endpoint `URL`", Value: layered.StringVar(&s.DPS.Endpoint)}, DPSGroup},
+		{layered.Field{Key: "dps.registration_id", Env: "EDGE_DPS_REGISTRATION_ID", Flag: "registration-id", Usage: "registration `ID` enrolled in DPS (default: derived from the endorsement key)", Value: layered.StringVar(&s.DPS.RegistrationID)}, DPSGroup},
+		{layered.Field{Key: "dps.payload_file", Env: "EDGE_DPS_PAYLOAD_FILE", Flag: "payload", Usage: "send the JSON in `FILE` as the registration payload (custom allocation)", Value: layered.StringVar(&s.DPS.PayloadFile)}, DPSGroup},
+		{layered.Field{Key: "dps.ca_file", Env: "EDGE_DPS_CA_FILE", Flag: "ca-file", Usage: "also trust the CA certificates in `PEM` (private endpoints, the local lab)", Value: layered.StringVar(&s.DPS.CAFile)}, DPSGroup},
+		{layered.Field{Key: "dps.timeout", Env: "EDGE_DPS_TIMEOUT", Flag: "timeout", Usage: "give up registering after this `DURATION`, retries and polls included", Value: layered.DurationVar(&s.DPS.Timeout)}, DPSGroup},
+		{layered.Field{Key: "dps.register", Env: "EDGE_DPS_REGISTER", Flag: "skip-register", Usage: "do not register with DPS; leave it to the IoT Edge runtime", Value: layered.NegatedBoolVar(&s.DPS.Register)}, ProvisionGroup},
 
-		{"tpm.uri", "EDGE_TPM", "tpm", "TPM `URI`: device:/dev/tpmrm0, or mssim://HOST:PORT", TPMGroup, (*stringValue)(&s.TPM.URI), false},
-		{"tpm.auth_key_index", "EDGE_TPM_AUTH_KEY_INDEX", "auth-key-index", "persistent handle of the hub key, as an `INDEX` added to 0x81000000 like aziot's auth_key_index", TPMGroup, (*indexValue)(&s.TPM.AuthKeyIndex), false},
-		{"tpm.tcti", "EDGE_TPM_TCTI", "tcti", "`TCTI` written for aziot-tpmd (default: derived from --tpm)", AziotGroup, (*stringValue)(&s.TPM.TCTI), false},
+		{layered.Field{Key: "tpm.uri", Env: "EDGE_TPM", Flag: "tpm", Usage: "TPM `URI`: device:/dev/tpmrm0, or mssim://HOST:PORT", Value: layered.StringVar(&s.TPM.URI)}, TPMGroup},
+		{layered.Field{Key: "tpm.auth_key_index", Env: "EDGE_TPM_AUTH_KEY_INDEX", Flag: "auth-key-index", Usage: "persistent handle of the hub key, as an `INDEX` added to 0x81000000 like aziot's auth_key_index", Value: (*indexValue)(&s.TPM.AuthKeyIndex)}, TPMGroup},
+		{layered.Field{Key: "tpm.tcti", Env: "EDGE_TPM_TCTI", Flag: "tcti", Usage: "`TCTI` written for aziot-tpmd (default: derived from --tpm)", Value: layered.StringVar(&s.TPM.TCTI)}, AziotGroup},
 		// The passwords' own variables hold the password, not a file name:
 		// see Load.
-		{"tpm.endorsement_password_file", "", "endorsement-auth-file", "read the endorsement hierarchy password from `FILE` (or set $" + EnvEndorsementAuth + ")", TPMGroup, (*stringValue)(&s.TPM.EndorsementPasswordFile), false},
-		{"tpm.owner_password_file", "", "owner-auth-file", "read the owner hierarchy password from `FILE` (or set $" + EnvOwnerAuth + ")", TPMGroup, (*stringValue)(&s.TPM.OwnerPasswordFile), false},
+		{layered.Field{Key: "tpm.endorsement_password_file", Flag: "endorsement-auth-file", Usage: "read the endorsement hierarchy password from `FILE` (or set $" + EnvEndorsementAuth + ")", Value: layered.StringVar(&s.TPM.EndorsementPasswordFile)}, TPMGroup},
+		{layered.Field{Key: "tpm.owner_password_file", Flag: "owner-auth-file", Usage: "read the owner hierarchy password from `FILE` (or set $" + EnvOwnerAuth + ")", Value: layered.StringVar(&s.TPM.OwnerPasswordFile)}, TPMGroup},
 
-		{"aziot.config", "EDGE_AZIOT_CONFIG", "aziot-config", "the IoT Edge runtime's config `FILE`", AziotGroup, (*stringValue)(&s.Aziot.Config), false},
-		{"aziot.hostname", "EDGE_AZIOT_HOSTNAME", "hostname", "host `NAME` written to config.toml (default: keep the file's)", AziotGroup, (*stringValue)(&s.Aziot.Hostname), false},
-		{"aziot.auto_reprovisioning_mode", "EDGE_AZIOT_AUTO_REPROVISIONING_MODE", "auto-reprovisioning-mode", "`MODE`: Dynamic, AlwaysOnStartup or OnErrorOnly", AziotGroup, (*stringValue)(&s.Aziot.AutoReprovisioningMode), false},
-		{"aziot.agent_image", "EDGE_AZIOT_AGENT_IMAGE", "agent-image", "edgeAgent `IMAGE`, written when config.toml has no [agent] table", AziotGroup, (*stringValue)(&s.Aziot.AgentImage), false},
-		{"aziot.apply", "EDGE_AZIOT_APPLY", "no-apply", "write config.toml but do not run 'iotedge config apply'", ProvisionGroup, (*invertedBool)(&s.Aziot.Apply), true},
+		{layered.Field{Key: "aziot.config", Env: "EDGE_AZIOT_CONFIG", Flag: "aziot-config", Usage: "the IoT Edge runtime's config `FILE`", Value: layered.StringVar(&s.Aziot.Config)}, AziotGroup},
+		{layered.Field{Key: "aziot.hostname", Env: "EDGE_AZIOT_HOSTNAME", Flag: "hostname", Usage: "host `NAME` written to config.toml (default: keep the file's)", Value: layered.StringVar(&s.Aziot.Hostname)}, AziotGroup},
+		{layered.Field{Key: "aziot.auto_reprovisioning_mode", Env: "EDGE_AZIOT_AUTO_REPROVISIONING_MODE", Flag: "auto-reprovisioning-mode", Usage: "`MODE`: Dynamic, AlwaysOnStartup or OnErrorOnly", Value: layered.StringVar(&s.Aziot.AutoReprovisioningMode)}, AziotGroup},
+		{layered.Field{Key: "aziot.agent_image", Env: "EDGE_AZIOT_AGENT_IMAGE", Flag: "agent-image", Usage: "edgeAgent `IMAGE`, written when config.toml has no [agent] table", Value: layered.StringVar(&s.Aziot.AgentImage)}, AziotGroup},
+		{layered.Field{Key: "aziot.apply", Env: "EDGE_AZIOT_APPLY", Flag: "no-apply", Usage: "write config.toml but do not run 'iotedge config apply'", Value: layered.NegatedBoolVar(&s.Aziot.Apply)}, ProvisionGroup},
 
-		{"images.files", "EDGE_IMAGES", "image", "side-load the image archive `FILE` (repeatable; the variable takes a comma-separated list)", ProvisionGroup, &listValue{list: &s.Images.Files}, false},
-		{"images.containerd_address", "EDGE_CONTAINERD_ADDRESS", "containerd-address", "containerd's socket `PATH`", ContainerdGroup, (*stringValue)(&s.Images.ContainerdAddress), false},
-		{"images.containerd_namespace", "EDGE_CONTAINERD_NAMESPACE", "containerd-namespace", "containerd `NAMESPACE` the runtime uses (Docker's is moby)", ContainerdGroup, (*stringValue)(&s.Images.ContainerdNamespace), false},
-		{"images.docker_socket", "EDGE_DOCKER_SOCKET", "docker-socket", "Docker's socket `PATH`, to load through Docker when it keeps images in its classic store (empty: never)", ContainerdGroup, (*stringValue)(&s.Images.DockerSocket), false},
+		{layered.Field{Key: "images.files", Env: "EDGE_IMAGES", Flag: "image", Usage: "side-load the image archive `FILE` (repeatable; the variable takes a comma-separated list)", Value: layered.ListVar(&s.Images.Files)}, ProvisionGroup},
+		{layered.Field{Key: "images.containerd_address", Env: "EDGE_CONTAINERD_ADDRESS", Flag: "containerd-address", Usage: "containerd's socket `PATH`", Value: layered.StringVar(&s.Images.ContainerdAddress)}, ContainerdGroup},
+		{layered.Field{Key: "images.containerd_namespace", Env: "EDGE_CONTAINERD_NAMESPACE", Flag: "containerd-namespace", Usage: "containerd `NAMESPACE` the runtime uses (Docker's is moby)", Value: layered.StringVar(&s.Images.ContainerdNamespace)}, ContainerdGroup},
+		{layered.Field{Key: "images.docker_socket", Env: "EDGE_DOCKER_SOCKET", Flag: "docker-socket", Usage: "Docker's socket `PATH`, to load through Docker when it keeps images in its classic store (empty: never)", Value: layered.StringVar(&s.Images.DockerSocket)}, ContainerdGroup},
 
-		{"health.wait", "EDGE_HEALTH_WAIT", "no-wait", "do not wait for the runtime's modules to run", ProvisionGroup, (*invertedBool)(&s.Health.Wait), true},
-		{"health.timeout", "EDGE_HEALTH_TIMEOUT", "wait-timeout", "how long to wait for the runtime's modules, as a `DURATION`", ProvisionGroup, (*durationValue)(&s.Health.Timeout), false},
-		{"health.modules", "EDGE_HEALTH_MODULES", "wait-for", "comma-separated `MODULES` that must be running", ProvisionGroup, &listValue{list: &s.Health.Modules, comma: true}, false},
+		{layered.Field{Key: "health.wait", Env: "EDGE_HEALTH_WAIT", Flag: "no-wait", Usage: "do not wait for the runtime's modules to run", Value: layered.NegatedBoolVar(&s.Health.Wait)}, ProvisionGroup},
+		{layered.Field{Key: "health.timeout", Env: "EDGE_HEALTH_TIMEOUT", Flag: "wait-timeout", Usage: "how long to wait for the runtime's modules, as a `DURATION`", Value: layered.DurationVar(&s.Health.Timeout)}, ProvisionGroup},
+		{layered.Field{Key: "health.modules", Env: "EDGE_HEALTH_MODULES", Flag: "wait-for", Usage: "comma-separated `MODULES` that must be running", Value: layered.CommaListVar(&s.Health.Modules)}, ProvisionGroup},
 
-		{"state", "EDGE_PROVISIONER_STATE", "state", "the DPS assignment `FILE`", StateGroup, (*stringValue)(&s.State), false},
+		{layered.Field{Key: "state", Env: "EDGE_PROVISIONER_STATE", Flag: "state", Usage: "the DPS assignment `FILE`", Value: layered.StringVar(&s.State)}, StateGroup},
 	}
 }
-
-type stringValue string
-
-func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
-func (v *stringValue) String() string     { return string(*v) }
-
-type durationValue Duration
-
-func (v *durationValue) Set(s string) error {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("want a duration such as 90s or 5m")
-	}
-	*v = durationValue(d)
-	return nil
-}
-func (v *durationValue) String() string { return time.Duration(*v).String() }
 
 type indexValue uint32
 
@@ -103,55 +80,3 @@ func (v *indexValue) Set(s string) error {
 	return nil
 }
 func (v *indexValue) String() string { return fmt.Sprintf("%#x", uint32(*v)) }
-
-// invertedBool backs a --no-X flag for a setting X that defaults to true.
-type invertedBool bool
-
-func (v *invertedBool) Set(s string) error {
-	b, err := strconv.ParseBool(s)
-	if err != nil {
-		return fmt.Errorf("want true or false")
-	}
-	*v = invertedBool(!b)
-	return nil
-}
-func (v *invertedBool) String() string   { return strconv.FormatBool(!bool(*v)) }
-func (v *invertedBool) IsBoolFlag() bool { return true }
-
-// listValue is a list: a repeated flag appends (the first use replaces
-// what the file or environment gave), a comma flag or variable replaces.
-type listValue struct {
-	list    *[]string
-	comma   bool
-	touched bool
-}
-
-func (v *listValue) Set(s string) error {
-	if v.comma {
-		*v.list = splitList(s)
-		return nil
-	}
-	if !v.touched {
-		*v.list = nil
-		v.touched = true
-	}
-	*v.list = append(*v.list, s)
-	return nil
-}
-
-func (v *listValue) String() string {
-	if v.list == nil {
-		return ""
-	}
-	return strings.Join(*v.list, ",")
-}
-
-func splitList(s string) []string {
-	var out []string
-	for p := range strings.SplitSeq(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
-}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
+	"github.com/edgetpm/edgetpm/internal/layered"
 )
 
 // DefaultPath is where the provisioner's own configuration lives.
@@ -172,19 +173,4 @@ func (t *TPM) AziotTCTI() (string, error) {
 }
 
 // Duration is a time.Duration written as "90s" or "5m" in TOML.
-type Duration time.Duration
-
-// UnmarshalText parses a Go duration.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("want a duration such as 90s or 5m: %w", err)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalText writes the duration as Go does.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
-
-func (d Duration) String() string { return time.Duration(d).String() }
+type Duration = layered.Duration

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 func TestImageUsage(t *testing.T) {
@@ -27,11 +29,11 @@ func TestImageUsage(t *testing.T) {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			err := run(t.Context(), tt.args, &stdout, &stderr)
-			if !isUsage(err) || !strings.Contains(err.Error(), tt.want) {
+			if !cli.IsUsage(err) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("run(%q) = %v, want a usage error with %q", tt.args, err, tt.want)
 			}
-			if exitCode(err, &stderr) != 2 || stdout.Len() != 0 {
-				t.Errorf("run(%q): exit %d, stdout %q; want 2 and nothing", tt.args, exitCode(err, &stderr), stdout.String())
+			if cli.ExitCode(err) != 2 || stdout.Len() != 0 {
+				t.Errorf("run(%q): exit %d, stdout %q; want 2 and nothing", tt.args, cli.ExitCode(err), stdout.String())
 			}
 		})
 	}
@@ -40,8 +42,8 @@ func TestImageUsage(t *testing.T) {
 func TestImageHelp(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	err := run(t.Context(), []string{"image", "build", "--help"}, &stdout, &stderr)
-	if !isHelp(err) || !strings.Contains(stderr.String(), "usage: edge-deploy image build") || !strings.Contains(stderr.String(), "-platform") {
-		t.Fatalf("image build --help = %v, stderr:\n%s", err, stderr.String())
+	if cli.ExitCode(err) != 0 || !strings.Contains(stdout.String(), "usage: edge-deploy image build") || !strings.Contains(stdout.String(), "-platform") || stderr.Len() > 0 {
+		t.Fatalf("image build --help = %v, stdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
 }
 

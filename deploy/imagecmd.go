@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/edgetpm/edgetpm/deploy/image"
+	"github.com/edgetpm/edgetpm/internal/cli"
 )
 
 const imageUsage = `usage: edge-deploy image build [flags]
@@ -30,8 +31,7 @@ func runImage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(args) > 0 && args[0] == "build" {
 		return imageBuild(ctx, args[1:], stdout, stderr)
 	}
-	fmt.Fprint(stderr, imageUsage)
-	return usagef("image: want build")
+	return cli.Usagef("image: want build")
 }
 
 // platformFlag collects repeated --platform values, checked as they come.
@@ -49,7 +49,6 @@ func (p *platformFlag) Set(v string) error {
 
 func imageBuild(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy image build", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	out := fs.String("out", "dist", "`folder` the archives are written to")
 	var platforms platformFlag
 	fs.Var(&platforms, "platform", "`os/arch[/variant]` to build for; repeatable (default linux/amd64, linux/arm64, linux/arm/v7)")
@@ -62,7 +61,7 @@ func imageBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprint(fs.Output(), imageUsage)
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	root, err := repoRoot(*src)
@@ -97,7 +96,7 @@ func imageBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func repoRoot(src string) (string, error) {
 	if src != "" {
 		if _, err := os.Stat(filepath.Join(src, "go.mod")); err != nil {
-			return "", usagef("--src %s: %v", src, err)
+			return "", cli.Usagef("--src %s: %v", src, err)
 		}
 		return src, nil
 	}
@@ -115,7 +114,7 @@ func repoRoot(src string) (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", usagef("no go.mod in the working folder or above it: run in the repository or give --src")
+			return "", cli.Usagef("no go.mod in the working folder or above it: run in the repository or give --src")
 		}
 		dir = parent
 	}

@@ -1,0 +1,100 @@
+// Package settings is edge-relay's configuration: defaults, then a TOML
+// file (--config or $EDGE_RELAY_CONFIG), then the environment, then flags,
+// each over the one before, then Validate. The connection strings and IoT
+// Edge's IOTEDGE_* variables are not settings: they come from the
+// environment only.
+package settings
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/edgetpm/edgetpm/internal/layered"
+	"github.com/edgetpm/edgetpm/module/edgehub"
+)
+
+// EnvConfig names the settings file when --config does not.
+const EnvConfig = "EDGE_RELAY_CONFIG"
+
+// Settings is everything edge-relay can be told.
+type Settings struct {
+	// Data holds the queue, source state and last good configuration: a
+	// volume, so they survive re-creating the container.
+	Data string `toml:"data"`
+	// DeviceState, when set, runs the relay as the device in this
+	// assignment file, signing in the TPM.
+	DeviceState string `toml:"device_state"`
+	// MetricsAddr serves /metrics, /healthz and /readyz.
+	MetricsAddr string `toml:"metrics_addr"`
+	// CAFile holds CA certificates to trust in development and device
+	// mode; IoT Edge gives its own.
+	CAFile   string   `toml:"ca_file"`
+	TokenTTL Duration `toml:"token_ttl"`
+	// HubAddress is dialled instead of the hub's host name, which the
+	// certificate is still checked against (the lab, where the gateway's
+	// name does not resolve).
+	HubAddress string `toml:"hub_address"`
+}
+
+// Duration is a time.Duration written as "90s" or "5m" in TOML.
+type Duration = layered.Duration
+
+// Defaults are the settings before any file, environment or flag.
+func Defaults() Settings {
+	return Settings{Data: "/data", MetricsAddr: ":9600", TokenTTL: Duration(edgehub.DefaultTokenTTL)}
+}
+
+func (s *Settings) fields() []layered.Field {
+	return []layered.Field{
+		{Key: "data", Env: "EDGE_RELAY_DATA", Flag: "data", Usage: "`DIR` for the queue and the last good configuration: a volume, so they survive re-creating the container", Value: layered.StringVar(&s.Data)},
+		{Key: "device_state", Env: "EDGE_RELAY_DEVICE_STATE", Flag: "device-state", Usage: "run as the device in `FILE`, the assignment edge-provisioner saved, signing in the TPM", Value: layered.StringVar(&s.DeviceState)},
+		{Key: "metrics_addr", Env: "EDGE_RELAY_METRICS_ADDR", Flag: "metrics-addr", Usage: "`ADDRESS` serving /metrics, /healthz and /readyz", Value: layered.StringVar(&s.MetricsAddr)},
+		{Key: "ca_file", Env: "EdgeModuleCACertificateFile", Flag: "ca-file", Usage: "trust the CA certificates in `PEM` (development and device mode; IoT Edge gives its own)", Value: layered.StringVar(&s.CAFile)},
+		{Key: "token_ttl", Env: "EDGE_RELAY_TOKEN_TTL", Flag: "token-ttl", Usage: "`LIFETIME` of each SAS token; a new one replaces it at 80%", Value: layered.DurationVar(&s.TokenTTL)},
+		{Key: "hub_address", Env: "EDGE_RELAY_HUB_ADDRESS", Flag: "hub-address", Usage: "dial `HOST:PORT` instead of the hub's host name, still checking the certificate against the name", Value: layered.StringVar(&s.HubAddress)},
+	}
+}
+
+// Validate checks the settings; it names the key of each problem, all at
+// once.
+func (s *Settings) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if s.Data == "" {
+		bad("data", "must not be empty")
+	}
+	if _, _, err := net.SplitHostPort(s.MetricsAddr); err != nil {
+		bad("metrics_addr", "%q: want [HOST]:PORT", s.MetricsAddr)
+	}
+	if time.Duration(s.TokenTTL) < time.Second {
+		bad("token_ttl", "%v: want at least 1s", s.TokenTTL)
+	}
+	return errors.Join(errs...)
+}
+
+// Loader binds the settings to a command's flags and, once they are
+// parsed, layers defaults, the file, the environment and the flags.
+type Loader struct {
+	l *layered.Loader
+	s Settings
+}
+
+// NewLoader registers --config and the settings' flags on fs.
+func NewLoader(fs *flag.FlagSet) *Loader {
+	l := &Loader{s: Defaults()}
+	l.l = layered.NewLoader(fs, &l.s, layered.File{Env: EnvConfig}, l.s.fields())
+	return l
+}
+
+// Load returns the validated settings.
+func (l *Loader) Load(getenv func(string) string) (*Settings, error) {
+	if err := l.l.Load(getenv); err != nil {
+		return nil, err
+	}
+	return &l.s, nil
+}

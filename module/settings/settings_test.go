@@ -1,0 +1,68 @@
+package settings
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func load(t *testing.T, file string, env map[string]string, args ...string) (*Settings, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("edge-relay", flag.ContinueOnError)
+	fs.SetOutput(new(strings.Builder))
+	l := NewLoader(fs)
+	if file != "" {
+		path := filepath.Join(t.TempDir(), "relay.toml")
+		if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{"--config", path}, args...)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return l.Load(func(k string) string { return env[k] })
+}
+
+// Every variable edge-relay has read keeps working, under its flag.
+func TestLayers(t *testing.T) {
+	s, err := load(t, "", nil)
+	if err != nil || *s != Defaults() || s.Data != "/data" || s.MetricsAddr != ":9600" || time.Duration(s.TokenTTL) != time.Hour {
+		t.Errorf("Load() = %+v, %v; want the defaults", s, err)
+	}
+	env := map[string]string{
+		"EDGE_RELAY_DATA": "/env/data", "EDGE_RELAY_DEVICE_STATE": "/env/state.json", "EDGE_RELAY_METRICS_ADDR": "127.0.0.1:9700",
+		"EdgeModuleCACertificateFile": "/env/ca.pem", "EDGE_RELAY_TOKEN_TTL": "10m", "EDGE_RELAY_HUB_ADDRESS": "127.0.0.1:8883",
+	}
+	want := Settings{"/env/data", "/env/state.json", "127.0.0.1:9700", "/env/ca.pem", Duration(10 * time.Minute), "127.0.0.1:8883"}
+	if s, err := load(t, "data = \"/file\"\ntoken_ttl = \"2m\"\n", env); err != nil || *s != want {
+		t.Errorf("Load(env over file) = %+v, %v; want %+v", s, err, want)
+	}
+	want = Settings{"/flag/data", "/flag/state.json", ":9800", "/flag/ca.pem", Duration(30 * time.Second), "10.0.0.1:8883"}
+	if s, err := load(t, "", env, "--data", "/flag/data", "--device-state", "/flag/state.json", "--metrics-addr", ":9800",
+		"--ca-file", "/flag/ca.pem", "--token-ttl", "30s", "--hub-address", "10.0.0.1:8883"); err != nil || *s != want {
+		t.Errorf("Load(flags over env) = %+v, %v; want %+v", s, err, want)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"", nil, []string{"--token-ttl", "500ms"}, "token_ttl: 500ms: want at least 1s"},
+		{"", map[string]string{"EDGE_RELAY_TOKEN_TTL": "soon"}, nil, "EDGE_RELAY_TOKEN_TTL"},
+		{"", nil, []string{"--metrics-addr", "9600"}, "metrics_addr"},
+		{"", nil, []string{"--data", ""}, "data: must not be empty"},
+		{"dta = \"/x\"\n", nil, nil, `relay.toml:1:1: unknown key "dta"`},
+	} {
+		if _, err := load(t, tc.file, tc.env, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Load(%q, %v, %q) = %v, want an error with %q", tc.file, tc.env, tc.args, err, tc.want)
+		}
+	}
+}

@@ -18,7 +18,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/containerd/containerd/images"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -39,6 +38,15 @@ const (
 	maxKept = 64 << 20
 	// maxDepth bounds nested OCI indexes.
 	maxDepth = 8
+)
+
+// What containerd's images package calls AnnotationImageName and
+// MediaTypeDockerSchema2Manifest(List), spelt out here so that this
+// package links no containerd client and no gRPC.
+const (
+	annotationImageName         = "io.containerd.image.name"
+	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
 var gzipMagic = []byte{0x1f, 0x8b}
@@ -406,7 +414,7 @@ func verifyOCI(files map[string]*blob, log zerolog.Logger) (*Archive, error) {
 // ociImageName returns the name containerd's Import gives an index.json
 // entry, given RefName as its translator.
 func ociImageName(annotations map[string]string) (string, error) {
-	if name := annotations[images.AnnotationImageName]; name != "" {
+	if name := annotations[annotationImageName]; name != "" {
 		if _, err := reference.ParseNormalizedNamed(name); err != nil {
 			return "", fmt.Errorf("image name %q: %w", name, err)
 		}
@@ -512,9 +520,9 @@ func (w *ociWalk) blob(d ocispec.Descriptor, parent string) (string, *blob, erro
 }
 
 func isIndex(mediaType string) bool {
-	return mediaType == ocispec.MediaTypeImageIndex || mediaType == images.MediaTypeDockerSchema2ManifestList
+	return mediaType == ocispec.MediaTypeImageIndex || mediaType == mediaTypeDockerManifestList
 }
 
 func isManifest(mediaType string) bool {
-	return mediaType == ocispec.MediaTypeImageManifest || mediaType == images.MediaTypeDockerSchema2Manifest
+	return mediaType == ocispec.MediaTypeImageManifest || mediaType == mediaTypeDockerManifest
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -423,20 +424,48 @@ func equalArchive(a, b *Archive) bool {
 	return true
 }
 
+var refNameTests = []struct{ in, want string }{
+	{"1.0", ""},
+	{"latest", ""},
+	{"", ""},
+	{"alpine:3.20", "docker.io/library/alpine:3.20"},
+	{"mcr.microsoft.com/azureiotedge-agent:1.5", "mcr.microsoft.com/azureiotedge-agent:1.5"},
+	{"localhost:5000/edge/relay", "localhost:5000/edge/relay:latest"},
+	{"Bad/Name:1", ""},
+}
+
 func TestRefName(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"1.0", ""},
-		{"latest", ""},
-		{"", ""},
-		{"alpine:3.20", "docker.io/library/alpine:3.20"},
-		{"mcr.microsoft.com/azureiotedge-agent:1.5", "mcr.microsoft.com/azureiotedge-agent:1.5"},
-		{"localhost:5000/edge/relay", "localhost:5000/edge/relay:latest"},
-		{"Bad/Name:1", ""},
-	} {
+	for _, tc := range refNameTests {
 		if got := RefName(tc.in); got != tc.want {
 			t.Errorf("RefName(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
+}
+
+// FuzzRefName feeds RefName annotations, which come from the archive. A
+// name it returns must be a full reference in its normal form, which
+// RefName keeps as it is; a tag alone names nothing.
+func FuzzRefName(f *testing.F) {
+	for _, tc := range refNameTests {
+		f.Add(tc.in)
+	}
+	f.Add("edge/relay@sha256:" + strings.Repeat("0", 64))
+	f.Fuzz(func(t *testing.T, in string) {
+		got := RefName(in)
+		if got == "" {
+			return
+		}
+		if !strings.ContainsAny(in, "/:@") {
+			t.Fatalf("RefName(%q) = %q, want a tag alone to name nothing", in, got)
+		}
+		ref, err := reference.ParseDockerRef(got)
+		if err != nil || ref.String() != got {
+			t.Fatalf("RefName(%q) = %q, which parses as %v, %v", in, got, ref, err)
+		}
+		if again := RefName(got); again != got {
+			t.Fatalf("RefName(%q) = %q, but RefName(%q) = %q", in, got, got, again)
+		}
+	})
 }
 
 // FuzzVerify feeds verify archives made from sound ones. It must never

@@ -45,7 +45,7 @@ type Image struct {
 // LoadResult says what Load did with an archive.
 type LoadResult struct {
 	Path string `json:"path"`
-	// Format is "docker-archive" or "oci-layout".
+	// Format is imagearchive.FormatDocker or imagearchive.FormatOCI.
 	Format     string `json:"format"`
 	Compressed bool   `json:"compressed"`
 	Via        Via    `json:"via"`

@@ -3,8 +3,8 @@
 // containerd daemon that Docker (moby) runs its containers on.
 //
 // Load verifies an archive (docker-archive or OCI image layout, plain or
-// gzip) completely before anything reaches a store, then loads it where
-// Docker will see it. Docker with the containerd image store (Docker 24+
+// gzip) completely with package imagearchive before anything reaches a
+// store, then loads it where Docker will see it. Docker with the containerd image store (Docker 24+
 // with the containerd-snapshotter feature, the default from Docker 29)
 // reads images straight from containerd's namespace "moby", so Load imports
 // and unpacks them there. Docker with its classic store (overlay2 and the

@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+
+	"github.com/edgetpm/edgetpm/provisioner/imagearchive"
 )
 
 // DockerInfo is what Load needs to know of a Docker daemon.
@@ -149,19 +151,19 @@ func major(version string) int {
 	return n
 }
 
-// load sends an archive that verify passed to Docker's POST /images/load.
+// load sends an archive that Verify passed to Docker's POST /images/load.
 // What Docker had under the same names and IDs decides what is skipped;
 // when Docker fails halfway through, the names it changed are put back.
-func (d *docker) load(ctx context.Context, info *DockerInfo, a *imageArchive, tarStream io.Reader) ([]Image, error) {
-	if !a.dockerManifest && major(info.Version) < 25 {
+func (d *docker) load(ctx context.Context, info *DockerInfo, a *imagearchive.Archive, tarStream io.Reader) ([]Image, error) {
+	if !a.DockerManifest && major(info.Version) < 25 {
 		return nil, fmt.Errorf("Docker %s cannot load an OCI image layout that lacks manifest.json (Docker 25, API 1.44, and later can); save the image with docker save instead", info.Version)
 	}
 	before := map[string]string{} // name or image ID -> image ID, "" when absent
 	present := true
-	for _, img := range a.images {
-		keys := img.names
+	for _, img := range a.Images {
+		keys := img.Names
 		if len(keys) == 0 {
-			keys = []string{img.config}
+			keys = []string{img.Config}
 		}
 		for _, k := range keys {
 			if k == "" { // an index without an image for this host
@@ -173,17 +175,17 @@ func (d *docker) load(ctx context.Context, info *DockerInfo, a *imageArchive, ta
 				return nil, err
 			}
 			before[k] = id
-			present = present && id != "" && id == img.config
+			present = present && id != "" && id == img.Config
 		}
 	}
 	if present {
 		var out []Image
-		for _, img := range a.images {
-			for _, n := range img.names {
-				out = append(out, Image{Name: n, Digest: img.config, Skipped: true})
+		for _, img := range a.Images {
+			for _, n := range img.Names {
+				out = append(out, Image{Name: n, Digest: img.Config, Skipped: true})
 			}
-			if len(img.names) == 0 {
-				out = append(out, Image{Digest: img.config, Skipped: true})
+			if len(img.Names) == 0 {
+				out = append(out, Image{Digest: img.Config, Skipped: true})
 			}
 		}
 		return out, nil

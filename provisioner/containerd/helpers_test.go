@@ -6,7 +6,6 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"io"
-	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
+	"github.com/edgetpm/edgetpm/provisioner/imagearchive"
 )
 
 // newClient connects to d; the client logs to the test and to the
@@ -100,7 +100,7 @@ func rewrite(t *testing.T, src, dst string, edit func(name string, b []byte) []b
 		t.Fatal(err)
 	}
 	defer f.Close()
-	r, gz, err := decompress(f)
+	r, gz, err := imagearchive.Decompress(f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,29 +163,4 @@ func flipLargest(t *testing.T, src, suffix string) (edit func(string, []byte) []
 		}
 		return b
 	}, file
-}
-
-// tarOf returns a tar of files; a content "symlink:target" makes a link.
-func tarOf(t testing.TB, files map[string]string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, name := range slices.Sorted(maps.Keys(files)) {
-		hdr := &tar.Header{Name: name, Mode: 0o644, Size: int64(len(files[name])), Typeflag: tar.TypeReg}
-		if target, ok := strings.CutPrefix(files[name], "symlink:"); ok {
-			hdr = &tar.Header{Name: name, Mode: 0o777, Linkname: target, Typeflag: tar.TypeSymlink}
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Typeflag == tar.TypeReg {
-			if _, err := tw.Write([]byte(files[name])); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }

@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/images"
 	"github.com/containerd/containerd/images/archive"
 	"github.com/rs/zerolog"
+
+	"github.com/edgetpm/edgetpm/provisioner/imagearchive"
 )
 
 // Via says which store Load put images into.
@@ -43,7 +45,7 @@ type Image struct {
 // LoadResult says what Load did with an archive.
 type LoadResult struct {
 	Path string `json:"path"`
-	// Format is "docker-archive" or "oci-layout".
+	// Format is imagearchive.FormatDocker or imagearchive.FormatOCI.
 	Format     string `json:"format"`
 	Compressed bool   `json:"compressed"`
 	Via        Via    `json:"via"`
@@ -92,15 +94,11 @@ func (c *Client) load(ctx context.Context, f *os.File) (*LoadResult, error) {
 	res := &LoadResult{Bytes: fi.Size()}
 	log := c.log.With().Str("archive", f.Name()).Logger()
 	log.Info().Int64("bytes", res.Bytes).Msg("reading archive")
-	tarStream, compressed, err := decompress(f)
+	a, err := imagearchive.Verify(ctx, f, log)
 	if err != nil {
 		return nil, err
 	}
-	a, err := verify(ctx, tarStream, log)
-	if err != nil {
-		return nil, err
-	}
-	res.Format, res.Compressed = a.format, compressed
+	res.Format, res.Compressed = a.Format, a.Compressed
 
 	var info *DockerInfo
 	res.Via, res.Reason, info, err = c.route(ctx)
@@ -111,7 +109,8 @@ func (c *Client) load(ctx context.Context, f *os.File) (*LoadResult, error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
-	if tarStream, _, err = decompress(f); err != nil {
+	tarStream, _, err := imagearchive.Decompress(f)
+	if err != nil {
 		return nil, err
 	}
 	if res.Via == ViaDocker {
@@ -160,7 +159,7 @@ func (c *Client) route(ctx context.Context) (Via, string, *DockerInfo, error) {
 
 // importImages imports a verified archive into the client's namespace and
 // unpacks its images into snapshotter ("" for containerd's default).
-func (c *Client) importImages(ctx context.Context, a *imageArchive, tarStream io.Reader, snapshotter string, log zerolog.Logger) (_ []Image, err error) {
+func (c *Client) importImages(ctx context.Context, a *imagearchive.Archive, tarStream io.Reader, snapshotter string, log zerolog.Logger) (_ []Image, err error) {
 	ctx = c.nsContext(ctx)
 	// One lease over import, unpack and rollback, so that the garbage
 	// collector keeps the content until images name it.
@@ -180,10 +179,10 @@ func (c *Client) importImages(ctx context.Context, a *imageArchive, tarStream io
 		before[img.Name] = img
 	}
 	var names []string
-	for _, img := range a.images {
-		names = append(names, img.names...)
-		if len(img.names) == 0 && img.digest != "" {
-			names = append(names, danglingPrefix+"@"+img.digest)
+	for _, img := range a.Images {
+		names = append(names, img.Names...)
+		if len(img.Names) == 0 && img.Digest != "" {
+			names = append(names, danglingPrefix+"@"+img.Digest)
 		}
 	}
 	defer func() {
@@ -193,9 +192,9 @@ func (c *Client) importImages(ctx context.Context, a *imageArchive, tarStream io
 	}()
 
 	imported, err := c.ctd.Import(ctx, tarStream,
-		// Name OCI images by a full reference in ref.name too, as verify
+		// Name OCI images by a full reference in ref.name too, as Verify
 		// does; the platform is the host's (Import's default).
-		containerd.WithImageRefTranslator(refName),
+		containerd.WithImageRefTranslator(imagearchive.RefName),
 		// Keep images without a name, under the name Docker gives them.
 		containerd.WithDigestRef(archive.DigestTranslator(danglingPrefix)),
 		containerd.WithSkipDigestRef(func(name string) bool { return name != "" }),

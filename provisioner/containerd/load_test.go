@@ -188,7 +188,7 @@ func TestLoadCorrupt(t *testing.T) {
 		}},
 		{"garbage", write([]byte(rand.Text()+rand.Text()+strings.Repeat("x", 4096)), "read archive")},
 		{"empty", write(nil, "not an image archive")},
-		{"other tar", write(tarOf(t, map[string]string{"index.json": "{}", "hello.txt": "hi"}), "not an image archive")},
+		{"other tar", write(containerdtest.Tar(t, map[string]string{"index.json": "{}", "hello.txt": "hi"}), "not an image archive")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := "corrupt"

@@ -1,4 +1,4 @@
-package containerd
+package imagearchive
 
 import (
 	"archive/tar"
@@ -18,17 +18,16 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/containerd/containerd/images"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rs/zerolog"
 )
 
-// The archive formats Load reads.
+// The archive formats Verify reads, as Archive.Format names them.
 const (
-	formatDocker = "docker-archive"
-	formatOCI    = "oci-layout"
+	FormatDocker = "docker-archive"
+	FormatOCI    = "oci-layout"
 )
 
 const (
@@ -41,28 +40,40 @@ const (
 	maxDepth = 8
 )
 
+// What containerd's images package calls AnnotationImageName and
+// MediaTypeDockerSchema2Manifest(List), spelt out here so that this
+// package links no containerd client and no gRPC.
+const (
+	annotationImageName         = "io.containerd.image.name"
+	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
 var gzipMagic = []byte{0x1f, 0x8b}
 
-// imageArchive is what verify learnt of an archive that passed.
-type imageArchive struct {
-	format string
-	// dockerManifest says the archive has a manifest.json, the only thing
+// Archive is what Verify learnt of an archive that passed.
+type Archive struct {
+	// Format is FormatDocker or FormatOCI.
+	Format string
+	// Compressed says the archive is gzipped.
+	Compressed bool
+	// DockerManifest says the archive has a manifest.json, the only thing
 	// Docker before 25 (API 1.44) loads; Docker 25 writes it next to an
 	// OCI layout.
-	dockerManifest bool
-	images         []archiveImage
+	DockerManifest bool
+	Images         []Image
 }
 
-// archiveImage is one image in an archive: a manifest.json entry or an
+// Image is one image in an archive: a manifest.json entry or an
 // index.json entry.
-type archiveImage struct {
-	// names are the image names containerd's Import gives it, if any.
-	names []string
-	// digest is the index.json entry's digest (OCI layouts only).
-	digest string
-	// config is the digest of the image config for this host, i.e. the
+type Image struct {
+	// Names are the image names containerd's Import gives it, if any.
+	Names []string
+	// Digest is the index.json entry's digest (OCI layouts only).
+	Digest string
+	// Config is the digest of the image config for this host, i.e. the
 	// image ID; "" when an index has no manifest for this platform.
-	config string
+	Config string
 }
 
 // blob is one regular file of an archive.
@@ -77,9 +88,9 @@ type blob struct {
 	data []byte
 }
 
-// decompress returns the tar stream in r, gunzipped when r starts with the
+// Decompress returns the tar stream in r, gunzipped when r starts with the
 // gzip magic.
-func decompress(r io.Reader) (tarStream io.Reader, compressed bool, err error) {
+func Decompress(r io.Reader) (tarStream io.Reader, compressed bool, err error) {
 	br := bufio.NewReader(r)
 	if magic, _ := br.Peek(len(gzipMagic)); !bytes.Equal(magic, gzipMagic) {
 		return br, false, nil
@@ -91,25 +102,37 @@ func decompress(r io.Reader) (tarStream io.Reader, compressed bool, err error) {
 	return zr, true, nil
 }
 
-// verify reads a whole tar stream and checks every digest it can before
-// anything is imported: containerd's importer trusts the archive's own
-// names for blobs and never looks at diff IDs, and Docker stops halfway
-// through a multi-image archive, leaving the first images tagged.
-func verify(ctx context.Context, r io.Reader, log zerolog.Logger) (*imageArchive, error) {
-	files, links, err := readTar(ctx, r)
+// Verify reads a whole archive, a tar stream that may be gzipped, and
+// checks every digest it can before anything is imported: containerd's
+// importer trusts the archive's own names for blobs and never looks at
+// diff IDs, and Docker stops halfway through a multi-image archive,
+// leaving the first images tagged. It logs each file it verified.
+func Verify(ctx context.Context, r io.Reader, log zerolog.Logger) (*Archive, error) {
+	tarStream, compressed, err := Decompress(r)
+	if err != nil {
+		return nil, err
+	}
+	files, links, err := readTar(ctx, tarStream)
 	if err != nil {
 		return nil, err
 	}
 	// The same precedence as containerd's importer (images/archive): an
 	// oci-layout file makes it an OCI layout even when Docker 25 added a
 	// manifest.json.
+	var a *Archive
 	switch {
 	case files["oci-layout"] != nil:
-		return verifyOCI(files, log)
+		a, err = verifyOCI(files, log)
 	case files["manifest.json"] != nil:
-		return verifyDocker(files, links, log)
+		a, err = verifyDocker(files, links, log)
+	default:
+		err = errors.New("not an image archive: neither an OCI image layout (oci-layout, index.json) nor a docker-archive (manifest.json)")
 	}
-	return nil, errors.New("not an image archive: neither an OCI image layout (oci-layout, index.json) nor a docker-archive (manifest.json)")
+	if err != nil {
+		return nil, err
+	}
+	a.Compressed = compressed
+	return a, nil
 }
 
 // readTar hashes every regular file of a tar stream and keeps the small
@@ -254,7 +277,7 @@ func checkName(name string, b *blob) error {
 // verifyDocker checks a docker-archive: each config is what its name says
 // and each layer's uncompressed content is what the config's
 // rootfs.diff_ids lists.
-func verifyDocker(files map[string]*blob, links map[string]string, log zerolog.Logger) (*imageArchive, error) {
+func verifyDocker(files map[string]*blob, links map[string]string, log zerolog.Logger) (*Archive, error) {
 	var entries []struct {
 		Config   string
 		RepoTags []string
@@ -279,7 +302,7 @@ func verifyDocker(files map[string]*blob, links map[string]string, log zerolog.L
 		}
 		return files[links[name]]
 	}
-	a := &imageArchive{format: formatDocker, dockerManifest: true}
+	a := &Archive{Format: FormatDocker, DockerManifest: true}
 	for _, e := range entries {
 		cfg := lookup(e.Config)
 		if cfg == nil {
@@ -317,16 +340,16 @@ func verifyDocker(files map[string]*blob, links map[string]string, log zerolog.L
 			}
 			log.Info().Str("file", l).Str("diffID", b.diffID).Int64("size", b.size).Msg("verified")
 		}
-		img := archiveImage{config: cfg.digest}
+		img := Image{Config: cfg.digest}
 		for _, tag := range e.RepoTags {
 			// containerd's importer normalises the same way.
 			ref, err := reference.ParseDockerRef(tag)
 			if err != nil {
 				return nil, fmt.Errorf("manifest.json: image name %q: %w", tag, err)
 			}
-			img.names = append(img.names, ref.String())
+			img.Names = append(img.Names, ref.String())
 		}
-		a.images = append(a.images, img)
+		a.Images = append(a.Images, img)
 	}
 	return a, nil
 }
@@ -334,7 +357,7 @@ func verifyDocker(files map[string]*blob, links map[string]string, log zerolog.L
 // verifyOCI checks an OCI image layout: every blob is what its name says,
 // and every descriptor reachable from index.json has the size and digest
 // of its blob.
-func verifyOCI(files map[string]*blob, log zerolog.Logger) (*imageArchive, error) {
+func verifyOCI(files map[string]*blob, log zerolog.Logger) (*Archive, error) {
 	var layout ocispec.ImageLayout
 	if err := metadata(files, ocispec.ImageLayoutFile, &layout); err != nil {
 		return nil, err
@@ -366,7 +389,7 @@ func verifyOCI(files map[string]*blob, log zerolog.Logger) (*imageArchive, error
 		}
 	}
 	w := &ociWalk{files: files, log: log, host: platforms.Default(), configs: map[string]string{}, logged: map[string]bool{}}
-	a := &imageArchive{format: formatOCI, dockerManifest: files["manifest.json"] != nil}
+	a := &Archive{Format: FormatOCI, DockerManifest: files["manifest.json"] != nil}
 	for _, d := range index.Manifests {
 		if !isManifest(d.MediaType) && !isIndex(d.MediaType) {
 			return nil, fmt.Errorf("index.json: %s has media type %q, not an image", d.Digest, d.MediaType)
@@ -375,36 +398,36 @@ func verifyOCI(files map[string]*blob, log zerolog.Logger) (*imageArchive, error
 		if err != nil {
 			return nil, err
 		}
-		img := archiveImage{digest: d.Digest.String(), config: config}
+		img := Image{Digest: d.Digest.String(), Config: config}
 		name, err := ociImageName(d.Annotations)
 		if err != nil {
 			return nil, fmt.Errorf("index.json: %w", err)
 		}
 		if name != "" {
-			img.names = []string{name}
+			img.Names = []string{name}
 		}
-		a.images = append(a.images, img)
+		a.Images = append(a.Images, img)
 	}
 	return a, nil
 }
 
 // ociImageName returns the name containerd's Import gives an index.json
-// entry, given refName as its translator.
+// entry, given RefName as its translator.
 func ociImageName(annotations map[string]string) (string, error) {
-	if name := annotations[images.AnnotationImageName]; name != "" {
+	if name := annotations[annotationImageName]; name != "" {
 		if _, err := reference.ParseNormalizedNamed(name); err != nil {
 			return "", fmt.Errorf("image name %q: %w", name, err)
 		}
 		return name, nil
 	}
-	return refName(annotations[ocispec.AnnotationRefName]), nil
+	return RefName(annotations[ocispec.AnnotationRefName]), nil
 }
 
-// refName turns an org.opencontainers.image.ref.name annotation into an
-// image name. The OCI spec allows a tag alone there ("1.0", as Docker 25
+// RefName turns an org.opencontainers.image.ref.name annotation into an
+// image name, "" when it names none. The OCI spec allows a tag alone there ("1.0", as Docker 25
 // writes next to io.containerd.image.name) or a full reference (skopeo,
 // crane); only a full one names an image.
-func refName(ref string) string {
+func RefName(ref string) string {
 	if !strings.ContainsAny(ref, "/:@") {
 		return ""
 	}
@@ -497,9 +520,9 @@ func (w *ociWalk) blob(d ocispec.Descriptor, parent string) (string, *blob, erro
 }
 
 func isIndex(mediaType string) bool {
-	return mediaType == ocispec.MediaTypeImageIndex || mediaType == images.MediaTypeDockerSchema2ManifestList
+	return mediaType == ocispec.MediaTypeImageIndex || mediaType == mediaTypeDockerManifestList
 }
 
 func isManifest(mediaType string) bool {
-	return mediaType == ocispec.MediaTypeImageManifest || mediaType == images.MediaTypeDockerSchema2Manifest
+	return mediaType == ocispec.MediaTypeImageManifest || mediaType == mediaTypeDockerManifest
 }

@@ -1,10 +1,9 @@
-package containerd
+package imagearchive
 
 import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -118,18 +118,18 @@ func TestVerify(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		files   func() map[string]string
-		want    *imageArchive // format, dockerManifest and images
+		want    *Archive // Format, DockerManifest and Images
 		wantErr string
 	}{
 		{
 			name:  "docker-archive",
 			files: func() map[string]string { return maps.Clone(docker) },
-			want:  &imageArchive{format: formatDocker, dockerManifest: true, images: []archiveImage{{names: []string{"docker.io/edge/tiny:1"}, config: id.String()}}},
+			want:  &Archive{Format: FormatDocker, DockerManifest: true, Images: []Image{{Names: []string{"docker.io/edge/tiny:1"}, Config: id.String()}}},
 		},
 		{
 			name:  "docker-archive of ggcr with gzip layers",
 			files: func() map[string]string { return untar(t, ggcr.Bytes()) },
-			want:  &imageArchive{format: formatDocker, dockerManifest: true, images: []archiveImage{{names: []string{"docker.io/edge/ggcr:1"}, config: id.String()}}},
+			want:  &Archive{Format: FormatDocker, DockerManifest: true, Images: []Image{{Names: []string{"docker.io/edge/ggcr:1"}, Config: id.String()}}},
 		},
 		{
 			name: "docker-archive with a linked layer and no name",
@@ -141,9 +141,9 @@ func TestVerify(t *testing.T) {
 				f["other/layer.tar"] = "symlink:../" + layerFile
 				return f
 			},
-			want: &imageArchive{format: formatDocker, dockerManifest: true, images: []archiveImage{
-				{names: []string{"docker.io/edge/tiny:1"}, config: id.String()},
-				{config: id.String()},
+			want: &Archive{Format: FormatDocker, DockerManifest: true, Images: []Image{
+				{Names: []string{"docker.io/edge/tiny:1"}, Config: id.String()},
+				{Config: id.String()},
 			}},
 		},
 		{
@@ -209,7 +209,7 @@ func TestVerify(t *testing.T) {
 		{
 			name:  "oci-layout",
 			files: func() map[string]string { return maps.Clone(oci) },
-			want:  &imageArchive{format: formatOCI, images: []archiveImage{{names: []string{"docker.io/edge/tiny:1"}, digest: manifest.String(), config: id.String()}}},
+			want:  &Archive{Format: FormatOCI, Images: []Image{{Names: []string{"docker.io/edge/tiny:1"}, Digest: manifest.String(), Config: id.String()}}},
 		},
 		{
 			name: "oci-layout of Docker 25 with manifest.json",
@@ -218,7 +218,7 @@ func TestVerify(t *testing.T) {
 				f["manifest.json"] = docker["manifest.json"]
 				return f
 			},
-			want: &imageArchive{format: formatOCI, dockerManifest: true, images: []archiveImage{{names: []string{"docker.io/edge/tiny:1"}, digest: manifest.String(), config: id.String()}}},
+			want: &Archive{Format: FormatOCI, DockerManifest: true, Images: []Image{{Names: []string{"docker.io/edge/tiny:1"}, Digest: manifest.String(), Config: id.String()}}},
 		},
 		{
 			name: "oci-layout names",
@@ -238,10 +238,10 @@ func TestVerify(t *testing.T) {
 				})
 				return f
 			},
-			want: &imageArchive{format: formatOCI, images: []archiveImage{
-				{names: []string{"docker.io/edge/skopeo:2"}, digest: manifest.String(), config: id.String()},
-				{digest: manifest.String(), config: id.String()},
-				{digest: manifest.String(), config: id.String()},
+			want: &Archive{Format: FormatOCI, Images: []Image{
+				{Names: []string{"docker.io/edge/skopeo:2"}, Digest: manifest.String(), Config: id.String()},
+				{Digest: manifest.String(), Config: id.String()},
+				{Digest: manifest.String(), Config: id.String()},
 			}},
 		},
 		{
@@ -260,7 +260,7 @@ func TestVerify(t *testing.T) {
 				})
 				return f
 			},
-			want: &imageArchive{format: formatOCI, images: []archiveImage{{names: []string{"docker.io/edge/tiny:1"}, config: id.String()}}},
+			want: &Archive{Format: FormatOCI, Images: []Image{{Names: []string{"docker.io/edge/tiny:1"}, Config: id.String()}}},
 		},
 		{
 			name: "oci-layout other platform only",
@@ -274,7 +274,7 @@ func TestVerify(t *testing.T) {
 				})
 				return f
 			},
-			want: &imageArchive{format: formatOCI, images: []archiveImage{{names: []string{"docker.io/edge/tiny:1"}, digest: otherManifest.String(), config: otherConfig.String()}}},
+			want: &Archive{Format: FormatOCI, Images: []Image{{Names: []string{"docker.io/edge/tiny:1"}, Digest: otherManifest.String(), Config: otherConfig.String()}}},
 		},
 		{
 			name: "oci-layout blob edited",
@@ -351,11 +351,11 @@ func TestVerify(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := tarOf(t, tc.files())
+			b := containerdtest.Tar(t, tc.files())
 			if tc.name == "sparse" {
 				b = sparseTar(t, "manifest.json")
 			}
-			got, err := verify(t.Context(), bytes.NewReader(b), zerolog.Nop())
+			got, err := Verify(t.Context(), bytes.NewReader(b), zerolog.Nop())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("verify = %v, want an error containing %q", err, tc.wantErr)
@@ -410,33 +410,62 @@ func sparseTar(t *testing.T, name string) []byte {
 	return b
 }
 
-func equalArchive(a, b *imageArchive) bool {
-	if a.format != b.format || a.dockerManifest != b.dockerManifest || len(a.images) != len(b.images) {
+// equalArchive compares all but Compressed.
+func equalArchive(a, b *Archive) bool {
+	if a.Format != b.Format || a.DockerManifest != b.DockerManifest || len(a.Images) != len(b.Images) {
 		return false
 	}
-	for i := range a.images {
-		x, y := a.images[i], b.images[i]
-		if strings.Join(x.names, ",") != strings.Join(y.names, ",") || x.config != y.config || (y.digest != "" && x.digest != y.digest) {
+	for i := range a.Images {
+		x, y := a.Images[i], b.Images[i]
+		if strings.Join(x.Names, ",") != strings.Join(y.Names, ",") || x.Config != y.Config || (y.Digest != "" && x.Digest != y.Digest) {
 			return false
 		}
 	}
 	return true
 }
 
+var refNameTests = []struct{ in, want string }{
+	{"1.0", ""},
+	{"latest", ""},
+	{"", ""},
+	{"alpine:3.20", "docker.io/library/alpine:3.20"},
+	{"mcr.microsoft.com/azureiotedge-agent:1.5", "mcr.microsoft.com/azureiotedge-agent:1.5"},
+	{"localhost:5000/edge/relay", "localhost:5000/edge/relay:latest"},
+	{"Bad/Name:1", ""},
+}
+
 func TestRefName(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"1.0", ""},
-		{"latest", ""},
-		{"", ""},
-		{"alpine:3.20", "docker.io/library/alpine:3.20"},
-		{"mcr.microsoft.com/azureiotedge-agent:1.5", "mcr.microsoft.com/azureiotedge-agent:1.5"},
-		{"localhost:5000/edge/relay", "localhost:5000/edge/relay:latest"},
-		{"Bad/Name:1", ""},
-	} {
-		if got := refName(tc.in); got != tc.want {
-			t.Errorf("refName(%q) = %q, want %q", tc.in, got, tc.want)
+	for _, tc := range refNameTests {
+		if got := RefName(tc.in); got != tc.want {
+			t.Errorf("RefName(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
+}
+
+// FuzzRefName feeds RefName annotations, which come from the archive. A
+// name it returns must be a full reference in its normal form, which
+// RefName keeps as it is; a tag alone names nothing.
+func FuzzRefName(f *testing.F) {
+	for _, tc := range refNameTests {
+		f.Add(tc.in)
+	}
+	f.Add("edge/relay@sha256:" + strings.Repeat("0", 64))
+	f.Fuzz(func(t *testing.T, in string) {
+		got := RefName(in)
+		if got == "" {
+			return
+		}
+		if !strings.ContainsAny(in, "/:@") {
+			t.Fatalf("RefName(%q) = %q, want a tag alone to name nothing", in, got)
+		}
+		ref, err := reference.ParseDockerRef(got)
+		if err != nil || ref.String() != got {
+			t.Fatalf("RefName(%q) = %q, which parses as %v, %v", in, got, ref, err)
+		}
+		if again := RefName(got); again != got {
+			t.Fatalf("RefName(%q) = %q, but RefName(%q) = %q", in, got, got, again)
+		}
+	})
 }
 
 // FuzzVerify feeds verify archives made from sound ones. It must never
@@ -465,16 +494,19 @@ func FuzzVerify(f *testing.F) {
 	f.Add(gzipMagic)
 
 	f.Fuzz(func(t *testing.T, b []byte) {
-		a, err := verifyBytes(t.Context(), b)
+		a, err := Verify(t.Context(), bytes.NewReader(b), zerolog.Nop())
 		if err != nil {
 			return
 		}
-		if a.format != formatDocker && a.format != formatOCI || len(a.images) == 0 {
+		if a.Format != FormatDocker && a.Format != FormatOCI || len(a.Images) == 0 {
 			t.Fatalf("verify passed %+v", *a)
 		}
-		for _, img := range a.images {
-			if img.config != "" && (len(img.config) != len("sha256:")+64 || !strings.HasPrefix(img.config, "sha256:")) {
-				t.Fatalf("verify passed config %q", img.config)
+		if a.Compressed != bytes.HasPrefix(b, gzipMagic) {
+			t.Fatalf("verify passed %+v, compressed %v; the archive starts %x", *a, a.Compressed, b[:min(len(b), 2)])
+		}
+		for _, img := range a.Images {
+			if img.Config != "" && (len(img.Config) != len("sha256:")+64 || !strings.HasPrefix(img.Config, "sha256:")) {
+				t.Fatalf("verify passed config %q", img.Config)
 			}
 		}
 		if bytes.HasPrefix(b, gzipMagic) {
@@ -484,17 +516,9 @@ func FuzzVerify(f *testing.F) {
 		zw, _ := gzip.NewWriterLevel(&z, gzip.BestSpeed)
 		zw.Write(b)
 		zw.Close()
-		az, err := verifyBytes(t.Context(), z.Bytes())
-		if err != nil || !equalArchive(az, a) {
+		az, err := Verify(t.Context(), bytes.NewReader(z.Bytes()), zerolog.Nop())
+		if err != nil || !equalArchive(az, a) || !az.Compressed {
 			t.Fatalf("verify passed the plain archive as %+v, and the gzipped one as %+v, %v", *a, az, err)
 		}
 	})
-}
-
-func verifyBytes(ctx context.Context, b []byte) (*imageArchive, error) {
-	r, _, err := decompress(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	return verify(ctx, r, zerolog.Nop())
 }

@@ -13,5 +13,5 @@
 //     and faults injected at run time (throttling, 503s, connection resets).
 //
 // A Server is an http.Handler; serve it over TLS with a certificate from
-// internal/pki. It is safe for concurrent use.
+// internal/emulator/pki. It is safe for concurrent use.
 package dpsemu

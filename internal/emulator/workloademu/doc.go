@@ -7,9 +7,9 @@
 //   - GET /trust-bundle and GET /manifest-trust-bundle: PEM text in JSON
 //     (docs/edge-protocol.md#workload-api);
 //   - POST /modules/{m}/genid/{g}/certificate/server: a server certificate
-//     issued by an internal/pki CA (docs/edge-protocol.md#workload-api);
+//     issued by an internal/emulator/pki CA (docs/edge-protocol.md#workload-api);
 //   - POST /modules/{m}/certificate/identity: recognised, answered 500
-//     because internal/pki cannot issue client certificates (docs/edge-protocol.md#workload-api);
+//     because internal/emulator/pki cannot issue client certificates (docs/edge-protocol.md#workload-api);
 //   - the request rules of aziot's http-common server: api-version first,
 //     {"message"} errors, body rules, 404/400/422/408 (docs/edge-protocol.md#workload-api);
 //   - per socket, at most Config.MaxConcurrent live connections, the rest

@@ -212,7 +212,7 @@ func (s *Server) serverCert(w http.ResponseWriter, r *http.Request, rt route, bo
 }
 
 // identityCert is POST /modules/{m}/certificate/identity (docs/edge-protocol.md#workload-api). It needs
-// a client certificate with a URI SAN, which internal/pki cannot issue, so
+// a client certificate with a URI SAN, which internal/emulator/pki cannot issue, so
 // after the same checks as the real route it fails the way a certd
 // failure does.
 func (s *Server) identityCert(w http.ResponseWriter, r *http.Request, rt route) {

@@ -1,5 +1,5 @@
 // Package azureclients proves that Azure's own DPS device clients register
-// against the DPS emulator in internal/dpsemu without modification.
+// against the DPS emulator in internal/emulator/dpsemu without modification.
 //
 // It holds only tests. node_test.go installs the Node.js SDK
 // (azure-iot-provisioning-device, azure-iot-provisioning-device-http and

@@ -19,7 +19,6 @@ import (
 	"github.com/edgetpm/edgetpm/deploy/manifest"
 	"github.com/edgetpm/edgetpm/deploy/rollout"
 	"github.com/edgetpm/edgetpm/internal/cli"
-	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 	"github.com/edgetpm/edgetpm/internal/hubservice"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
@@ -45,13 +44,7 @@ func (h *hubFlags) register(fs *flag.FlagSet) {
 // or the environment, TLS verified against the system's roots and --ca-file.
 func (h *hubFlags) client(getenv func(string) string) (*hubservice.Client, error) {
 	if h.lab != "" {
-		b, err := os.ReadFile(filepath.Join(h.lab, lab.HubServiceFile))
-		if err != nil {
-			return nil, fmt.Errorf("the lab's service API (is 'edge-deploy lab hub --state-dir %s' running?): %w", h.lab, err)
-		}
-		h.endpoint = strings.TrimSpace(string(b))
-		h.connFile = filepath.Join(h.lab, lab.HubConnFile)
-		h.caFile = filepath.Join(h.lab, pki.CertFile)
+		return lab.ServiceClient(h.lab)
 	}
 	cs := getenv(envConnectionString)
 	if h.connFile != "" {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgetpm/edgetpm/internal/daemon"
+
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
 
 	"github.com/google/go-tpm/tpm2"
@@ -287,10 +289,9 @@ func tctiURI(tcti string) (string, error) {
 
 // freeAddr is a free loopback address.
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := daemon.FreePorts(1)
 	if err != nil {
 		return "", err
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
 }

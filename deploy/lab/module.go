@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
+	"github.com/edgetpm/edgetpm/internal/daemon"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -37,20 +37,23 @@ func (p processLauncher) run(ctx context.Context, m moduleSpec, started func()) 
 		return err
 	}
 	defer out.Close()
-	cmd := exec.CommandContext(ctx, p.bin, append([]string{"--data", m.dataDir}, m.args...)...)
-	cmd.Env = append(environWithout("IOTEDGE_"), m.env...)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = stopTimeout
-	if err := cmd.Start(); err != nil {
+	proc, err := daemon.Start(ctx, daemon.Spec{
+		Name:   ModuleID,
+		Path:   p.bin,
+		Args:   append([]string{"--data", m.dataDir}, m.args...),
+		Env:    append(environWithout("IOTEDGE_"), m.env...),
+		Output: out,
+	})
+	if err != nil {
 		return err
 	}
 	started()
-	err = cmd.Wait()
-	if ctx.Err() != nil {
-		return nil
+	select {
+	case <-proc.Done():
+		return proc.Wait()
+	case <-ctx.Done():
+		return proc.Stop(stopTimeout)
 	}
-	return err
 }
 
 // containerdLauncher runs the module as a container through containerd and

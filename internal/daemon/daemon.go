@@ -25,6 +25,8 @@ type Spec struct {
 	Name string
 	Path string
 	Args []string
+	// Env is its environment; nil means this process's.
+	Env []string
 	// Output receives its stdout and stderr; nil discards them. An
 	// *os.File is handed to the process as it is.
 	Output io.Writer
@@ -54,6 +56,7 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 		name = filepath.Base(s.Path)
 	}
 	cmd := exec.Command(s.Path, s.Args...)
+	cmd.Env = s.Env
 	cmd.Stdout, cmd.Stderr = s.Output, s.Output
 	// A child that keeps the output pipe open must not hold up Wait.
 	cmd.WaitDelay = time.Second
@@ -117,6 +120,12 @@ func (p *Process) exited() error {
 
 // Done is closed once the daemon has exited.
 func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait waits until the daemon has exited and returns how: nil for status 0.
+func (p *Process) Wait() error {
+	<-p.done
+	return p.err
+}
 
 // Stop sends the daemon SIGTERM and waits for it to exit; after timeout it
 // kills it and says so.

@@ -33,7 +33,17 @@ func newLogger(w io.Writer, level *logLevel) zerolog.Logger {
 			return t.UTC().Format(logTimeFormat)
 		},
 	}
-	return zerolog.New(levelWriter{cw, level}).With().Timestamp().Logger()
+	return zerolog.New(levelWriter{cw, level}).Hook(timestamp{})
+}
+
+// timestamp stamps each event with the time it is written, to the
+// nanosecond. zerolog's own Timestamp formats with the package-wide
+// TimeFieldFormat, whole seconds by default, which would make every
+// millisecond of IoT Edge's format ".000"; this keeps the format local.
+type timestamp struct{}
+
+func (timestamp) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
+	e.Str(zerolog.TimestampFieldName, time.Now().UTC().Format(time.RFC3339Nano))
 }
 
 // severity maps a level to syslog's.

@@ -144,7 +144,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 		return err
 	}
 
-	srv := &http.Server{Addr: s.MetricsAddr, Handler: a.relay.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := metricsServer(a.relay.Handler())
 	ln, err := net.Listen("tcp", s.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)

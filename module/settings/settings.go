@@ -27,7 +27,9 @@ type Settings struct {
 	// DeviceState, when set, runs the relay as the device in this
 	// assignment file, signing in the TPM.
 	DeviceState string `toml:"device_state"`
-	// MetricsAddr serves /metrics, /healthz and /readyz.
+	// MetricsAddr serves /metrics, /healthz and /readyz. Unset, it is
+	// MetricsModule in a module container and MetricsDevice in device
+	// mode (Load fills it in).
 	MetricsAddr string `toml:"metrics_addr"`
 	// CAFile holds CA certificates to trust in development and device
 	// mode; IoT Edge gives its own.
@@ -42,16 +44,27 @@ type Settings struct {
 // Duration is a time.Duration written as "90s" or "5m" in TOML.
 type Duration = layered.Duration
 
+// The metrics address when none is given. A module container listens on
+// all of its interfaces: IoT Edge publishes its ports one by one, as the
+// deployment says, and Azure Monitor's metrics-collector scrapes port 9600
+// over the edge network. In device mode the relay runs on the host, where
+// every interface would be the plant's network: loopback only.
+const (
+	MetricsModule = ":9600"
+	MetricsDevice = "127.0.0.1:9600"
+)
+
 // Defaults are the settings before any file, environment or flag.
+// MetricsAddr is empty: its default depends on the mode (see Load).
 func Defaults() Settings {
-	return Settings{Data: "/data", MetricsAddr: ":9600", TokenTTL: Duration(edgehub.DefaultTokenTTL)}
+	return Settings{Data: "/data", TokenTTL: Duration(edgehub.DefaultTokenTTL)}
 }
 
 func (s *Settings) fields() []layered.Field {
 	return []layered.Field{
 		{Key: "data", Env: "EDGE_RELAY_DATA", Flag: "data", Usage: "`DIR` for the queue and the last good configuration: a volume, so they survive re-creating the container", Value: layered.StringVar(&s.Data)},
 		{Key: "device_state", Env: "EDGE_RELAY_DEVICE_STATE", Flag: "device-state", Usage: "run as the device in `FILE`, the assignment edge-provisioner saved, signing in the TPM", Value: layered.StringVar(&s.DeviceState)},
-		{Key: "metrics_addr", Env: "EDGE_RELAY_METRICS_ADDR", Flag: "metrics-addr", Usage: "`ADDRESS` serving /metrics, /healthz and /readyz", Value: layered.StringVar(&s.MetricsAddr)},
+		{Key: "metrics_addr", Env: "EDGE_RELAY_METRICS_ADDR", Flag: "metrics-addr", Usage: "`ADDRESS` serving /metrics, /healthz and /readyz (default " + MetricsModule + " in a module container, " + MetricsDevice + " with --device-state)", Value: layered.StringVar(&s.MetricsAddr)},
 		{Key: "ca_file", Env: "EdgeModuleCACertificateFile", Flag: "ca-file", Usage: "trust the CA certificates in `PEM` (development and device mode; IoT Edge gives its own)", Value: layered.StringVar(&s.CAFile)},
 		{Key: "token_ttl", Env: "EDGE_RELAY_TOKEN_TTL", Flag: "token-ttl", Usage: "`LIFETIME` of each SAS token; a new one replaces it at 80%", Value: layered.DurationVar(&s.TokenTTL)},
 		{Key: "hub_address", Env: "EDGE_RELAY_HUB_ADDRESS", Flag: "hub-address", Usage: "dial `HOST:PORT` instead of the hub's host name, still checking the certificate against the name", Value: layered.StringVar(&s.HubAddress)},
@@ -68,7 +81,7 @@ func (s *Settings) Validate() error {
 	if s.Data == "" {
 		bad("data", "must not be empty")
 	}
-	if _, _, err := net.SplitHostPort(s.MetricsAddr); err != nil {
+	if _, _, err := net.SplitHostPort(s.MetricsAddr); s.MetricsAddr != "" && err != nil {
 		bad("metrics_addr", "%q: want [HOST]:PORT", s.MetricsAddr)
 	}
 	if time.Duration(s.TokenTTL) < time.Second {
@@ -91,10 +104,17 @@ func NewLoader(fs *flag.FlagSet) *Loader {
 	return l
 }
 
-// Load returns the validated settings.
+// Load returns the validated settings, with the metrics address of the
+// mode when none was given.
 func (l *Loader) Load(getenv func(string) string) (*Settings, error) {
 	if err := l.l.Load(getenv); err != nil {
 		return nil, err
+	}
+	if l.s.MetricsAddr == "" {
+		l.s.MetricsAddr = MetricsModule
+		if l.s.DeviceState != "" {
+			l.s.MetricsAddr = MetricsDevice
+		}
 	}
 	return &l.s, nil
 }

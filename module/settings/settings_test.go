@@ -30,14 +30,16 @@ func load(t *testing.T, file string, env map[string]string, args ...string) (*Se
 // Every variable edge-relay has read keeps working, under its flag.
 func TestLayers(t *testing.T) {
 	s, err := load(t, "", nil)
-	if err != nil || *s != Defaults() || s.Data != "/data" || s.MetricsAddr != ":9600" || time.Duration(s.TokenTTL) != time.Hour {
+	want := Defaults()
+	want.MetricsAddr = MetricsModule
+	if err != nil || *s != want || s.Data != "/data" || s.MetricsAddr != ":9600" || time.Duration(s.TokenTTL) != time.Hour {
 		t.Errorf("Load() = %+v, %v; want the defaults", s, err)
 	}
 	env := map[string]string{
 		"EDGE_RELAY_DATA": "/env/data", "EDGE_RELAY_DEVICE_STATE": "/env/state.json", "EDGE_RELAY_METRICS_ADDR": "127.0.0.1:9700",
 		"EdgeModuleCACertificateFile": "/env/ca.pem", "EDGE_RELAY_TOKEN_TTL": "10m", "EDGE_RELAY_HUB_ADDRESS": "127.0.0.1:8883",
 	}
-	want := Settings{"/env/data", "/env/state.json", "127.0.0.1:9700", "/env/ca.pem", Duration(10 * time.Minute), "127.0.0.1:8883"}
+	want = Settings{"/env/data", "/env/state.json", "127.0.0.1:9700", "/env/ca.pem", Duration(10 * time.Minute), "127.0.0.1:8883"}
 	if s, err := load(t, "data = \"/file\"\ntoken_ttl = \"2m\"\n", env); err != nil || *s != want {
 		t.Errorf("Load(env over file) = %+v, %v; want %+v", s, err, want)
 	}
@@ -45,6 +47,30 @@ func TestLayers(t *testing.T) {
 	if s, err := load(t, "", env, "--data", "/flag/data", "--device-state", "/flag/state.json", "--metrics-addr", ":9800",
 		"--ca-file", "/flag/ca.pem", "--token-ttl", "30s", "--hub-address", "10.0.0.1:8883"); err != nil || *s != want {
 		t.Errorf("Load(flags over env) = %+v, %v; want %+v", s, err, want)
+	}
+}
+
+// In device mode the relay runs on the host, not in a container whose
+// ports IoT Edge publishes one by one: its metrics listen on the loopback
+// address unless told otherwise. In a module container they listen on
+// every interface of the container, for the port IoT Edge publishes.
+func TestMetricsAddrByMode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"module", nil, nil, ":9600"},
+		{"device", nil, []string{"--device-state", "/var/lib/edge/state.json"}, "127.0.0.1:9600"},
+		{"device from the environment", map[string]string{"EDGE_RELAY_DEVICE_STATE": "/s.json"}, nil, "127.0.0.1:9600"},
+		{"device, told", nil, []string{"--device-state", "/s.json", "--metrics-addr", ":9600"}, ":9600"},
+		{"device, told in the environment", map[string]string{"EDGE_RELAY_METRICS_ADDR": "10.0.0.5:9600"}, []string{"--device-state", "/s.json"}, "10.0.0.5:9600"},
+	} {
+		s, err := load(t, "", tc.env, tc.args...)
+		if err != nil || s.MetricsAddr != tc.want {
+			t.Errorf("%s: Load(%v, %q).MetricsAddr = %q, %v; want %q", tc.name, tc.env, tc.args, s.MetricsAddr, err, tc.want)
+		}
 	}
 }
 

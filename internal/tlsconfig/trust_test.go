@@ -1,11 +1,14 @@
 package tlsconfig_test
 
 import (
+	"bytes"
 	"crypto/x509"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/edgetpm/edgetpm/internal/emulator/pki"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
@@ -67,6 +70,49 @@ func TestTrustFile(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), tt.file) {
 				t.Errorf("TrustFile(%s) = %v, want an error naming the file, with %q", tt.file, err, tt.want)
+			}
+		})
+	}
+}
+
+// A CA file can be named by whoever writes the module twin: only a
+// regular file of a bounded size is read. A FIFO would block the reader
+// for ever, a device such as /dev/zero would be read until memory runs
+// out, and a huge file would be read whole.
+func TestTrustFileRefused(t *testing.T) {
+	ca, err := pki.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "ca.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A good certificate, then more than the limit of text PEM skips.
+	huge := filepath.Join(dir, "huge.pem")
+	padding := bytes.Repeat([]byte("# padding\n"), tlsconfig.MaxCAFile/10+1)
+	if err := os.WriteFile(huge, append(ca.CertPEM(), padding...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, file, want string }{
+		{"FIFO", fifo, "not a regular file"},
+		{"device", os.DevNull, "not a regular file"},
+		{"larger than the limit", huge, "larger than"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() {
+				_, err := tlsconfig.TrustFile(tt.file)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), tt.file) {
+					t.Errorf("TrustFile(%s) = %v, want an error naming the file, with %q", tt.file, err, tt.want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("TrustFile(%s) still reading after 5s", tt.file)
 			}
 		})
 	}

@@ -138,7 +138,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	}
 	a.sources = source.NewManager(a.relay, source.Config{
 		Output: cfg.Output, Identity: conn.id.DeviceID + "/" + conn.id.ModuleID,
-		StateDir: sourcesDir, Getenv: getenv, Log: log,
+		StateDir: sourcesDir, Getenv: sourcePasswords(getenv), Log: log,
 	})
 	if err := a.apply(ctx, cfg); err != nil {
 		return err
@@ -219,6 +219,18 @@ func envOr(getenv env, key, def string) string {
 		return v
 	}
 	return def
+}
+
+// sourcePasswords is getenv for the sources' passwords: the twin names
+// the variable, so only names twin.PasswordEnvAllowed accepts are read,
+// never the relay's identity or settings, whatever the configuration.
+func sourcePasswords(getenv env) func(string) string {
+	return func(name string) string {
+		if twin.PasswordEnvAllowed(name) != nil {
+			return ""
+		}
+		return getenv(name)
+	}
 }
 
 // conn is how this process connects: its identity, signer and trust.

@@ -1,7 +1,9 @@
 package source
 
 import (
+	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,5 +47,41 @@ func TestCAFileNotRegular(t *testing.T) {
 		if st := m.Stats()[name]; !strings.Contains(st.LastError, "not a regular file") {
 			t.Errorf("%s: LastError = %q, want it to say the CA file is not a regular file", name, st.LastError)
 		}
+	}
+}
+
+// A password is never sent to a broker in clear, even when the source
+// did not come through twin.Config.Validate, which refuses it first.
+func TestNoPasswordInClear(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 512)
+		n, _ := c.Read(b)
+		got <- b[:n]
+	}()
+	m := newManager(t, &memQueue{}, func(string) string { return "s3cret-pw" }, testLog(t))
+	run(t, m)
+	apply(t, m, twin.Source{Name: "clear", URL: "tcp://" + ln.Addr().String(), Username: "relay", PasswordEnv: "PLANT_PASSWORD", Topics: []twin.Topic{{Filter: "a/#"}}})
+	until.True(t, "the refusal", func() bool { return m.Stats()["clear"].LastError != "" })
+	if st := m.Stats()["clear"]; !strings.Contains(st.LastError, "never sent over plain TCP") {
+		t.Errorf("LastError = %q, want the refusal to send a password in clear", st.LastError)
+	}
+	select {
+	case b := <-got:
+		if bytes.Contains(b, []byte("s3cret-pw")) {
+			t.Errorf("the broker got the password in clear: %q", b)
+		}
+	case <-time.After(200 * time.Millisecond):
 	}
 }

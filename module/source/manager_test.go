@@ -230,7 +230,7 @@ func TestApplyLive(t *testing.T) {
 // A wrong password is retried, with the error in Stats, until the
 // environment holds the right one. No password reaches the log.
 func TestCredentials(t *testing.T) {
-	b := mosquittotest.Start(t, mosquittotest.Options{Users: map[string]string{"relay": "s3cret-pw", "producer": "prod-pw"}})
+	b := mosquittotest.Start(t, mosquittotest.Options{Users: map[string]string{"relay": "s3cret-pw", "producer": "prod-pw"}, TLS: true})
 	e := newEnv(map[string]string{})
 	e.set("RELAY_PASSWORD", "wrong-pw")
 	var logs syncBuffer
@@ -239,8 +239,8 @@ func TestCredentials(t *testing.T) {
 	run(t, m)
 	topics := []twin.Topic{{Filter: "gw/#", QoS: 1}}
 	apply(t, m,
-		twin.Source{Name: "gw", URL: b.URL, Username: "relay", PasswordEnv: "RELAY_PASSWORD", Topics: topics},
-		twin.Source{Name: "unset", URL: b.URL, Username: "relay", PasswordEnv: "NO_SUCH_VARIABLE", Topics: topics},
+		twin.Source{Name: "gw", URL: b.URL, CAFile: b.CAFile, Username: "relay", PasswordEnv: "RELAY_PASSWORD", Topics: topics},
+		twin.Source{Name: "unset", URL: b.URL, CAFile: b.CAFile, Username: "relay", PasswordEnv: "NO_SUCH_VARIABLE", Topics: topics},
 	)
 	st := m.Stats()
 	if st["gw"].Connected || !strings.Contains(st["gw"].LastError, "connect") {

@@ -243,6 +243,11 @@ func (s *source) options(ctx context.Context, clean bool) (opts *mqtt.ClientOpti
 	}
 	password := ""
 	if env := s.cfg.PasswordEnv; env != "" {
+		// twin.Config.Validate refuses this already; the password must
+		// not go out in clear whoever configured the source.
+		if !s.ep.tls {
+			return nil, nil, fmt.Errorf("password: never sent over plain TCP to %s; use ssl:// or mqtts://", s.ep.addr)
+		}
 		if password = s.m.getenv(env); password == "" {
 			return nil, nil, fmt.Errorf("password: environment variable %s is not set", env)
 		}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -52,12 +53,17 @@ type Queue struct {
 
 // Source is a local MQTT broker to relay from.
 type Source struct {
-	Name        string `json:"-"`   // its key in "sources"
-	URL         string `json:"url"` // tcp://, ssl://, mqtt://, mqtts://
-	Username    string `json:"username,omitempty"`
-	PasswordEnv string `json:"passwordEnv,omitempty"` // the password is in this environment variable, never in the twin
-	CAFile      string `json:"caFile,omitempty"`
-	Topics      Topics `json:"topics"`
+	Name     string `json:"-"`   // its key in "sources"
+	URL      string `json:"url"` // tcp://, ssl://, mqtt://, mqtts://
+	Username string `json:"username,omitempty"`
+	// PasswordEnv names the relay's environment variable that holds the
+	// password, never the password itself: twins are readable in IoT
+	// Hub. Only a name PasswordEnvAllowed accepts, and only for a broker
+	// reached over TLS.
+	PasswordEnv string `json:"passwordEnv,omitempty"`
+	// CAFile is an absolute path to CA certificates for a TLS broker.
+	CAFile string `json:"caFile,omitempty"`
+	Topics Topics `json:"topics"`
 }
 
 // Topic maps a topic filter to an output and properties. A message takes
@@ -153,6 +159,17 @@ func (c *Config) Validate() error {
 		if !strings.Contains(s.URL, "://") {
 			bad("sources.%s.url %q: want tcp://, ssl://, mqtt:// or mqtts://HOST:PORT", s.Name, s.URL)
 		}
+		if s.PasswordEnv != "" {
+			if err := PasswordEnvAllowed(s.PasswordEnv); err != nil {
+				bad("sources.%s.passwordEnv: %w", s.Name, err)
+			}
+			if scheme := scheme(s.URL); scheme != "ssl" && scheme != "mqtts" {
+				bad("sources.%s.passwordEnv: a password is never sent over plain %s://; use ssl:// or mqtts://", s.Name, scheme)
+			}
+		}
+		if s.CAFile != "" && !filepath.IsAbs(s.CAFile) {
+			bad("sources.%s.caFile %q: want an absolute path", s.Name, s.CAFile)
+		}
 		if len(s.Topics) == 0 {
 			bad("sources.%s.topics: want at least one", s.Name)
 		}
@@ -169,6 +186,42 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// PasswordEnvAllowed checks the name of a variable that a source's
+// passwordEnv may read: capitals, digits and '_', ending in "_PASSWORD"
+// (PRESS_PASSWORD), and outside the namespaces of IoT Edge (IOTEDGE_),
+// of the relay's own settings (EDGE_RELAY_) and of the provisioner's TPM
+// passwords (EDGE_TPM_). Whoever writes the twin chooses the name and
+// the broker the value goes to, so it must never name the relay's
+// identity (EdgeHubConnectionString, IotHubConnectionString), a proxy's
+// credentials or any other variable not put there for a source.
+func PasswordEnvAllowed(name string) error {
+	const suffix = "_PASSWORD"
+	for _, r := range name {
+		if !(r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_') {
+			return fmt.Errorf("%q: want a name of capitals, digits and '_' ending in %s", name, suffix)
+		}
+	}
+	if len(name) <= len(suffix) || !strings.HasSuffix(name, suffix) || name[0] == '_' {
+		return fmt.Errorf("%q: want a name ending in %s, such as PRESS%s", name, suffix, suffix)
+	}
+	for _, reserved := range []string{"IOTEDGE_", "EDGE_RELAY_", "EDGE_TPM_"} {
+		if strings.HasPrefix(name, reserved) {
+			return fmt.Errorf("%q: %s* variables are not source passwords", name, reserved)
+		}
+	}
+	return nil
+}
+
+// scheme is a URL's scheme in lower case ("" when it has none), as
+// url.Parse reads it.
+func scheme(raw string) string {
+	s, _, ok := strings.Cut(raw, "://")
+	if !ok {
+		return ""
+	}
+	return strings.ToLower(s)
 }
 
 func validName(s string) bool {

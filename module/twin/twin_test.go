@@ -34,9 +34,49 @@ func TestParse(t *testing.T) {
 		{`{"sources":{"a":{"url":"tcp://h:1","topics":{"t":{"filter":"x","qoss":1}}}}}`, "unknown field"},
 		{`{"sources":[{"name":"a","url":"tcp://h:1"}]}`, "object keyed by name"},
 		{`[1]`, "desired properties"},
+		// The twin names variables, never their values, and only those
+		// meant for a source's password: not the relay's identity or
+		// settings, not IoT Edge's, not the TPM's hierarchy passwords.
+		{src(`"url":"ssl://h:8883","passwordEnv":"EdgeHubConnectionString"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"IotHubConnectionString"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"IOTEDGE_WORKLOADURI"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"IOTEDGE_ADMIN_PASSWORD"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"EDGE_RELAY_CONFIG"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"EDGE_RELAY_SOURCE_PASSWORD"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"EDGE_TPM_OWNER_AUTH"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"EDGE_TPM_OWNER_PASSWORD"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"HTTPS_PROXY"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"press_password"`), "sources.a.passwordEnv"},
+		{src(`"url":"ssl://h:8883","passwordEnv":"_PASSWORD"`), "sources.a.passwordEnv"},
+		// A password never travels in clear.
+		{src(`"url":"tcp://h:1883","passwordEnv":"PRESS_PASSWORD"`), "plain tcp://"},
+		{src(`"url":"mqtt://h","passwordEnv":"PRESS_PASSWORD"`), "plain mqtt://"},
+		{src(`"url":"TCP://h:1883","passwordEnv":"PRESS_PASSWORD"`), "plain tcp://"},
+		// A CA file is a path, not relative to wherever the relay runs.
+		{src(`"url":"ssl://h:8883","caFile":"ca.pem"`), "sources.a.caFile"},
 	} {
 		if _, err := Parse([]byte(tc.doc)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Parse(%s) = %v, want an error about %s", tc.doc, err, tc.want)
+		}
+	}
+}
+
+// src is desired properties with one source "a" of the given members and
+// one topic.
+func src(members string) string {
+	return `{"sources":{"a":{` + members + `,"topics":{"t":{"filter":"x"}}}}}`
+}
+
+// A password is taken from a variable of the allowed names, and only for
+// a broker reached over TLS.
+func TestParseCredentials(t *testing.T) {
+	for _, members := range []string{
+		`"url":"ssl://h:8883","username":"relay","passwordEnv":"PRESS_PASSWORD"`,
+		`"url":"mqtts://h","passwordEnv":"LINE_3_PASSWORD","caFile":"/etc/plant/ca.pem"`,
+		`"url":"tcp://h:1883","username":"relay"`, // a user name alone is no secret
+	} {
+		if _, err := Parse([]byte(src(members))); err != nil {
+			t.Errorf("Parse(%s) = %v, want it accepted", src(members), err)
 		}
 	}
 }

@@ -205,6 +205,26 @@ func (s *Server) RefuseConnects(d time.Duration) {
 	s.refuseTill.Store(time.Now().Add(d).UnixNano())
 }
 
+// LoseTwinAnswers loses the next n twin answers: each request ($iothub/twin/GET,
+// or a reported patch, which is still applied) is processed, and its
+// answer on $iothub/twin/res is never sent, as when it is lost on the way.
+func (s *Server) LoseTwinAnswers(n int) {
+	s.loseTwin.Store(int64(n))
+}
+
+// loseTwinAnswer reports whether to lose this twin answer, counting it.
+func (s *Server) loseTwinAnswer() bool {
+	for {
+		n := s.loseTwin.Load()
+		if n <= 0 {
+			return false
+		}
+		if s.loseTwin.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
 // stall waits out StallAcks for c.
 func (s *Server) stall(c *conn) {
 	d := time.Until(time.Unix(0, s.stallUntil.Load()))

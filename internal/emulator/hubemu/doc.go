@@ -29,7 +29,7 @@
 //   - simulated edgeAgents for fleets (Config.Agent) that report
 //     lastDesiredStatus as edgeAgent does, so deployment metrics count;
 //   - faults injected at run time (dropped connections, held PUBACKs,
-//     refused CONNECTs).
+//     refused CONNECTs, lost twin answers).
 //
 // The MQTT protocol itself is github.com/mochi-mqtt/server, driven through
 // its hooks: everything a client publishes is consumed by the emulator

@@ -188,6 +188,7 @@ type Server struct {
 	ridSeq     atomic.Uint64
 	stallUntil atomic.Int64 // UnixNano; PUBACKs held until then
 	refuseTill atomic.Int64 // UnixNano; CONNACK 3 until then
+	loseTwin   atomic.Int64 // twin answers still to lose (LoseTwinAnswers)
 }
 
 // New returns an emulator configured by cfg.

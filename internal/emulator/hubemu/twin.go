@@ -305,6 +305,10 @@ func (s *Server) twinReported(c *conn, rid string, body []byte) {
 // $iothub/twin/res/# (SessionStateParser TwinResponseTopicFilter).
 func (s *Server) twinRespond(c *conn, status int, rid string, body []byte) {
 	topic := "$iothub/twin/res/" + strconv.Itoa(status) + "/?$rid=" + rid
+	if s.loseTwinAnswer() {
+		s.log.Info().Str("client", c.id.String()).Str("topic", topic).Msg("twin response lost (fault)")
+		return
+	}
 	qos, ok := c.subscription(topic, func(f string) bool { return f == twinResponseFilter })
 	if !ok {
 		s.log.Info().Str("client", c.id.String()).Msg("twin response dropped: not subscribed to " + twinResponseFilter)

@@ -193,3 +193,22 @@ func TestMethods(t *testing.T) {
 		t.Errorf("timeout after %s, want about 500 ms", d)
 	}
 }
+
+// LoseTwinAnswers processes the next requests and loses their answers:
+// a lost reported patch is still applied; later requests are answered.
+func TestLoseTwinAnswers(t *testing.T) {
+	s := start(t, nil)
+	tc := newTwinClient(t, s, "a", keyA, nil)
+	s.LoseTwinAnswers(2)
+	wait(t, "GET", tc.c.Publish("$iothub/twin/GET/?$rid=1", 1, false, ""))
+	wait(t, "reported patch", tc.c.Publish("$iothub/twin/PATCH/properties/reported/?$rid=2", 1, false, `{"lost":1}`))
+	m := tc.request(t, "$iothub/twin/GET/?$rid=3", "")
+	if m.Topic() != "$iothub/twin/res/200/?$rid=3" || !jsonEq(t, m.Payload(), `{"desired":{"$version":1},"reported":{"$version":2,"lost":1}}`) {
+		t.Errorf("the answer after two lost ones: %s %s, want rid 3 with the lost patch applied", m.Topic(), m.Payload())
+	}
+	select {
+	case m := <-tc.res:
+		t.Errorf("a lost answer came: %s", m.Topic())
+	default:
+	}
+}

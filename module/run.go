@@ -118,12 +118,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 				log.Warn().Err(err).Msg("desired patch")
 			}
 		},
-		Connected: func(ctx context.Context) {
-			if err := rec.Sync(ctx); err != nil {
-				log.Warn().Err(err).Msg("twin sync")
-			}
-		},
-		Log: log,
+		Connected: rec.Connected,
+		Log:       log,
 	})
 	if err != nil {
 		return err

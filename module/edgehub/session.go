@@ -32,6 +32,10 @@ type signer interface {
 const (
 	DefaultTokenTTL  = time.Hour
 	DefaultKeepAlive = time.Minute
+	// DefaultTwinTimeout bounds a twin request's round trip: edgeHub
+	// answers in milliseconds, and an answer lost on the way would
+	// otherwise be waited for until the connection ends.
+	DefaultTwinTimeout = 30 * time.Second
 	// renewFraction of a token's life is when it is replaced, as the C SDK
 	// does (SAS_REFRESH_MULTIPLIER, docs/edge-protocol.md#sas-tokens-for-edgehub).
 	renewFraction = 0.8
@@ -49,7 +53,10 @@ type Config struct {
 	RootCAs   *x509.CertPool
 	TokenTTL  time.Duration
 	KeepAlive time.Duration
-	Backoff   backoff.Backoff // default 1 s to 1 min
+	// TwinTimeout bounds each twin request from its publish to its
+	// answer (default DefaultTwinTimeout).
+	TwinTimeout time.Duration
+	Backoff     backoff.Backoff // default 1 s to 1 min
 
 	// Input handles a message on a module input; the message is
 	// acknowledged (PUBACK, edgeHub's "complete") only when it returns nil.
@@ -100,6 +107,9 @@ func New(cfg Config) (*Session, error) {
 	}
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = DefaultKeepAlive
+	}
+	if cfg.TwinTimeout <= 0 {
+		cfg.TwinTimeout = DefaultTwinTimeout
 	}
 	if cfg.Backoff.Base <= 0 {
 		cfg.Backoff = backoff.Backoff{Base: time.Second, Max: time.Minute}

@@ -24,6 +24,12 @@ func (e *TwinError) Error() string {
 // answer came; ask again once connected.
 var errConnectionLost = errors.New("connection lost before the twin answer")
 
+// ErrNoTwinAnswer ends a twin request whose answer did not come within
+// Config.TwinTimeout: lost on the way, or never sent. Whether a reported
+// patch so ended was applied is unknown; asking again is safe, since
+// patches merge.
+var ErrNoTwinAnswer = errors.New("no twin answer in time")
+
 type twinResponse struct {
 	status int
 	body   []byte
@@ -46,6 +52,9 @@ func (s *Session) twinRequest(ctx context.Context, topic string, body []byte) ([
 	if err != nil {
 		return nil, err
 	}
+	// From the publish on: waiting for a connection is the caller's.
+	ctx, cancel := context.WithTimeoutCause(ctx, s.cfg.TwinTimeout, fmt.Errorf("%s: %w after %v", strings.TrimSuffix(topic, "/"), ErrNoTwinAnswer, s.cfg.TwinTimeout))
+	defer cancel()
 	rid := strconv.FormatUint(s.rid.Add(1), 10)
 	ch := make(chan twinResponse, 1)
 	s.pending.Store(rid, ch)

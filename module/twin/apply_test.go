@@ -53,3 +53,31 @@ func TestApplyContext(t *testing.T) {
 		t.Errorf("a blocked Apply after its Patch's ctx ended: %v, want %v", applyErr, context.Canceled)
 	}
 }
+
+// A report the hub did not take is sent by the next Sync, although the
+// version is not new; one it took is not sent again.
+func TestReportSentAgain(t *testing.T) {
+	svc := &twinService{desired: map[string]any{"$version": 2.0, "output": "a"}}
+	fail := true
+	r := &Reconciler{Get: svc.get, Apply: func(context.Context, Config) error { return nil }}
+	r.Report = func(ctx context.Context, p []byte) error {
+		if fail {
+			return context.DeadlineExceeded
+		}
+		return svc.report(ctx, p)
+	}
+	r.Start(t.Context())
+	if err := r.Sync(t.Context()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Sync with the report lost = %v, want its error", err)
+	}
+	if r.Version() != 2 {
+		t.Fatalf("version %d after a lost report, want 2 applied", r.Version())
+	}
+	fail = false
+	if err := r.Sync(t.Context()); err != nil || len(svc.reported) != 1 || svc.last()["version"] != 2.0 {
+		t.Fatalf("Sync after a lost report = %v, reported %v; want version 2 reported", err, svc.reported)
+	}
+	if err := r.Sync(t.Context()); err != nil || len(svc.reported) != 1 {
+		t.Errorf("Sync with nothing new = %v, reported %d times, want once", err, len(svc.reported))
+	}
+}

@@ -7,19 +7,32 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
+	"github.com/edgetpm/edgetpm/internal/backoff"
 )
 
+// DefaultTimeout bounds each Get and Report when Reconciler.Timeout is 0.
+const DefaultTimeout = time.Minute
+
 // Reconciler applies desired properties exactly once per version. Its
-// methods are safe for concurrent use; calls are serialized.
+// methods are safe for concurrent use; applying is serialized, and
+// reporting is not done under the same lock, so that an answer lost on
+// the way holds up neither later versions nor the Get of a Sync.
 type Reconciler struct {
 	// Get fetches the full twin: {"desired":{...},"reported":{...}}.
 	Get func(ctx context.Context) ([]byte, error)
 	// Report merges a patch into the reported properties.
 	Report func(ctx context.Context, patch []byte) error
+	// Timeout bounds each call of Get and Report (default
+	// DefaultTimeout), whatever bounds they set themselves.
+	Timeout time.Duration
+	// Retry paces Connected's Syncs after a failure (default 1 s to
+	// 1 min).
+	Retry backoff.Backoff
 	// Apply puts a validated configuration into effect, live, on the ctx
 	// of the Start, Sync or Patch that calls it.
 	Apply func(ctx context.Context, c Config) error
@@ -30,12 +43,20 @@ type Reconciler struct {
 	Counters func() any
 	Log      zerolog.Logger
 
-	mu      sync.Mutex
-	version int64          // desired $version applied (or rejected)
-	desired map[string]any // the desired document at version
-	good    Config
-	goodAt  int64 // the desired $version good came from; 0 for the defaults
-	applies int   // calls of apply, so a Sync can tell its GET went stale
+	mu       sync.Mutex
+	version  int64          // desired $version applied (or rejected)
+	desired  map[string]any // the desired document at version
+	good     Config
+	goodAt   int64 // the desired $version good came from; 0 for the defaults
+	applies  int   // calls of apply, so a Sync can tell its GET went stale
+	connects int   // calls of Connected; an older one stops retrying
+
+	// The report of the latest version applied or rejected, numbered;
+	// sent is the number of the last one the hub took. Guarded by mu.
+	report     []byte
+	reportSeq  uint64
+	reportSent uint64
+	reportMu   sync.Mutex // held while sending, so reports go out in order
 }
 
 // state is what StatePath holds.
@@ -68,13 +89,45 @@ func (r *Reconciler) Start(ctx context.Context) (Config, error) {
 	return r.good, r.Apply(ctx, r.good)
 }
 
-// Sync fetches the whole twin and applies its desired properties: call it
-// on every connect, since patches are not queued while away.
+// Connected brings the configuration up to date after a connect, since
+// patches are not queued while away: a Sync, tried again with backoff
+// after a failure (a lost answer, a report the hub did not take) until
+// one succeeds, ctx ends or a later Connected takes over.
+func (r *Reconciler) Connected(ctx context.Context) {
+	r.mu.Lock()
+	r.connects++
+	n := r.connects
+	r.mu.Unlock()
+	superseded := func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.connects != n
+	}
+	b := r.Retry
+	if b.Base <= 0 {
+		b = backoff.Backoff{Base: time.Second, Max: time.Minute}
+	}
+	for {
+		err := r.Sync(ctx)
+		if err == nil || ctx.Err() != nil || superseded() {
+			return
+		}
+		wait := b.Next()
+		r.Log.Warn().Err(err).Dur("retry_in", wait).Msg("twin sync")
+		if backoff.Sleep(ctx, wait) != nil || superseded() {
+			return
+		}
+	}
+}
+
+// Sync fetches the whole twin and applies its desired properties, and
+// sends a report the hub has not taken yet. Connected calls it on every
+// connect.
 func (r *Reconciler) Sync(ctx context.Context) error {
 	r.mu.Lock()
 	applies := r.applies
 	r.mu.Unlock()
-	b, err := r.Get(ctx)
+	b, err := r.get(ctx)
 	if err != nil {
 		return fmt.Errorf("get twin: %w", err)
 	}
@@ -89,17 +142,18 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 		return err
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	switch {
 	case v == r.version && r.desired != nil:
-		return nil // nothing new
+		// Nothing new.
 	case v < r.version && r.applies != applies:
 		// A patch applied a later version while this GET was on its way.
 		// (With no apply in between, an older version is a twin made anew.)
-		return nil
+	default:
+		r.desired = doc.Desired
+		r.apply(ctx, v)
 	}
-	r.desired = doc.Desired
-	return r.apply(ctx, v)
+	r.mu.Unlock()
+	return r.sendReport(ctx)
 }
 
 // Patch handles a desired patch: ignored at or below the applied version,
@@ -124,9 +178,10 @@ func (r *Reconciler) Patch(ctx context.Context, patch []byte) error {
 		r.Log.Debug().Int64("version", v).Msg("desired patch already applied")
 		return nil
 	}
-	defer r.mu.Unlock()
 	merge(r.desired, p)
-	return r.apply(ctx, v)
+	r.apply(ctx, v)
+	r.mu.Unlock()
+	return r.sendReport(ctx)
 }
 
 // Version is the desired $version last applied or rejected.
@@ -137,9 +192,10 @@ func (r *Reconciler) Version() int64 {
 }
 
 // apply parses r.desired as version v, applies it when valid, keeps it,
-// and reports the outcome. An invalid document keeps the last good
-// configuration. The caller holds r.mu.
-func (r *Reconciler) apply(ctx context.Context, v int64) error {
+// and makes the report of the outcome, which the caller sends with
+// sendReport once it has released r.mu. An invalid document keeps the
+// last good configuration. The caller holds r.mu.
+func (r *Reconciler) apply(ctx context.Context, v int64) {
 	r.version = v
 	r.applies++
 	doc, _ := json.Marshal(r.desired)
@@ -164,13 +220,50 @@ func (r *Reconciler) apply(ctx context.Context, v int64) error {
 		report.Counters = r.Counters()
 	}
 	patch, err := json.Marshal(ReportedProperties{Configuration: &report})
-	if err != nil {
-		return fmt.Errorf("report configuration: %w", err)
+	if err != nil { // a Config always marshals; Counters are the caller's
+		r.Log.Warn().Err(err).Msg("report configuration")
+		return
 	}
+	r.report = patch
+	r.reportSeq++
+}
+
+// sendReport sends the latest report unless the hub has taken it. Reports
+// go out one at a time, in order, and never an older one after a newer:
+// a sender that waited behind another sends the latest, and one that
+// finds it sent has nothing to do.
+func (r *Reconciler) sendReport(ctx context.Context) error {
+	r.reportMu.Lock()
+	defer r.reportMu.Unlock()
+	r.mu.Lock()
+	patch, seq, sent := r.report, r.reportSeq, r.reportSent
+	r.mu.Unlock()
+	if seq == sent {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout())
+	defer cancel()
 	if err := r.Report(ctx, patch); err != nil {
 		return fmt.Errorf("report configuration: %w", err)
 	}
+	r.mu.Lock()
+	r.reportSent = seq
+	r.mu.Unlock()
 	return nil
+}
+
+// get calls Get within the timeout.
+func (r *Reconciler) get(ctx context.Context) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout())
+	defer cancel()
+	return r.Get(ctx)
+}
+
+func (r *Reconciler) timeout() time.Duration {
+	if r.Timeout > 0 {
+		return r.Timeout
+	}
+	return DefaultTimeout
 }
 
 func (r *Reconciler) save(v int64, c Config) error {

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
+	"github.com/edgetpm/edgetpm/module/queue"
 )
 
 // Reasons a message is dead-lettered, the keys of Stats.ByReason.
@@ -392,4 +393,21 @@ func (s *Store) Stats() Stats {
 		st.Stored[e.reason]++
 	}
 	return st
+}
+
+// TopicProperty is the application property that carries a local
+// broker's MQTT topic (source.PropTopic), copied into Letter.Topic.
+const TopicProperty = "mqtt-topic"
+
+// Of returns the letter for queued message m, dead-lettered for reason
+// because of err (nil for none).
+func Of(m *queue.Message, reason string, err error) *Letter {
+	l := &Letter{
+		Reason: reason, Source: m.Source, Topic: m.Properties[TopicProperty], MessageID: m.ID, Output: m.Output,
+		ContentType: m.ContentType, ContentEncoding: m.ContentEncoding, Properties: m.Properties, Body: m.Body,
+	}
+	if err != nil {
+		l.Detail = err.Error()
+	}
+	return l
 }

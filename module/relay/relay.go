@@ -36,6 +36,9 @@ type store interface {
 type hub interface {
 	WaitConnected(ctx context.Context, after uint64) (uint64, error)
 	SendOn(gen uint64, output string, m *edgehub.Message) (edgehub.Pending, error)
+	// Size is what m sent to output counts against edgeHub's limits
+	// (edgehub.MaxMessageSize), linear in the body's length.
+	Size(output string, m *edgehub.Message) int
 }
 
 // workers is how many publish in parallel, each for its share of the

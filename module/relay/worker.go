@@ -8,6 +8,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/edgetpm/edgetpm/module/edgehub"
@@ -35,14 +36,14 @@ type flight struct {
 func (w *worker) run(ctx context.Context) {
 	var (
 		pending []*queue.Message
-		size    int
+		body    int // the batch's body: the members, commas and brackets
 		linger  <-chan time.Time
 	)
 	send := func() {
 		if len(pending) > 0 {
 			w.send(ctx, pending)
 		}
-		pending, size, linger = nil, 0, nil
+		pending, body, linger = nil, 0, nil
 	}
 	take := func(m *queue.Message) {
 		b := w.r.config.Load().Batching
@@ -51,13 +52,18 @@ func (w *worker) run(ctx context.Context) {
 			w.send(ctx, []*queue.Message{m})
 			return
 		}
-		if len(pending) > 0 && (pending[0].Output != m.Output || size+len(m.Body)+1 > b.MaxBytes) {
+		// batching.maxBytes bounds the batch as edgeHub counts it.
+		if len(pending) > 0 && (pending[0].Output != m.Output || w.batchSize(pending[0], len(pending)+1, body+1+len(m.Body)) > b.MaxBytes) {
 			send()
 		}
+		if len(pending) == 0 {
+			body = 2 + len(m.Body)
+		} else {
+			body += 1 + len(m.Body)
+		}
 		pending = append(pending, m)
-		size += len(m.Body) + 1
 		switch {
-		case len(pending) >= b.MaxMessages || size >= b.MaxBytes:
+		case len(pending) >= b.MaxMessages || w.batchSize(pending[0], len(pending), body) >= b.MaxBytes:
 			send()
 		case len(pending) == 1:
 			linger = time.After(time.Duration(b.Linger))
@@ -224,6 +230,27 @@ func (r *Relay) ack(seqs ...uint64) {
 	}
 }
 
+// batchSize is what a batch of n messages, the first being first, with
+// bodies of body bytes in all (brackets and commas included), counts
+// against edgeHub's limits: measured by the session's own encoding.
+func (w *worker) batchSize(first *queue.Message, n, body int) int {
+	return w.r.hub.Size(first.Output, batchHeader(first, n, "")) + body
+}
+
+// batchHeader is a batch of n messages without its body: ID (38
+// characters, "batch-" and 32 hex digits, a placeholder when id is
+// empty), content type and properties.
+func batchHeader(first *queue.Message, n int, id string) *edgehub.Message {
+	if id == "" {
+		id = "batch-" + strings.Repeat("0", 32)
+	}
+	props := map[string]string{"batch-count": strconv.Itoa(n)}
+	for k, v := range first.Properties {
+		props[k] = v
+	}
+	return &edgehub.Message{ID: id, ContentType: "application/json", ContentEncoding: "utf-8", Properties: props}
+}
+
 // message turns queued messages into what is published: itself for one, a
 // JSON array of the bodies for a batch, with an ID derived from the
 // members' so a re-sent batch of the same messages carries the same $.mid.
@@ -243,12 +270,7 @@ func message(msgs []*queue.Message) *edgehub.Message {
 		body = append(body, m.Body...)
 	}
 	body = append(body, ']')
-	props := map[string]string{"batch-count": strconv.Itoa(len(msgs))}
-	for k, v := range first.Properties {
-		props[k] = v
-	}
-	return &edgehub.Message{
-		ID: "batch-" + hex.EncodeToString(h.Sum(nil)[:16]), Body: body,
-		ContentType: "application/json", ContentEncoding: "utf-8", Properties: props,
-	}
+	out := batchHeader(first, len(msgs), "batch-"+hex.EncodeToString(h.Sum(nil)[:16]))
+	out.Body = body
+	return out
 }

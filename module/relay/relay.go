@@ -195,21 +195,16 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("read queue: %w", err)
 		case msgs := <-reads:
-			for _, m := range msgs {
-				w := workers[shard(m.Source, len(workers))]
-				select {
-				case w.in <- m:
-				case <-ctx.Done():
-					return nil
-				}
+			if !hand(ctx, workers, msgs) {
+				return nil
 			}
 		case done := <-r.flush:
 			// What has been read from the queue goes to its worker first.
 			for drained := false; !drained; {
 				select {
 				case msgs := <-reads:
-					for _, m := range msgs {
-						workers[shard(m.Source, len(workers))].in <- m
+					if !hand(ctx, workers, msgs) {
+						return nil
 					}
 				default:
 					drained = true
@@ -228,6 +223,18 @@ func (r *Relay) Run(ctx context.Context) error {
 			done <- n
 		}
 	}
+}
+
+// hand gives msgs to their workers, in order; false when ctx ends first.
+func hand(ctx context.Context, workers []*worker, msgs []*queue.Message) bool {
+	for _, m := range msgs {
+		select {
+		case workers[shard(m.Source, len(workers))].in <- m:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // shard picks a source's worker, so a source's messages go out in order.

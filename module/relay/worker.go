@@ -96,8 +96,11 @@ func (w *worker) run(ctx context.Context) {
 			n := len(pending)
 			send()
 			for len(w.inflight) > 0 && ctx.Err() == nil {
-				<-w.inflight[0].pending.Done()
-				w.settle(ctx)
+				select {
+				case <-w.inflight[0].pending.Done():
+					w.settle(ctx)
+				case <-ctx.Done():
+				}
 			}
 			done <- n
 		}

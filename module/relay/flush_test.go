@@ -19,9 +19,9 @@ type feedStore struct {
 }
 
 func (s *feedStore) Append(context.Context, ...*queue.Message) error { return nil }
-func (s *feedStore) Ack(...uint64) error                            { return nil }
-func (s *feedStore) Pending(uint64) bool                            { return true }
-func (s *feedStore) Stats() queue.Stats                             { return queue.Stats{} }
+func (s *feedStore) Ack(...uint64) error                             { return nil }
+func (s *feedStore) Pending(uint64) bool                             { return true }
+func (s *feedStore) Stats() queue.Stats                              { return queue.Stats{} }
 func (s *feedStore) Read(ctx context.Context, _ uint64, _ int) ([]*queue.Message, error) {
 	select {
 	case b := <-s.feed:

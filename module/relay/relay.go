@@ -92,10 +92,34 @@ func (r *Relay) SetConfig(c twin.Config) { r.config.Store(&c) }
 // A redelivery of a message already taken ($.mid seen) is acknowledged
 // and dropped.
 func (r *Relay) Input(ctx context.Context, input string, m *edgehub.Message) error {
-	if m.ID != "" && r.seen.contains(m.ID) {
-		r.Metrics.Duplicates.Inc()
+	if m.ID != "" {
+		key, c := r.seen.claim(m.ID)
+		switch c {
+		case seen:
+			r.Metrics.Duplicates.Inc()
+			return nil
+		case busy:
+			// Not acknowledged: if the other delivery fails, this
+			// message comes again.
+			return fmt.Errorf("input %s: %w", input, errBusy)
+		}
+		queued := false
+		defer func() { r.seen.settle(key, queued) }()
+		if err := r.input(ctx, input, m); err != nil {
+			return err
+		}
+		queued = true
 		return nil
 	}
+	return r.input(ctx, input, m)
+}
+
+// errBusy is a delivery of an input message that another delivery of it
+// is queuing at the same moment.
+var errBusy = errors.New("the same $.mid is being queued")
+
+// input queues an input message.
+func (r *Relay) input(ctx context.Context, input string, m *edgehub.Message) error {
 	id := m.ID
 	if id == "" {
 		id = edgehub.NewMessageID()
@@ -113,9 +137,6 @@ func (r *Relay) Input(ctx context.Context, input string, m *edgehub.Message) err
 	if err := r.q.Append(ctx, qm); err != nil {
 		r.Metrics.refused(err)
 		return fmt.Errorf("queue input %s: %w", input, err)
-	}
-	if m.ID != "" {
-		r.seen.add(m.ID)
 	}
 	r.Metrics.Intake.WithLabelValues(qm.Source).Inc()
 	return nil

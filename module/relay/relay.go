@@ -11,12 +11,15 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/twin"
@@ -41,6 +44,13 @@ type hub interface {
 	Size(output string, m *edgehub.Message) int
 }
 
+// deadLetters keeps what can never be delivered: Put returns once the
+// letter is durable, or an error wrapping deadletter.ErrFull.
+type deadLetters interface {
+	Put(l *deadletter.Letter) error
+	Stats() deadletter.Stats
+}
+
 // workers is how many publish in parallel, each for its share of the
 // sources, so one slow source does not hold the others back.
 const numWorkers = 4
@@ -54,6 +64,8 @@ type Relay struct {
 
 	config  atomic.Pointer[twin.Config]
 	seen    *dedupe
+	dead    deadLetters
+	retry   backoff.Backoff // dead-letter writes the store refused
 	Metrics *Metrics
 
 	flush   chan chan int
@@ -65,7 +77,10 @@ type Options struct {
 	// DedupeWindow is how many recent input $.mid values are remembered
 	// to drop edgeHub's redeliveries (it delivers at least once).
 	DedupeWindow int
-	Log          zerolog.Logger
+	// DeadLetters keeps what can never be delivered. Nil, such messages
+	// are held: not acknowledged to their producer, and left queued.
+	DeadLetters deadLetters
+	Log         zerolog.Logger
 	Now          func() time.Time
 }
 
@@ -77,9 +92,10 @@ func New(q store, h hub, c twin.Config, opts Options) *Relay {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	r := &Relay{q: q, hub: h, log: opts.Log, now: opts.Now, seen: newDedupe(opts.DedupeWindow), flush: make(chan chan int)}
+	r := &Relay{q: q, hub: h, log: opts.Log, now: opts.Now, seen: newDedupe(opts.DedupeWindow), flush: make(chan chan int),
+		dead: opts.DeadLetters, retry: backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second}}
 	r.config.Store(&c)
-	r.Metrics = newMetrics(q)
+	r.Metrics = newMetrics(q, opts.DeadLetters)
 	return r
 }
 
@@ -134,7 +150,21 @@ func (r *Relay) input(ctx context.Context, input string, m *edgehub.Message) err
 		ID: id, Source: "edgehub:" + input, Enqueued: r.now(), Expires: m.Expiry, Output: c.Output,
 		ContentType: m.ContentType, ContentEncoding: m.ContentEncoding, Properties: props, Body: m.Body,
 	}
-	if err := r.q.Append(ctx, qm); err != nil {
+	if r.tooLarge(qm) {
+		if err := r.deadLetter(qm, deadletter.ReasonTooLarge, edgehub.ErrTooLarge); err != nil {
+			r.Metrics.refused(err)
+			return fmt.Errorf("input %s: %w", input, err)
+		}
+		return nil
+	}
+	err := r.q.Append(ctx, qm)
+	if errors.Is(err, queue.ErrTooLarge) {
+		err = r.deadLetter(qm, deadletter.ReasonQueueLimit, err)
+		if err == nil {
+			return nil
+		}
+	}
+	if err != nil {
 		r.Metrics.refused(err)
 		return fmt.Errorf("queue input %s: %w", input, err)
 	}
@@ -142,14 +172,54 @@ func (r *Relay) input(ctx context.Context, input string, m *edgehub.Message) err
 	return nil
 }
 
+// tooLarge tells whether m is over edgeHub's limit as it would be sent
+// alone to its output.
+func (r *Relay) tooLarge(m *queue.Message) bool {
+	return r.hub.Size(m.Output, message([]*queue.Message{m})) > edgehub.MaxMessageSize
+}
+
+// deadLetter puts m in the dead-letter store for reason (cause says why)
+// and returns nil once it is durable there.
+func (r *Relay) deadLetter(m *queue.Message, reason string, cause error) error {
+	if r.dead == nil {
+		return fmt.Errorf("no dead-letter store for %s: %w", m.ID, cause)
+	}
+	if err := r.dead.Put(deadletter.Of(m, reason, cause)); err != nil {
+		return err
+	}
+	r.log.Warn().Str("reason", reason).Str("mid", m.ID).Str("source", m.Source).Int("bytes", len(m.Body)).Msg("message dead-lettered")
+	return nil
+}
+
 // Append queues messages from another intake (local MQTT sources),
-// counting them; the queue's errors come back as they are.
+// counting them. A message over edgeHub's limit is dead-lettered instead
+// (again, harmlessly, when the call is repeated). The queue's errors come
+// back as they are.
 func (r *Relay) Append(ctx context.Context, msgs ...*queue.Message) error {
-	if err := r.q.Append(ctx, msgs...); err != nil {
+	fit := msgs
+	for i, m := range msgs {
+		if !r.tooLarge(m) {
+			if len(fit) < len(msgs) {
+				fit = append(fit, m)
+			}
+			continue
+		}
+		if len(fit) == len(msgs) {
+			fit = slices.Clone(msgs[:i])
+		}
+		if err := r.deadLetter(m, deadletter.ReasonTooLarge, edgehub.ErrTooLarge); err != nil {
+			r.Metrics.refused(err)
+			return err
+		}
+	}
+	if len(fit) == 0 {
+		return nil
+	}
+	if err := r.q.Append(ctx, fit...); err != nil {
 		r.Metrics.refused(err)
 		return err
 	}
-	for _, m := range msgs {
+	for _, m := range fit {
 		r.Metrics.Intake.WithLabelValues(m.Source).Inc()
 	}
 	return nil

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 )
@@ -150,10 +152,17 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		case errors.Is(err, edgehub.ErrReconnected):
 			continue
 		case errors.Is(err, edgehub.ErrTooLarge):
-			// edgeHub would drop it anyway (docs/edge-protocol.md#limits).
-			r.log.Warn().Str("mid", f.out.ID).Int("bytes", len(f.out.Body)).Msg("message over 256 KiB dropped")
-			r.Metrics.Dropped.WithLabelValues("too_large").Add(float64(len(msgs)))
-			r.ack(seqs(msgs)...)
+			// edgeHub would drop it (docs/edge-protocol.md#limits). The
+			// intake dead-letters such messages, but the output may have
+			// changed since: members go one at a time, and one alone
+			// too large is dead-lettered, then leaves the queue.
+			if len(msgs) > 1 {
+				for _, m := range msgs {
+					w.send(ctx, []*queue.Message{m})
+				}
+				return
+			}
+			w.deadLetter(ctx, msgs[0], err)
 			return
 		case err != nil:
 			return
@@ -161,6 +170,25 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		f.pending = p
 		w.inflight = append(w.inflight, f)
 		return
+	}
+}
+
+// deadLetter puts m in the dead-letter store and then acknowledges it in
+// the queue. While the store refuses (full), it tries again with backoff,
+// holding this worker's sources back, until ctx ends (m stays queued).
+func (w *worker) deadLetter(ctx context.Context, m *queue.Message, cause error) {
+	r := w.r
+	b := r.retry
+	for {
+		err := r.deadLetter(m, deadletter.ReasonTooLarge, cause)
+		if err == nil {
+			r.ack(m.Seq)
+			return
+		}
+		r.log.Warn().Err(err).Str("mid", m.ID).Msg("dead letter refused; holding the source back")
+		if backoff.Sleep(ctx, b.Next()) != nil {
+			return
+		}
 	}
 }
 

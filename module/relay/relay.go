@@ -81,7 +81,7 @@ type Options struct {
 	// are held: not acknowledged to their producer, and left queued.
 	DeadLetters deadLetters
 	Log         zerolog.Logger
-	Now          func() time.Time
+	Now         func() time.Time
 }
 
 // New returns a Relay over q publishing to h with configuration c.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/relay"
@@ -27,6 +28,7 @@ type app struct {
 	queue   *queue.Queue
 	relay   *relay.Relay
 	sources *source.Manager
+	dead    *deadletter.Store
 
 	config atomic.Pointer[twin.Config]
 }
@@ -61,6 +63,7 @@ type stats struct {
 	LogLevel      string                        `json:"logLevel"`
 	Queue         *queueStats                   `json:"queue,omitempty"`
 	Sources       map[string]source.SourceStats `json:"sources,omitempty"`
+	DeadLetters   *deadletter.Stats             `json:"deadLetters,omitempty"`
 }
 
 type queueStats struct {
@@ -89,25 +92,32 @@ func (a *app) stats() stats {
 	if a.sources != nil {
 		st.Sources = a.sources.Stats()
 	}
+	if a.dead != nil {
+		d := a.dead.Stats()
+		st.DeadLetters = &d
+	}
 	return st
 }
 
 // report sends the summary to reported properties every reportInterval
-// while connected, at most that often.
+// while connected, at most that often. The interval in effect is checked
+// every second, so that a shorter one applies at once.
 func (a *app) report(ctx context.Context, s *edgehub.Session) error {
+	last := time.Now()
 	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
 		interval := time.Minute
 		if c := a.config.Load(); c != nil {
 			interval = time.Duration(c.ReportInterval)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(interval):
-		}
-		if !s.Connected() {
+		if time.Since(last) < interval || !s.Connected() {
 			continue
 		}
+		last = time.Now()
 		patch, _ := json.Marshal(map[string]any{"summary": a.stats()})
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		if err := s.ReportProperties(rctx, patch); err != nil && ctx.Err() == nil {
@@ -117,11 +127,17 @@ func (a *app) report(ctx context.Context, s *edgehub.Session) error {
 	}
 }
 
-// method answers direct methods: ping, stats, flush, setLogLevel.
+// method answers direct methods: ping, stats, flush, setLogLevel and
+// the dead-letter methods (deadletter.Store.Method).
 func (a *app) method(ctx context.Context, name string, payload []byte) (int, []byte) {
 	answer := func(status int, v any) (int, []byte) {
 		b, _ := json.Marshal(v)
 		return status, b
+	}
+	if a.dead != nil {
+		if status, b, ok := a.dead.Method(name, payload); ok {
+			return status, b
+		}
 	}
 	switch name {
 	case "ping":
@@ -151,5 +167,6 @@ func (a *app) method(ctx context.Context, name string, payload []byte) (int, []b
 		a.log.Info().Str("level", l.String()).Msg("log level set")
 		return answer(200, map[string]string{"level": l.String()})
 	}
-	return answer(404, map[string]string{"message": "no method " + name + "; try ping, stats, flush or setLogLevel"})
+	return answer(404, map[string]string{"message": "no method " + name + "; try ping, stats, flush, setLogLevel, " +
+		deadletter.MethodList + ", " + deadletter.MethodGet + " or " + deadletter.MethodPurge})
 }

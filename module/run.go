@@ -23,6 +23,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/relay"
@@ -124,8 +125,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	if err != nil {
 		return err
 	}
-	a.session, a.queue = sess, q
-	a.relay = relay.New(q, sess, cfg, relay.Options{Log: log})
+	// What can never be delivered is kept here, acknowledged to its
+	// producer only once durable (docs/relay.md#dead-letters).
+	dead, err := deadletter.Open(filepath.Join(s.Data, "deadletters"), deadletter.Options{})
+	if err != nil {
+		return err
+	}
+	a.session, a.queue, a.dead = sess, q, dead
+	a.relay = relay.New(q, sess, cfg, relay.Options{DeadLetters: dead, Log: log})
 	a.relay.Metrics.SetConnected(sess.Connected)
 	a.relay.Metrics.TokenRenewals(sess.TokenRenewals)
 	sourcesDir := filepath.Join(s.Data, "sources")
@@ -134,7 +141,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	}
 	a.sources = source.NewManager(a.relay, source.Config{
 		Output: cfg.Output, Identity: conn.id.DeviceID + "/" + conn.id.ModuleID,
-		StateDir: sourcesDir, Getenv: sourcePasswords(getenv), Log: log,
+		StateDir: sourcesDir, DeadLetters: dead, Getenv: sourcePasswords(getenv), Log: log,
 	})
 	if err := a.apply(ctx, cfg); err != nil {
 		return err

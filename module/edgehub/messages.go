@@ -15,7 +15,8 @@ import (
 )
 
 // MaxMessageSize is edgeHub's limit on a message: body plus every
-// property key and value (docs/edge-protocol.md#limits).
+// property key and value, and on a PUBLISH packet's remaining length
+// (docs/edge-protocol.md#limits). See Session.Size.
 const MaxMessageSize = 256 * 1024
 
 // ErrTooLarge is a message over MaxMessageSize; edgeHub would drop it.
@@ -140,8 +141,8 @@ func (s *Session) SendOn(gen uint64, output string, m *Message) (Pending, error)
 	if m.ID == "" {
 		m.ID = NewMessageID()
 	}
-	sys := m.system(output)
-	if len(m.Body)+propertiesSize(sys, m.Properties) > MaxMessageSize {
+	topic, size := s.encode(output, m)
+	if size > MaxMessageSize {
 		return Pending{}, ErrTooLarge
 	}
 	s.mu.Lock()
@@ -155,7 +156,28 @@ func (s *Session) SendOn(gen uint64, output string, m *Message) (Pending, error)
 		// write timeout. It fails at once, to be sent again.
 		return Pending{failed{errors.New("connection lost")}}, nil
 	}
-	return Pending{cli.Publish(s.cfg.Identity.prefix()+"/messages/events/"+encodeProperties(sys, m.Properties), 1, false, m.Body)}, nil
+	return Pending{cli.Publish(topic, 1, false, m.Body)}, nil
+}
+
+// Size is what m sent to output counts against edgeHub's limits, which
+// it must not exceed (MaxMessageSize): the larger of the routing size
+// (body plus every system and application property key and value) and
+// the PUBLISH packet's remaining length (topic with its property bag,
+// packet ID, body), the one that closes the connection when exceeded.
+// m.ID counts as it is (SendOn gives a message without one 32 digits).
+// Size is linear in the body's length.
+func (s *Session) Size(output string, m *Message) int {
+	_, n := s.encode(output, m)
+	return n
+}
+
+// encode returns the telemetry topic of m sent to output and its Size.
+func (s *Session) encode(output string, m *Message) (string, int) {
+	sys := m.system(output)
+	topic := s.cfg.Identity.prefix() + "/messages/events/" + encodeProperties(sys, m.Properties)
+	routing := len(m.Body) + propertiesSize(sys, m.Properties)
+	packet := 2 + len(topic) + 2 + len(m.Body) // topic length, topic, packet ID, payload
+	return topic, max(routing, packet)
 }
 
 // handler handles one message on the ctx of Run.

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/queue"
 )
 
@@ -19,13 +20,13 @@ type Metrics struct {
 	Acknowledged prometheus.Counter     // messages acknowledged upstream
 	Dropped      *prometheus.CounterVec // by reason
 	Duplicates   prometheus.Counter
-	Refused      *prometheus.CounterVec // intake refused: "full", "error"
+	Refused      *prometheus.CounterVec // intake refused: "full", "dead_letters_full", "error"
 
 	connected     atomic.Pointer[func() bool]
 	tokenRenewals atomic.Pointer[func() int64]
 }
 
-func newMetrics(q store) *Metrics {
+func newMetrics(q store, dead deadLetters) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		Registry:     reg,
@@ -60,7 +61,45 @@ func newMetrics(q store) *Metrics {
 	)
 	// Queue drops happen inside the queue; export its counts by reason.
 	reg.MustRegister(queueDrops{q})
+	if dead != nil {
+		reg.MustRegister(deadLetterCounts{dead})
+	}
 	return m
+}
+
+// deadLetterCounts exports the dead-letter store's counts.
+type deadLetterCounts struct{ d deadLetters }
+
+var (
+	deadLettersDesc = prometheus.NewDesc("edgerelay_dead_letters_total",
+		"Messages put in the dead-letter store since start, by reason: too_large (over 256 KiB with properties), queue_limit (over the queue's bound), unrouted (no source topic matches).", []string{"reason"}, nil)
+	deadLettersStoredDesc = prometheus.NewDesc("edgerelay_dead_letters_stored",
+		"Dead letters held in the store now.", nil, nil)
+	deadLettersBytesDesc = prometheus.NewDesc("edgerelay_dead_letters_bytes",
+		"Bytes the dead-letter store holds.", nil, nil)
+	deadLettersRefusedDesc = prometheus.NewDesc("edgerelay_dead_letters_refused_total",
+		"Dead letters refused because the store was full (their producers are held back).", nil, nil)
+	deadLettersTruncatedDesc = prometheus.NewDesc("edgerelay_dead_letters_truncated_total",
+		"Dead letters whose body was kept cut to the store's maximum.", nil, nil)
+)
+
+func (deadLetterCounts) Describe(ch chan<- *prometheus.Desc) {
+	ch <- deadLettersDesc
+	ch <- deadLettersStoredDesc
+	ch <- deadLettersBytesDesc
+	ch <- deadLettersRefusedDesc
+	ch <- deadLettersTruncatedDesc
+}
+
+func (c deadLetterCounts) Collect(ch chan<- prometheus.Metric) {
+	st := c.d.Stats()
+	for reason, n := range st.Added {
+		ch <- prometheus.MustNewConstMetric(deadLettersDesc, prometheus.CounterValue, float64(n), reason)
+	}
+	ch <- prometheus.MustNewConstMetric(deadLettersStoredDesc, prometheus.GaugeValue, float64(st.Count))
+	ch <- prometheus.MustNewConstMetric(deadLettersBytesDesc, prometheus.GaugeValue, float64(st.Bytes))
+	ch <- prometheus.MustNewConstMetric(deadLettersRefusedDesc, prometheus.CounterValue, float64(st.Refused))
+	ch <- prometheus.MustNewConstMetric(deadLettersTruncatedDesc, prometheus.CounterValue, float64(st.Truncated))
 }
 
 // queueDrops exports the queue's drop counts, by reason, as counters.
@@ -90,6 +129,10 @@ func (m *Metrics) Connected() bool {
 func (m *Metrics) TokenRenewals(f func() int64) { m.tokenRenewals.Store(&f) }
 
 func (m *Metrics) refused(err error) {
+	if errors.Is(err, deadletter.ErrFull) {
+		m.Refused.WithLabelValues("dead_letters_full").Inc()
+		return
+	}
 	if errors.Is(err, queue.ErrFull) {
 		m.Refused.WithLabelValues("full").Inc()
 		return

@@ -11,12 +11,15 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/twin"
@@ -36,6 +39,16 @@ type store interface {
 type hub interface {
 	WaitConnected(ctx context.Context, after uint64) (uint64, error)
 	SendOn(gen uint64, output string, m *edgehub.Message) (edgehub.Pending, error)
+	// Size is what m sent to output counts against edgeHub's limits
+	// (edgehub.MaxMessageSize), linear in the body's length.
+	Size(output string, m *edgehub.Message) int
+}
+
+// deadLetters keeps what can never be delivered: Put returns once the
+// letter is durable, or an error wrapping deadletter.ErrFull.
+type deadLetters interface {
+	Put(l *deadletter.Letter) error
+	Stats() deadletter.Stats
 }
 
 // workers is how many publish in parallel, each for its share of the
@@ -51,6 +64,8 @@ type Relay struct {
 
 	config  atomic.Pointer[twin.Config]
 	seen    *dedupe
+	dead    deadLetters
+	retry   backoff.Backoff // dead-letter writes the store refused
 	Metrics *Metrics
 
 	flush   chan chan int
@@ -62,8 +77,11 @@ type Options struct {
 	// DedupeWindow is how many recent input $.mid values are remembered
 	// to drop edgeHub's redeliveries (it delivers at least once).
 	DedupeWindow int
-	Log          zerolog.Logger
-	Now          func() time.Time
+	// DeadLetters keeps what can never be delivered. Nil, such messages
+	// are held: not acknowledged to their producer, and left queued.
+	DeadLetters deadLetters
+	Log         zerolog.Logger
+	Now         func() time.Time
 }
 
 // New returns a Relay over q publishing to h with configuration c.
@@ -74,9 +92,10 @@ func New(q store, h hub, c twin.Config, opts Options) *Relay {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	r := &Relay{q: q, hub: h, log: opts.Log, now: opts.Now, seen: newDedupe(opts.DedupeWindow), flush: make(chan chan int)}
+	r := &Relay{q: q, hub: h, log: opts.Log, now: opts.Now, seen: newDedupe(opts.DedupeWindow), flush: make(chan chan int),
+		dead: opts.DeadLetters, retry: backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second}}
 	r.config.Store(&c)
-	r.Metrics = newMetrics(q)
+	r.Metrics = newMetrics(q, opts.DeadLetters)
 	return r
 }
 
@@ -89,10 +108,34 @@ func (r *Relay) SetConfig(c twin.Config) { r.config.Store(&c) }
 // A redelivery of a message already taken ($.mid seen) is acknowledged
 // and dropped.
 func (r *Relay) Input(ctx context.Context, input string, m *edgehub.Message) error {
-	if m.ID != "" && r.seen.contains(m.ID) {
-		r.Metrics.Duplicates.Inc()
+	if m.ID != "" {
+		key, c := r.seen.claim(m.ID)
+		switch c {
+		case seen:
+			r.Metrics.Duplicates.Inc()
+			return nil
+		case busy:
+			// Not acknowledged: if the other delivery fails, this
+			// message comes again.
+			return fmt.Errorf("input %s: %w", input, errBusy)
+		}
+		queued := false
+		defer func() { r.seen.settle(key, queued) }()
+		if err := r.input(ctx, input, m); err != nil {
+			return err
+		}
+		queued = true
 		return nil
 	}
+	return r.input(ctx, input, m)
+}
+
+// errBusy is a delivery of an input message that another delivery of it
+// is queuing at the same moment.
+var errBusy = errors.New("the same $.mid is being queued")
+
+// input queues an input message.
+func (r *Relay) input(ctx context.Context, input string, m *edgehub.Message) error {
 	id := m.ID
 	if id == "" {
 		id = edgehub.NewMessageID()
@@ -107,25 +150,76 @@ func (r *Relay) Input(ctx context.Context, input string, m *edgehub.Message) err
 		ID: id, Source: "edgehub:" + input, Enqueued: r.now(), Expires: m.Expiry, Output: c.Output,
 		ContentType: m.ContentType, ContentEncoding: m.ContentEncoding, Properties: props, Body: m.Body,
 	}
-	if err := r.q.Append(ctx, qm); err != nil {
+	if r.tooLarge(qm) {
+		if err := r.deadLetter(qm, deadletter.ReasonTooLarge, edgehub.ErrTooLarge); err != nil {
+			r.Metrics.refused(err)
+			return fmt.Errorf("input %s: %w", input, err)
+		}
+		return nil
+	}
+	err := r.q.Append(ctx, qm)
+	if errors.Is(err, queue.ErrTooLarge) {
+		err = r.deadLetter(qm, deadletter.ReasonQueueLimit, err)
+		if err == nil {
+			return nil
+		}
+	}
+	if err != nil {
 		r.Metrics.refused(err)
 		return fmt.Errorf("queue input %s: %w", input, err)
-	}
-	if m.ID != "" {
-		r.seen.add(m.ID)
 	}
 	r.Metrics.Intake.WithLabelValues(qm.Source).Inc()
 	return nil
 }
 
+// tooLarge tells whether m is over edgeHub's limit as it would be sent
+// alone to its output.
+func (r *Relay) tooLarge(m *queue.Message) bool {
+	return r.hub.Size(m.Output, message([]*queue.Message{m})) > edgehub.MaxMessageSize
+}
+
+// deadLetter puts m in the dead-letter store for reason (cause says why)
+// and returns nil once it is durable there.
+func (r *Relay) deadLetter(m *queue.Message, reason string, cause error) error {
+	if r.dead == nil {
+		return fmt.Errorf("no dead-letter store for %s: %w", m.ID, cause)
+	}
+	if err := r.dead.Put(deadletter.Of(m, reason, cause)); err != nil {
+		return err
+	}
+	r.log.Warn().Str("reason", reason).Str("mid", m.ID).Str("source", m.Source).Int("bytes", len(m.Body)).Msg("message dead-lettered")
+	return nil
+}
+
 // Append queues messages from another intake (local MQTT sources),
-// counting them; the queue's errors come back as they are.
+// counting them. A message over edgeHub's limit is dead-lettered instead
+// (again, harmlessly, when the call is repeated). The queue's errors come
+// back as they are.
 func (r *Relay) Append(ctx context.Context, msgs ...*queue.Message) error {
-	if err := r.q.Append(ctx, msgs...); err != nil {
+	fit := msgs
+	for i, m := range msgs {
+		if !r.tooLarge(m) {
+			if len(fit) < len(msgs) {
+				fit = append(fit, m)
+			}
+			continue
+		}
+		if len(fit) == len(msgs) {
+			fit = slices.Clone(msgs[:i])
+		}
+		if err := r.deadLetter(m, deadletter.ReasonTooLarge, edgehub.ErrTooLarge); err != nil {
+			r.Metrics.refused(err)
+			return err
+		}
+	}
+	if len(fit) == 0 {
+		return nil
+	}
+	if err := r.q.Append(ctx, fit...); err != nil {
 		r.Metrics.refused(err)
 		return err
 	}
-	for _, m := range msgs {
+	for _, m := range fit {
 		r.Metrics.Intake.WithLabelValues(m.Source).Inc()
 	}
 	return nil
@@ -192,21 +286,16 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("read queue: %w", err)
 		case msgs := <-reads:
-			for _, m := range msgs {
-				w := workers[shard(m.Source, len(workers))]
-				select {
-				case w.in <- m:
-				case <-ctx.Done():
-					return nil
-				}
+			if !hand(ctx, workers, msgs) {
+				return nil
 			}
 		case done := <-r.flush:
 			// What has been read from the queue goes to its worker first.
 			for drained := false; !drained; {
 				select {
 				case msgs := <-reads:
-					for _, m := range msgs {
-						workers[shard(m.Source, len(workers))].in <- m
+					if !hand(ctx, workers, msgs) {
+						return nil
 					}
 				default:
 					drained = true
@@ -225,6 +314,18 @@ func (r *Relay) Run(ctx context.Context) error {
 			done <- n
 		}
 	}
+}
+
+// hand gives msgs to their workers, in order; false when ctx ends first.
+func hand(ctx context.Context, workers []*worker, msgs []*queue.Message) bool {
+	for _, m := range msgs {
+		select {
+		case workers[shard(m.Source, len(workers))].in <- m:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // shard picks a source's worker, so a source's messages go out in order.

@@ -17,6 +17,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/until"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/twin"
@@ -29,6 +30,7 @@ var key = []byte("relay-test-key-0123456789abcdef!")
 // pipeline is a relay over a real queue in a temp folder, publishing
 // through a real session to the edgeHub emulator.
 type pipeline struct {
+	dead  *deadletter.Store
 	hub   *hubtest.Server
 	q     *queue.Queue
 	r     *Relay
@@ -46,7 +48,11 @@ func start(t *testing.T, c twin.Config) *pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pipeline{hub: hub, q: q}
+	dead, err := deadletter.Open(t.TempDir(), deadletter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pipeline{hub: hub, q: q, dead: dead}
 	p.sess, err = edgehub.New(edgehub.Config{
 		Identity: edgehub.Identity{HubHostName: hub.HubHostName(), DeviceID: "edge1", ModuleID: "relay", Host: hub.GatewayHostName(), Address: hub.Addr},
 		Signer:   sas.Key(key),
@@ -58,7 +64,7 @@ func start(t *testing.T, c twin.Config) *pipeline {
 		t.Fatal(err)
 	}
 	c.InFlight = 4
-	p.r = New(q, p.sess, c, Options{})
+	p.r = New(q, p.sess, c, Options{DeadLetters: dead})
 	p.r.Metrics.SetConnected(p.sess.Connected)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)

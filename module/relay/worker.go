@@ -8,8 +8,11 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 )
@@ -35,14 +38,14 @@ type flight struct {
 func (w *worker) run(ctx context.Context) {
 	var (
 		pending []*queue.Message
-		size    int
+		body    int // the batch's body: the members, commas and brackets
 		linger  <-chan time.Time
 	)
 	send := func() {
 		if len(pending) > 0 {
 			w.send(ctx, pending)
 		}
-		pending, size, linger = nil, 0, nil
+		pending, body, linger = nil, 0, nil
 	}
 	take := func(m *queue.Message) {
 		b := w.r.config.Load().Batching
@@ -51,13 +54,18 @@ func (w *worker) run(ctx context.Context) {
 			w.send(ctx, []*queue.Message{m})
 			return
 		}
-		if len(pending) > 0 && (pending[0].Output != m.Output || size+len(m.Body)+1 > b.MaxBytes) {
+		// batching.maxBytes bounds the batch as edgeHub counts it.
+		if len(pending) > 0 && (pending[0].Output != m.Output || w.batchSize(pending[0], len(pending)+1, body+1+len(m.Body)) > b.MaxBytes) {
 			send()
 		}
+		if len(pending) == 0 {
+			body = 2 + len(m.Body)
+		} else {
+			body += 1 + len(m.Body)
+		}
 		pending = append(pending, m)
-		size += len(m.Body) + 1
 		switch {
-		case len(pending) >= b.MaxMessages || size >= b.MaxBytes:
+		case len(pending) >= b.MaxMessages || w.batchSize(pending[0], len(pending), body) >= b.MaxBytes:
 			send()
 		case len(pending) == 1:
 			linger = time.After(time.Duration(b.Linger))
@@ -90,8 +98,11 @@ func (w *worker) run(ctx context.Context) {
 			n := len(pending)
 			send()
 			for len(w.inflight) > 0 && ctx.Err() == nil {
-				<-w.inflight[0].pending.Done()
-				w.settle(ctx)
+				select {
+				case <-w.inflight[0].pending.Done():
+					w.settle(ctx)
+				case <-ctx.Done():
+				}
 			}
 			done <- n
 		}
@@ -141,10 +152,17 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		case errors.Is(err, edgehub.ErrReconnected):
 			continue
 		case errors.Is(err, edgehub.ErrTooLarge):
-			// edgeHub would drop it anyway (docs/edge-protocol.md#limits).
-			r.log.Warn().Str("mid", f.out.ID).Int("bytes", len(f.out.Body)).Msg("message over 256 KiB dropped")
-			r.Metrics.Dropped.WithLabelValues("too_large").Add(float64(len(msgs)))
-			r.ack(seqs(msgs)...)
+			// edgeHub would drop it (docs/edge-protocol.md#limits). The
+			// intake dead-letters such messages, but the output may have
+			// changed since: members go one at a time, and one alone
+			// too large is dead-lettered, then leaves the queue.
+			if len(msgs) > 1 {
+				for _, m := range msgs {
+					w.send(ctx, []*queue.Message{m})
+				}
+				return
+			}
+			w.deadLetter(ctx, msgs[0], err)
 			return
 		case err != nil:
 			return
@@ -152,6 +170,25 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		f.pending = p
 		w.inflight = append(w.inflight, f)
 		return
+	}
+}
+
+// deadLetter puts m in the dead-letter store and then acknowledges it in
+// the queue. While the store refuses (full), it tries again with backoff,
+// holding this worker's sources back, until ctx ends (m stays queued).
+func (w *worker) deadLetter(ctx context.Context, m *queue.Message, cause error) {
+	r := w.r
+	b := r.retry
+	for {
+		err := r.deadLetter(m, deadletter.ReasonTooLarge, cause)
+		if err == nil {
+			r.ack(m.Seq)
+			return
+		}
+		r.log.Warn().Err(err).Str("mid", m.ID).Msg("dead letter refused; holding the source back")
+		if backoff.Sleep(ctx, b.Next()) != nil {
+			return
+		}
 	}
 }
 
@@ -224,6 +261,27 @@ func (r *Relay) ack(seqs ...uint64) {
 	}
 }
 
+// batchSize is what a batch of n messages, the first being first, with
+// bodies of body bytes in all (brackets and commas included), counts
+// against edgeHub's limits: measured by the session's own encoding.
+func (w *worker) batchSize(first *queue.Message, n, body int) int {
+	return w.r.hub.Size(first.Output, batchHeader(first, n, "")) + body
+}
+
+// batchHeader is a batch of n messages without its body: ID (38
+// characters, "batch-" and 32 hex digits, a placeholder when id is
+// empty), content type and properties.
+func batchHeader(first *queue.Message, n int, id string) *edgehub.Message {
+	if id == "" {
+		id = "batch-" + strings.Repeat("0", 32)
+	}
+	props := map[string]string{"batch-count": strconv.Itoa(n)}
+	for k, v := range first.Properties {
+		props[k] = v
+	}
+	return &edgehub.Message{ID: id, ContentType: "application/json", ContentEncoding: "utf-8", Properties: props}
+}
+
 // message turns queued messages into what is published: itself for one, a
 // JSON array of the bodies for a batch, with an ID derived from the
 // members' so a re-sent batch of the same messages carries the same $.mid.
@@ -243,12 +301,7 @@ func message(msgs []*queue.Message) *edgehub.Message {
 		body = append(body, m.Body...)
 	}
 	body = append(body, ']')
-	props := map[string]string{"batch-count": strconv.Itoa(len(msgs))}
-	for k, v := range first.Properties {
-		props[k] = v
-	}
-	return &edgehub.Message{
-		ID: "batch-" + hex.EncodeToString(h.Sum(nil)[:16]), Body: body,
-		ContentType: "application/json", ContentEncoding: "utf-8", Properties: props,
-	}
+	out := batchHeader(first, len(msgs), "batch-"+hex.EncodeToString(h.Sum(nil)[:16]))
+	out.Body = body
+	return out
 }

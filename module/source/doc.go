@@ -27,7 +27,16 @@
 // acknowledges it and drops it. Only a power cut in that instant may leave
 // a second copy, under another message ID. QoS 0 subscriptions are best
 // effort: nothing is acknowledged and a message the queue refuses when the
-// source stops is lost.
+// source stops, or whose connection ends while it waits, is lost and
+// counted ([SourceStats].Shed).
+//
+// What no retry can queue does not stall the source: a batch larger than
+// the queue's bound is appended a message at a time, and a message that
+// alone exceeds it, or that no configured filter matches, goes to the
+// dead-letter store ([Config].DeadLetters) and is acknowledged once it is
+// durable there. Memory is bounded by bytes as well as by count: a source
+// holds at most [Config].InboxBytes of payloads between the broker and
+// the queue, and while the queue pushes back the broker keeps the rest.
 //
 // Each message becomes one [queue.Message]:
 //

@@ -14,6 +14,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
 	"github.com/edgetpm/edgetpm/internal/testharness/until"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/queue"
 )
 
@@ -34,9 +35,9 @@ func (q *memQueue) Append(ctx context.Context, msgs ...*queue.Message) error {
 	}
 	q.mu.Lock()
 	q.calls++
-	if q.refuse != nil {
+	if err := q.refuse; err != nil {
 		q.mu.Unlock()
-		return q.refuse
+		return err
 	}
 	q.msgs = append(q.msgs, msgs...)
 	after := q.onAppend
@@ -95,9 +96,20 @@ func (e *env) set(k, v string) {
 // newManager returns a Manager with quick retries, logging to the test,
 // running as a module of its own, so that its client IDs are stable.
 func newManager(t testing.TB, q appender, getenv func(string) string, log zerolog.Logger) *Manager {
-	m := NewManager(q, Config{Output: "telemetry", Identity: "plant1/" + t.Name(), Getenv: getenv, Log: log})
+	dl, err := deadletter.Open(t.TempDir(), deadletter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewManager(q, Config{Output: "telemetry", Identity: "plant1/" + t.Name(), Getenv: getenv, DeadLetters: dl, Log: log})
 	m.retry = backoff.Backoff{Base: 50 * time.Millisecond, Max: 300 * time.Millisecond}
 	m.appendRetry = backoff.Backoff{Base: 20 * time.Millisecond, Max: 100 * time.Millisecond}
+	return m
+}
+
+// newManagerDL is newManager with the dead-letter store dl.
+func newManagerDL(t testing.TB, q appender, dl *deadletter.Store) *Manager {
+	m := newManager(t, q, nil, testLog(t))
+	m.dead = dl
 	return m
 }
 

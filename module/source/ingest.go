@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
 )
@@ -37,37 +39,102 @@ func (s *source) handler(ctx context.Context) mqtt.MessageHandler {
 		t := s.route(msg.Topic())
 		if t < 0 {
 			// A subscription of an earlier configuration, kept in the
-			// broker's session: acknowledged so it does not hold the
-			// window, and dropped.
+			// broker's session: dead-lettered, so that it does not hold
+			// the window and is not lost.
 			if !s.warnedStray.Swap(true) {
-				s.log.Warn().Str("topic", msg.Topic()).Msg("dropping messages no configured filter matches (a subscription left by an earlier configuration)")
+				s.log.Warn().Str("topic", msg.Topic()).Msg("dead-lettering messages no configured filter matches (a subscription left by an earlier configuration)")
+			}
+			m := &queue.Message{Source: "mqtt:" + s.cfg.Name, Properties: map[string]string{PropTopic: msg.Topic()}, Body: msg.Payload()}
+			if err := s.deadLetter(m, deadletter.ReasonUnrouted, nil); err != nil {
+				s.setErr(fmt.Errorf("dead letter: %w", err))
+				s.shed([]delivery{{msg: msg}})
+				return // QoS 1: not acknowledged, sent again on the next connection
 			}
 			msg.Ack()
 			return
 		}
 		d := delivery{cli: cli, msg: msg, topic: &s.cfg.Topics[t]}
-		select {
-		case s.inbox <- d:
-			return
-		case <-ctx.Done():
-			return
-		default:
-		}
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case s.inbox <- d:
-				return
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if !cli.IsConnectionOpen() {
-					return // not acknowledged: the broker sends it again
-				}
-			}
+		if !s.hand(ctx, cli, d) {
+			s.shed([]delivery{d})
 		}
 	}
+}
+
+// hand gives d to the worker: it takes d's bytes of the inbox's bound,
+// then a place in the inbox, waiting while either is full (paho's reader,
+// held here, then reads nothing more, and the broker keeps the rest). It
+// gives up when ctx ends or the connection is lost: a QoS 1 message is
+// then not acknowledged, and the broker sends it again.
+func (s *source) hand(ctx context.Context, cli mqtt.Client, d delivery) bool {
+	d.cost = min(int64(len(d.msg.Payload())), s.room.max) // a larger one takes it all
+	ok, freed := s.room.take(d.cost)
+	if ok {
+		select {
+		case s.inbox <- d:
+			return true
+		default:
+		}
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !ok {
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+			if !cli.IsConnectionOpen() {
+				return false
+			}
+		}
+		ok, freed = s.room.take(d.cost)
+	}
+	for {
+		select {
+		case s.inbox <- d:
+			return true
+		case <-ctx.Done():
+		case <-tick.C:
+			if cli.IsConnectionOpen() {
+				continue
+			}
+		}
+		s.room.give(d.cost)
+		return false
+	}
+}
+
+// budget bounds the bytes a source holds between broker and queue.
+type budget struct {
+	max   int64
+	mu    sync.Mutex
+	used  int64
+	freed chan struct{} // closed and replaced when bytes are given back
+}
+
+func newBudget(max int64) *budget { return &budget{max: max, freed: make(chan struct{})} }
+
+// take takes n bytes if they fit; otherwise it returns a channel closed
+// when some are given back.
+func (b *budget) take(n int64) (bool, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.max {
+		return false, b.freed
+	}
+	b.used += n
+	return true, nil
+}
+
+func (b *budget) give(n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.used -= n
+	close(b.freed)
+	b.freed = make(chan struct{})
 }
 
 // route returns the index of the first configured topic whose filter
@@ -103,7 +170,12 @@ func (s *source) work(ctx context.Context) {
 				break more
 			}
 		}
-		s.store(ctx, batch)
+		var cost int64
+		for _, d := range batch {
+			cost += d.cost
+		}
+		s.store(ctx, batch) // reorders batch
+		s.room.give(cost)
 	}
 }
 
@@ -147,6 +219,15 @@ func (s *source) store(ctx context.Context, batch []delivery) {
 		seqs[i] = got[j]
 	}
 
+	s.commit(ctx, batch, msgs, seqs)
+}
+
+// commit appends msgs (nil where batch[i] is only acknowledged) and then
+// acknowledges batch, holding the acknowledgements and retrying while the
+// queue refuses for a reason that can pass. A batch the queue can never
+// take (queue.ErrTooLarge) is split; a single message it can never take
+// is dead-lettered, and acknowledged once that is durable.
+func (s *source) commit(ctx context.Context, batch []delivery, msgs []*queue.Message, seqs []uint64) {
 	b := s.m.appendRetry
 	failing := false
 	for {
@@ -168,6 +249,18 @@ func (s *source) store(ctx context.Context, batch []delivery) {
 		if len(fresh) > 0 {
 			err = s.m.q.Append(ctx, fresh...)
 		}
+		if errors.Is(err, queue.ErrTooLarge) {
+			if len(fresh) > 1 {
+				for i := range batch {
+					s.commit(ctx, batch[i:i+1], msgs[i:i+1], seqs[i:i+1])
+				}
+				return
+			}
+			err = s.deadLetter(fresh[0], deadletter.ReasonQueueLimit, err)
+			if err == nil {
+				fresh = nil
+			}
+		}
 		if err == nil {
 			s.queued.Add(int64(len(fresh)))
 			s.recentErr(s.recent.queued(seqs))
@@ -180,6 +273,7 @@ func (s *source) store(ctx context.Context, batch []delivery) {
 			return
 		}
 		if ctx.Err() != nil {
+			s.shed(batch)
 			return
 		}
 		full := errors.Is(err, queue.ErrFull)
@@ -196,7 +290,32 @@ func (s *source) store(ctx context.Context, batch []delivery) {
 			}
 		}
 		if backoff.Sleep(ctx, b.Next()) != nil {
+			s.shed(batch)
 			return
+		}
+	}
+}
+
+// deadLetter puts m in the dead-letter store for reason (err says why)
+// and returns nil once it is durable.
+func (s *source) deadLetter(m *queue.Message, reason string, err error) error {
+	if s.m.dead == nil {
+		return fmt.Errorf("no dead-letter store for a message the queue refuses: %w", err)
+	}
+	if err := s.m.dead.Put(deadletter.Of(m, reason, err)); err != nil {
+		return err
+	}
+	s.deadLettered.Add(1)
+	s.log.Warn().Str("reason", reason).Str("mid", m.ID).Str("topic", m.Properties[PropTopic]).Int("bytes", len(m.Body)).Err(err).Msg("message dead-lettered")
+	return nil
+}
+
+// shed counts the QoS 0 messages of batch as lost: at most once, and the
+// broker will not send them again.
+func (s *source) shed(batch []delivery) {
+	for _, d := range batch {
+		if d.msg.Qos() == 0 {
+			s.shedCount.Add(1)
 		}
 	}
 }

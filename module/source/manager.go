@@ -1,6 +1,7 @@
 package source
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -17,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
+	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
@@ -26,6 +28,12 @@ import (
 // backpressure.
 type appender interface {
 	Append(ctx context.Context, msgs ...*queue.Message) error
+}
+
+// deadLetters keeps what can never be queued; Put returns once the
+// letter is durable, or an error wrapping deadletter.ErrFull.
+type deadLetters interface {
+	Put(l *deadletter.Letter) error
 }
 
 // SourceStats are one source's counters since it was (re)started.
@@ -40,6 +48,12 @@ type SourceStats struct {
 	// Duplicates counts redeliveries of messages already queued,
 	// acknowledged and dropped.
 	Duplicates int64 `json:"duplicates"`
+	// DeadLettered counts messages put in the dead-letter store instead
+	// of the queue (too large for it, or matching no configured topic).
+	DeadLettered int64 `json:"deadLettered"`
+	// Shed counts QoS 0 messages lost: taken from the broker but not
+	// queued because the source stopped or its connection ended first.
+	Shed int64 `json:"shed"`
 	// LastError is the most recent failure (connecting, subscribing or
 	// appending). It stays after recovery; Connected tells whether the
 	// source is up.
@@ -50,11 +64,14 @@ type SourceStats struct {
 // and Stats may be called at any time, from any goroutine.
 type Manager struct {
 	q        appender
+	dead     deadLetters
 	log      zerolog.Logger
 	getenv   func(string) string
 	idSuffix string
-	stateDir string
-	now      func() time.Time
+	// inboxBytes bounds each source's payloads between broker and queue.
+	inboxBytes int64
+	stateDir   string
+	now        func() time.Time
 	// retry paces reconnects, appendRetry the appends the queue refused.
 	retry, appendRetry backoff.Backoff
 
@@ -87,10 +104,22 @@ type Config struct {
 	// broker's redeliveries after a restart (see recent). Empty, it is
 	// kept in memory only.
 	StateDir string
+	// DeadLetters keeps the messages no queue bound lets in, and those no
+	// configured topic matches. Nil, they are held unacknowledged.
+	DeadLetters deadLetters
+	// InboxBytes bounds the bytes of payloads each source holds between
+	// the broker and the queue; default DefaultInboxBytes.
+	InboxBytes int64
 	// Getenv reads the sources' passwords.
 	Getenv func(string) string
 	Log    zerolog.Logger
 }
+
+// DefaultInboxBytes is Config.InboxBytes's default: with the queue pushing
+// back, a source holds at most this much of its payloads in memory (and
+// one more message, whatever its size, in paho's reader); the broker
+// keeps the rest.
+const DefaultInboxBytes = 4 << 20
 
 // NewManager returns a Manager that appends to q.
 func NewManager(q appender, c Config) *Manager {
@@ -100,7 +129,7 @@ func NewManager(q appender, c Config) *Manager {
 		c.Getenv = func(string) string { return "" }
 	}
 	m := &Manager{
-		q: q, log: c.Log, getenv: c.Getenv, idSuffix: clientIDSuffix(c.Identity), stateDir: c.StateDir, now: time.Now,
+		q: q, dead: c.DeadLetters, inboxBytes: cmp.Or(c.InboxBytes, DefaultInboxBytes), log: c.Log, getenv: c.Getenv, idSuffix: clientIDSuffix(c.Identity), stateDir: c.StateDir, now: time.Now,
 		retry:       backoff.Backoff{Base: time.Second, Max: time.Minute},
 		appendRetry: backoff.Backoff{Base: 50 * time.Millisecond, Max: 2 * time.Second},
 		sources:     map[string]*source{},

@@ -55,12 +55,14 @@ type source struct {
 	first  chan struct{}          // closed after the first connection attempt
 	done   chan struct{}          // closed when run returns
 	inbox  chan delivery
+	room   *budget // bytes of the payloads in inbox and being appended
 	recent *recent // set by run before anything else
 
 	subscribed bool // this process subscribed in the broker's session; run's goroutine only
 
 	connected                                   atomic.Bool
 	received, queued, backpressured, duplicates atomic.Int64
+	deadLettered, shedCount                     atomic.Int64
 	lastErr                                     atomic.Pointer[string]
 	warnedStray, warnedRecent                   atomic.Bool
 }
@@ -90,6 +92,7 @@ type delivery struct {
 	cli   mqtt.Client
 	msg   mqtt.Message
 	topic *twin.Topic
+	cost  int64 // bytes taken from the source's budget
 }
 
 func newSource(m *Manager, cfg twin.Source, cancel context.CancelFunc) *source {
@@ -102,6 +105,7 @@ func newSource(m *Manager, cfg twin.Source, cancel context.CancelFunc) *source {
 		first:  make(chan struct{}),
 		done:   make(chan struct{}),
 		inbox:  make(chan delivery, inboxSize),
+		room:   newBudget(m.inboxBytes),
 	}
 }
 
@@ -119,6 +123,7 @@ func (s *source) stats() SourceStats {
 	st := SourceStats{
 		Connected: s.connected.Load(), Received: s.received.Load(),
 		Queued: s.queued.Load(), Backpressured: s.backpressured.Load(), Duplicates: s.duplicates.Load(),
+		DeadLettered: s.deadLettered.Load(), Shed: s.shedCount.Load(),
 	}
 	if e := s.lastErr.Load(); e != nil {
 		st.LastError = *e

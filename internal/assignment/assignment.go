@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // DefaultPath is where edge-provisioner keeps the assignment.
@@ -44,6 +45,10 @@ func (a *Assignment) Validate() error {
 		return errors.New("no deviceId")
 	case a.RegistrationID == "":
 		return errors.New("no registrationId")
+	case !sas.ValidHostName(a.AssignedHub):
+		return fmt.Errorf("assignedHub %q is not a host name", a.AssignedHub)
+	case !sas.ValidID(a.DeviceID):
+		return fmt.Errorf("deviceId %q is not an IoT Hub device ID", a.DeviceID)
 	case a.TPM == "":
 		return errors.New("no tpm")
 	case a.AuthKeyHandle < 0x81000000 || a.AuthKeyHandle > 0x817FFFFF:

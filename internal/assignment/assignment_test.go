@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 func sample() *Assignment {
@@ -59,6 +61,9 @@ func TestParse(t *testing.T) {
 		{"trailing", `{"assignedHub":"h","deviceId":"d","registrationId":"r","tpm":"sim","authKeyHandle":2164261120} {}`},
 		{"bad handle", `{"assignedHub":"h","deviceId":"d","registrationId":"r","tpm":"sim","authKeyHandle":1}`},
 		{"no hub", `{"deviceId":"d","registrationId":"r","tpm":"sim","authKeyHandle":2164261120}`},
+		{"hub with a slash", `{"assignedHub":"h/devices/x","deviceId":"d","registrationId":"r","tpm":"sim","authKeyHandle":2164261120}`},
+		{"device with a slash", `{"assignedHub":"h","deviceId":"d/modules/m","registrationId":"r","tpm":"sim","authKeyHandle":2164261120}`},
+		{"device with a space", `{"assignedHub":"h","deviceId":"d 1","registrationId":"r","tpm":"sim","authKeyHandle":2164261120}`},
 	} {
 		if a, err := Parse([]byte(tc.in)); err == nil {
 			t.Errorf("%s: Parse(%q) = %+v, want an error", tc.name, tc.in, a)
@@ -72,13 +77,41 @@ func TestParse(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"assignedHub":"h","deviceId":"d","registrationId":"r","tpm":"sim","authKeyHandle":2164261120}`))
 	f.Add([]byte(`{"authKeyHandle":-1}`))
+	f.Add([]byte(`{"assignedHub":"h","deviceId":"d","registrationId":"r","tpm":"sim","authKeyHandle":2164261120}{}`))
+	f.Add([]byte(`{"idScope":"0ne00000001","endpoint":"https://global.azure-devices-provisioning.net","registrationId":"abc","assignedHub":"hub.azure-devices.net",` +
+		`"deviceId":"dev-1","substatus":"initialAssignment","assignedAt":"2026-11-23T10:00:00Z","tpm":"device:/dev/tpmrm0","authKeyHandle":2164261120}`))
+	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		a, err := Parse(data)
 		if err != nil {
+			if a != nil {
+				t.Fatalf("Parse(%q) = %+v with error %v", data, a, err)
+			}
 			return
 		}
 		if err := a.Validate(); err != nil {
 			t.Fatalf("Parse accepted an invalid assignment: %v", err)
+		}
+		// The relay puts the hub and the device ID into host names, topics
+		// and token audiences as they are.
+		if !sas.ValidHostName(a.AssignedHub) || !sas.ValidID(a.DeviceID) {
+			t.Fatalf("Parse accepted hub %q, device %q", a.AssignedHub, a.DeviceID)
+		}
+		// What Parse accepts, Save writes and Load reads back unchanged.
+		path := filepath.Join(dir, "assignment.json")
+		if err := Save(path, a); err != nil {
+			t.Fatalf("Save(%+v) = %v", a, err)
+		}
+		back, err := Load(path)
+		if err != nil {
+			t.Fatalf("Load after Save(%+v) = %v", a, err)
+		}
+		if !back.AssignedAt.Equal(a.AssignedAt) {
+			t.Fatalf("assignedAt %v came back as %v", a.AssignedAt, back.AssignedAt)
+		}
+		back.AssignedAt = a.AssignedAt
+		if !reflect.DeepEqual(back, a) {
+			t.Fatalf("Load after Save = %+v, want %+v", back, a)
 		}
 	})
 }

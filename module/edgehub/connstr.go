@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // ParseConnectionString reads a device or module connection string, the
@@ -31,10 +33,22 @@ func ParseConnectionString(s string) (Identity, []byte, error) {
 		default:
 			return Identity{}, nil, fmt.Errorf("connection string: unknown field %q", k)
 		}
-		fields[k] = v
+		fields[k] = strings.TrimSpace(v)
 	}
 	if fields["HostName"] == "" || fields["DeviceId"] == "" || fields["SharedAccessKey"] == "" {
 		return Identity{}, nil, errors.New("connection string: needs HostName, DeviceId and SharedAccessKey")
+	}
+	// The IDs and host names go into topics, the user name and the
+	// token's audience unencoded: refuse what IoT Hub would never issue.
+	for _, k := range []string{"DeviceId", "ModuleId"} {
+		if v, ok := fields[k]; ok && !sas.ValidID(v) {
+			return Identity{}, nil, fmt.Errorf("connection string: %s %q: want 1 to 128 ASCII letters, digits or - : . + %% _ # * ? ! ( ) , = @ $ '", k, v)
+		}
+	}
+	for _, k := range []string{"HostName", "GatewayHostName"} {
+		if v, ok := fields[k]; ok && !sas.ValidHostName(v) {
+			return Identity{}, nil, fmt.Errorf("connection string: %s %q is not a host name", k, v)
+		}
 	}
 	key, err := base64.StdEncoding.DecodeString(fields["SharedAccessKey"])
 	if err != nil || len(key) == 0 {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -277,18 +276,16 @@ func (s *Session) parseInput(topic string, body []byte) (string, *Message, error
 // onMethod answers $iothub/methods/POST/{name}/?$rid={rid}.
 func (s *Session) onMethod(ctx context.Context, c mqtt.Client, msg mqtt.Message) {
 	msg.Ack()
-	rest := strings.TrimPrefix(msg.Topic(), "$iothub/methods/POST/")
-	name, query, _ := strings.Cut(rest, "/")
-	rid := queryValue(query, "$rid")
-	if name == "" || rid == "" {
-		s.cfg.Log.Warn().Str("topic", msg.Topic()).Msg("method request without a name or $rid")
+	name, rid, err := parseMethodTopic(msg.Topic())
+	if err != nil {
+		s.cfg.Log.Warn().Err(err).Str("topic", msg.Topic()).Msg("dropping a method request")
 		return
 	}
 	status, resp := 404, []byte(`{"message":"no such method"}`)
 	if s.cfg.Method != nil {
 		status, resp = s.cfg.Method(ctx, name, msg.Payload())
 	}
-	c.Publish("$iothub/methods/res/"+strconv.Itoa(status)+"/?$rid="+escape(rid), 0, false, resp)
+	c.Publish(methodResponseTopic(status, rid), 0, false, resp)
 }
 
 // queryValue reads key from a "?a=b&c=d" query without decoding "+".

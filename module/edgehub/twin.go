@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
@@ -79,13 +78,11 @@ func (s *Session) twinRequest(ctx context.Context, topic string, body []byte) ([
 // onTwinResponse matches $iothub/twin/res/{status}/?$rid={rid}.
 func (s *Session) onTwinResponse(_ context.Context, _ mqtt.Client, msg mqtt.Message) {
 	msg.Ack()
-	rest := strings.TrimPrefix(msg.Topic(), "$iothub/twin/res/")
-	code, query, _ := strings.Cut(rest, "/")
-	status, err := strconv.Atoi(code)
-	if err != nil || status <= 0 {
+	status, rid, err := parseTwinResponseTopic(msg.Topic())
+	if err != nil {
 		return
 	}
-	if ch, ok := s.pending.LoadAndDelete(queryValue(query, "$rid")); ok {
+	if ch, ok := s.pending.LoadAndDelete(rid); ok {
 		ch.(chan twinResponse) <- twinResponse{status, msg.Payload()}
 	}
 }

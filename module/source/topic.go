@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // match reports whether topic falls under filter (MQTT 3.1.1 §4.7): "+"
@@ -26,7 +29,7 @@ func match(filter, topic string) bool {
 	fs, ts := strings.Split(filter, "/"), strings.Split(topic, "/")
 	for i, f := range fs {
 		if f == "#" {
-			return true
+			return i == len(fs)-1 // "#" anywhere else is no filter
 		}
 		if i >= len(ts) || f != "+" && f != ts[i] {
 			return false
@@ -61,11 +64,18 @@ func parseURL(raw string) (endpoint, error) {
 	if u.User != nil {
 		return endpoint{}, errors.New("url: credentials belong in username and passwordEnv")
 	}
-	if u.Hostname() == "" || u.Path != "" && u.Path != "/" || u.RawQuery != "" {
+	if u.Hostname() == "" || u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.ForceQuery || strings.Contains(raw, "#") {
 		return endpoint{}, fmt.Errorf("url %q: want SCHEME://HOST[:PORT]", raw)
 	}
+	if h, _, _ := strings.Cut(u.Hostname(), "%"); net.ParseIP(h) == nil && !sas.ValidHostName(u.Hostname()) {
+		return endpoint{}, fmt.Errorf("url %q: %q is neither a host name nor an IP address", raw, u.Hostname())
+	}
 	if p := u.Port(); p != "" {
-		port = p
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return endpoint{}, fmt.Errorf("url %q: port %s is not 1 to 65535", raw, p)
+		}
+		port = strconv.Itoa(n)
 	}
 	ep.addr = net.JoinHostPort(u.Hostname(), port)
 	return ep, nil

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/edgetpm/edgetpm/provisioner/imagearchive"
 )
@@ -216,8 +217,15 @@ func (d *docker) post(ctx context.Context, tarStream io.Reader) ([]string, error
 		return nil, err
 	}
 	defer body.Close()
+	return parseLoadStream(body)
+}
+
+// parseLoadStream reads the JSON messages POST /images/load answers with
+// and returns the names and the IDs of untagged images Docker reports
+// loaded, or Docker's error.
+func parseLoadStream(r io.Reader) ([]string, error) {
 	var loaded []string
-	dec := json.NewDecoder(bufio.NewReader(body))
+	dec := json.NewDecoder(bufio.NewReader(r))
 	for {
 		var msg struct {
 			Stream string `json:"stream"`
@@ -233,6 +241,11 @@ func (d *docker) post(ctx context.Context, tarStream io.Reader) ([]string, error
 		}
 		line := strings.TrimSpace(msg.Stream)
 		if id, ok := strings.CutPrefix(line, "Loaded image ID: "); ok {
+			// load tells IDs from names by the prefix and puts both in
+			// API paths: anything but a digest is Docker misbehaving.
+			if _, err := digest.Parse(id); err != nil || !strings.HasPrefix(id, "sha256:") {
+				return nil, fmt.Errorf("Docker loaded the image ID %q, not a sha256 digest", id)
+			}
 			loaded = append(loaded, id)
 		} else if name, ok := strings.CutPrefix(line, "Loaded image: "); ok {
 			ref, err := reference.ParseDockerRef(name)

@@ -48,18 +48,27 @@ func (t *TPM) ekCertificate(ek *key) (*x509.Certificate, error) {
 		}
 		der = append(der, rsp.Data.Buffer...)
 	}
-	// Some manufacturers pad the index; the certificate is the first DER
-	// element.
+	cert, err := parseEKCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	if err := certifies(cert, ek); err != nil {
+		return nil, err
+	}
+	return cert, nil
+}
+
+// parseEKCertificate reads the certificate from the bytes of the EK
+// certificate index. Some manufacturers pad the index; the certificate is
+// the first DER element.
+func parseEKCertificate(nv []byte) (*x509.Certificate, error) {
 	var raw asn1.RawValue
-	if _, err := asn1.Unmarshal(der, &raw); err != nil {
+	if _, err := asn1.Unmarshal(nv, &raw); err != nil {
 		return nil, fmt.Errorf("EK certificate in NV %#x is not DER: %w", uint32(ekCertIndex), err)
 	}
 	cert, err := x509.ParseCertificate(raw.FullBytes)
 	if err != nil {
 		return nil, fmt.Errorf("EK certificate in NV %#x: %w", uint32(ekCertIndex), err)
-	}
-	if err := certifies(cert, ek); err != nil {
-		return nil, err
 	}
 	return cert, nil
 }

@@ -42,8 +42,9 @@ func newConn(s *Server, id identity, cl *mqtt.Client, tok *sas.Token) *conn {
 func (c *conn) close(reason string) {
 	c.closeOnce.Do(func() {
 		close(c.done)
-		c.cl.Stop(errors.New(reason))
+		// Logged first: a client that sees the connection end finds why.
 		c.s.log.Info().Str("client", c.id.String()).Str("reason", reason).Msg("connection closed")
+		c.cl.Stop(errors.New(reason))
 	})
 }
 

@@ -98,6 +98,14 @@ func TestConnectCodes(t *testing.T) {
 		{"MQTT 3.1", func() *paho.ClientOptions {
 			return s.ClientOptions(dev, "a", s.ModuleToken(t, dev, "a", keyA, time.Hour)).SetProtocolVersion(3)
 		}, 1},
+		// Mosquitto's bridges try the bridge bit first (try_private) and
+		// fall back to plain 3.1.1 only on return code 1.
+		{"MQTT 3.1.1 with the bridge bit (0x84)", func() *paho.ClientOptions {
+			return s.ClientOptions(dev, "a", s.ModuleToken(t, dev, "a", keyA, time.Hour)).SetProtocolVersion(0x84)
+		}, 1},
+		{"MQTT 3.1 with the bridge bit (0x83)", func() *paho.ClientOptions {
+			return s.ClientOptions(dev, "a", s.ModuleToken(t, dev, "a", keyA, time.Hour)).SetProtocolVersion(0x83)
+		}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,7 +10,13 @@
 //     the next re-authentication;
 //   - telemetry on the four inbound topic forms with property bags, routed
 //     by edgeHub routes to $upstream (a sink the tests read) or to module
-//     inputs, and acknowledged only once recorded or queued;
+//     inputs, and acknowledged only once recorded or queued; retained
+//     messages marked mqtt-retain=true as IoT Hub marks them; other topics,
+//     $SYS/... included, logged, dropped and still acknowledged, except
+//     telemetry with more than one level after events/ and topics with
+//     wildcards, which close the connection;
+//   - CONNECTs of other protocol levels than 3.1.1, the bridge bit 0x84
+//     included, refused with return code 1;
 //   - delivery to module inputs one message at a time, waiting for the
 //     PUBACK and retrying with backoff until the message's TTL;
 //   - module and device twins (GET, reported patches answered 204 without

@@ -3,6 +3,7 @@ package hubemu
 import (
 	"bytes"
 	"errors"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -22,7 +23,8 @@ func (h *hook) ID() string { return "edgehub" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
-		mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnPacketProcessed, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnWill:
+		mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnPacketProcessed, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnWill,
+		mqtt.OnPacketRead:
 		return true
 	}
 	return false
@@ -145,35 +147,95 @@ func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
 	}
 }
 
+// OnPacketRead sees every packet as it is read, before mochi's own checks
+// (only ErrRejectPacket counts as an error, and ends the connection),
+// for what mochi would refuse or drop in ways neither edgeHub nor MQTT
+// 3.1.1 does:
+//   - a CONNECT with a protocol level mochi does not know, such as 0x84
+//     (3.1.1 with the bridge bit, Mosquitto's try_private), gets return
+//     code 1, not mochi's 0x82, which 3.1.1 lacks [MQTT-3.1.2-2];
+//   - a PUBLISH to a topic mochi drops without a hook or an
+//     acknowledgement ($SYS/..., $share) is consumed here like any other,
+//     so it is logged and, at QoS 1, acknowledged;
+//   - a PUBLISH topic with a wildcard closes the connection
+//     [MQTT-3.3.2-2], with the reason logged.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		if unknownProtocolLevel(pk) {
+			h.s.log.Info().Str("client", pk.Connect.ClientIdentifier).Int("level", int(pk.ProtocolVersion)).Msg("connect refused: protocol level")
+			_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: 1})
+			return pk, packets.ErrRejectPacket // mochi closes the connection
+		}
+	case packets.Publish:
+		if mqtt.IsValidFilter(pk.TopicName, true) {
+			return pk, nil // OnPublish takes it
+		}
+		c := h.s.connOf(cl)
+		if strings.ContainsAny(pk.TopicName, "+#") {
+			if c != nil {
+				c.close("wildcard in the PUBLISH topic " + pk.TopicName)
+			}
+			return pk, packets.ErrRejectPacket // mochi ends the connection
+		}
+		if h.consume(cl, pk) == nil && pk.FixedHeader.Qos == 1 {
+			_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+		}
+		// mochi now drops it, having nothing more to do.
+	}
+	return pk, nil
+}
+
+// unknownProtocolLevel reports a CONNECT whose protocol name mochi knows
+// with a level it does not: ConnectValidate would refuse it with 0x82.
+func unknownProtocolLevel(pk packets.Packet) bool {
+	switch string(pk.Connect.ProtocolName) {
+	case "MQTT":
+		return pk.ProtocolVersion != 4 && pk.ProtocolVersion != 5
+	case "MQIsdp":
+		return pk.ProtocolVersion != 3
+	}
+	return false
+}
+
 // OnPublish consumes every client PUBLISH. It returns CodeSuccessIgnore,
 // on which mochi acknowledges (QoS 1) without forwarding or retaining, or
 // ErrRejectPacket after closing the connection, on which it sends nothing.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if err := h.consume(cl, pk); err != nil {
+		return pk, err
+	}
+	return pk, packets.CodeSuccessIgnore
+}
+
+// consume handles a client PUBLISH. nil means acknowledge it (QoS 1); an
+// error that the connection is closed and nothing is to be sent.
+func (h *hook) consume(cl *mqtt.Client, pk packets.Packet) error {
 	s := h.s
 	c := s.connOf(cl)
 	if c == nil {
 		cl.Stop(packets.ErrNotAuthorized)
-		return pk, packets.ErrRejectPacket
+		return packets.ErrRejectPacket
 	}
 	s.stall(c)
 	if c.closed() {
-		return pk, packets.ErrRejectPacket
+		return packets.ErrRejectPacket
 	}
 	if !c.id.owns(pk.TopicName) {
 		c.close("published to another identity's topic " + pk.TopicName)
-		return pk, packets.ErrRejectPacket
+		return packets.ErrRejectPacket
 	}
-	if err := s.handlePublish(c, pk.TopicName, bytes.Clone(pk.Payload)); err != nil {
+	if err := s.handlePublish(c, pk.TopicName, bytes.Clone(pk.Payload), pk.FixedHeader.Retain); err != nil {
 		c.close(err.Error())
-		return pk, packets.ErrRejectPacket
+		return packets.ErrRejectPacket
 	}
 	// edgeHub processes a QoS 2 PUBLISH, then closes the connection
 	// ("QoS 2 is not supported", docs/edge-protocol.md#limits).
 	if pk.FixedHeader.Qos == 2 {
 		c.close("QoS 2 publish")
-		return pk, packets.ErrRejectPacket
+		return packets.ErrRejectPacket
 	}
-	return pk, packets.CodeSuccessIgnore
+	return nil
 }
 
 // OnWill routes a will on the client's telemetry topic like any message,
@@ -192,10 +254,10 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 
 // handlePublish dispatches an inbound PUBLISH. An error closes the
 // connection, as an exception in edgeHub's processing does.
-func (s *Server) handlePublish(c *conn, topic string, payload []byte) error {
+func (s *Server) handlePublish(c *conn, topic string, payload []byte, retain bool) error {
 	t, err := parseTopic(topic)
 	if err != nil {
-		if errors.Is(err, errNoRID) {
+		if errors.Is(err, errNoRID) || errors.Is(err, errEventsLevels) {
 			return err
 		}
 		// Bad property bag: no template conversion, dropped but acked.
@@ -204,6 +266,11 @@ func (s *Server) handlePublish(c *conn, topic string, payload []byte) error {
 	}
 	switch t.kind {
 	case kindTelemetry:
+		if retain {
+			// IoT Hub keeps no retained message; it passes the flag on
+			// as an application property (docs/edge-protocol.md#limits).
+			t.props[propRetain] = "true"
+		}
 		s.ingest(c.id, t, payload)
 	case kindTwinGet:
 		s.twinGet(c, t.rid)

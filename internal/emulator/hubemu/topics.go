@@ -41,11 +41,22 @@ type inTopic struct {
 
 var errNoRID = errors.New("$rid missing or empty")
 
+// errEventsLevels is telemetry with more than one level after events/.
+// edgeHub matches it to no template and drops it, still acknowledged;
+// the emulator closes the connection instead, so that the loss is seen
+// (docs/edge-protocol.md#limits).
+var errEventsLevels = errors.New("telemetry topic with more than one level after events/")
+
+// propRetain is the application property IoT Hub sets on a message
+// published with the retain flag.
+const propRetain = "mqtt-retain"
+
 // parseTopic maps an inbound topic onto edgeHub's inbound templates
 // (docs/edge-protocol.md#telemetry-topics-and-properties, #twin-and-methods-over-mqtt; appsettings_hub.json InboundTemplates).
 // A topic that matches no template is kindUnknown without an error; an
 // error means the topic matched a template but its content is unusable
-// (bad percent-encoding, no $rid).
+// (bad percent-encoding, no $rid), or is telemetry with more than one
+// level after events/ (errEventsLevels).
 func parseTopic(topic string) (inTopic, error) {
 	if rest, ok := strings.CutPrefix(topic, "$iothub/"); ok {
 		return parseIoTHubTopic(rest)
@@ -74,7 +85,7 @@ func parseTopic(topic string) (inTopic, error) {
 	case len(rest) == 2 && rest[1] == "":
 		bag = rest[0]
 	default:
-		return inTopic{}, nil
+		return inTopic{}, errEventsLevels
 	}
 	props, err := parseProperties(bag)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -198,12 +199,16 @@ func ConnectCode(opts *paho.ClientOptions) (byte, error) {
 	if !ok {
 		return 0, errors.New("not a connect token")
 	}
-	if tok.Error() == nil {
+	rc := ct.ReturnCode()
+	if tok.Error() == nil && rc == 0 {
 		c.Disconnect(100)
 		return 0, nil
 	}
-	if rc := ct.ReturnCode(); rc != 0 && rc < 0x80 { // 0xFE, 0xFF: paho's network and protocol errors
+	if rc != 0 && rc < 0x80 { // 0xFE, 0xFF: paho's network and protocol errors
 		return rc, nil
+	}
+	if tok.Error() == nil { // paho has no error for codes MQTT 3.1.1 lacks
+		return 0, fmt.Errorf("CONNACK return code %#x is none of MQTT 3.1.1's", rc)
 	}
 	return 0, tok.Error()
 }

@@ -101,7 +101,7 @@ func TestQueueFull(t *testing.T) {
 			e.hub.RefuseConnects(0)
 			var got map[string]bool
 			var st stats
-			until.Within(t, time.Minute, "the hub back and the queue drained", func() bool {
+			until.Within(t, 3*time.Minute, "the hub back and the queue drained", func() bool {
 				got, _ = arrived(t, e.hub)
 				var ok bool
 				st, ok = relayStats(t, e)
@@ -155,7 +155,7 @@ func TestDiskFull(t *testing.T) {
 	until.True(t, "the disk full", func() bool { return scrape(t, metrics)[`edgerelay_intake_refused_total{reason="error"}`] > 0 })
 	e.hub.RefuseConnects(0)
 	var st stats
-	until.Within(t, time.Minute, "the hub back and the queue drained", func() bool {
+	until.Within(t, 3*time.Minute, "the hub back and the queue drained", func() bool {
 		var ok bool
 		st, ok = relayStats(t, e)
 		return ok && st.Queue.Depth == 0 && st.Sources["plc"].Queued >= int64(len(want))

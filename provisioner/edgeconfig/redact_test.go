@@ -53,8 +53,12 @@ var secretPlaces = []func(v string) string{
 	func(v string) string { return "[\"tpm\".'hierarchy_authorization']\nowner=" + v + "\n" },
 	func(v string) string { return "[ tpm . hierarchy_authorization ]\nowner = " + v + "\n" },
 	func(v string) string { return "[tpm]\nhierarchy_authorization = { owner = " + v + " }\n" },
-	func(v string) string { return "[tpm]\nhierarchy_authorization = { endorsement = \"\", \"owner\" = " + v + " }\n" },
-	func(v string) string { return "tpm = { tcti = \"device\", hierarchy_authorization = { owner = " + v + " } }\n" },
+	func(v string) string {
+		return "[tpm]\nhierarchy_authorization = { endorsement = \"\", \"owner\" = " + v + " }\n"
+	},
+	func(v string) string {
+		return "tpm = { tcti = \"device\", hierarchy_authorization = { owner = " + v + " } }\n"
+	},
 	func(v string) string { return "[tpm]\nhierarchy_authorization = { owner = [" + v + "] }\n" },
 	func(v string) string { return "[provisioning]\nsource = \"manual\"\nconnection_string = " + v + "\n" },
 	func(v string) string {
@@ -173,4 +177,3 @@ func FuzzDiff(f *testing.F) {
 		}
 	})
 }
-

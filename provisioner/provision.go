@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/cli"
+	"github.com/edgetpm/edgetpm/provisioner/childenv"
 	"github.com/edgetpm/edgetpm/provisioner/containerd"
 	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
@@ -290,6 +291,7 @@ func (p *provisioner) queueApply(ctx context.Context) (string, string, error) {
 	args := append([]string{"--no-block", "--collect", "--unit=edge-provisioner-apply",
 		"--description=Apply " + p.s.Aziot.Config + " (edge-provisioner)"}, argv...)
 	cmd := exec.CommandContext(ctx, "systemd-run", args...)
+	cmd.Env = childenv.Environ()
 	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	if err := cmd.Run(); err != nil {
 		return "", "", fmt.Errorf("queue %s config apply with systemd-run: %w", tool, err)

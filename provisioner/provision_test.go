@@ -299,13 +299,17 @@ func TestProvisionQueuesApplyUnderSystemd(t *testing.T) {
 	w := newWorld(t)
 	calls := fakeApplyTool(t, 0)
 	dir := t.TempDir()
-	queued := filepath.Join(dir, "queued")
-	script := fmt.Sprintf("#!/bin/sh\necho \"$@\" > %q\n", queued)
+	queued, env := filepath.Join(dir, "queued"), filepath.Join(dir, "env")
+	script := fmt.Sprintf("#!/bin/sh\necho \"$@\" > %q\nenv > %q\n", queued, env)
 	if err := os.WriteFile(filepath.Join(dir, "systemd-run"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	w.env["INVOCATION_ID"] = "0123456789abcdef"
+	// Passwords in the process's environment, as systemd's
+	// EnvironmentFile= would put them, never reach the child.
+	t.Setenv("EDGE_TPM_ENDORSEMENT_AUTH", "endorsement-secret")
+	t.Setenv("EDGE_TPM_OWNER_AUTH", "owner-secret")
 	r, progress, err := provision(t, w, "--no-wait")
 	if err != nil {
 		t.Fatalf("provision: %v\n%s", err, progress)
@@ -319,6 +323,9 @@ func TestProvisionQueuesApplyUnderSystemd(t *testing.T) {
 	}
 	if _, err := os.Stat(calls); !os.IsNotExist(err) {
 		t.Error("iotedge ran directly under systemd")
+	}
+	if b, err := os.ReadFile(env); err != nil || strings.Contains(string(b), "-secret") || !strings.Contains(string(b), "PATH=") {
+		t.Errorf("systemd-run ran with the environment %q (%v), want it without the passwords", b, err)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -125,6 +126,30 @@ func TestRegisterUsage(t *testing.T) {
 	} {
 		if _, _, err := runCLI(t, nil, args...); cli.ExitCode(err) != 2 {
 			t.Errorf("edge-provisioner %q: exit %d (%v), want 2", args, cli.ExitCode(err), err)
+		}
+	}
+}
+
+// A plain http DPS endpoint, as a flag or in the settings file, is a usage
+// error that says why, before any TPM or network access.
+func TestRegisterRefusesPlainHTTP(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(conf, []byte("[dps]\nid_scope = \"0ne00000001\"\nendpoint = \"http://dps.local:8443\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		environ map[string]string
+		args    []string
+	}{
+		{nil, []string{"register", "--id-scope", "0ne00000001", "--endpoint", "http://dps.local:8443"}},
+		{nil, []string{"register", "--config", conf}},
+		{map[string]string{"EDGE_PROVISIONER_CONFIG": conf}, []string{"register"}},
+		{map[string]string{"EDGE_PROVISIONER_CONFIG": conf}, []string{"provision", "--dry-run"}},
+		{map[string]string{"EDGE_PROVISIONER_CONFIG": conf}, []string{"doctor"}},
+	} {
+		_, _, err := runCLI(t, tc.environ, tc.args...)
+		if cli.ExitCode(err) != 2 || !errors.Is(err, dps.ErrInsecureEndpoint) || !strings.Contains(err.Error(), "in clear") {
+			t.Errorf("edge-provisioner %q (env %v) = exit %d, %v; want exit 2 refusing plain http", tc.args, tc.environ, cli.ExitCode(err), err)
 		}
 	}
 }

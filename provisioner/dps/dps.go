@@ -134,6 +134,9 @@ func (c *Client) Register(ctx context.Context, dev Device, req Request) (*Result
 }
 
 func (c *Client) check(req Request) error {
+	if err := CheckEndpoint(orDefault(c.Endpoint, GlobalEndpoint)); err != nil {
+		return err
+	}
 	switch {
 	case c.IDScope == "" || !validName(c.IDScope, 64):
 		return fmt.Errorf("DPS ID scope %q is not valid", c.IDScope)
@@ -326,6 +329,27 @@ func (r *registration) wait(ctx context.Context, retryAfter time.Duration) error
 	return backoff.Sleep(ctx, d)
 }
 
+// httpsOnly returns a copy of hc that refuses to follow a redirect to
+// anything but https, whatever client the caller gave: the token would
+// follow it in clear.
+func httpsOnly(hc *http.Client) *http.Client {
+	c := *hc
+	next := hc.CheckRedirect
+	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if !strings.EqualFold(req.URL.Scheme, "https") {
+			return fmt.Errorf("redirect to %s: %w", req.URL.Redacted(), ErrInsecureEndpoint)
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &c
+}
+
 type response struct {
 	status     int
 	body       []byte
@@ -349,7 +373,7 @@ func (r *registration) send(ctx context.Context, method, u string, body []byte) 
 				return nil, e
 			}
 			err, wait = e, rsp.retryAfter
-		case ctx.Err() != nil:
+		case ctx.Err() != nil, errors.Is(err, ErrInsecureEndpoint):
 			return nil, err
 		}
 		if wait <= 0 {
@@ -374,6 +398,9 @@ func (r *registration) roundTrip(ctx context.Context, method, u string, body []b
 	if err != nil {
 		return nil, err
 	}
+	if err := CheckEndpoint(u); err != nil {
+		return nil, err
+	}
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json; charset=utf-8")
@@ -389,7 +416,7 @@ func (r *registration) roundTrip(ctx context.Context, method, u string, body []b
 	if hc == nil {
 		hc = NewHTTPClient(nil)
 	}
-	rsp, err := hc.Do(req)
+	rsp, err := httpsOnly(hc).Do(req)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 )
 
 // ErrTimeout reports a registration that did not finish within the
@@ -50,4 +52,27 @@ func (e *Error) Error() string {
 // (docs/dps-protocol.md#errors).
 func (e *Error) transient() bool {
 	return e.HTTPStatus == http.StatusTooManyRequests || e.HTTPStatus >= 500
+}
+
+// ErrInsecureEndpoint is a DPS endpoint, or a redirect, that is not https.
+// Over plain http the TPM-signed registration token travels in clear, and
+// whoever is on the path can answer "assigned" to a hub of its choosing
+// with an activation blob built from the very EK and SRK the device sent:
+// the device would then take that hub's key as its identity.
+var ErrInsecureEndpoint = errors.New("plain http would carry the TPM-signed registration token in clear and let anyone on the path assign the device to a hub of their choosing")
+
+// CheckEndpoint checks that endpoint is an https URL with a host. It is the
+// one check every place a DPS endpoint enters uses: the settings, an
+// aziot config.toml, and Client itself.
+func CheckEndpoint(endpoint string) error {
+	u, err := url.Parse(endpoint)
+	switch {
+	case err != nil || u.Host == "" || u.Opaque != "":
+		return fmt.Errorf("DPS endpoint %q is not an https URL", endpoint)
+	case strings.EqualFold(u.Scheme, "http"):
+		return fmt.Errorf("DPS endpoint %q is not https: %w", endpoint, ErrInsecureEndpoint)
+	case !strings.EqualFold(u.Scheme, "https"):
+		return fmt.Errorf("DPS endpoint %q is not an https URL", endpoint)
+	}
+	return nil
 }

@@ -352,3 +352,65 @@ func TestConcurrentRegistrations(t *testing.T) {
 	checkHubKey(t, l, tp, results[1])
 	tpmtest.CheckNoLeaks(t, tr)
 }
+
+// A plain http endpoint would carry the TPM-signed token in clear and let
+// anyone on the path answer "assigned": the client refuses it before any
+// request, and refuses a redirect from https to http.
+func TestRegisterRefusesPlainHTTP(t *testing.T) {
+	var requests atomic.Int32
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.WriteHeader(http.StatusTeapot)
+	}))
+	t.Cleanup(plain.Close)
+	id := &tpm.Identity{RegistrationID: "r1", EndorsementKey: []byte{1}, StorageRootKey: []byte{2}}
+	c := &dps.Client{IDScope: "0ne00000001", Endpoint: plain.URL, Timeout: 2 * time.Second}
+	_, err := c.Register(t.Context(), nil, request(id))
+	if !errors.Is(err, dps.ErrInsecureEndpoint) || !strings.Contains(err.Error(), "https") {
+		t.Errorf("Register(%s) = %v, want ErrInsecureEndpoint", plain.URL, err)
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("the plain endpoint got %d requests, want 0", n)
+	}
+
+	// An https endpoint that redirects to the plain one.
+	redirect := newLab(t, dpsemu.Config{}, func(http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, plain.URL+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+		})
+	})
+	_, err = redirect.client(nil).Register(t.Context(), nil, request(id))
+	if !errors.Is(err, dps.ErrInsecureEndpoint) {
+		t.Errorf("Register through a redirect to http = %v, want ErrInsecureEndpoint", err)
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("the plain endpoint got %d requests after a redirect, want 0", n)
+	}
+}
+
+func TestCheckEndpoint(t *testing.T) {
+	for _, tc := range []struct {
+		endpoint string
+		insecure bool // ErrInsecureEndpoint, else ok
+		bad      bool // another error
+	}{
+		{endpoint: "https://global.azure-devices-provisioning.net"},
+		{endpoint: "HTTPS://dps.local:8443/"},
+		{endpoint: "http://global.azure-devices-provisioning.net", insecure: true},
+		{endpoint: "HTTP://dps.local:8443/", insecure: true},
+		{endpoint: "ftp://x", bad: true},
+		{endpoint: "https://", bad: true},
+		{endpoint: "global.azure-devices-provisioning.net", bad: true},
+		{endpoint: "", bad: true},
+	} {
+		err := dps.CheckEndpoint(tc.endpoint)
+		switch {
+		case tc.insecure && !errors.Is(err, dps.ErrInsecureEndpoint):
+			t.Errorf("CheckEndpoint(%q) = %v, want ErrInsecureEndpoint", tc.endpoint, err)
+		case tc.bad && (err == nil || errors.Is(err, dps.ErrInsecureEndpoint)):
+			t.Errorf("CheckEndpoint(%q) = %v, want a not-a-URL error", tc.endpoint, err)
+		case !tc.insecure && !tc.bad && err != nil:
+			t.Errorf("CheckEndpoint(%q) = %v, want nil", tc.endpoint, err)
+		}
+	}
+}

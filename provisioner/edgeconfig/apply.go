@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+
+	"github.com/edgetpm/edgetpm/provisioner/childenv"
 )
 
 // ErrNoApplyTool is Apply finding neither iotedge nor aziotctl.
@@ -15,12 +17,14 @@ var ErrNoApplyTool = errors.New("neither iotedge nor aziotctl is on PATH; is IoT
 // service is installed, "aziotctl config apply -c path"
 // (docs/edge-protocol.md#host-provisioning-file), with the tool's output and errors streamed to out. It returns the
 // tool it ran. Both tools must run as root; they restart aziot's services.
+// They run without the hierarchy passwords of the environment (childenv).
 func Apply(ctx context.Context, path string, out io.Writer) (tool string, err error) {
 	tool, argv, err := ApplyCommand(path)
 	if err != nil {
 		return "", err
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = childenv.Environ()
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {

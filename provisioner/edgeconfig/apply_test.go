@@ -86,3 +86,31 @@ func TestApplyCanceled(t *testing.T) {
 		t.Errorf("iotedge ran with %q after the context ended", got)
 	}
 }
+
+// The tool runs without the hierarchy passwords the provisioner may have
+// been given in its environment, with the rest of it.
+func TestApplyChildEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	script := "#!/bin/sh\nenv\n"
+	if err := os.WriteFile(filepath.Join(dir, "iotedge"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("EDGE_TPM_ENDORSEMENT_AUTH", "endorsement-secret")
+	t.Setenv("EDGE_TPM_OWNER_AUTH", "owner-secret")
+	t.Setenv("EDGE_TPM_LOCKOUT_AUTH", "lockout-secret")
+	t.Setenv("EDGE_KEEP_ME", "kept")
+	var out bytes.Buffer
+	if _, err := Apply(t.Context(), "/etc/aziot/config.toml", &out); err != nil {
+		t.Fatal(err)
+	}
+	env := out.String()
+	for _, secret := range []string{"endorsement-secret", "owner-secret", "lockout-secret", "EDGE_TPM_OWNER_AUTH"} {
+		if strings.Contains(env, secret) {
+			t.Errorf("iotedge's environment holds %q:\n%s", secret, env)
+		}
+	}
+	if !strings.Contains(env, "EDGE_KEEP_ME=kept\n") || !strings.Contains(env, "PATH="+dir) {
+		t.Errorf("iotedge's environment lost the rest:\n%s", env)
+	}
+}

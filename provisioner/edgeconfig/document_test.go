@@ -284,7 +284,8 @@ func TestDPSValidate(t *testing.T) {
 		ok   bool
 	}{
 		{"valid", func(*DPS) {}, true},
-		{"minimal", func(s *DPS) { *s = DPS{GlobalEndpoint: "http://dps.local:8443/", IDScope: "s", RegistrationID: "r"} }, true},
+		{"minimal", func(s *DPS) { *s = DPS{GlobalEndpoint: "https://dps.local:8443/", IDScope: "s", RegistrationID: "r"} }, true},
+		{"endpoint plain http", func(s *DPS) { s.GlobalEndpoint = "http://dps.local:8443/" }, false},
 		{"max index", func(s *DPS) { s.AuthKeyIndex = 0x7FFFFF }, true},
 		{"index too big", func(s *DPS) { s.AuthKeyIndex = 0x800000 }, false},
 		{"no scope", func(s *DPS) { s.IDScope = "" }, false},

@@ -3,9 +3,10 @@ package edgeconfig
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/edgetpm/edgetpm/provisioner/dps"
 )
 
 // DefaultPath is where aziot's services and "iotedge config apply" look.
@@ -28,7 +29,7 @@ type DPS struct {
 	// AutoReprovisioningMode is "Dynamic", "AlwaysOnStartup" or
 	// "OnErrorOnly"; "" leaves the file's as it is.
 	AutoReprovisioningMode string
-	GlobalEndpoint         string // required http(s) URL
+	GlobalEndpoint         string // required https URL (dps.CheckEndpoint)
 	IDScope                string // required
 	RegistrationID         string // required; must equal the DPS enrollment's
 	// PayloadURI is an optional file:// URI of the custom payload sent with
@@ -60,6 +61,9 @@ func (s DPS) Validate() error {
 			return fmt.Errorf("%s is not valid UTF-8", f.name)
 		}
 	}
+	if err := dps.CheckEndpoint(s.GlobalEndpoint); err != nil {
+		return err
+	}
 	switch {
 	case s.AutoReprovisioningMode != "" && !oneOf(s.AutoReprovisioningMode, reprovisioningModes...):
 		return fmt.Errorf("auto reprovisioning mode %q is not one of %s", s.AutoReprovisioningMode, strings.Join(reprovisioningModes, ", "))
@@ -67,8 +71,6 @@ func (s DPS) Validate() error {
 		return errors.New("no DPS ID scope")
 	case s.RegistrationID == "":
 		return errors.New("no DPS registration ID")
-	case !isHTTPURL(s.GlobalEndpoint):
-		return fmt.Errorf("DPS global endpoint %q is not an http(s) URL", s.GlobalEndpoint)
 	case s.PayloadURI != "" && !strings.HasPrefix(s.PayloadURI, "file://"):
 		return fmt.Errorf("payload URI %q is not a file:// URI", s.PayloadURI)
 	case s.AuthKeyIndex > maxAuthKeyIndex:
@@ -86,11 +88,6 @@ func oneOf(s string, choices ...string) bool {
 		}
 	}
 	return false
-}
-
-func isHTTPURL(s string) bool {
-	u, err := url.Parse(s)
-	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 // A table is one TOML table s sets, with its keys in the order they are

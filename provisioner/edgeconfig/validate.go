@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/edgetpm/edgetpm/provisioner/dps"
 )
 
 // Problem is one way a config.toml breaks the rules aziot's services and
@@ -96,8 +98,10 @@ func (c *checker) provisioning(t map[string]any) {
 		}
 	case "dps":
 		c.str(p, "provisioning", "id_scope", true)
-		if ep, ok := c.str(p, "provisioning", "global_endpoint", false); ok && !isHTTPURL(ep) {
-			c.add("provisioning.global_endpoint", "must be an http or https URL")
+		if ep, ok := c.str(p, "provisioning", "global_endpoint", false); ok {
+			if err := dps.CheckEndpoint(ep); err != nil {
+				c.add("provisioning.global_endpoint", err.Error())
+			}
 		}
 		if pl := c.table(p, "provisioning", "payload", false); pl != nil {
 			if uri, ok := c.str(pl, "provisioning.payload", "uri", true); ok && !strings.HasPrefix(uri, "file://") {

@@ -68,6 +68,7 @@ auto_generated_edge_ca_expiry_days = 90
 	{"dps without anything", "[provisioning]\nsource = \"dps\"\n", []string{"provisioning.attestation", "provisioning.id_scope"}},
 	{"dps, empty scope, bad endpoint", "[provisioning]\nsource = \"dps\"\nid_scope = \"\"\nglobal_endpoint = \"global.azure-devices-provisioning.net\"\n[provisioning.attestation]\nmethod = \"x509\"\n",
 		[]string{"provisioning.global_endpoint", "provisioning.id_scope"}},
+	{"dps over plain http", strings.Replace(minimal, `id_scope`, `global_endpoint = "http://dps.local:8443/"`+"\nid_scope", 1), []string{"provisioning.global_endpoint"}},
 	{"unknown method", strings.Replace(minimal, `"tpm"`, `"psk"`, 1), []string{"provisioning.attestation.method"}},
 	{"tpm without registration id", strings.Replace(minimal, `registration_id = "r"`, ``, 1), []string{"provisioning.attestation.registration_id"}},
 	{"payload", strings.Replace(minimal, `id_scope`, `payload = { uri = "file:///p.json" }`+"\nid_scope", 1), nil},
@@ -117,6 +118,7 @@ func TestValidateMessages(t *testing.T) {
 		{minimal + "[tpm]\nauth_key_index = \"0x00_01_00\"\n", `tpm.auth_key_index: must be a TOML integer, not a string; write auth_key_index = 0x00_01_00`},
 		{minimal + "[tpm]\nauth_key_index = \"first\"\n", `tpm.auth_key_index: must be a TOML integer, not a string`},
 		{"cloud_timeout_sec = 10\n", `2 problems: cloud_timeout_sec: must be an integer of at least 70 (seconds); provisioning.source: required`},
+		{strings.Replace(minimal, `id_scope`, `global_endpoint = "http://dps.local"`+"\nid_scope", 1), `provisioning.global_endpoint: DPS endpoint "http://dps.local" is not https: plain http would carry the TPM-signed registration token in clear and let anyone on the path assign the device to a hub of their choosing`},
 		{"auto_reprovisioning_mode = \"dynamic\"\n" + minimal, `auto_reprovisioning_mode: "dynamic" is not one of "Dynamic", "AlwaysOnStartup", "OnErrorOnly"`},
 	} {
 		if err := Validate([]byte(tc.in)); err == nil || err.Error() != tc.want {

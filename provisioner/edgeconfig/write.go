@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"regexp"
 	"time"
 
 	"github.com/aymanbagabas/go-udiff"
@@ -79,12 +78,19 @@ func writeRoot(path string, data []byte) error {
 }
 
 // Diff returns a unified diff from old to new, labelled path and
-// path+" (new)", or "" when they are equal. The values of hierarchy
-// passwords are shown as "<redacted>": a diff goes to terminals and logs.
+// path+" (new)", or "" when they are equal. A diff goes to terminals and
+// logs, so secrets are shown as "<redacted N>", N telling apart the
+// different values (see redact); a side that is not TOML is not shown at
+// all.
 func Diff(path string, old, new []byte) string {
-	return secretValue.ReplaceAllString(udiff.Unified(path, path+" (new)", string(old), string(new)), `$1"<redacted>"`)
+	if bytes.Equal(old, new) {
+		return ""
+	}
+	r := redactor{ids: map[string]int{}}
+	ro, rn := r.redact(old), r.redact(new)
+	if ro == rn {
+		// Both unparsable: still a change.
+		rn += "# (differs in what is not shown)\n"
+	}
+	return udiff.Unified(path, path+" (new)", ro, rn)
 }
-
-// secretValue matches an endorsement or owner password assignment, in any
-// of TOML's string forms, dotted or in an inline table.
-var secretValue = regexp.MustCompile(`\b((?:endorsement|owner)\s*=\s*)("(?:[^"\\]|\\.)*"|'[^']*')`)

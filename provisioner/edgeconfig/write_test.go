@@ -128,7 +128,7 @@ func TestDiffRedactsPasswords(t *testing.T) {
 			t.Errorf("Diff shows the password %q:\n%s", secret, d)
 		}
 	}
-	if strings.Count(d, `"<redacted>"`) != 4 {
+	if strings.Count(d, `"<redacted `) != 4 {
 		t.Errorf("Diff does not show the four passwords redacted:\n%s", d)
 	}
 }

@@ -108,7 +108,9 @@ func Decompress(r io.Reader) (tarStream io.Reader, compressed bool, err error) {
 // diff IDs, and Docker stops halfway through a multi-image archive,
 // leaving the first images tagged. It logs each file it verified.
 func Verify(ctx context.Context, r io.Reader, log zerolog.Logger) (*Archive, error) {
-	tarStream, compressed, err := Decompress(r)
+	// Every read checks ctx: an entry can be gigabytes, or un-gzip to
+	// them, between two tar headers.
+	tarStream, compressed, err := Decompress(ctxReader{ctx, r})
 	if err != nil {
 		return nil, err
 	}
@@ -140,6 +142,10 @@ func Verify(ctx context.Context, r io.Reader, log zerolog.Logger) (*Archive, err
 func readTar(ctx context.Context, r io.Reader) (files map[string]*blob, links map[string]string, err error) {
 	tr := tar.NewReader(r)
 	files, links = map[string]*blob{}, map[string]string{}
+	// Each name once: with a file and a link of the same name, or two
+	// files, what is verified here and what containerd's importer or
+	// Docker reads could differ. Directories may repeat.
+	seen := map[string]bool{} // name -> is a directory
 	var kept int64
 	for {
 		if err := ctx.Err(); err != nil {
@@ -162,13 +168,18 @@ func readTar(ctx context.Context, r io.Reader) (files map[string]*blob, links ma
 			return nil, nil, fmt.Errorf("read archive: %s is a sparse file", hdr.Name)
 		}
 		name := path.Clean(hdr.Name)
+		dir, ok := seen[name]
+		if ok && !(dir && hdr.Typeflag == tar.TypeDir) {
+			return nil, nil, fmt.Errorf("read archive: %s is in it more than once", hdr.Name)
+		}
+		seen[name] = hdr.Typeflag == tar.TypeDir
 		switch hdr.Typeflag {
 		case tar.TypeSymlink:
 			// Keyed and resolved as containerd's importer does.
 			links[hdr.Name] = path.Join(path.Dir(hdr.Name), hdr.Linkname)
 		case tar.TypeReg:
 			keep := hdr.Size <= maxMetadata && kept+hdr.Size <= maxKept
-			b, err := readBlob(tr, hdr.Size, keep)
+			b, err := readBlob(ctx, tr, hdr.Size, keep)
 			if err != nil {
 				return nil, nil, fmt.Errorf("read %s in archive: %w", hdr.Name, err)
 			}
@@ -194,7 +205,7 @@ func isSparse(hdr *tar.Header) bool {
 
 // readBlob hashes one file, and its gunzipped content when it is gzip, in
 // a single pass.
-func readBlob(r io.Reader, size int64, keep bool) (*blob, error) {
+func readBlob(ctx context.Context, r io.Reader, size int64, keep bool) (*blob, error) {
 	raw := sha256.New()
 	var data bytes.Buffer
 	var w io.Writer = raw
@@ -208,7 +219,10 @@ func readBlob(r io.Reader, size int64, keep bool) (*blob, error) {
 		diff := sha256.New()
 		zr, err := gzip.NewReader(br)
 		if err == nil {
-			_, err = io.Copy(diff, zr)
+			_, err = io.Copy(diff, ctxReader{ctx, zr})
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
 		if err != nil {
 			b.gzipErr = fmt.Errorf("gunzip: %w", err)
@@ -229,6 +243,19 @@ func readBlob(r io.Reader, size int64, keep bool) (*blob, error) {
 		b.data = data.Bytes()
 	}
 	return b, nil
+}
+
+// ctxReader fails its reads once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 func sum(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }

@@ -4,13 +4,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -492,6 +495,9 @@ func FuzzVerify(f *testing.F) {
 	f.Add(ggcr.Bytes())
 	f.Add([]byte{})
 	f.Add(gzipMagic)
+	for _, b := range duplicateArchives(f) {
+		f.Add(b)
+	}
 
 	f.Fuzz(func(t *testing.T, b []byte) {
 		a, err := Verify(t.Context(), bytes.NewReader(b), zerolog.Nop())
@@ -521,4 +527,128 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("verify passed the plain archive as %+v, and the gzipped one as %+v, %v", *a, az, err)
 		}
 	})
+}
+
+// tarEntry is one entry of an ordered tar: a regular file, or a symbolic
+// link when link is set.
+type tarEntry struct{ name, data, link string }
+
+func orderedTar(t testing.TB, entries ...tarEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		hdr := &tar.Header{Name: e.name, Mode: 0o644, Size: int64(len(e.data)), Typeflag: tar.TypeReg}
+		if e.link != "" {
+			hdr = &tar.Header{Name: e.name, Mode: 0o777, Linkname: e.link, Typeflag: tar.TypeSymlink}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if e.link == "" {
+			if _, err := tw.Write([]byte(e.data)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// duplicateArchives are sound docker-archives with one name given twice:
+// what Verify checks and what containerd imports could then differ.
+func duplicateArchives(t testing.TB) map[string][]byte {
+	img := tinyImage(t)
+	id, _ := img.ConfigName()
+	layers, _ := img.Layers()
+	diffID, _ := layers[0].DiffID()
+	docker := archiveFiles(t, containerdtest.DockerArchive, containerdtest.Entry{Ref: "edge/tiny:1", Image: img})
+	layerFile := diffID.Hex + "/layer.tar"
+	configFile := id.Hex + ".json"
+	// Files the links below point to, with other content.
+	docker["evil/layer.tar"], docker["evil.json"] = "evil", "{}"
+	var sound []tarEntry
+	for _, name := range slices.Sorted(maps.Keys(docker)) {
+		sound = append(sound, tarEntry{name: name, data: docker[name]})
+	}
+	with := func(extra tarEntry, first bool) []byte {
+		if first {
+			return orderedTar(t, append([]tarEntry{extra}, sound...)...)
+		}
+		return orderedTar(t, append(slices.Clone(sound), extra)...)
+	}
+	return map[string][]byte{
+		"symlink after a layer":    with(tarEntry{name: layerFile, link: "../evil/layer.tar"}, false),
+		"symlink before a layer":   with(tarEntry{name: layerFile, link: "../evil/layer.tar"}, true),
+		"symlink after the config": with(tarEntry{name: configFile, link: "evil.json"}, false),
+		"two manifests":            with(tarEntry{name: "manifest.json", data: "[]"}, false),
+		"two manifests, one ./":    with(tarEntry{name: "./manifest.json", data: "[]"}, true),
+		"two layers":               with(tarEntry{name: layerFile, data: "evil"}, true),
+		"two links":                orderedTar(t, append(slices.Clone(sound), tarEntry{name: "l", link: layerFile}, tarEntry{name: "l", link: configFile})...),
+	}
+}
+
+// An archive that names a file twice is refused: containerd's importer and
+// Verify might each read another of the two.
+func TestVerifyRefusesDuplicateNames(t *testing.T) {
+	for name, b := range duplicateArchives(t) {
+		_, err := Verify(t.Context(), bytes.NewReader(b), zerolog.Nop())
+		if err == nil || !strings.Contains(err.Error(), "more than once") {
+			t.Errorf("%s: Verify = %v, want the name refused as given more than once", name, err)
+		}
+	}
+}
+
+// countingReader counts what is read through it and cancels a context
+// once 8 KiB are read: Verify is then inside the first file.
+type countingReader struct {
+	r      io.Reader
+	cancel context.CancelFunc
+	n      int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	if c.n >= 8<<10 {
+		c.cancel()
+	}
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// Cancelling stops Verify while it un-gzips, whether the archive or a layer
+// inside it: it reads at most a few buffers more.
+func TestVerifyHonoursCancellationWhileGunzipping(t *testing.T) {
+	// 64 MiB of zeros, gzipped to some 64 KiB.
+	var layer bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&layer, gzip.BestCompression)
+	zeros := make([]byte, 1<<20)
+	for range 64 {
+		zw.Write(zeros)
+	}
+	zw.Close()
+	inner := orderedTar(t, tarEntry{name: "blobs/sha256/layer", data: layer.String()})
+
+	var plain bytes.Buffer
+	tw := tar.NewWriter(&plain)
+	tw.WriteHeader(&tar.Header{Name: "blobs/sha256/big", Mode: 0o644, Size: 64 << 20, Typeflag: tar.TypeReg})
+	for range 64 {
+		tw.Write(zeros)
+	}
+	tw.Close()
+	var outer bytes.Buffer
+	zw, _ = gzip.NewWriterLevel(&outer, gzip.BestCompression)
+	zw.Write(plain.Bytes())
+	zw.Close()
+
+	for name, b := range map[string][]byte{"gzip layer": inner, "gzip archive": outer.Bytes()} {
+		ctx, cancel := context.WithCancel(t.Context())
+		r := &countingReader{r: bytes.NewReader(b), cancel: cancel}
+		_, err := Verify(ctx, r, zerolog.Nop())
+		if !errors.Is(err, context.Canceled) || r.n > 32<<10 {
+			t.Errorf("%s: Verify read %d of %d bytes, its context cancelled after 8 KiB, and returned %v; want context.Canceled within 32 KiB", name, r.n, len(b), err)
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/layered"
+	"github.com/edgetpm/edgetpm/provisioner/dps"
 )
 
 // DefaultPath is where the provisioner's own configuration lives.
@@ -112,8 +113,8 @@ func (s *Settings) Validate() error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
-	if u, err := url.Parse(s.DPS.Endpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		bad("dps.endpoint", "%q is not an https URL", s.DPS.Endpoint)
+	if err := dps.CheckEndpoint(s.DPS.Endpoint); err != nil {
+		errs = append(errs, fmt.Errorf("dps.endpoint: %w", err))
 	}
 	if s.DPS.Timeout <= 0 {
 		bad("dps.timeout", "must be positive")

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgetpm/edgetpm/provisioner/dps"
 )
 
 // load runs a Loader over a file with the given content (none when
@@ -256,4 +258,28 @@ func FuzzParse(f *testing.F) {
 		}
 		_ = s.Validate()
 	})
+}
+
+// A plain http DPS endpoint is refused, with the reason, wherever it
+// comes from.
+func TestEndpointMustBeHTTPS(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		file string
+		env  map[string]string
+		args []string
+	}{
+		{name: "file", file: "[dps]\nendpoint = \"http://dps.local:8443\"\n"},
+		{name: "environment", env: map[string]string{"EDGE_DPS_ENDPOINT": "http://dps.local:8443"}},
+		{name: "flag", args: []string{"--endpoint", "http://dps.local:8443"}},
+		{name: "upper case", args: []string{"--endpoint", "HTTP://dps.local:8443"}},
+	} {
+		_, err := load(t, tc.file, tc.env, tc.args...)
+		if !errors.Is(err, dps.ErrInsecureEndpoint) || !strings.Contains(err.Error(), "dps.endpoint") || !strings.Contains(err.Error(), "in clear") {
+			t.Errorf("%s: Load = %v, want dps.endpoint refused as plain http", tc.name, err)
+		}
+	}
+	if _, err := load(t, "[dps]\nendpoint = \"https://dps.local:8443\"\n", nil); err != nil {
+		t.Errorf("Load with an https endpoint = %v", err)
+	}
 }

@@ -60,7 +60,8 @@ type TPM struct {
 	maxInput int // TPM_PT_INPUT_BUFFER, read once
 }
 
-// Open opens the TPM at uri (see OpenTransport).
+// Open opens the TPM at uri (see OpenTransport) and, like New, finishes an
+// auth key swap that was cut short.
 func Open(uri string, cfg Config) (*TPM, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -69,15 +70,27 @@ func Open(uri string, cfg Config) (*TPM, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &TPM{t: t, cfg: cfg}, nil
+	tp, err := New(t, cfg)
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
+	return tp, nil
 }
 
-// New returns a TPM over an open transport, which it closes on Close.
+// New returns a TPM over an open transport, which it closes on Close. When
+// ImportKey was cut short after staging a new key (see StagingIndex), New
+// finishes its work, so the auth key slot holds the newest key; the
+// transport is not closed when that fails.
 func New(t transport.TPMCloser, cfg Config) (*TPM, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &TPM{t: t, cfg: cfg}, nil
+	tp := &TPM{t: t, cfg: cfg}
+	if err := tp.finishSwap(); err != nil {
+		return nil, err
+	}
+	return tp, nil
 }
 
 func (c *Config) validate() error {
@@ -156,6 +169,7 @@ type key struct {
 	handle tpm2.TPMHandle
 	pub    tpm2.TPM2BPublic
 	name   tpm2.TPM2BName
+	priv   tpm2.TPM2BPrivate // wrapped by the SRK; set for an imported key
 }
 
 func (k *key) named() tpm2.NamedHandle { return tpm2.NamedHandle{Handle: k.handle, Name: k.name} }
@@ -237,7 +251,15 @@ func (t *TPM) readPersistent(h tpm2.TPMHandle) (*key, error) {
 }
 
 // flush releases a transient object or session; it runs on every path, and
-// a failure here cannot be acted on by the caller.
+// a failure here cannot be acted on by the caller. A command lost on the
+// way is sent once more: without a resource manager (swtpm, a simulator)
+// nothing else would ever flush the handle. When the first one did run,
+// the second is refused with TPM_RC_HANDLE, which is harmless.
 func (t *TPM) flush(h tpm2.TPMHandle) {
-	_, _ = tpm2.FlushContext{FlushHandle: h}.Execute(t.t)
+	_, err := tpm2.FlushContext{FlushHandle: h}.Execute(t.t)
+	var rc tpm2.TPMRC
+	var fmt1 tpm2.TPMFmt1Error
+	if err != nil && !errors.As(err, &rc) && !errors.As(err, &fmt1) {
+		_, _ = tpm2.FlushContext{FlushHandle: h}.Execute(t.t)
+	}
 }

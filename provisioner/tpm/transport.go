@@ -70,7 +70,8 @@ func OpenTransport(uri string) (transport.TPMCloser, error) {
 }
 
 // serial serializes commands on one transport and retries the ones the TPM
-// answers with TPM_RC_RETRY, TPM_RC_YIELDED or TPM_RC_TESTING: the command did
+// answers with TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING or TPM_RC_NV_RATE
+// (NV wear-out protection, which a key swap's NV writes can meet): the command did
 // not run, and resending the same bytes is what the TPM asks for (TPM 2.0
 // Part 1, §39.3 "Warnings").
 type serial struct {
@@ -104,7 +105,7 @@ func retryable(rsp []byte) bool {
 		return false
 	}
 	switch tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:10])) {
-	case tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCTesting:
+	case tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCTesting, tpm2.TPMRCNVRate:
 		return true
 	}
 	return false

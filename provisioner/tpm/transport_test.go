@@ -33,6 +33,7 @@ func TestSerialRetries(t *testing.T) {
 	}{
 		{"success", []tpm2.TPMRC{tpm2.TPMRCSuccess}, 1, tpm2.TPMRCSuccess},
 		{"retry then success", []tpm2.TPMRC{tpm2.TPMRCRetry, tpm2.TPMRCYielded, tpm2.TPMRCTesting, tpm2.TPMRCSuccess}, 4, tpm2.TPMRCSuccess},
+		{"NV rate limit then success", []tpm2.TPMRC{tpm2.TPMRCNVRate, tpm2.TPMRCSuccess}, 2, tpm2.TPMRCSuccess},
 		{"other errors are not retried", []tpm2.TPMRC{tpm2.TPMRCLockout}, 1, tpm2.TPMRCLockout},
 		{"retries are bounded", []tpm2.TPMRC{tpm2.TPMRCRetry}, len(retryDelays) + 1, tpm2.TPMRCRetry},
 	} {

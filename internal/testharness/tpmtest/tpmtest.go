@@ -159,9 +159,13 @@ func Handles(tpm transport.TPM, first tpm2.TPMHandle) ([]tpm2.TPMHandle, error) 
 	}
 	var out []tpm2.TPMHandle
 	for _, h := range hl.Handle {
-		if h>>24 == first>>24 {
+		// Sessions are listed by state (0x02 loaded, 0x03 saved) but keep
+		// their own handles: 0x02 for HMAC, 0x03 for policy sessions.
+		if h>>24 == first>>24 || isSession(first) && isSession(h) {
 			out = append(out, h)
 		}
 	}
 	return out, nil
 }
+
+func isSession(h tpm2.TPMHandle) bool { return h>>24 == 0x02 || h>>24 == 0x03 }

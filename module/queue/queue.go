@@ -207,7 +207,7 @@ func open(opts Options, fsync func(*os.File) error) (*Queue, error) {
 
 // recover rebuilds the in-memory index from the folder.
 func (q *Queue) recover() error {
-	if err := os.MkdirAll(q.dir, 0o700); err != nil {
+	if err := mkdirDurable(q.dir); err != nil {
 		return err
 	}
 	lock, err := os.OpenFile(filepath.Join(q.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)

@@ -130,6 +130,36 @@ func createSegment(dir string, first uint64, fsync func(*os.File) error) (_ *seg
 	return &segment{first: first, last: first - 1, size: segHeader, f: f, path: path}, nil
 }
 
+// mkdirDurable makes dir (0700) and its missing parents durable: POSIX
+// makes a new name durable only once its folder is fsync'd, so without
+// it a power cut can take a fresh queue folder away with every message
+// acknowledged into it. Since a crash may have come between a mkdir and
+// its fsync, dir's parent is fsync'd even when dir exists, and dir itself
+// too.
+func mkdirDurable(dir string) error {
+	dir = filepath.Clean(dir)
+	fi, err := os.Stat(dir)
+	if err == nil && !fi.IsDir() {
+		return fmt.Errorf("%s is not a folder", dir)
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		if parent := filepath.Dir(dir); parent != dir {
+			if err := mkdirDurable(parent); err != nil {
+				return err
+			}
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	if err := syncDir(filepath.Dir(dir)); err != nil {
+		return fmt.Errorf("make %s durable: %w", dir, err)
+	}
+	return syncDir(dir)
+}
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {

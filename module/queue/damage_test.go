@@ -215,3 +215,29 @@ func TestReadSkipsDamageWhileOpen(t *testing.T) {
 		t.Errorf("Stats after acking all = %+v, want Depth 0", st)
 	}
 }
+
+// A message's body may hold what looks like a record, with the very seq
+// that comes next. When that message is damaged in its body, the record
+// its length points to is the next one, not the look-alike.
+func TestDamageSkipsLookAlike(t *testing.T) {
+	opts := testOptions(t, t.TempDir())
+	q := mustOpen(t, opts)
+	forged := &Message{ID: "forged", Output: "elsewhere", Body: []byte("not from the producer")}
+	carrier := &Message{ID: "carrier", Body: append([]byte("x"), appendRecord(nil, forged, 3)...)}
+	appendAll(t, q, msg(1), carrier, msg(3))
+	q.Close()
+	path := filepath.Join(opts.Dir, segmentName(1))
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[segHeader+recSize+recHeader+seqLen+2] ^= 1 // in the carrier's ID
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	q = mustOpen(t, opts)
+	got := readAll(t, q, 0)
+	if s := seqs(got); !reflect.DeepEqual(s, []uint64{1, 3}) || got[1].ID != msg(3).ID {
+		t.Errorf("Read = %v (%v), want seqs 1 and 3, the second %s", s, got, msg(3).ID)
+	}
+}

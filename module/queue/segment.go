@@ -243,20 +243,37 @@ const minRecord = recHeader + seqLen + 1
 // good record follows.
 func resync(sc *scanner, off, end int64, prev, limit uint64) (at int64, seq uint64, ok bool, err error) {
 	sc.end = end
-	for p := off + 1; p+minRecord <= end; p++ {
+	try := func(p int64) (uint64, bool, error) {
 		sc.off = p
 		b, err := sc.window(recHeader + seqLen)
 		if err != nil {
-			return 0, 0, false, err
+			return 0, false, err
 		}
 		seq := bodySeq(b[recHeader:])
 		if seq <= prev || seq > limit || seq-prev-1 > uint64(p-off)/minRecord {
-			continue
+			return 0, false, nil
 		}
-		if _, _, err := sc.next(); err == nil {
-			return p, seq, true, nil
-		} else if !isDamage(err) {
-			return 0, 0, false, err
+		if _, _, err := sc.next(); isDamage(err) {
+			return 0, false, nil
+		} else if err != nil {
+			return 0, false, err
+		}
+		return seq, true, nil
+	}
+	// Where the damaged record's length points first: when the damage is
+	// in its body, that is where the next record is, and a record that a
+	// producer's body merely contains is never taken for it.
+	sc.off = off
+	if b, err := sc.window(recHeader); err == nil {
+		if size, err := recordLen(b); err == nil && off+size+minRecord <= end {
+			if seq, ok, err := try(off + size); ok || err != nil {
+				return off + size, seq, ok, err
+			}
+		}
+	}
+	for p := off + 1; p+minRecord <= end; p++ {
+		if seq, ok, err := try(p); ok || err != nil {
+			return p, seq, ok, err
 		}
 	}
 	return 0, 0, false, nil

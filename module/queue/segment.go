@@ -261,12 +261,13 @@ func resync(sc *scanner, off, end int64, prev, limit uint64) (at int64, seq uint
 		return seq, true, nil
 	}
 	// Where the damaged record's length points first: when the damage is
-	// in its body, that is where the next record is, and a record that a
-	// producer's body merely contains is never taken for it.
+	// in its body, the record after it is there, with the seq after the
+	// damaged one's, and a record that a producer's body merely contains
+	// is never taken for it.
 	sc.off = off
 	if b, err := sc.window(recHeader); err == nil {
 		if size, err := recordLen(b); err == nil && off+size+minRecord <= end {
-			if seq, ok, err := try(off + size); ok || err != nil {
+			if seq, ok, err := try(off + size); err != nil || ok && seq == prev+2 {
 				return off + size, seq, ok, err
 			}
 		}

@@ -75,19 +75,49 @@ func (q *Queue) noteDamage(s *segment, d damage) {
 		}
 	}
 	q.corrupt += n
-	if n == 0 && d.first <= d.last {
-		// Done before the damage came to light: nothing lost.
-		return
+	if n > 0 || d.first > d.last {
+		b := make([]byte, min(d.end-d.off, maxEvidence))
+		if _, err := s.f.ReadAt(b, d.off); err != nil {
+			q.log.Warn().Err(err).Str("segment", s.path).Msg("read damaged record")
+			return
+		}
+		path := q.keepEvidence(s, d.off, b)
+		q.log.Warn().Str("segment", s.path).Uint64("first", d.first).Uint64("last", d.last).
+			Int64("offset", d.off).Int64("bytes", d.end-d.off).Int64("records", n).Str("evidence", path).
+			Msg("skipping damaged records")
 	}
-	b := make([]byte, min(d.end-d.off, maxEvidence))
-	if _, err := s.f.ReadAt(b, d.off); err != nil {
-		q.log.Warn().Err(err).Str("segment", s.path).Msg("read damaged record")
-		return
+	if err := q.zero(s, d); err != nil {
+		q.log.Warn().Err(err).Str("segment", s.path).Msg("zero damaged records")
 	}
-	path := q.keepEvidence(s, d.off, b)
-	q.log.Warn().Str("segment", s.path).Uint64("first", d.first).Uint64("last", d.last).
-		Int64("offset", d.off).Int64("bytes", d.end-d.off).Int64("records", n).Str("evidence", path).
-		Msg("skipping damaged records")
+}
+
+// zero overwrites a damaged place with zeros, which never pass for a
+// record, once its evidence is kept. Which good record follows damage is
+// a judgement on bytes that were not written so; zeros make every later
+// Open judge as this one did, even once appends or more damage change
+// what comes after it. Callers hold q.mu.
+func (q *Queue) zero(s *segment, d damage) error {
+	end := min(d.end, s.size)
+	buf := make([]byte, min(end-d.off, readChunk))
+	dirty := false
+	for off := d.off; off < end; off += int64(len(buf)) {
+		b := buf[:min(int64(len(buf)), end-off)]
+		if _, err := s.f.ReadAt(b, off); err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) {
+			continue
+		}
+		clear(b)
+		if _, err := s.f.WriteAt(b, off); err != nil {
+			return err
+		}
+		dirty = true
+	}
+	if !dirty {
+		return nil
+	}
+	return q.fsync(s.f)
 }
 
 // keepEvidence writes b, the bytes at off in s, to the damaged folder

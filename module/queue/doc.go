@@ -51,7 +51,8 @@
 // holds and whose seq fits, and goes on from there. The seqs in between
 // are done: never delivered, counted in Stats().Corrupt, and the damaged
 // bytes are kept as evidence in the damaged folder (at most 32 files of
-// 1 MiB). A damaged header is written again: the name carries the seq. At
+// 1 MiB), then zeroed in the segment, so that every later Open finds the
+// same good records whatever is appended after them. A damaged header is written again: the name carries the seq. At
 // damage that no good record follows (a write that a crash tore, above
 // all) the file is cut, so that appends go on after the last good record;
 // a crash can only tear the last segment, since a new one appears (by

@@ -184,18 +184,15 @@ func (q *Queue) syncFront() error {
 			continue
 		}
 		target := q.wm + 1
-		if k := (target - s.first) / indexEvery; s.first+k*indexEvery > f.seq {
-			*f = cursor{s, s.first + k*indexEvery, s.index[k]}
+		if st := s.start(target); st.seq > f.seq {
+			*f = st
 		}
 		sc := newScanner(s, f.off, q.fbuf)
-		for f.seq < target {
-			_, size, err := sc.next()
-			if err != nil {
+		for f.seq < target && f.seq <= s.last {
+			if _, err := q.step(f, sc); err != nil {
 				q.fbuf = sc.buf
-				return fmt.Errorf("seek seq %d in %s: %w", f.seq, s.path, err)
+				return fmt.Errorf("seek seq %d in %s: %w", target, s.path, err)
 			}
-			f.seq++
-			f.off += size
 		}
 		q.fbuf = sc.buf
 	}
@@ -212,31 +209,35 @@ func (q *Queue) indexOf(s *segment) int {
 
 // oldest returns the head of the oldest pending record, if any.
 func (q *Queue) oldest() (head, bool, error) {
-	if err := q.syncFront(); err != nil {
-		return head{}, false, err
+	for {
+		if err := q.syncFront(); err != nil {
+			return head{}, false, err
+		}
+		f := q.front
+		if f.seq > f.seg.last {
+			return head{}, false, nil
+		}
+		if q.frontHead.seq == f.seq {
+			return q.frontHead, true, nil
+		}
+		sc := newScanner(f.seg, f.off, q.fbuf)
+		body, err := q.step(&f, sc)
+		q.fbuf = sc.buf
+		if err != nil {
+			return head{}, false, err
+		}
+		if body == nil {
+			// Damage, now done: the front moves past it.
+			q.front = f
+			continue
+		}
+		h, _, _, err := decodeHead(body)
+		if err != nil {
+			return head{}, false, fmt.Errorf("read seq %d in %s: %w", f.seq-1, f.seg.path, err)
+		}
+		q.frontHead = h
+		return h, true, nil
 	}
-	f := q.front
-	if f.seq > f.seg.last {
-		return head{}, false, nil
-	}
-	if q.frontHead.seq == f.seq {
-		return q.frontHead, true, nil
-	}
-	sc := newScanner(f.seg, f.off, q.fbuf)
-	body, _, err := sc.next()
-	q.fbuf = sc.buf
-	if err == io.EOF {
-		err = errTorn
-	}
-	if err != nil {
-		return head{}, false, fmt.Errorf("read seq %d in %s: %w", f.seq, f.seg.path, err)
-	}
-	h, _, _, err := decodeHead(body)
-	if err != nil {
-		return head{}, false, fmt.Errorf("read seq %d in %s: %w", f.seq, f.seg.path, err)
-	}
-	q.frontHead = h
-	return h, true, nil
 }
 
 // pendingBytes is the size of the records from the oldest pending one on:

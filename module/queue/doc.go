@@ -15,7 +15,9 @@
 //     starts at SegmentSize;
 //   - acked, the low watermark below which everything is acked or dropped,
 //     in two slots overwritten in turn, so that a torn write spoils one;
-//   - lock, flock'd while open, so that two relays never share a queue.
+//   - lock, flock'd while open, so that two relays never share a queue;
+//   - damaged, when damage was found: the bytes of damaged records, named
+//     by segment and offset, for whoever investigates.
 //
 // In memory the queue keeps one small struct per segment (first and last
 // Seq, size, an offset every 256 records), never one per message: a
@@ -42,12 +44,21 @@
 //
 // # Recovery
 //
-// Open checks every record of every segment. At the first torn record,
-// bad checksum or break in the Seq chain it cuts the file, counts what it
-// cut in Stats().Corrupt and keeps everything before; later segments are
-// kept, the Seqs lost in between are skipped. A crash can only tear the
-// last segment: a new one appears (by rename) only after the previous is
-// fsync'd.
+// Open checks every record of every segment. A record that is damaged
+// (bad checksum, impossible length, seq out of line) costs that record
+// only: recovery looks for the next good record after it, byte by byte
+// since the damage may be in a length, accepting only one whose checksum
+// holds and whose seq fits, and goes on from there. The seqs in between
+// are done: never delivered, counted in Stats().Corrupt, and the damaged
+// bytes are kept as evidence in the damaged folder (at most 32 files of
+// 1 MiB), then zeroed in the segment, so that every later Open finds the
+// same good records whatever is appended after them. A damaged header is written again: the name carries the seq. At
+// damage that no good record follows (a write that a crash tore, above
+// all) the file is cut, so that appends go on after the last good record;
+// a crash can only tear the last segment, since a new one appears (by
+// rename) only after the previous is fsync'd. Read meets damage that
+// appears while the queue is open the same way: it skips, counts and keeps
+// it, and goes on.
 //
 // # Bounds
 //

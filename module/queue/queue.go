@@ -148,14 +148,15 @@ type Stats struct {
 	// Dropped counts messages dropped since Open, by reason: "full",
 	// "expired" (Message.Expires passed), "age" (older than MaxAge).
 	Dropped map[string]int64
-	// Corrupt counts records cut at recovery: torn by a crash or damaged.
+	// Corrupt counts records lost to damage since Open: torn by a crash
+	// or damaged on disk, found at recovery or by Read. None is delivered.
 	Corrupt int64
 }
 
 // Open opens the queue in opts.Dir, creating it if needed. After a crash it
-// checks every record: a torn or corrupt tail is cut and counted in
-// Stats().Corrupt, everything before it is kept. Delivery resumes after the
-// persisted ack watermark.
+// checks every record: a torn tail is cut, a damaged record skipped, both
+// counted in Stats().Corrupt; everything else is kept. Delivery resumes
+// after the persisted ack watermark.
 func Open(opts Options) (*Queue, error) { return open(opts, fdatasync) }
 
 // open is Open with the fsync to use, which tests slow down to that of a
@@ -206,7 +207,7 @@ func open(opts Options, fsync func(*os.File) error) (*Queue, error) {
 
 // recover rebuilds the in-memory index from the folder.
 func (q *Queue) recover() error {
-	if err := os.MkdirAll(q.dir, 0o700); err != nil {
+	if err := mkdirDurable(q.dir); err != nil {
 		return err
 	}
 	lock, err := os.OpenFile(filepath.Join(q.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
@@ -244,7 +245,7 @@ func (q *Queue) recover() error {
 		}
 	}
 	slices.Sort(firsts)
-	for _, first := range firsts {
+	for i, first := range firsts {
 		r, err := recoverSegment(filepath.Join(q.dir, segmentName(first)), first, q.fsync)
 		if err != nil {
 			return err
@@ -261,10 +262,18 @@ func (q *Queue) recover() error {
 			}
 			s = nil
 		}
+		if r.header {
+			q.log.Warn().Str("segment", r.seg.path).Msg("rewrote damaged segment header")
+		}
 		if r.cut > 0 {
 			q.corrupt += r.cut
 			q.log.Warn().Str("segment", r.seg.path).Int64("records", r.cut).Int64("bytes", r.cutBytes).
 				Msg("cut torn or corrupt tail")
+		}
+		// A torn tail of the last segment is what a crash leaves: a write
+		// never acknowledged. Anything else is damage.
+		if r.evidence != nil && !(r.torn && i == len(firsts)-1) {
+			q.keepEvidence(r.seg, r.seg.size, r.evidence)
 		}
 		if s != nil {
 			q.segs = append(q.segs, s)
@@ -290,6 +299,13 @@ func (q *Queue) recover() error {
 	// if the watermark saved then lags behind.
 	q.wm = max(wm, q.segs[0].first-1)
 	q.advance()
+	for _, s := range q.segs {
+		bad := s.bad
+		s.bad = nil
+		for _, d := range bad {
+			q.noteDamage(s, d)
+		}
+	}
 	q.saved = wm
 	q.reclaim()
 	q.log.Info().Int("segments", len(q.segs)).Uint64("next", q.next).Uint64("acked", q.wm).
@@ -338,6 +354,10 @@ func (q *Queue) read(after uint64, n int) (msgs []*Message, seen uint64, err err
 		return nil, max(after, q.next-1), nil
 	}
 	i := sort.Search(len(q.segs), func(i int) bool { return q.segs[i].last >= seq })
+	for i < len(q.segs) && q.segs[i].count() == 0 {
+		// Recovery can leave an empty segment after a gap in seqs.
+		i++
+	}
 	if i == len(q.segs) {
 		return nil, q.next - 1, nil
 	}
@@ -357,21 +377,21 @@ func (q *Queue) read(after uint64, n int) (msgs []*Message, seen uint64, err err
 			sc = newScanner(s, c.off, sc.buf)
 			continue
 		}
-		body, size, err := sc.next()
-		if err == nil && bodySeq(body) != c.seq {
-			err = fmt.Errorf("seq %d where %d belongs: %w", bodySeq(body), c.seq, errCorrupt)
-		}
+		body, err := q.step(&c, sc)
 		if err != nil {
-			return nil, after, fmt.Errorf("seq %d in %s: %w", c.seq, c.seg.path, err)
+			return nil, after, err
 		}
-		seq := c.seq
-		c.seq++
-		c.off += size
+		if body == nil {
+			continue
+		}
+		seq := bodySeq(body)
 		if _, done := q.done[seq]; done || seq <= q.wm {
 			continue
 		}
 		m, err := decodeBody(body)
 		if err != nil {
+			// The checksum held, so the writer wrote it so: a bug, not
+			// damage, and not to be sent as it is.
 			return nil, after, fmt.Errorf("%s: %w", c.seg.path, err)
 		}
 		if reason := q.stale(head{seq, m.Enqueued, m.Expires}, now); reason != "" {
@@ -391,21 +411,17 @@ func (q *Queue) read(after uint64, n int) (msgs []*Message, seen uint64, err err
 // seek returns a cursor and scanner at record seq of s, starting from the
 // nearest known place before it.
 func (q *Queue) seek(s *segment, seq uint64) (cursor, *scanner, error) {
-	k := (seq - s.first) / indexEvery
-	c := cursor{s, s.first + k*indexEvery, s.index[k]}
+	c := s.start(seq)
 	for _, known := range []cursor{q.rc, q.front} {
 		if known.seg == s && known.seq <= seq && known.seq > c.seq {
 			c = known
 		}
 	}
 	sc := newScanner(s, c.off, q.rbuf)
-	for c.seq < seq {
-		_, size, err := sc.next()
-		if err != nil {
-			return c, nil, fmt.Errorf("seek seq %d in %s: %w", c.seq, s.path, err)
+	for c.seq < seq && c.seq <= s.last {
+		if _, err := q.step(&c, sc); err != nil {
+			return c, nil, fmt.Errorf("seek seq %d in %s: %w", seq, s.path, err)
 		}
-		c.seq++
-		c.off += size
 	}
 	return c, sc, nil
 }

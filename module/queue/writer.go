@@ -192,7 +192,7 @@ func (q *Queue) commit(reqs []*appendReq) (carry []*appendReq) {
 
 	buf := q.wbuf[:0]
 	seq := q.next
-	var index []int64
+	var index []mark
 	firsts := make([]uint64, len(batch))
 	for j, r := range batch {
 		firsts[j] = seq
@@ -201,7 +201,7 @@ func (q *Queue) commit(reqs []*appendReq) (carry []*appendReq) {
 			n, _ := recordLen(rec)
 			stampRecord(rec[:n], seq)
 			if (seq-seg.first)%indexEvery == 0 {
-				index = append(index, seg.size+int64(len(buf)+off))
+				index = append(index, mark{seq, seg.size + int64(len(buf)+off)})
 			}
 			off += int(n)
 		}
@@ -325,7 +325,7 @@ func (q *Queue) recycle(seg *segment) error {
 	if err := syncDir(q.dir); err != nil {
 		return fmt.Errorf("empty %s: %w", seg.path, err)
 	}
-	seg.path, seg.first, seg.last, seg.size, seg.index = path, q.next, q.next-1, segHeader, nil
+	seg.path, seg.first, seg.last, seg.size, seg.index, seg.bad = path, q.next, q.next-1, segHeader, nil, nil
 	if q.front.seg == seg {
 		q.front = cursor{}
 	}

@@ -45,7 +45,7 @@ func newMetrics(q store, dead deadLetters) *Metrics {
 		gauge("edgerelay_queue_bytes", "Bytes of queued messages.", func(s queue.Stats) float64 { return float64(s.Bytes) }),
 		gauge("edgerelay_queue_disk_bytes", "Bytes the queue uses on disk.", func(s queue.Stats) float64 { return float64(s.DiskBytes) }),
 		gauge("edgerelay_queue_oldest_age_seconds", "Age of the oldest queued message.", func(s queue.Stats) float64 { return s.OldestAge.Seconds() }),
-		gauge("edgerelay_queue_corrupt_records_total", "Records cut from a torn or corrupt queue tail at start.", func(s queue.Stats) float64 { return float64(s.Corrupt) }),
+		gauge("edgerelay_queue_corrupt_records_total", "Damaged records skipped (kept as evidence in queue/damaged) and torn tails cut, since the queue opened.", func(s queue.Stats) float64 { return float64(s.Corrupt) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgerelay_connected", Help: "1 while connected to edgeHub or IoT Hub."}, func() float64 {
 			if m.Connected() {
 				return 1

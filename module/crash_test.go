@@ -77,12 +77,34 @@ func TestKillUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills the module")
 	}
+	data := filepath.Join(t.TempDir(), "data")
+	n := crashUnderLoad(t, data, 5, 200, true,
+		func(int) time.Duration { return time.Duration(200+rand.IntN(400)) * time.Millisecond },
+		func(_ int, p *process) { p.kill() })
+	t.Logf("%d edgeHub inputs and %d Mosquitto messages after 5 kills: %d deliveries upstream, %d duplicates", n.inputs, n.published, n.upstream, n.dups)
+}
+
+// delivered counts what crashUnderLoad sent and what arrived.
+type delivered struct{ inputs, published, upstream, dups int }
+
+// crashUnderLoad runs the relay on data with both intakes busy: a
+// producer publishing QoS 1 to a real Mosquitto the relay takes as a
+// source, and edgeHub routing perRound messages to the relay's input each
+// round. After each round's inputs and pause(round), crash ends the relay
+// as the test's failure does. Then the relay runs once more, and every
+// message Mosquitto acknowledged and every message edgeHub handed over
+// must arrive upstream within a minute. With strict, a message that
+// arrives twice must also carry the same $.mid and the source's messages
+// first arrive in order: true across kill -9, where the page cache keeps
+// what the queue wrote, but not across a power cut, which may take a
+// reading the relay sent before the queue made it durable; Mosquitto then
+// delivers it again, and it goes up again as a new message.
+func crashUnderLoad(t *testing.T, data string, rounds, perRound int, strict bool, pause func(round int) time.Duration, crash func(round int, p *process)) delivered {
+	t.Helper()
 	hub := devHub(t)
 	plc := newPlant(t, hub, 100, "")
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
 	writeFile(t, caFile, hub.CA.CertPEM())
-	data := filepath.Join(dir, "data")
 
 	// The producer publishes in bursts until stopped; published holds
 	// what Mosquitto acknowledged, in order.
@@ -101,7 +123,6 @@ func TestKillUnderLoad(t *testing.T) {
 		}
 	}
 
-	const rounds, perRound = 5, 200
 	ctx := t.Context()
 	var inputs []string
 	for round := range rounds {
@@ -117,8 +138,8 @@ func TestKillUnderLoad(t *testing.T) {
 			}
 			inputs = append(inputs, id)
 		}
-		time.Sleep(time.Duration(200+rand.IntN(400)) * time.Millisecond)
-		p.kill()
+		time.Sleep(pause(round))
+		crash(round, p)
 	}
 	p := startProcess(t, hub, data, caFile)
 	defer p.kill()
@@ -129,15 +150,16 @@ func TestKillUnderLoad(t *testing.T) {
 	want := append(slices.Clone(inputs), published...)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		got, dups := arrived(t, hub)
+		got, dups := map[string]bool{}, 0
+		if strict {
+			got, dups = arrived(t, hub)
+		}
 		for _, m := range hub.Upstream() { // the inputs, which arrived does not track
 			got[string(m.Body)] = true
 		}
 		n := missing(want, got)
 		if n == 0 {
-			t.Logf("%d edgeHub inputs and %d Mosquitto messages after %d kills: %d deliveries upstream, %d duplicates",
-				len(inputs), len(published), rounds, len(hub.Upstream()), dups)
-			return
+			return delivered{inputs: len(inputs), published: len(published), upstream: len(hub.Upstream()), dups: dups}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d messages never arrived upstream\nlast log:\n%s", n, len(want), p.log.String())

@@ -118,13 +118,15 @@ func (c *Client) WaitRunning(ctx context.Context, modules []string, interval tim
 			if len(notRunning(list, modules)) == 0 {
 				return list, nil
 			}
-		} else if ctx.Err() == nil {
+		} else {
 			lastErr = err // containerd may be restarting; keep polling
 		}
 		select {
 		case <-ctx.Done():
 			detail := strings.Join(notRunning(last, modules), ", ")
-			if lastErr != nil {
+			if last == nil && lastErr != nil {
+				detail = "containers not listed: " + lastErr.Error()
+			} else if lastErr != nil {
 				detail += "; last error: " + lastErr.Error()
 			}
 			return last, fmt.Errorf("%w: %s (%w)", ErrNotHealthy, detail, context.Cause(ctx))

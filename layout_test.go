@@ -18,6 +18,7 @@ const module = "github.com/edgetpm/edgetpm/"
 var forbidden = []string{
 	module + "internal/emulator/",
 	module + "internal/testharness/",
+	module + "internal/mssim/", // simulator code stays with the lab; provisioner/tpm's mssim client holds its own codes
 	"github.com/google/go-tpm-tools/simulator",
 	"github.com/google/go-tpm/tpm2/transport/simulator",
 }

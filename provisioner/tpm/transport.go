@@ -16,8 +16,6 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
-
-	"github.com/edgetpm/edgetpm/internal/mssim"
 )
 
 // DefaultURI is the kernel's TPM resource manager.
@@ -123,6 +121,17 @@ const (
 	ioTimeout   = 2 * time.Minute // RSA key generation on a slow chip
 )
 
+// Codes of the TCP protocol of Microsoft's TPM 2.0 reference simulator
+// (TpmTcpProtocol.h) that this client sends: TPM_SEND_COMMAND on the
+// command port, TPM_SIGNAL_POWER_ON and TPM_SIGNAL_NV_ON on the platform
+// port. internal/emulator/tpmsim serves the same protocol to the lab and
+// tests; TestOpenPowersOnReferenceSimulator runs this client against it.
+const (
+	mssimSendCommand = 8
+	mssimPowerOn     = 1
+	mssimNVOn        = 11
+)
+
 // swtpmInit is swtpm's CMD_INIT on its control channel (swtpm's
 // tpm_ioctl.h), which is not an mssim platform port.
 const swtpmInit = 2
@@ -134,7 +143,7 @@ func (m *mssimConn) Send(cmd []byte) ([]byte, error) {
 		return nil, err
 	}
 	hdr := make([]byte, 9, 9+len(cmd))
-	binary.BigEndian.PutUint32(hdr, mssim.SendCommand)
+	binary.BigEndian.PutUint32(hdr, mssimSendCommand)
 	hdr[4] = 0 // locality
 	binary.BigEndian.PutUint32(hdr[5:], uint32(len(cmd)))
 	if _, err := m.conn.Write(append(hdr, cmd...)); err != nil {
@@ -214,7 +223,7 @@ func powerOn(addr string) error {
 	if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		return err
 	}
-	if err := platformCmd(conn, mssim.PowerOn); err != nil {
+	if err := platformCmd(conn, mssimPowerOn); err != nil {
 		return fmt.Errorf("POWER_ON: %w", err)
 	}
 	// Tell the two apart by whether a second word follows.
@@ -228,7 +237,7 @@ func powerOn(addr string) error {
 		}
 		return nil
 	}
-	if err := platformCmd(conn, mssim.NVOn); err != nil {
+	if err := platformCmd(conn, mssimNVOn); err != nil {
 		return fmt.Errorf("NV_ON: %w", err)
 	}
 	return nil

@@ -1,6 +1,6 @@
 // Package tpmsim serves the reference TPM 2.0 simulator (go-tpm-tools'
 // simulator, linked with cgo and libcrypto) in this process over the TCP
-// protocol of Microsoft's TPM simulator (internal/mssim): a command port and a
+// protocol of Microsoft's TPM simulator (TpmTcpProtocol.h): a command port and a
 // platform port, so other processes reach it as they would swtpm or the
 // simulator itself (mssim://HOST:PORT). It is for the lab and tests only:
 // edge-deploy links it, edge-provisioner and edge-relay never do.
@@ -21,8 +21,21 @@ import (
 	"sync"
 
 	"github.com/google/go-tpm-tools/simulator"
+)
 
-	"github.com/edgetpm/edgetpm/internal/mssim"
+// Codes of the protocol (TpmTcpProtocol.h).
+const (
+	// Command port.
+	SendCommand     = 8
+	RemoteHandshake = 15
+	SessionEnd      = 20
+	Stop            = 21
+
+	// Platform port.
+	PowerOn  = 1
+	PowerOff = 2
+	NVOn     = 11
+	Reset    = 17
 )
 
 const maxCommand = 1 << 16
@@ -85,7 +98,7 @@ func (s *Server) command(c net.Conn) error {
 			return err
 		}
 		switch code {
-		case mssim.SendCommand:
+		case SendCommand:
 			var hdr struct {
 				Locality uint8
 				Size     uint32
@@ -109,7 +122,7 @@ func (s *Server) command(c net.Conn) error {
 			if _, err := c.Write(binary.BigEndian.AppendUint32(out, 0)); err != nil {
 				return err
 			}
-		case mssim.RemoteHandshake:
+		case RemoteHandshake:
 			var clientVersion uint32
 			if err := binary.Read(c, binary.BigEndian, &clientVersion); err != nil {
 				return err
@@ -118,7 +131,7 @@ func (s *Server) command(c net.Conn) error {
 			if err := binary.Write(c, binary.BigEndian, []uint32{1, 0x7, 0}); err != nil {
 				return err
 			}
-		case mssim.SessionEnd, mssim.Stop:
+		case SessionEnd, Stop:
 			return nil
 		default:
 			return fmt.Errorf("unknown command-port code %d", code)
@@ -152,7 +165,7 @@ func (s *Server) platform(c net.Conn) error {
 		var err error
 		s.mu.Lock()
 		switch code {
-		case mssim.PowerOn:
+		case PowerOn:
 			// The simulator package starts the TPM as it powers it on, so
 			// a client's TPM2_Startup gets TPM_RC_INITIALIZE, as after a
 			// firmware that started it.
@@ -160,13 +173,13 @@ func (s *Server) platform(c net.Conn) error {
 				err = s.sim.Reset()
 				s.on = err == nil
 			}
-		case mssim.PowerOff:
+		case PowerOff:
 			s.on = false
-		case mssim.Reset:
+		case Reset:
 			if s.on {
 				err = s.sim.Reset()
 			}
-		case mssim.SessionEnd, mssim.Stop:
+		case SessionEnd, Stop:
 			s.mu.Unlock()
 			return nil
 		}

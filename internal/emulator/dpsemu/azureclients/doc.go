@@ -5,6 +5,6 @@
 // (azure-iot-provisioning-device, azure-iot-provisioning-device-http and
 // azure-iot-security-tpm, which drives the TPM through tss.js) at the exact
 // versions in testdata/node/package-lock.json, points it at the reference
-// TPM simulator served over the mssim protocol (internal/mssim), and runs
+// TPM simulator served over the mssim protocol (internal/emulator/tpmsim), and runs
 // the whole TPM attestation flow of docs/dps-protocol.md#the-flow against the emulator.
 package azureclients

@@ -39,17 +39,25 @@ type process struct {
 
 func startProcess(t testing.TB, hub *hubtest.Server, data, caFile string, args ...string) *process {
 	t.Helper()
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, append([]string{"--data", data, "--metrics-addr", "127.0.0.1:0"}, args...)...)
-	cmd.Env = append(os.Environ(),
+	return spawnRelay(t, append([]string{"--data", data}, args...),
 		"EdgeHubConnectionString=HostName="+hub.HubHostName()+";GatewayHostName="+hub.GatewayHostName()+
 			";DeviceId=edge1;ModuleId=relay;SharedAccessKey="+base64.StdEncoding.EncodeToString(relayKey),
 		"EdgeModuleCACertificateFile="+caFile,
 		"EDGE_RELAY_HUB_ADDRESS="+hub.Addr,
 	)
+}
+
+// spawnRelay starts edge-relay as its own process with args (a free
+// metrics address, and a data folder in a temporary one unless args give
+// --data) and env added to this process's environment.
+func spawnRelay(t testing.TB, args []string, env ...string) *process {
+	t.Helper()
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, append([]string{"--data", filepath.Join(t.TempDir(), "data"), "--metrics-addr", "127.0.0.1:0"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	p := &process{cmd: cmd, log: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {

@@ -18,9 +18,16 @@ import (
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
-// Device mode: the hub key is in the TPM, where DPS put it; edge-relay
-// signs its tokens there and talks to IoT Hub as the device.
-func TestDeviceMode(t *testing.T) {
+// tpmDevice is swtpm holding a hub key as DPS leaves it: imported under
+// the SRK and persisted at the default auth key handle.
+type tpmDevice struct {
+	key            []byte
+	uri            string
+	registrationID string
+}
+
+func newTPMDevice(t testing.TB) *tpmDevice {
+	t.Helper()
 	sw := tpmtest.StartSwtpm(t)
 	key := make([]byte, 32)
 	rand.Read(key)
@@ -28,6 +35,7 @@ func TestDeviceMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer tp.Close()
 	id, err := tp.Identity(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -36,21 +44,34 @@ func TestDeviceMode(t *testing.T) {
 	if err == nil {
 		err = tp.ImportKey(t.Context(), blob)
 	}
-	tp.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &tpmDevice{key: key, uri: sw.URI, registrationID: id.RegistrationID}
+}
 
-	hub := hubtest.Start(t, hubemu.Config{Key: hubtest.Keys(map[string][]byte{"press-7": key})})
-	dir := t.TempDir()
+// assignment saves, in dir, what `edge-provisioner register` would after
+// DPS assigned the TPM to hub as device, and returns its path.
+func (d *tpmDevice) assignment(t testing.TB, hub *hubtest.Server, device, dir string) string {
+	t.Helper()
 	state := filepath.Join(dir, "assignment.json")
 	if err := assignment.Save(state, &assignment.Assignment{
-		IDScope: "0ne00000001", Endpoint: "https://global.azure-devices-provisioning.net", RegistrationID: id.RegistrationID,
-		AssignedHub: hub.HubHostName(), DeviceID: "press-7", Substatus: "initialAssignment", AssignedAt: time.Now().UTC(),
-		TPM: sw.URI, AuthKeyHandle: uint32(tpm.DefaultAuthKeyHandle),
+		IDScope: "0ne00000001", Endpoint: "https://global.azure-devices-provisioning.net", RegistrationID: d.registrationID,
+		AssignedHub: hub.HubHostName(), DeviceID: device, Substatus: "initialAssignment", AssignedAt: time.Now().UTC(),
+		TPM: d.uri, AuthKeyHandle: uint32(tpm.DefaultAuthKeyHandle),
 	}); err != nil {
 		t.Fatal(err)
 	}
+	return state
+}
+
+// Device mode: the hub key is in the TPM, where DPS put it; edge-relay
+// signs its tokens there and talks to IoT Hub as the device.
+func TestDeviceMode(t *testing.T) {
+	dev := newTPMDevice(t)
+	hub := hubtest.Start(t, hubemu.Config{Key: hubtest.Keys(map[string][]byte{"press-7": dev.key})})
+	dir := t.TempDir()
+	state := dev.assignment(t, hub, "press-7", dir)
 	caFile := filepath.Join(dir, "ca.pem")
 	writeFile(t, caFile, hub.CA.CertPEM())
 	environ := map[string]string{"EDGE_RELAY_HUB_ADDRESS": hub.Addr}

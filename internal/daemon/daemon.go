@@ -118,6 +118,9 @@ func (p *Process) exited() error {
 	return fmt.Errorf("%s exited: %w", p.name, p.err)
 }
 
+// Pid is the daemon's process ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Done is closed once the daemon has exited.
 func (p *Process) Done() <-chan struct{} { return p.done }
 

@@ -139,6 +139,9 @@ func (b *Broker) start() {
 	b.URL = fmt.Sprintf("%s://127.0.0.1:%d", scheme, b.Port)
 }
 
+// Pid is Mosquitto's process ID, so a benchmark can read its CPU time.
+func (b *Broker) Pid() int { return b.peer.Pid() }
+
 // Stop kills Mosquitto, like a crash: its sessions are gone.
 func (b *Broker) Stop() { b.peer.Kill() }
 

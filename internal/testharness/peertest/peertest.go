@@ -109,6 +109,14 @@ func (p *Peer) Kill() {
 	p.proc = nil
 }
 
+// Pid is the running peer's process ID, 0 when it is not running.
+func (p *Peer) Pid() int {
+	if p.proc == nil {
+		return 0
+	}
+	return p.proc.Pid()
+}
+
 // Log is the peer's output so far.
 func (p *Peer) Log() string { return p.log.String() }
 

@@ -49,9 +49,9 @@ type packer struct {
 	// the estimate for the next (1 before any).
 	ratio float64
 
-	msgs    []*queue.Message
-	arrived time.Time // when msgs[0] came, for batching.linger
-	body    int       // the JSON array: brackets, commas and members
+	msgs []*queue.Message
+	came []time.Time // when each member came, for batching.linger
+	body int         // the JSON array: brackets, commas and members
 	// diff is the index of the first member whose MQTT topic differs
 	// from the first's: batches up to it carry the topic, longer ones do
 	// not (len(msgs) when all share it).
@@ -69,10 +69,7 @@ func (p *packer) add(m *queue.Message, b twin.Batching, now time.Time) [][]*queu
 	if len(p.msgs) > 0 && !compatible(p.msgs[0], m) {
 		ready = append(ready, p.take(len(p.msgs), b))
 	}
-	if len(p.msgs) == 0 {
-		p.arrived = now
-	}
-	p.push(m, b)
+	p.push(m, now, b)
 	if n := len(p.msgs); n > 1 && !p.fits(n, p.body, b) {
 		ready = append(ready, p.take(n-1, b))
 	}
@@ -97,7 +94,10 @@ func (p *packer) flush(b twin.Batching) []*queue.Message {
 // deadline is when the batch must go (batching.linger after its oldest
 // member came); ok is false when there is none.
 func (p *packer) deadline(b twin.Batching) (time.Time, bool) {
-	return p.arrived.Add(time.Duration(b.Linger)), len(p.msgs) > 0
+	if len(p.msgs) == 0 {
+		return time.Time{}, false
+	}
+	return p.came[0].Add(time.Duration(b.Linger)), true
 }
 
 // observe learns the compression ratio from a gzip batch sent.
@@ -107,7 +107,8 @@ func (p *packer) observe(body, compressed int) {
 	}
 }
 
-func (p *packer) push(m *queue.Message, b twin.Batching) {
+func (p *packer) push(m *queue.Message, came time.Time, b twin.Batching) {
+	p.came = append(p.came, came)
 	if len(p.msgs) == 0 {
 		p.msgs = append(p.msgs, m)
 		p.body = 2 + len(m.Body)
@@ -123,13 +124,13 @@ func (p *packer) push(m *queue.Message, b twin.Batching) {
 }
 
 // take removes the first k members and returns them; the others start
-// the next batch, keeping their place (and the linger of the oldest).
+// the next batch, keeping their place and the time they came.
 func (p *packer) take(k int, b twin.Batching) []*queue.Message {
 	out := p.msgs[:k:k]
-	rest := p.msgs[k:]
-	p.msgs = nil
-	for _, m := range rest {
-		p.push(m, b)
+	rest, came := p.msgs[k:], p.came[k:]
+	p.msgs, p.came = nil, nil
+	for i, m := range rest {
+		p.push(m, came[i], b)
 	}
 	return out
 }

@@ -152,3 +152,26 @@ func lens(batches [][]*queue.Message) []int {
 	}
 	return n
 }
+
+// Members kept for the next batch when maxMessages cuts at a unit
+// boundary wait batching.linger from when they came, not from when the
+// batch they left began.
+func TestPackerLingerOfKept(t *testing.T) {
+	b := twin.Batching{Enabled: true, MaxBytes: 65536, MaxMessages: 20, Linger: twin.Duration(time.Second), Compression: "none"}
+	p := &packer{hub: &sizeHub{}}
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	var sent []*queue.Message
+	for i := range 20 {
+		for _, batch := range p.add(reading(i, 256, nil), b, t0.Add(time.Duration(i)*time.Millisecond)) {
+			sent = append(sent, batch...)
+		}
+	}
+	// 20 readings meter about 5.2 KB: the first unit's worth goes.
+	if len(sent) == 0 || len(sent) == 20 {
+		t.Fatalf("%d of 20 readings sent at maxMessages, want those filling the first 4 KB unit", len(sent))
+	}
+	d, ok := p.deadline(b)
+	if want := t0.Add(time.Duration(len(sent))*time.Millisecond + time.Second); !ok || !d.Equal(want) {
+		t.Errorf("deadline of the kept readings = %v, %v; want %v, from the first kept one's arrival", d, ok, want)
+	}
+}

@@ -131,3 +131,44 @@ func TestBatchingCost(t *testing.T) {
 		t.Errorf("gzip batches: %d units for %.1f ideal uncompressed, want at least 1.5 times fewer", u, ideal)
 	}
 }
+
+// A gzip batch that compresses worse than the last one did (the packer's
+// estimate) is not sent over maxBytes: it goes again in halves, and every
+// reading arrives.
+func TestGzipWorseThanEstimated(t *testing.T) {
+	p := start(t, config(func(c *twin.Config) {
+		c.Batching = twin.Batching{Enabled: true, MaxBytes: 4096, MaxMessages: 10000, Linger: twin.Duration(time.Hour), Compression: "gzip"}
+	}))
+	ctx := t.Context()
+	rng := newPlant(7).rng
+	var msgs []*queue.Message
+	for i := range 400 {
+		body := fmt.Sprintf(`{"i":%d,"v":"%s"}`, i, bytes.Repeat([]byte("a"), 200)) // squeezes to nothing
+		if i >= 200 {
+			noise := make([]byte, 100)
+			for j := range noise {
+				noise[j] = "0123456789abcdef"[rng.IntN(16)]
+			}
+			body = fmt.Sprintf(`{"i":%d,"v":"%s"}`, i, noise) // hardly at all
+		}
+		msgs = append(msgs, &queue.Message{ID: fmt.Sprint("g", i), Source: "mqtt:s", Output: "telemetry", Body: []byte(body)})
+	}
+	if err := p.r.Append(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	until.True(t, "the queue to empty", func() bool {
+		if _, err := p.r.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return p.q.Stats().Depth == 0
+	})
+	up := p.hub.Upstream()
+	if got := readings(t, up); len(got) != len(msgs) {
+		t.Fatalf("%d readings upstream, want %d", len(got), len(msgs))
+	}
+	for _, m := range up {
+		if m.Billed > 4096 {
+			t.Errorf("a batch of %s readings metered %d bytes, over maxBytes 4096", m.Properties["batch-count"], m.Billed)
+		}
+	}
+}

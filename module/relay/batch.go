@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
-	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -193,21 +192,27 @@ func (p *packer) cut(b twin.Batching) int {
 }
 
 // compatible tells whether m may join a batch led by first: the same
-// output and application properties, the MQTT topic aside.
+// output and application properties, the MQTT topic aside. It runs for
+// every reading batched, so it compares in place.
 func compatible(first, m *queue.Message) bool {
 	if first.Output != m.Output {
 		return false
 	}
-	return maps.EqualFunc(withoutTopic(first.Properties), withoutTopic(m.Properties), func(a, b string) bool { return a == b })
-}
-
-func withoutTopic(props map[string]string) map[string]string {
-	if _, ok := props[deadletter.TopicProperty]; !ok {
-		return props
+	n := 0
+	for k, v := range first.Properties {
+		if k == deadletter.TopicProperty {
+			continue
+		}
+		if w, ok := m.Properties[k]; !ok || w != v {
+			return false
+		}
+		n++
 	}
-	out := maps.Clone(props)
-	delete(out, deadletter.TopicProperty)
-	return out
+	others := len(m.Properties)
+	if _, ok := m.Properties[deadletter.TopicProperty]; ok {
+		others--
+	}
+	return others == n
 }
 
 func topic(m *queue.Message) string { return m.Properties[deadletter.TopicProperty] }

@@ -175,3 +175,26 @@ func TestPackerLingerOfKept(t *testing.T) {
 		t.Errorf("deadline of the kept readings = %v, %v; want %v, from the first kept one's arrival", d, ok, want)
 	}
 }
+
+func TestCompatible(t *testing.T) {
+	m := func(out string, props map[string]string) *queue.Message {
+		return &queue.Message{Output: out, Properties: props}
+	}
+	topic := deadletter.TopicProperty
+	for _, tc := range []struct {
+		a, b *queue.Message
+		want bool
+	}{
+		{m("o", nil), m("o", map[string]string{}), true},
+		{m("o", nil), m("p", nil), false},
+		{m("o", map[string]string{topic: "a", "line": "3"}), m("o", map[string]string{topic: "b", "line": "3"}), true},
+		{m("o", map[string]string{topic: "a"}), m("o", nil), true},
+		{m("o", map[string]string{"line": "3"}), m("o", map[string]string{"line": "4"}), false},
+		{m("o", map[string]string{"line": "3"}), m("o", map[string]string{"line": "3", "x": ""}), false},
+		{m("o", map[string]string{"line": "3", "x": ""}), m("o", map[string]string{"line": "3", topic: "a"}), false},
+	} {
+		if got := compatible(tc.a, tc.b); got != tc.want {
+			t.Errorf("compatible(%v, %v) = %v, want %v", tc.a.Properties, tc.b.Properties, got, tc.want)
+		}
+	}
+}

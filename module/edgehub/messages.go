@@ -44,25 +44,18 @@ func NewMessageID() string {
 	return hex.EncodeToString(b)
 }
 
-func (m *Message) system(output string) map[string]string {
-	sys := map[string]string{}
-	set := func(k, v string) {
-		if v != "" {
-			sys[k] = v
-		}
-	}
-	set(PropOutput, output)
-	set(PropMessageID, m.ID)
-	set(PropCorrelationID, m.CorrelationID)
-	set(PropContentType, m.ContentType)
-	set(PropContentEncoding, m.ContentEncoding)
+// systemProps are m's system properties sent to output, in the order
+// they are written; empty ones are not sent.
+func (m *Message) systemProps(output string) [len(systemOrder)]prop {
+	var exp string
 	if !m.Expiry.IsZero() {
-		set(PropExpiry, m.Expiry.UTC().Format(time.RFC3339Nano))
+		exp = m.Expiry.UTC().Format(time.RFC3339Nano)
 	}
-	return sys
+	return [...]prop{{PropOutput, output}, {PropMessageID, m.ID}, {PropCorrelationID, m.CorrelationID},
+		{PropContentType, m.ContentType}, {PropContentEncoding, m.ContentEncoding}, {PropExpiry, exp}}
 }
 
-// Publish sends m to output ("" in device mode) at QoS 1 and returns once
+// Publish sends m to output (ignored for a device identity) at QoS 1 and returns once
 // it is acknowledged. A connection that drops before the PUBACK is waited
 // out and the message sent again, with the same ID, until ctx ends.
 func (s *Session) Publish(ctx context.Context, output string, m *Message) error {
@@ -172,9 +165,18 @@ func (s *Session) Size(output string, m *Message) int {
 
 // encode returns the telemetry topic of m sent to output and its Size.
 func (s *Session) encode(output string, m *Message) (string, int) {
-	sys := m.system(output)
-	topic := s.cfg.Identity.prefix() + "/messages/events/" + encodeProperties(sys, m.Properties)
-	routing := len(m.Body) + propertiesSize(sys, m.Properties)
+	if s.cfg.Identity.ModuleID == "" {
+		// $.on is an edgeHub route's source; IoT Hub has no outputs, and
+		// a device's property would be billed for nothing.
+		output = ""
+	}
+	sys := m.systemProps(output)
+	const events = "/messages/events/"
+	prefix := s.cfg.Identity.prefix()
+	b := make([]byte, 0, len(prefix)+len(events)+160)
+	b, props := appendBag(append(append(b, prefix...), events...), sys[:], m.Properties)
+	topic := string(b)
+	routing := len(m.Body) + props
 	packet := 2 + len(topic) + 2 + len(m.Body) // topic length, topic, packet ID, payload
 	return topic, max(routing, packet)
 }

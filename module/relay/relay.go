@@ -175,7 +175,7 @@ func (r *Relay) input(ctx context.Context, input string, m *edgehub.Message) err
 // tooLarge tells whether m is over edgeHub's limit as it would be sent
 // alone to its output.
 func (r *Relay) tooLarge(m *queue.Message) bool {
-	return r.hub.Size(m.Output, message([]*queue.Message{m})) > edgehub.MaxMessageSize
+	return r.hub.Size(m.Output, message([]*queue.Message{m}, nil)) > edgehub.MaxMessageSize
 }
 
 // deadLetter puts m in the dead-letter store for reason (cause says why)
@@ -252,7 +252,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	workers := make([]*worker, numWorkers)
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{r: r, in: make(chan *queue.Message, 64), flush: make(chan chan int)}
+		w := &worker{r: r, in: make(chan *queue.Message, 64), flush: make(chan chan int), pack: packer{hub: r.hub}}
 		workers[i] = w
 		wg.Go(func() { w.run(ctx) })
 	}

@@ -38,7 +38,7 @@ type pipeline struct {
 	close func()
 }
 
-func start(t *testing.T, c twin.Config) *pipeline {
+func start(t testing.TB, c twin.Config) *pipeline {
 	t.Helper()
 	hub := hubtest.Start(t, hubemu.Config{
 		Key:    hubtest.Keys(map[string][]byte{"edge1/relay": key}),

@@ -2,13 +2,9 @@ package relay
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
@@ -25,6 +21,8 @@ type worker struct {
 	in       chan *queue.Message
 	flush    chan chan int
 	inflight []flight
+	pack     packer
+	gz       compressor
 }
 
 // flight is a publish awaiting its PUBACK.
@@ -36,16 +34,25 @@ type flight struct {
 }
 
 func (w *worker) run(ctx context.Context) {
-	var (
-		pending []*queue.Message
-		body    int // the batch's body: the members, commas and brackets
-		linger  <-chan time.Time
-	)
-	send := func() {
-		if len(pending) > 0 {
-			w.send(ctx, pending)
+	var linger <-chan time.Time
+	var head *queue.Message // the batch's first member when linger was set
+	// rearm points linger at the batch's deadline when its first member
+	// changed.
+	rearm := func() {
+		b := w.r.config.Load().Batching
+		d, ok := w.pack.deadline(b)
+		switch {
+		case !ok:
+			linger, head = nil, nil
+		case head != w.pack.msgs[0]:
+			linger, head = time.After(time.Until(d)), w.pack.msgs[0]
 		}
-		pending, body, linger = nil, 0, nil
+	}
+	send := func() {
+		if batch := w.pack.flush(w.r.config.Load().Batching); batch != nil {
+			w.send(ctx, batch)
+		}
+		rearm()
 	}
 	take := func(m *queue.Message) {
 		b := w.r.config.Load().Batching
@@ -54,22 +61,10 @@ func (w *worker) run(ctx context.Context) {
 			w.send(ctx, []*queue.Message{m})
 			return
 		}
-		// batching.maxBytes bounds the batch as edgeHub counts it.
-		if len(pending) > 0 && (pending[0].Output != m.Output || w.batchSize(pending[0], len(pending)+1, body+1+len(m.Body)) > b.MaxBytes) {
-			send()
+		for _, batch := range w.pack.add(m, b, time.Now()) {
+			w.send(ctx, batch)
 		}
-		if len(pending) == 0 {
-			body = 2 + len(m.Body)
-		} else {
-			body += 1 + len(m.Body)
-		}
-		pending = append(pending, m)
-		switch {
-		case len(pending) >= b.MaxMessages || w.batchSize(pending[0], len(pending), body) >= b.MaxBytes:
-			send()
-		case len(pending) == 1:
-			linger = time.After(time.Duration(b.Linger))
-		}
+		rearm()
 	}
 	for {
 		var acked <-chan struct{}
@@ -95,7 +90,7 @@ func (w *worker) run(ctx context.Context) {
 					drained = true
 				}
 			}
-			n := len(pending)
+			n := len(w.pack.msgs)
 			send()
 			for len(w.inflight) > 0 && ctx.Err() == nil {
 				select {
@@ -146,20 +141,26 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		if len(msgs) == 0 {
 			return
 		}
-		f := flight{msgs: msgs, out: message(msgs), gen: gen}
-		p, err := r.hub.SendOn(gen, msgs[0].Output, f.out)
+		f := flight{msgs: msgs, out: w.message(msgs), gen: gen}
+		b := r.config.Load().Batching
+		var p edgehub.Pending
+		if len(msgs) > 1 && edgehub.Billed(f.out) > billedLimit(b.MaxBytes) {
+			err = edgehub.ErrTooLarge // a batch compressed worse than estimated
+		} else {
+			p, err = r.hub.SendOn(gen, msgs[0].Output, f.out)
+		}
 		switch {
 		case errors.Is(err, edgehub.ErrReconnected):
 			continue
 		case errors.Is(err, edgehub.ErrTooLarge):
 			// edgeHub would drop it (docs/edge-protocol.md#limits). The
 			// intake dead-letters such messages, but the output may have
-			// changed since: members go one at a time, and one alone
-			// too large is dead-lettered, then leaves the queue.
+			// changed since, or a batch compressed worse than estimated:
+			// a batch goes again in halves, and one message alone too
+			// large is dead-lettered, then leaves the queue.
 			if len(msgs) > 1 {
-				for _, m := range msgs {
-					w.send(ctx, []*queue.Message{m})
-				}
+				w.send(ctx, msgs[:len(msgs)/2])
+				w.send(ctx, msgs[len(msgs)/2:])
 				return
 			}
 			w.deadLetter(ctx, msgs[0], err)
@@ -261,47 +262,17 @@ func (r *Relay) ack(seqs ...uint64) {
 	}
 }
 
-// batchSize is what a batch of n messages, the first being first, with
-// bodies of body bytes in all (brackets and commas included), counts
-// against edgeHub's limits: measured by the session's own encoding.
-func (w *worker) batchSize(first *queue.Message, n, body int) int {
-	return w.r.hub.Size(first.Output, batchHeader(first, n, "")) + body
-}
-
-// batchHeader is a batch of n messages without its body: ID (38
-// characters, "batch-" and 32 hex digits, a placeholder when id is
-// empty), content type and properties.
-func batchHeader(first *queue.Message, n int, id string) *edgehub.Message {
-	if id == "" {
-		id = "batch-" + strings.Repeat("0", 32)
+// message builds what msgs go out as, gzipping a batch when batching
+// asks for it, and learns the compression ratio from it.
+func (w *worker) message(msgs []*queue.Message) *edgehub.Message {
+	if len(msgs) == 1 || w.r.config.Load().Batching.Compression != "gzip" {
+		return message(msgs, nil)
 	}
-	props := map[string]string{"batch-count": strconv.Itoa(n)}
-	for k, v := range first.Properties {
-		props[k] = v
+	m := message(msgs, &w.gz)
+	body := 1
+	for _, x := range msgs {
+		body += len(x.Body) + 1
 	}
-	return &edgehub.Message{ID: id, ContentType: "application/json", ContentEncoding: "utf-8", Properties: props}
-}
-
-// message turns queued messages into what is published: itself for one, a
-// JSON array of the bodies for a batch, with an ID derived from the
-// members' so a re-sent batch of the same messages carries the same $.mid.
-func message(msgs []*queue.Message) *edgehub.Message {
-	first := msgs[0]
-	if len(msgs) == 1 {
-		return &edgehub.Message{ID: first.ID, Body: first.Body, ContentType: first.ContentType, ContentEncoding: first.ContentEncoding, Properties: first.Properties}
-	}
-	h := sha256.New()
-	body := []byte{'['}
-	for i, m := range msgs {
-		h.Write([]byte(m.ID))
-		h.Write([]byte{0})
-		if i > 0 {
-			body = append(body, ',')
-		}
-		body = append(body, m.Body...)
-	}
-	body = append(body, ']')
-	out := batchHeader(first, len(msgs), "batch-"+hex.EncodeToString(h.Sum(nil)[:16]))
-	out.Body = body
-	return out
+	w.pack.observe(body, len(m.Body))
+	return m
 }

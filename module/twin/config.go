@@ -34,12 +34,17 @@ type Config struct {
 	Sources  Sources  `json:"sources"`
 }
 
-// Batching packs small readings into one JSON array message.
+// Batching packs small readings into one JSON array message, the lever
+// on IoT Hub's cost: it bills in 4 KB units (docs/edge-protocol.md#metering).
 type Batching struct {
-	Enabled     bool     `json:"enabled"`
+	Enabled bool `json:"enabled"`
+	// MaxBytes bounds a batch as IoT Hub meters it; batches are cut at
+	// multiples of 4096 below it.
 	MaxBytes    int      `json:"maxBytes"`
 	MaxMessages int      `json:"maxMessages"`
 	Linger      Duration `json:"linger"`
+	// Compression is "none" or "gzip" (a batch's body gzipped, $.ce=gzip).
+	Compression string `json:"compression"`
 }
 
 // Queue bounds the store-and-forward queue.
@@ -83,7 +88,7 @@ func Defaults() Config {
 		LogLevel:       "info",
 		ReportInterval: Duration(time.Minute),
 		InFlight:       32,
-		Batching:       Batching{MaxBytes: 4096, MaxMessages: 100, Linger: Duration(time.Second)},
+		Batching:       Batching{MaxBytes: 65536, MaxMessages: 100, Linger: Duration(time.Second), Compression: "none"},
 		Queue:          Queue{MaxBytes: 1 << 30, MaxAge: Duration(7 * 24 * time.Hour), WhenFull: "backpressure"},
 	}
 }
@@ -140,6 +145,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Batching.Linger < 0 {
 		bad("batching.linger: negative")
+	}
+	if c.Batching.Compression != "none" && c.Batching.Compression != "gzip" {
+		bad("batching.compression %q: want none or gzip", c.Batching.Compression)
 	}
 	if c.Queue.MaxBytes < 1<<20 {
 		bad("queue.maxBytes %d: want at least 1 MiB", c.Queue.MaxBytes)

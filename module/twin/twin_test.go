@@ -11,12 +11,12 @@ import (
 )
 
 func TestParse(t *testing.T) {
-	c, err := Parse([]byte(`{"$version":3,"layeredProperties":{"x":1},"output":"plant","batching":{"enabled":true,"linger":"250ms"},
+	c, err := Parse([]byte(`{"$version":3,"layeredProperties":{"x":1},"output":"plant","batching":{"enabled":true,"linger":"250ms","compression":"gzip"},
 		"sources":{"press":{"url":"tcp://127.0.0.1:1883","topics":{"all":{"filter":"plant/#","qos":1,"properties":{"line":"3"}}}},"oven":null}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Output != "plant" || !c.Batching.Enabled || c.Batching.Linger != Duration(250*time.Millisecond) || c.Batching.MaxBytes != 4096 ||
+	if c.Output != "plant" || !c.Batching.Enabled || c.Batching.Linger != Duration(250*time.Millisecond) || c.Batching.MaxBytes != 65536 || c.Batching.Compression != "gzip" ||
 		len(c.Sources) != 1 || c.Sources[0].Name != "press" || c.Sources[0].Topics[0].Name != "all" ||
 		c.Sources[0].Topics[0].Properties["line"] != "3" || c.LogLevel != "info" {
 		t.Errorf("Parse = %+v", c)
@@ -26,6 +26,7 @@ func TestParse(t *testing.T) {
 		{`{"logLevel":"loud"}`, "logLevel"},
 		{`{"batching":{"maxBytes":300000}}`, "batching.maxBytes"},
 		{`{"batching":{"lingr":"1s"}}`, "unknown field"},
+		{`{"batching":{"compression":"zstd"}}`, "batching.compression"},
 		{`{"queue":{"whenFull":"explode"}}`, "queue.whenFull"},
 		{`{"reportInterval":"soon"}`, "duration"},
 		{`{"sources":{"a":{"url":"tcp://h:1","topics":{}}}}`, "sources.a.topics"},

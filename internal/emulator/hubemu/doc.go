@@ -15,6 +15,10 @@
 //     $SYS/... included, logged, dropped and still acknowledged, except
 //     telemetry with more than one level after events/ and topics with
 //     wildcards, which close the connection;
+//   - what reaches $upstream metered as IoT Hub bills it (Message.Billed,
+//     Message.Units: body, system property values, application property
+//     names and values, in 4 KB units; through edgeHub only the system
+//     properties edgeHub forwards);
 //   - CONNECTs of other protocol levels than 3.1.1, the bridge bit 0x84
 //     included, refused with return code 1;
 //   - delivery to module inputs one message at a time, waiting for the

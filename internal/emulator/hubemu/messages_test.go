@@ -33,6 +33,12 @@ func TestTelemetryUpstream(t *testing.T) {
 	if m.Received.IsZero() {
 		t.Error("Received is zero")
 	}
+	// Metered as IoT Hub would: the body (7), the forwarded system
+	// values (m-1, application/json, utf-8: 24), the application names
+	// and values (site, plant 1, flag, a+b, c+d: 21); not $.on.
+	if m.Billed != 52 || m.Units != 1 {
+		t.Errorf("upstream message billed %d bytes in %d units, want 52 in 1", m.Billed, m.Units)
+	}
 
 	// The other inbound templates, QoS 0 too.
 	for i, topic := range []string{

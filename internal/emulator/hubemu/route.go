@@ -25,6 +25,12 @@ type Message struct {
 	Output string `json:"output,omitempty"`
 	// Received is when the emulator accepted the message (Config.Now).
 	Received time.Time `json:"received"`
+	// Billed is the size IoT Hub meters of the message and Units the
+	// messages it bills for it (docs/edge-protocol.md#metering); set on
+	// what reaches $upstream only, as routes to module inputs stay on
+	// the device.
+	Billed int `json:"billed,omitempty"`
+	Units  int `json:"units,omitempty"`
 }
 
 func (m Message) clone() Message {
@@ -162,7 +168,10 @@ func (s *Server) ingest(id identity, t inTopic, body []byte) {
 		}
 		seen[r.dst] = true
 		if r.dst.upstream {
-			s.appendUpstream(msg.clone())
+			up := msg.clone()
+			up.Billed = billed(up, id.module != "")
+			up.Units = units(up.Billed)
+			s.appendUpstream(up)
 			continue
 		}
 		s.enqueue(identity{id.device, r.dst.module}, r.dst.input, msg.clone())

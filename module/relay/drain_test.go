@@ -207,3 +207,52 @@ func TestUpstreamCap(t *testing.T) {
 		}
 	})
 }
+
+// slowHub is connected and takes 10 ms to put each publish on the wire:
+// a slow link.
+type slowHub struct{ outageHub }
+
+func (h *slowHub) SendOn(gen uint64, output string, m *edgehub.Message) (edgehub.Pending, error) {
+	time.Sleep(10 * time.Millisecond)
+	return h.outageHub.SendOn(gen, output, m)
+}
+
+// While a backlog drains over a slow link, an alarm goes out after at
+// most the publishes already under way, not after the backlog.
+func TestAlarmOvertakesDrain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		open := lanes(t, t.TempDir())
+		q, err := open(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &slowHub{outageHub{up: make(chan struct{})}}
+		close(h.up)
+		r := New(q, h, twin.Defaults(), Options{Open: open})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		var backlog []*queue.Message
+		for i := range 4000 {
+			backlog = append(backlog, &queue.Message{ID: fmt.Sprint(i), Source: fmt.Sprint("mqtt:s", i%8), Output: "telemetry", Body: []byte("1")})
+		}
+		if err := r.Append(ctx, backlog...); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second + 5*time.Millisecond) // half-way through a publish
+		before := len(h.ids())
+		if err := r.Append(ctx, &queue.Message{ID: "alarm", Source: "mqtt:s3", Output: "alarms", Rank: twin.Ranks - 1, Body: []byte("!")}); err != nil {
+			t.Fatal(err)
+		}
+		for !slices.Contains(h.ids(), "alarm") {
+			time.Sleep(time.Millisecond)
+		}
+		if after := slices.Index(h.ids(), "alarm") - before; after > numWorkers {
+			t.Errorf("the alarm went out after %d more of the backlog (%d were sent before it was queued), want at most %d under way", after, before, numWorkers)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}

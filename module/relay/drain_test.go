@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -255,4 +256,116 @@ func TestAlarmOvertakesDrain(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// A message older than its priority's upstream.timeToLiveSecs when it
+// would be sent is dropped and counted (reason "ttl"); a priority without
+// one keeps its messages.
+func TestPriorityTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		open := lanes(t, t.TempDir())
+		q, err := open(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &outageHub{up: make(chan struct{})}
+		c := config(func(c *twin.Config) { c.Upstream.TimeToLiveSecs = map[string]int64{"default": 30} })
+		r := New(q, h, c, Options{Open: open})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		for i := range 60 { // one a second through a 60-second outage
+			if err := r.Append(ctx, &queue.Message{ID: fmt.Sprint("r", i), Source: "mqtt:s", Output: "telemetry", Body: []byte("1")}); err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				if err := r.Append(ctx, &queue.Message{ID: "alarm", Source: "mqtt:s", Output: "alarms", Rank: twin.Ranks - 1, Body: []byte("!")}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(time.Second)
+		}
+		close(h.up)
+		synctest.Wait()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		got := h.ids()
+		want := []string{"alarm"}
+		for i := 30; i < 60; i++ { // enqueued at most 30 s before the outage ended
+			want = append(want, fmt.Sprint("r", i))
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("sent %v, want %v", got, want)
+		}
+		if n := dropped(t, r, "ttl"); n != 30 {
+			t.Errorf("dropped for ttl: %v, want 30", n)
+		}
+		if st := r.QueueStats(); st.Depth != 0 {
+			t.Errorf("queued after the drain: %d", st.Depth)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// All priorities' queues together stay within queue.maxBytes: under
+// backpressure a full total refuses routine readings, while an alarm
+// still has its 1 MiB.
+func TestPrioritiesShareQueueBound(t *testing.T) {
+	open := lanes(t, t.TempDir())
+	q, err := open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 4 << 20
+	c := config(func(c *twin.Config) { c.Queue.MaxBytes = total })
+	now := time.Now()
+	r := New(q, &outageHub{}, c, Options{Open: open, Now: func() time.Time { now = now.Add(time.Second); return now }})
+	ctx := t.Context()
+	body := make([]byte, 16<<10)
+	for i := range 20 { // 320 KiB of alarms first
+		if err := r.Append(ctx, &queue.Message{ID: fmt.Sprint("a", i), Source: "mqtt:s", Rank: twin.Ranks - 1, Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var full error
+	for i := 0; i < 1000 && full == nil; i++ {
+		full = r.Append(ctx, &queue.Message{ID: fmt.Sprint("r", i), Source: "mqtt:s", Body: body})
+	}
+	if !errors.Is(full, queue.ErrFull) {
+		t.Fatalf("routine readings: %v, want queue.ErrFull", full)
+	}
+	if b := r.QueueStats().Bytes; b > total {
+		t.Errorf("routine readings filled %d bytes in all, over queue.maxBytes %d", b, total)
+	}
+	if err := r.Append(ctx, &queue.Message{ID: "late-alarm", Source: "mqtt:s", Rank: twin.Ranks - 1, Body: body}); err != nil {
+		t.Errorf("an alarm with the routine queue full: %v", err)
+	}
+	if b := r.QueueStats().Bytes; b > total+minLaneBytes {
+		t.Errorf("%d bytes in all, over queue.maxBytes %d and an alarm's 1 MiB", b, total)
+	}
+}
+
+// dropped is edgerelay_dropped_messages_total{reason}.
+func dropped(t *testing.T, r *Relay, reason string) float64 {
+	t.Helper()
+	mfs, err := r.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "edgerelay_dropped_messages_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

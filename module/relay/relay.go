@@ -3,7 +3,11 @@
 // and leaves the queue only once edgeHub (or IoT Hub) has acknowledged it.
 // A window of publishes is in flight at once, with order kept per source:
 // each source is served by one worker, which sends its messages one after
-// the other.
+// the other. After an outage the higher drain priorities go first
+// (docs/relay.md#drain-policy): each has a queue of its own, read by a
+// reader of its own, and no worker publishes a priority while a higher
+// one waits; order is kept within a priority. A shared token bucket caps
+// the bytes sent upstream.
 package relay
 
 import (

@@ -113,10 +113,14 @@ func (w *worker) run(ctx context.Context) {
 				yield()
 				continue
 			}
-			if wake := w.ahead.woken(); w.ahead.above(w.rank) {
-				yield()
-				gate = wake
-				return
+			if w.ahead.above(w.rank) {
+				// Looked at again once the wake channel is in hand, so
+				// that a higher rank draining meanwhile is not missed.
+				if wake := w.ahead.woken(); w.ahead.above(w.rank) {
+					yield()
+					gate = wake
+					return
+				}
 			}
 			m := w.held[0]
 			w.held = w.held[1:]

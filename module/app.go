@@ -46,8 +46,7 @@ func (a *app) apply(ctx context.Context, c twin.Config) error {
 		if err := a.sources.Apply(ctx, c.Sources, c.Output); err != nil {
 			return err
 		}
-		a.queue.SetLimits(c.Queue.MaxBytes, time.Duration(c.Queue.MaxAge), policy(c.Queue.WhenFull))
-		a.relay.SetConfig(c)
+		a.relay.SetConfig(c) // with the queues' bounds, shared by the priorities
 	}
 	a.level.Store(int32(l))
 	a.config.Store(&c)
@@ -85,8 +84,8 @@ func (a *app) stats() stats {
 	if a.session != nil {
 		st.Connected, st.TokenRenewals = a.session.Connected(), a.session.TokenRenewals()
 	}
-	if a.queue != nil {
-		q := a.queue.Stats()
+	if a.relay != nil {
+		q := a.relay.QueueStats() // every priority's
 		st.Queue = &queueStats{q.Depth, q.Bytes, q.DiskBytes, q.OldestAge.Seconds(), q.Appended, q.Acked, q.Dropped, q.Corrupt}
 	}
 	if a.sources != nil {

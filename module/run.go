@@ -99,14 +99,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	if err != nil {
 		return err
 	}
-	q, err := queue.Open(queue.Options{
-		Dir: filepath.Join(s.Data, "queue"), MaxBytes: cfg.Queue.MaxBytes, MaxAge: time.Duration(cfg.Queue.MaxAge),
-		WhenFull: policy(cfg.Queue.WhenFull), Log: log,
+	// A queue per drain priority in use (docs/relay.md#drain-policy).
+	qs := newQueues(s.Data, queue.Options{
+		MaxBytes: cfg.Queue.MaxBytes, MaxAge: time.Duration(cfg.Queue.MaxAge), WhenFull: policy(cfg.Queue.WhenFull), Log: log,
 	})
+	defer qs.Close()
+	q, err := qs.Open(0)
 	if err != nil {
 		return err
 	}
-	defer q.Close()
+	lanes, err := qs.Existing()
+	if err != nil {
+		return err
+	}
 	sess, err = edgehub.New(edgehub.Config{
 		Identity: conn.id,
 		Signer:   conn.signer,
@@ -132,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 		return err
 	}
 	a.session, a.queue, a.dead = sess, q, dead
-	a.relay = relay.New(q, sess, cfg, relay.Options{DeadLetters: dead, Log: log})
+	a.relay = relay.New(q, sess, cfg, relay.Options{DeadLetters: dead, Log: log, Open: qs.Open, Lanes: lanes})
 	a.relay.Metrics.SetConnected(sess.Connected)
 	a.relay.Metrics.TokenRenewals(sess.TokenRenewals)
 	sourcesDir := filepath.Join(s.Data, "sources")
@@ -210,12 +215,7 @@ func health(ctx context.Context, listen string) error {
 }
 
 // policy maps the twin's whenFull to the queue's.
-func policy(whenFull string) queue.Policy {
-	if whenFull == "dropOldest" {
-		return queue.DropOldest
-	}
-	return queue.Backpressure
-}
+func policy(whenFull string) queue.Policy { return queue.ParsePolicy(whenFull) }
 
 func envOr(getenv env, key, def string) string {
 	if v := getenv(key); v != "" {

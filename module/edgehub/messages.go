@@ -95,6 +95,10 @@ func (f failed) Error() error                   { return f.err }
 
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
+// Settled is a Pending already done: acknowledged when err is nil, lost
+// with its connection otherwise. It is for stand-ins of the Session.
+func Settled(err error) Pending { return Pending{failed{err}} }
+
 // Done is closed when the PUBACK came or the connection ended first.
 func (p Pending) Done() <-chan struct{} { return p.tok.Done() }
 

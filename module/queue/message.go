@@ -20,4 +20,8 @@ type Message struct {
 	ContentType, ContentEncoding string
 	Properties                   map[string]string
 	Body                         []byte
+	// Rank orders the drain after an outage, higher first (twin.Ranks);
+	// zero, the lowest, is a message without priority. It is not stored:
+	// the relay keeps each rank in a queue of its own.
+	Rank uint8
 }

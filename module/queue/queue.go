@@ -592,3 +592,12 @@ func (q *Queue) saveAcks() error {
 	q.mu.Unlock()
 	return nil
 }
+
+// ParsePolicy reads a policy as String writes it ("backpressure",
+// "dropOldest"); anything else is Backpressure, which loses nothing.
+func ParsePolicy(s string) Policy {
+	if s == DropOldest.String() {
+		return DropOldest
+	}
+	return Backpressure
+}

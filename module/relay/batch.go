@@ -195,7 +195,7 @@ func (p *packer) cut(b twin.Batching) int {
 // output and application properties, the MQTT topic aside. It runs for
 // every reading batched, so it compares in place.
 func compatible(first, m *queue.Message) bool {
-	if first.Output != m.Output {
+	if first.Output != m.Output || first.Rank != m.Rank {
 		return false
 	}
 	n := 0

@@ -26,7 +26,7 @@ type Metrics struct {
 	tokenRenewals atomic.Pointer[func() int64]
 }
 
-func newMetrics(q store, dead deadLetters) *Metrics {
+func newMetrics(stats func() queue.Stats, dead deadLetters) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		Registry:     reg,
@@ -38,7 +38,7 @@ func newMetrics(q store, dead deadLetters) *Metrics {
 		Refused:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgerelay_intake_refused_total", Help: "Intake not acknowledged to its producer, by reason."}, []string{"reason"}),
 	}
 	gauge := func(name, help string, f func(queue.Stats) float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(q.Stats()) })
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stats()) })
 	}
 	reg.MustRegister(m.Intake, m.Sent, m.Acknowledged, m.Dropped, m.Duplicates, m.Refused,
 		gauge("edgerelay_queue_depth_messages", "Messages queued and not yet acknowledged upstream.", func(s queue.Stats) float64 { return float64(s.Depth) }),
@@ -60,7 +60,7 @@ func newMetrics(q store, dead deadLetters) *Metrics {
 		}),
 	)
 	// Queue drops happen inside the queue; export its counts by reason.
-	reg.MustRegister(queueDrops{q})
+	reg.MustRegister(queueDrops{stats})
 	if dead != nil {
 		reg.MustRegister(deadLetterCounts{dead})
 	}
@@ -103,7 +103,7 @@ func (c deadLetterCounts) Collect(ch chan<- prometheus.Metric) {
 }
 
 // queueDrops exports the queue's drop counts, by reason, as counters.
-type queueDrops struct{ q store }
+type queueDrops struct{ stats func() queue.Stats }
 
 var queueDropsDesc = prometheus.NewDesc("edgerelay_queue_dropped_messages_total",
 	"Messages the queue dropped, by reason: full (dropOldest), expired ($.exp), age (queue.maxAge).", []string{"reason"}, nil)
@@ -111,7 +111,7 @@ var queueDropsDesc = prometheus.NewDesc("edgerelay_queue_dropped_messages_total"
 func (queueDrops) Describe(ch chan<- *prometheus.Desc) { ch <- queueDropsDesc }
 
 func (d queueDrops) Collect(ch chan<- prometheus.Metric) {
-	for reason, n := range d.q.Stats().Dropped {
+	for reason, n := range d.stats().Dropped {
 		ch <- prometheus.MustNewConstMetric(queueDropsDesc, prometheus.CounterValue, float64(n), reason)
 	}
 }

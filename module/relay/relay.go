@@ -3,7 +3,11 @@
 // and leaves the queue only once edgeHub (or IoT Hub) has acknowledged it.
 // A window of publishes is in flight at once, with order kept per source:
 // each source is served by one worker, which sends its messages one after
-// the other.
+// the other. After an outage the higher drain priorities go first
+// (docs/relay.md#drain-policy): each has a queue of its own, read by a
+// reader of its own, and no worker publishes a priority while a higher
+// one waits; order is kept within a priority. A shared token bucket caps
+// the bytes sent upstream.
 package relay
 
 import (
@@ -17,6 +21,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/module/deadletter"
@@ -57,7 +62,15 @@ const numWorkers = 4
 
 // Relay is the pipeline. Create it with New; Run publishes.
 type Relay struct {
-	q   store
+	// lanes are the queues by rank; rank zero's is always there.
+	lanes  [twin.Ranks]atomic.Pointer[lane]
+	laneMu sync.Mutex // opening a lane
+	open   func(rank uint8) (*queue.Queue, error)
+	opened chan uint8 // ranks whose lane opened, for Run to read
+	// upstream caps the bytes sent upstream (twin.Upstream), shared by
+	// every worker.
+	upstream *rate.Limiter
+
 	hub hub
 	log zerolog.Logger
 	now func() time.Time
@@ -82,6 +95,13 @@ type Options struct {
 	DeadLetters deadLetters
 	Log         zerolog.Logger
 	Now         func() time.Time
+	// Open opens the queue of a rank above zero (a message's Rank, see
+	// twin.Ranks) when its first message comes; the queue given to New
+	// holds rank zero. Nil, every message goes to that one.
+	Open func(rank uint8) (*queue.Queue, error)
+	// Lanes are queues of ranks above zero opened already (what an
+	// earlier run left queued in them), owned by the caller.
+	Lanes map[uint8]*queue.Queue
 }
 
 // New returns a Relay over q publishing to h with configuration c.
@@ -92,16 +112,31 @@ func New(q store, h hub, c twin.Config, opts Options) *Relay {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	r := &Relay{q: q, hub: h, log: opts.Log, now: opts.Now, seen: newDedupe(opts.DedupeWindow), flush: make(chan chan int),
-		dead: opts.DeadLetters, retry: backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second}}
-	r.config.Store(&c)
-	r.Metrics = newMetrics(q, opts.DeadLetters)
+	r := &Relay{hub: h, log: opts.Log, now: opts.Now, seen: newDedupe(opts.DedupeWindow), flush: make(chan chan int),
+		dead: opts.DeadLetters, retry: backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second},
+		open: opts.Open, opened: make(chan uint8, twin.Ranks), upstream: rate.NewLimiter(rate.Inf, 0)}
+	r.lanes[0].Store(&lane{q: q})
+	for rank, lq := range opts.Lanes {
+		if rank > 0 && rank < twin.Ranks {
+			r.lanes[rank].Store(&lane{rank: rank, q: lq})
+		}
+	}
+	r.SetConfig(c)
+	r.Metrics = newMetrics(r.QueueStats, opts.DeadLetters)
 	return r
 }
 
-// SetConfig puts a new configuration into effect for what is queued from
-// now on and for batching.
-func (r *Relay) SetConfig(c twin.Config) { r.config.Store(&c) }
+// SetConfig puts a new configuration into effect: for what is queued from
+// now on, for batching, and at once for the upstream cap and TTLs.
+func (r *Relay) SetConfig(c twin.Config) {
+	r.config.Store(&c)
+	r.setCap(c.Upstream.MaxBytesPerSecond)
+	for i := range r.lanes {
+		if l := r.lanes[i].Load(); l != nil {
+			r.bound(l, true)
+		}
+	}
+}
 
 // Input takes a message edgeHub routed to one of our inputs: it is queued
 // durably before Input returns, so the PUBACK that follows is a promise.
@@ -157,7 +192,7 @@ func (r *Relay) input(ctx context.Context, input string, m *edgehub.Message) err
 		}
 		return nil
 	}
-	err := r.q.Append(ctx, qm)
+	err := r.appendTo(ctx, 0, []*queue.Message{qm})
 	if errors.Is(err, queue.ErrTooLarge) {
 		err = r.deadLetter(qm, deadletter.ReasonQueueLimit, err)
 		if err == nil {
@@ -215,7 +250,7 @@ func (r *Relay) Append(ctx context.Context, msgs ...*queue.Message) error {
 	if len(fit) == 0 {
 		return nil
 	}
-	if err := r.q.Append(ctx, fit...); err != nil {
+	if err := r.appendRanked(ctx, fit); err != nil {
 		r.Metrics.refused(err)
 		return err
 	}
@@ -242,65 +277,66 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 	}
 }
 
-// Run reads the queue and publishes until ctx ends. Messages in flight
-// when it ends stay queued and go out after the next start.
+// Run reads the queues and publishes until ctx ends, the highest rank
+// first. Messages in flight when it ends stay queued and go out after the
+// next start.
 func (r *Relay) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.running.Store(true)
 	defer r.running.Store(false)
+	ahead := newReadAhead()
 	workers := make([]*worker, numWorkers)
 	var wg sync.WaitGroup
 	for i := range workers {
-		w := &worker{r: r, in: make(chan *queue.Message, 64), flush: make(chan chan int), pack: packer{hub: r.hub}}
+		w := &worker{r: r, box: newInbox(), ahead: ahead, flush: make(chan chan int), pack: packer{hub: r.hub}}
 		workers[i] = w
 		wg.Go(func() { w.run(ctx) })
 	}
 	defer wg.Wait()
 
-	reads := make(chan []*queue.Message)
-	readErr := make(chan error, 1)
-	wg.Go(func() {
-		var after uint64
-		for {
-			msgs, err := r.q.Read(ctx, after, 256)
-			if err != nil {
-				readErr <- err
-				return
-			}
-			select {
-			case reads <- msgs:
-			case <-ctx.Done():
-				return
-			}
-			after = msgs[len(msgs)-1].Seq
+	// One reader per lane, each handing what it reads to the workers.
+	readErr := make(chan error, twin.Ranks)
+	var reading [twin.Ranks]bool
+	read := func(rank uint8) {
+		if reading[rank] {
+			return
 		}
-	})
+		reading[rank] = true
+		l := r.lanes[rank].Load()
+		wg.Go(func() {
+			var after uint64
+			for {
+				if ahead.wait(ctx, rank) != nil {
+					return
+				}
+				msgs, err := l.q.Read(ctx, after, readBatch)
+				if err != nil {
+					readErr <- err
+					return
+				}
+				after = msgs[len(msgs)-1].Seq
+				hand(workers, ahead, rank, msgs)
+			}
+		})
+	}
+	for rank := range twin.Ranks {
+		if r.lanes[rank].Load() != nil {
+			read(uint8(rank))
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case rank := <-r.opened:
+			read(rank)
 		case err := <-readErr:
 			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("read queue: %w", err)
-		case msgs := <-reads:
-			if !hand(ctx, workers, msgs) {
-				return nil
-			}
 		case done := <-r.flush:
-			// What has been read from the queue goes to its worker first.
-			for drained := false; !drained; {
-				select {
-				case msgs := <-reads:
-					if !hand(ctx, workers, msgs) {
-						return nil
-					}
-				default:
-					drained = true
-				}
-			}
 			n := 0
 			for _, w := range workers {
 				c := make(chan int, 1)
@@ -316,16 +352,21 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
-// hand gives msgs to their workers, in order; false when ctx ends first.
-func hand(ctx context.Context, workers []*worker, msgs []*queue.Message) bool {
+// hand gives msgs, read from the lane of rank, to their workers' inboxes,
+// a slice each, in order.
+func hand(workers []*worker, ahead *readAhead, rank uint8, msgs []*queue.Message) {
+	var parts [numWorkers][]*queue.Message
 	for _, m := range msgs {
-		select {
-		case workers[shard(m.Source, len(workers))].in <- m:
-		case <-ctx.Done():
-			return false
+		m.Rank = rank
+		i := shard(m.Source, numWorkers)
+		parts[i] = append(parts[i], m)
+	}
+	ahead.read(rank, len(msgs))
+	for i, p := range parts {
+		if len(p) > 0 {
+			workers[i].box.put(rank, p)
 		}
 	}
-	return true
 }
 
 // shard picks a source's worker, so a source's messages go out in order.

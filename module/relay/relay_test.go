@@ -38,7 +38,10 @@ type pipeline struct {
 	close func()
 }
 
-func start(t testing.TB, c twin.Config) *pipeline {
+func start(t testing.TB, c twin.Config) *pipeline { return startWith(t, c, Options{}) }
+
+// startWith is start with more options (its dead-letter store always).
+func startWith(t testing.TB, c twin.Config, opts Options) *pipeline {
 	t.Helper()
 	hub := hubtest.Start(t, hubemu.Config{
 		Key:    hubtest.Keys(map[string][]byte{"edge1/relay": key}),
@@ -64,7 +67,8 @@ func start(t testing.TB, c twin.Config) *pipeline {
 		t.Fatal(err)
 	}
 	c.InFlight = 4
-	p.r = New(q, p.sess, c, Options{DeadLetters: dead})
+	opts.DeadLetters = dead
+	p.r = New(q, p.sess, c, opts)
 	p.r.Metrics.SetConnected(p.sess.Connected)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)

@@ -11,18 +11,25 @@ import (
 	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
+	"github.com/edgetpm/edgetpm/module/twin"
 )
 
-// worker publishes the messages of the sources sharded to it, in order,
-// with up to window publishes awaiting their PUBACK, batching small JSON
-// readings when the configuration asks for it.
+// worker publishes the messages of the sources sharded to it, the
+// highest rank first and in order within a rank, with up to window
+// publishes awaiting their PUBACK, batching small JSON readings when the
+// configuration asks for it.
 type worker struct {
 	r        *Relay
-	in       chan *queue.Message
+	box      *inbox
+	ahead    *readAhead
 	flush    chan chan int
 	inflight []flight
-	pack     packer
+	pack     packer // the batch being filled, all of rank
 	gz       compressor
+	// held is what the worker took from its inbox and has not yet sent
+	// or batched, all of rank.
+	held []*queue.Message
+	rank uint8
 }
 
 // flight is a publish awaiting its PUBACK.
@@ -35,12 +42,13 @@ type flight struct {
 
 func (w *worker) run(ctx context.Context) {
 	var linger <-chan time.Time
-	var head *queue.Message // the batch's first member when linger was set
+	var head *queue.Message  // the batch's first member when linger was set
+	var gate <-chan struct{} // while a higher rank waits at another worker
+	batching := func() twin.Batching { return w.r.config.Load().Batching }
 	// rearm points linger at the batch's deadline when its first member
 	// changed.
 	rearm := func() {
-		b := w.r.config.Load().Batching
-		d, ok := w.pack.deadline(b)
+		d, ok := w.pack.deadline(batching())
 		switch {
 		case !ok:
 			linger, head = nil, nil
@@ -49,22 +57,75 @@ func (w *worker) run(ctx context.Context) {
 		}
 	}
 	send := func() {
-		if batch := w.pack.flush(w.r.config.Load().Batching); batch != nil {
-			w.send(ctx, batch)
+		if batch := w.pack.flush(batching()); batch != nil {
+			w.publish(ctx, batch)
 		}
 		rearm()
 	}
+	// yield puts back what the worker holds, for a higher rank to go
+	// first: the batch, then the rest, in order.
+	yield := func() {
+		batch := w.pack.flush(batching())
+		w.ahead.loosen(w.rank, len(batch))
+		w.box.unget(w.rank, slices.Concat(batch, w.held))
+		w.held = nil
+		rearm()
+	}
 	take := func(m *queue.Message) {
-		b := w.r.config.Load().Batching
+		b := batching()
 		if !b.Enabled || !json.Valid(m.Body) {
 			send() // what came before goes first
-			w.send(ctx, []*queue.Message{m})
+			w.publish(ctx, []*queue.Message{m})
 			return
 		}
 		for _, batch := range w.pack.add(m, b, time.Now()) {
-			w.send(ctx, batch)
+			w.publish(ctx, batch)
 		}
 		rearm()
+	}
+	// pump takes what the inbox holds, the highest rank first. Before
+	// each message it waits for a connection and room in the window, and
+	// then looks again: a higher rank that came meanwhile (during an
+	// outage, say) goes before the rest of a lower one, and while one
+	// waits at another worker, this one waits for it (gate).
+	pump := func() {
+		gate = nil
+		for ctx.Err() == nil {
+			if len(w.held) == 0 {
+				rank, msgs, ok := w.box.take()
+				if !ok {
+					return
+				}
+				if len(w.pack.msgs) > 0 && rank != w.rank {
+					if rank > w.rank {
+						yield() // the batch waits behind the higher rank
+					} else {
+						send() // a higher rank's batch goes first
+					}
+				}
+				w.rank, w.held = rank, msgs
+			}
+			if !w.ready(ctx) {
+				return
+			}
+			if w.box.above(w.rank) {
+				yield()
+				continue
+			}
+			if w.ahead.above(w.rank) {
+				// Looked at again once the wake channel is in hand, so
+				// that a higher rank draining meanwhile is not missed.
+				if wake := w.ahead.woken(); w.ahead.above(w.rank) {
+					yield()
+					gate = wake
+					return
+				}
+			}
+			m := w.held[0]
+			w.held = w.held[1:]
+			w.ahead.loosen(w.rank, -1)
+			take(m)
+		}
 	}
 	for {
 		var acked <-chan struct{}
@@ -76,20 +137,20 @@ func (w *worker) run(ctx context.Context) {
 			return
 		case <-acked:
 			w.settle(ctx)
-		case m := <-w.in:
-			take(m)
+		case <-w.box.ready:
+			pump()
+		case <-gate:
+			pump()
 		case <-linger:
-			send()
+			if w.ready(ctx) && (w.box.above(w.rank) || w.ahead.above(w.rank)) {
+				yield()
+				pump()
+			} else {
+				send()
+			}
 		case done := <-w.flush:
 			// What has reached this worker counts as queued now.
-			for drained := false; !drained; {
-				select {
-				case m := <-w.in:
-					take(m)
-				default:
-					drained = true
-				}
-			}
+			pump()
 			n := len(w.pack.msgs)
 			send()
 			for len(w.inflight) > 0 && ctx.Err() == nil {
@@ -104,19 +165,37 @@ func (w *worker) run(ctx context.Context) {
 	}
 }
 
-// send starts publishing msgs as one message (a batch when more than one),
-// waiting for room in the window first.
-func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
-	r := w.r
+// ready waits for room in the window and a connection; false when ctx
+// ends first.
+func (w *worker) ready(ctx context.Context) bool {
 	// twin.Config.InFlight: edgeHub stops reading a client at 100 pending
 	// (docs/edge-protocol.md#edgehub-delivery), which slows it down but loses nothing.
-	for len(w.inflight) >= r.config.Load().InFlight && ctx.Err() == nil {
+	for len(w.inflight) >= w.r.config.Load().InFlight && ctx.Err() == nil {
 		select {
 		case <-w.inflight[0].pending.Done():
 			w.settle(ctx)
 		case <-ctx.Done():
 		}
 	}
+	_, err := w.connection(ctx, 0)
+	return err == nil
+}
+
+// publish sends msgs, then counts them out of what waits to be published.
+func (w *worker) publish(ctx context.Context, msgs []*queue.Message) {
+	w.send(ctx, msgs)
+	w.ahead.add(msgs[0].Rank, -len(msgs))
+}
+
+// send starts publishing msgs as one message (a batch when more than one),
+// waiting for room in the window first.
+func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
+	r := w.r
+	if !w.ready(ctx) {
+		return // still queued
+	}
+	rank := msgs[0].Rank
+	q := r.lane(rank).q
 	for {
 		gen, err := w.connection(ctx, 0)
 		if err != nil {
@@ -125,13 +204,18 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		// Checked once connected, so that what the queue dropped during
 		// an outage is not sent, and the counts stay exact.
 		now := r.now()
+		ttl := r.config.Load().Upstream.TTL(rank)
 		live := msgs[:0:0]
 		for _, m := range msgs {
 			switch {
 			case !m.Expires.IsZero() && now.After(m.Expires):
 				r.Metrics.Dropped.WithLabelValues("expired").Inc()
-				r.ack(m.Seq)
-			case r.q.Pending(m.Seq):
+				r.ack(rank, m.Seq)
+			case ttl > 0 && now.Sub(m.Enqueued) > ttl:
+				// upstream.timeToLiveSecs of its priority.
+				r.Metrics.Dropped.WithLabelValues("ttl").Inc()
+				r.ack(rank, m.Seq)
+			case q.Pending(m.Seq):
 				live = append(live, m)
 			}
 			// Otherwise the queue dropped it since it was read, and
@@ -147,6 +231,9 @@ func (w *worker) send(ctx context.Context, msgs []*queue.Message) {
 		if len(msgs) > 1 && edgehub.Billed(f.out) > billedLimit(b.MaxBytes) {
 			err = edgehub.ErrTooLarge // a batch compressed worse than estimated
 		} else {
+			if r.throttle(ctx, msgs[0].Output, f.out) != nil {
+				return // ctx ended; still queued
+			}
 			p, err = r.hub.SendOn(gen, msgs[0].Output, f.out)
 		}
 		switch {
@@ -183,7 +270,7 @@ func (w *worker) deadLetter(ctx context.Context, m *queue.Message, cause error) 
 	for {
 		err := r.deadLetter(m, deadletter.ReasonTooLarge, cause)
 		if err == nil {
-			r.ack(m.Seq)
+			r.ack(m.Rank, m.Seq)
 			return
 		}
 		r.log.Warn().Err(err).Str("mid", m.ID).Msg("dead letter refused; holding the source back")
@@ -203,7 +290,7 @@ func (w *worker) connection(ctx context.Context, after uint64) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if w.resend(gen) {
+		if w.resend(ctx, gen) {
 			return gen, nil
 		}
 		after = gen // gone already
@@ -212,16 +299,20 @@ func (w *worker) connection(ctx context.Context, after uint64) (uint64, error) {
 
 // resend publishes again on connection gen what the window sent on
 // another; false when gen is gone meanwhile.
-func (w *worker) resend(gen uint64) bool {
+func (w *worker) resend(ctx context.Context, gen uint64) bool {
 	r := w.r
 	// What the queue dropped meanwhile stays dropped.
 	w.inflight = slices.DeleteFunc(w.inflight, func(f flight) bool {
-		return f.gen != gen && !slices.ContainsFunc(f.msgs, func(m *queue.Message) bool { return r.q.Pending(m.Seq) })
+		q := r.lane(f.msgs[0].Rank).q
+		return f.gen != gen && !slices.ContainsFunc(f.msgs, func(m *queue.Message) bool { return q.Pending(m.Seq) })
 	})
 	for i := range w.inflight {
 		f := &w.inflight[i]
 		if f.gen == gen {
 			continue
+		}
+		if r.throttle(ctx, f.msgs[0].Output, f.out) != nil {
+			return false // ctx ended
 		}
 		p, err := r.hub.SendOn(gen, f.msgs[0].Output, f.out)
 		if err != nil {
@@ -242,7 +333,7 @@ func (w *worker) settle(ctx context.Context) {
 		w.inflight = w.inflight[1:]
 		r.Metrics.Sent.Inc()
 		r.Metrics.Acknowledged.Add(float64(len(head.msgs)))
-		r.ack(seqs(head.msgs)...)
+		r.ack(head.msgs[0].Rank, seqs(head.msgs)...)
 		return
 	}
 	_, _ = w.connection(ctx, head.gen) // an error is ctx ending: still queued
@@ -256,8 +347,9 @@ func seqs(msgs []*queue.Message) []uint64 {
 	return out
 }
 
-func (r *Relay) ack(seqs ...uint64) {
-	if err := r.q.Ack(seqs...); err != nil {
+// ack acknowledges seqs in the queue of rank.
+func (r *Relay) ack(rank uint8, seqs ...uint64) {
+	if err := r.lane(rank).q.Ack(seqs...); err != nil {
 		r.log.Warn().Err(err).Msg("acknowledge in the queue")
 	}
 }

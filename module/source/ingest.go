@@ -336,7 +336,7 @@ func (s *source) message(d delivery) *queue.Message {
 	}
 	m := &queue.Message{
 		ID: edgehub.NewMessageID(), Source: "mqtt:" + s.cfg.Name, Enqueued: s.m.now(),
-		Output: out, Properties: props, Body: body,
+		Output: out, Properties: props, Body: body, Rank: s.cfg.Rank(*d.topic),
 	}
 	if utf8.Valid(body) && json.Valid(body) {
 		m.ContentType, m.ContentEncoding = "application/json", "utf-8"

@@ -119,6 +119,27 @@ func TestMessage(t *testing.T) {
 	}
 }
 
+// A message takes the drain rank of its topic's priority, else of its
+// source's.
+func TestMessageRank(t *testing.T) {
+	m := NewManager(&memQueue{}, Config{Output: "telemetry"})
+	zero, five := 0, 5
+	cfg := twin.Source{Name: "gw", URL: "tcp://h", Priority: &five, Topics: []twin.Topic{
+		{Filter: "alarm/#", Priority: &zero},
+		{Filter: "#"},
+	}}
+	s := newSource(m, cfg, nil)
+	for _, tt := range []struct {
+		topic string
+		want  uint8
+	}{{"alarm/1", twin.RankOf(&zero)}, {"data/1", twin.RankOf(&five)}} {
+		msg := fakeMessage{topic: tt.topic, payload: []byte("1")}
+		if got := s.message(delivery{msg: &msg, topic: &s.cfg.Topics[s.route(tt.topic)]}); got.Rank != tt.want {
+			t.Errorf("message on %s: Rank %d, want %d", tt.topic, got.Rank, tt.want)
+		}
+	}
+}
+
 func TestClientID(t *testing.T) {
 	if a, b := clientIDSuffix("d1/relay"), clientIDSuffix("d1/relay"); a != b || len(a) != 8 {
 		t.Errorf("the same module gave %q and %q, want one 8-digit suffix", a, b)

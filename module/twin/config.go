@@ -13,6 +13,7 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -31,7 +32,57 @@ type Config struct {
 	InFlight int      `json:"inFlight"`
 	Batching Batching `json:"batching"`
 	Queue    Queue    `json:"queue"`
+	Upstream Upstream `json:"upstream"`
 	Sources  Sources  `json:"sources"`
+}
+
+// Upstream is how the backlog drains after an outage, besides the
+// priorities of sources and topics.
+type Upstream struct {
+	// MaxBytesPerSecond caps what all workers together send upstream, as
+	// edgehub.Session.Size counts each publish (the PUBLISH's topic,
+	// packet ID and body, or edgeHub's routing size when larger). Zero
+	// is no cap. A change applies at once.
+	MaxBytesPerSecond int64 `json:"maxBytesPerSecond"`
+	// TimeToLiveSecs is, per priority ("0" to "9", and "default" for
+	// sources and topics with none), how old a message may be when it
+	// would be sent; an older one is dropped and counted (reason "ttl").
+	// Zero or missing inherits queue.maxAge, as edgeHub's route
+	// timeToLiveSecs inherits storeAndForwardConfiguration.
+	TimeToLiveSecs map[string]int64 `json:"timeToLiveSecs,omitempty"`
+}
+
+// MinBytesPerSecond is the lowest cap accepted: below it one message at
+// edgeHub's size limit would take minutes.
+const MinBytesPerSecond = 1024
+
+// Ranks order the drain: a message of higher rank drains first. Rank 0
+// is that of a source and topic without priority (edgeHub gives a route
+// without one 2,000,000,000, after 0–9); priority p (0 highest to 9) is
+// rank Ranks-1-p, so priority 0 is rank 10.
+const Ranks = 11
+
+// RankOf is the rank of a priority (nil for none).
+func RankOf(priority *int) uint8 {
+	if priority == nil {
+		return 0
+	}
+	return uint8(Ranks - 1 - *priority)
+}
+
+// PriorityName is how the twin names a rank's priority: "0" to "9", or
+// "default" for rank 0.
+func PriorityName(rank uint8) string {
+	if rank == 0 {
+		return "default"
+	}
+	return strconv.Itoa(Ranks - 1 - int(rank))
+}
+
+// TTL is how old a message of rank may be when sent; zero for no limit
+// beyond queue.maxAge.
+func (u Upstream) TTL(rank uint8) time.Duration {
+	return time.Duration(u.TimeToLiveSecs[PriorityName(rank)]) * time.Second
 }
 
 // Batching packs small readings into one JSON array message, the lever
@@ -58,8 +109,12 @@ type Queue struct {
 
 // Source is a local MQTT broker to relay from.
 type Source struct {
-	Name     string `json:"-"`   // its key in "sources"
-	URL      string `json:"url"` // tcp://, ssl://, mqtt://, mqtts://
+	Name string `json:"-"`   // its key in "sources"
+	URL  string `json:"url"` // tcp://, ssl://, mqtt://, mqtts://
+	// Priority orders the drain after an outage, as edgeHub's route
+	// priority: 0 (highest) to 9; none drains last. A topic's own
+	// priority overrides it.
+	Priority *int   `json:"priority,omitempty"`
 	Username string `json:"username,omitempty"`
 	// PasswordEnv names the relay's environment variable that holds the
 	// password, never the password itself: twins are readable in IoT
@@ -79,6 +134,17 @@ type Topic struct {
 	QoS        byte              `json:"qos"`
 	Output     string            `json:"output,omitempty"` // default: Config.Output
 	Properties map[string]string `json:"properties,omitempty"`
+	// Priority overrides the source's (Source.Priority).
+	Priority *int `json:"priority,omitempty"`
+}
+
+// Rank is the drain rank of s's messages on topic t: t's priority, else
+// s's (see Ranks).
+func (s Source) Rank(t Topic) uint8 {
+	if t.Priority != nil {
+		return RankOf(t.Priority)
+	}
+	return RankOf(s.Priority)
 }
 
 // Defaults is the configuration before any desired properties.
@@ -100,7 +166,7 @@ func Parse(desired []byte) (Config, error) {
 	if err := json.Unmarshal(desired, &top); err != nil {
 		return Config{}, fmt.Errorf("desired properties: %w", err)
 	}
-	known := map[string]bool{"output": true, "logLevel": true, "reportInterval": true, "inFlight": true, "batching": true, "queue": true, "sources": true}
+	known := map[string]bool{"output": true, "logLevel": true, "reportInterval": true, "inFlight": true, "batching": true, "queue": true, "upstream": true, "sources": true}
 	for k := range top {
 		if !known[k] {
 			delete(top, k)
@@ -158,8 +224,23 @@ func (c *Config) Validate() error {
 	if c.Queue.WhenFull != "backpressure" && c.Queue.WhenFull != "dropOldest" {
 		bad("queue.whenFull %q: want backpressure or dropOldest", c.Queue.WhenFull)
 	}
+	if n := c.Upstream.MaxBytesPerSecond; n != 0 && n < MinBytesPerSecond {
+		bad("upstream.maxBytesPerSecond %d: want 0 (no cap) or at least %d", n, MinBytesPerSecond)
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Upstream.TimeToLiveSecs)) {
+		if k != "default" && (len(k) != 1 || k[0] < '0' || k[0] > '9') {
+			bad("upstream.timeToLiveSecs.%s: want a priority 0 to 9 or default", k)
+		}
+		if c.Upstream.TimeToLiveSecs[k] < 0 {
+			bad("upstream.timeToLiveSecs.%s: want seconds, 0 to inherit queue.maxAge", k)
+		}
+	}
+	badPriority := func(p *int) bool { return p != nil && (*p < 0 || *p > 9) }
 	names := map[string]bool{}
 	for _, s := range c.Sources {
+		if badPriority(s.Priority) {
+			bad("sources.%s.priority %d: want 0 (highest) to 9", s.Name, *s.Priority)
+		}
 		if !validName(s.Name) || names[s.Name] {
 			bad("sources.%s: want a unique name of letters, digits, '-' or '_'", s.Name)
 		}
@@ -187,6 +268,9 @@ func (c *Config) Validate() error {
 			}
 			if t.Filter == "" || t.QoS > 1 {
 				bad("sources.%s.topics.%s: want a filter and qos 0 or 1", s.Name, t.Name)
+			}
+			if badPriority(t.Priority) {
+				bad("sources.%s.topics.%s.priority %d: want 0 (highest) to 9", s.Name, t.Name, *t.Priority)
 			}
 			if t.Output != "" && !validName(t.Output) {
 				bad("sources.%s.topics.%s.output %q: bad name", s.Name, t.Name, t.Output)

@@ -85,6 +85,7 @@ func TestParseCredentials(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"$version":1,"output":"x","sources":{"a":{"url":"tcp://h:1","topics":{"t":{"filter":"#"}}}}}`))
 	f.Add([]byte(`{"batching":{"linger":5}}`))
+	f.Add([]byte(`{"upstream":{"maxBytesPerSecond":2048,"timeToLiveSecs":{"0":60,"default":0}},"sources":{"a":{"url":"tcp://h:1","priority":3,"topics":{"t":{"filter":"#","priority":0}}}}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
 		if err != nil {

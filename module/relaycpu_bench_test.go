@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -22,7 +23,8 @@ import (
 // recorded upstream, and the relay's CPU share of that time. Run with
 // -benchtime=1x (each iteration starts a fresh relay). The alternative it
 // is held against, a Mosquitto bridge to the same emulator, is measured by
-// the bridge benchmark.
+// the bridge benchmark. With $RELAY_PERF set, perf records the relay's
+// profile during the measured burst into that file.
 func BenchmarkRelayCPU(b *testing.B) {
 	readings := 100_000
 	if v, err := strconv.Atoi(os.Getenv("READINGS")); err == nil && v > 0 {
@@ -58,7 +60,9 @@ func BenchmarkRelayCPU(b *testing.B) {
 			return wall, cpu, st
 		}
 		burst(readings / 5) // warm-up: connections, buffers, heap size
+		stopPerf := perfRecord(b, pid)
 		wall, cpu, st := burst(readings)
+		stopPerf()
 		p.kill()
 
 		b.ReportMetric(cpu/float64(readings)*1e6, "relay-cpu-µs/reading")
@@ -66,6 +70,26 @@ func BenchmarkRelayCPU(b *testing.B) {
 		b.ReportMetric(st["go_gc_duration_seconds_count"]/float64(readings)*1000, "GCs/1k-readings")
 		b.ReportMetric(float64(readings)/wall.Seconds(), "readings/s")
 		b.ReportMetric(cpu/wall.Seconds()*100, "relay-%-of-a-core")
+	}
+}
+
+// perfRecord records the relay's profile with perf when $RELAY_PERF
+// names the file to write (perf report -i FILE), until the returned
+// function is called.
+func perfRecord(b *testing.B, pid int) func() {
+	out := os.Getenv("RELAY_PERF")
+	if out == "" {
+		return func() {}
+	}
+	cmd := exec.Command("perf", "record", "-g", "-F", "999", "-o", out, "-p", strconv.Itoa(pid))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // perf attaches
+	return func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
 	}
 }
 

@@ -39,9 +39,11 @@ type Message struct {
 
 // NewMessageID returns a random message ID.
 func NewMessageID() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return hex.EncodeToString(b)
+	var b [16]byte
+	var h [32]byte
+	rand.Read(b[:])
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
 
 func (m *Message) system(output string) map[string]string {

@@ -48,6 +48,7 @@ type source struct {
 	cfg      twin.Source
 	ep       endpoint
 	clientID string
+	origin   string // "mqtt:" and the name: the queue messages' Source
 	log      zerolog.Logger
 
 	cancel context.CancelFunc
@@ -57,6 +58,7 @@ type source struct {
 	inbox  chan delivery
 	room   *budget // bytes of the payloads in inbox and being appended
 	recent *recent // set by run before anything else
+	props  propCache // the work goroutine's
 
 	subscribed bool // this process subscribed in the broker's session; run's goroutine only
 
@@ -99,7 +101,7 @@ func newSource(m *Manager, cfg twin.Source, cancel context.CancelFunc) *source {
 	ep, _ := parseURL(cfg.URL) // checked by Apply
 	id := "edge-relay-" + cfg.Name + "-" + m.idSuffix
 	return &source{
-		m: m, cfg: cfg, ep: ep, clientID: id,
+		m: m, cfg: cfg, ep: ep, clientID: id, origin: "mqtt:" + cfg.Name,
 		log:    m.log.With().Str("source", cfg.Name).Str("client_id", id).Logger(),
 		cancel: cancel,
 		first:  make(chan struct{}),

@@ -56,8 +56,8 @@ type source struct {
 	first  chan struct{}          // closed after the first connection attempt
 	done   chan struct{}          // closed when run returns
 	inbox  chan delivery
-	room   *budget // bytes of the payloads in inbox and being appended
-	recent *recent // set by run before anything else
+	room   *budget   // bytes of the payloads in inbox and being appended
+	recent *recent   // set by run before anything else
 	props  propCache // the work goroutine's
 
 	subscribed bool // this process subscribed in the broker's session; run's goroutine only

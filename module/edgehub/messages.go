@@ -172,10 +172,28 @@ func (s *Session) Size(output string, m *Message) int {
 	return n
 }
 
+// Fits reports whether m sent to output is within edgeHub's limits:
+// Size(output, m) <= MaxMessageSize. A message far under them, as a
+// reading is, is told without encoding it: escaping at most triples a
+// property's bytes, and a property adds at most "=" and "&".
+func (s *Session) Fits(output string, m *Message) bool {
+	// System property keys are a few characters; $.exp's value is at
+	// most 35 (RFC 3339 with nanoseconds).
+	const systemOverhead = 6*(8+2) + 35
+	props := systemOverhead + len(output) + len(m.ID) + len(m.CorrelationID) + len(m.ContentType) + len(m.ContentEncoding)
+	for k, v := range m.Properties {
+		props += len(k) + len(v) + 2
+	}
+	if len(s.events)+3*props+4+len(m.Body) <= MaxMessageSize {
+		return true
+	}
+	return s.Size(output, m) <= MaxMessageSize
+}
+
 // encode returns the telemetry topic of m sent to output and its Size.
 func (s *Session) encode(output string, m *Message) (string, int) {
 	sys := m.system(output)
-	topic := s.cfg.Identity.prefix() + "/messages/events/" + encodeProperties(sys, m.Properties)
+	topic := s.events + encodeProperties(sys, m.Properties)
 	routing := len(m.Body) + propertiesSize(sys, m.Properties)
 	packet := 2 + len(topic) + 2 + len(m.Body) // topic length, topic, packet ID, payload
 	return topic, max(routing, packet)

@@ -25,6 +25,7 @@ type worker struct {
 	in       chan *queue.Message
 	flush    chan chan int
 	inflight []flight
+	acks     []uint64 // settle's buffer
 }
 
 // flight is a publish awaiting its PUBACK.
@@ -231,28 +232,47 @@ func (w *worker) resend(gen uint64) bool {
 	return true
 }
 
-// settle handles the head of the window once it is done: acknowledged, it
-// leaves the queue; if its connection ended first, the window goes out
-// again on the next connection.
+// settle handles the head of the window once it is done, and every done
+// one after it: acknowledged, they leave the queue (in one Ack); if the
+// connection of one ended first, the window goes out again on the next
+// connection.
 func (w *worker) settle(ctx context.Context) {
-	r := w.r
-	head := w.inflight[0]
-	if head.pending.Err() == nil {
+	acked := w.acks[:0]
+	sent := 0
+	for len(w.inflight) > 0 {
+		head := w.inflight[0]
+		select {
+		case <-head.pending.Done():
+		default:
+			w.ackAll(acked, sent)
+			return
+		}
+		if head.pending.Err() != nil {
+			w.ackAll(acked, sent)
+			_, _ = w.connection(ctx, head.gen) // an error is ctx ending: still queued
+			return
+		}
+		w.inflight[0] = flight{}
 		w.inflight = w.inflight[1:]
-		r.Metrics.Sent.Inc()
-		r.Metrics.Acknowledged.Add(float64(len(head.msgs)))
-		r.ack(seqs(head.msgs)...)
-		return
+		sent++
+		for _, m := range head.msgs {
+			acked = append(acked, m.Seq)
+		}
 	}
-	_, _ = w.connection(ctx, head.gen) // an error is ctx ending: still queued
+	w.ackAll(acked, sent)
 }
 
-func seqs(msgs []*queue.Message) []uint64 {
-	out := make([]uint64, len(msgs))
-	for i, m := range msgs {
-		out[i] = m.Seq
+// ackAll takes the messages of sent publishes, acknowledged upstream, out
+// of the queue.
+func (w *worker) ackAll(seqs []uint64, sent int) {
+	if sent == 0 {
+		return
 	}
-	return out
+	r := w.r
+	r.Metrics.Sent.Add(float64(sent))
+	r.Metrics.Acknowledged.Add(float64(len(seqs)))
+	r.ack(seqs...)
+	w.acks = seqs[:0]
 }
 
 func (r *Relay) ack(seqs ...uint64) {

@@ -97,6 +97,18 @@ func appendRecord(dst []byte, m *Message, seq uint64) []byte {
 	return dst
 }
 
+// recordSizeHint bounds the size of m's record from above, for sizing a
+// buffer before encoding.
+func recordSizeHint(m *Message) int {
+	// Header, seq, flags, two times, and a uvarint per string.
+	n := recHeader + seqLen + 1 + 2*(10+5) + 5*binary.MaxVarintLen64 + binary.MaxVarintLen64
+	n += len(m.ID) + len(m.Source) + len(m.Output) + len(m.ContentType) + len(m.ContentEncoding) + len(m.Body)
+	for k, v := range m.Properties {
+		n += 2*binary.MaxVarintLen64 + len(k) + len(v)
+	}
+	return n
+}
+
 func appendString(dst []byte, s string) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(s)))
 	return append(dst, s...)

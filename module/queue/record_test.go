@@ -225,3 +225,13 @@ func TestReadAllocs(t *testing.T) {
 		t.Errorf("Read makes %.2f allocations per message, want at most 1.2", per)
 	}
 }
+
+// recordSizeHint bounds a record's size, so that Append's buffer is
+// allocated once.
+func TestRecordSizeHint(t *testing.T) {
+	for _, m := range roundTripTests {
+		if n, hint := len(appendRecord(nil, m, 1<<63)), recordSizeHint(m); hint < n {
+			t.Errorf("recordSizeHint(%s) = %d, record of %d bytes", m.ID, hint, n)
+		}
+	}
+}

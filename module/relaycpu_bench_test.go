@@ -20,11 +20,13 @@ import (
 // from /proc) per reading, its heap allocations per reading (the
 // process's go_memstats_mallocs_total), its garbage collections per
 // thousand readings, the rate from the first publish to the last reading
-// recorded upstream, and the relay's CPU share of that time. Run with
+// recorded upstream, the relay's CPU share of that time and its peak
+// resident memory (VmHWM). Run with
 // -benchtime=1x (each iteration starts a fresh relay). The alternative it
 // is held against, a Mosquitto bridge to the same emulator, is measured by
 // the bridge benchmark. With $RELAY_PERF set, perf records the relay's
-// profile during the measured burst into that file.
+// profile during the measured burst into that file; $RELAY_GOGC is the
+// relay's GOGC.
 func BenchmarkRelayCPU(b *testing.B) {
 	readings := 100_000
 	if v, err := strconv.Atoi(os.Getenv("READINGS")); err == nil && v > 0 {
@@ -34,6 +36,9 @@ func BenchmarkRelayCPU(b *testing.B) {
 	dir := b.TempDir()
 	caFile := filepath.Join(dir, "ca.pem")
 	writeFile(b, caFile, hub.CA.CertPEM())
+	if v := os.Getenv("RELAY_GOGC"); v != "" {
+		b.Setenv("GOGC", v) // read by the relay at its start, not by this process
+	}
 	for b.Loop() {
 		metrics := freeAddr(b)
 		plc := newPlant(b, hub, 1000, "")
@@ -63,6 +68,7 @@ func BenchmarkRelayCPU(b *testing.B) {
 		stopPerf := perfRecord(b, pid)
 		wall, cpu, st := burst(readings)
 		stopPerf()
+		peakRSS := statusOf(b, pid, "VmHWM:")
 		p.kill()
 
 		b.ReportMetric(cpu/float64(readings)*1e6, "relay-cpu-µs/reading")
@@ -70,6 +76,7 @@ func BenchmarkRelayCPU(b *testing.B) {
 		b.ReportMetric(st["go_gc_duration_seconds_count"]/float64(readings)*1000, "GCs/1k-readings")
 		b.ReportMetric(float64(readings)/wall.Seconds(), "readings/s")
 		b.ReportMetric(cpu/wall.Seconds()*100, "relay-%-of-a-core")
+		b.ReportMetric(peakRSS/(1<<20), "relay-peak-RSS-MB")
 	}
 }
 
@@ -91,6 +98,23 @@ func perfRecord(b *testing.B, pid int) func() {
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 	}
+}
+
+// statusOf reads a size in bytes from /proc/PID/status.
+func statusOf(t testing.TB, pid int, field string) float64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(line, field); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb * 1024
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
 }
 
 // cpuOf is the CPU seconds a process has used, user and system, from

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -288,5 +290,28 @@ func writeFile(t testing.TB, path string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Unless the environment sets them, the relay runs with GOGC 400 under a
+// soft memory limit of 256 MiB; what the environment sets stays.
+func TestTuneGC(t *testing.T) {
+	gc, limit := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64)
+	t.Cleanup(func() { debug.SetGCPercent(gc); debug.SetMemoryLimit(limit) })
+	for _, tt := range []struct {
+		env   map[string]string
+		gc    int
+		limit int64
+	}{
+		{nil, 400, 256 << 20},
+		{map[string]string{"GOGC": "100"}, 100, 256 << 20},
+		{map[string]string{"GOMEMLIMIT": "1GiB"}, 400, math.MaxInt64},
+	} {
+		debug.SetGCPercent(100)
+		debug.SetMemoryLimit(math.MaxInt64)
+		tuneGC(func(k string) string { return tt.env[k] })
+		if got, lim := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64); got != tt.gc || lim != tt.limit {
+			t.Errorf("tuneGC with %v: GOGC %d, limit %d; want %d, %d", tt.env, got, lim, tt.gc, tt.limit)
+		}
 	}
 }

@@ -159,6 +159,7 @@ func (s *Session) Run(ctx context.Context) error {
 		// and publishes this Session re-sends itself, so paho's store must
 		// not replay them a second time.
 		SetCleanSession(true).
+		SetStore(NoStore{}).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetOrderMatters(false).

@@ -20,6 +20,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/batchconn"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
+	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -281,6 +282,9 @@ func (s *source) options(ctx context.Context, clean bool) (opts *mqtt.ClientOpti
 		// A persistent session: the broker keeps QoS 1 messages, sent or
 		// not, until we acknowledge them, across connections.
 		SetCleanSession(clean).
+		// A client per connection: the broker re-sends what was in
+		// flight, and paho's store of it would only cost.
+		SetStore(edgehub.NoStore{}).
 		// One message at a time, in order: a message the queue refuses
 		// holds back the ones behind it.
 		SetOrderMatters(true).

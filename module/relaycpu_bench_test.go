@@ -25,8 +25,8 @@ import (
 // -benchtime=1x (each iteration starts a fresh relay). The alternative it
 // is held against, a Mosquitto bridge to the same emulator, is measured by
 // the bridge benchmark. With $RELAY_PERF set, perf records the relay's
-// profile during the measured burst into that file; $RELAY_GOGC is the
-// relay's GOGC.
+// profile during the measured burst into that file; $RELAY_GOGC and
+// $RELAY_GOMAXPROCS are the relay's GOGC and GOMAXPROCS.
 func BenchmarkRelayCPU(b *testing.B) {
 	readings := 100_000
 	if v, err := strconv.Atoi(os.Getenv("READINGS")); err == nil && v > 0 {
@@ -36,8 +36,13 @@ func BenchmarkRelayCPU(b *testing.B) {
 	dir := b.TempDir()
 	caFile := filepath.Join(dir, "ca.pem")
 	writeFile(b, caFile, hub.CA.CertPEM())
+	// Read by the relay at its start, not by this process, which has
+	// started already.
 	if v := os.Getenv("RELAY_GOGC"); v != "" {
-		b.Setenv("GOGC", v) // read by the relay at its start, not by this process
+		b.Setenv("GOGC", v)
+	}
+	if v := os.Getenv("RELAY_GOMAXPROCS"); v != "" {
+		b.Setenv("GOMAXPROCS", v)
 	}
 	for b.Loop() {
 		metrics := freeAddr(b)

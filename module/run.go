@@ -72,7 +72,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	if name == "edge-relay health" {
 		return health(ctx, s.MetricsAddr)
 	}
-	tuneGC(getenv)
 	level := new(logLevel)
 	level.Store(int32(zerolog.InfoLevel))
 	log := newLogger(stderr, level)

@@ -140,6 +140,9 @@ func TestClientID(t *testing.T) {
 // message builds the queue message, and the properties of a topic seen
 // before are shared, not built again. Two: the Message and its $.mid.
 func TestMessageAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
 	m := NewManager(&memQueue{}, Config{Output: "telemetry"})
 	s := newSource(m, twin.Source{Name: "gw", URL: "tcp://h", Topics: []twin.Topic{
 		{Filter: "#", Properties: map[string]string{"line": "2"}},

@@ -14,6 +14,7 @@ import (
 )
 
 func main() {
+	tuneRuntime(os.Getenv) // here, not in run: tests call run in their own process
 	cli.Main("edge-relay", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return run(ctx, args, stdout, stderr, os.Getenv)
 	})

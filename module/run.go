@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
@@ -140,6 +141,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	a.relay = relay.New(q, sess, cfg, relay.Options{DeadLetters: dead, Log: log, Open: qs.Open, Lanes: lanes})
 	a.relay.Metrics.SetConnected(sess.Connected)
 	a.relay.Metrics.TokenRenewals(sess.TokenRenewals)
+	// The runtime's and the process's own figures (memory, GC, CPU), as
+	// Prometheus exporters usually serve them.
+	a.relay.Metrics.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	sourcesDir := filepath.Join(s.Data, "sources")
 	if err := os.MkdirAll(sourcesDir, 0o700); err != nil {
 		return fmt.Errorf("data folder: %w", err)

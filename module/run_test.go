@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -288,5 +291,31 @@ func writeFile(t testing.TB, path string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Unless the environment sets them, the relay runs with GOGC 400 under a
+// soft memory limit of 256 MiB, on one P; what the environment sets stays.
+func TestTuneRuntime(t *testing.T) {
+	gc, limit, procs := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64), runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { debug.SetGCPercent(gc); debug.SetMemoryLimit(limit); runtime.GOMAXPROCS(procs) })
+	for _, tt := range []struct {
+		env       map[string]string
+		gc, procs int
+		limit     int64
+	}{
+		{nil, 400, 1, 256 << 20},
+		{map[string]string{"GOGC": "100"}, 100, 1, 256 << 20},
+		{map[string]string{"GOMEMLIMIT": "1GiB"}, 400, 1, math.MaxInt64},
+		{map[string]string{"GOMAXPROCS": "3"}, 400, 3, 256 << 20},
+	} {
+		debug.SetGCPercent(100)
+		debug.SetMemoryLimit(math.MaxInt64)
+		runtime.GOMAXPROCS(3)
+		tuneRuntime(func(k string) string { return tt.env[k] })
+		got, lim, p := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64), runtime.GOMAXPROCS(0)
+		if got != tt.gc || lim != tt.limit || p != tt.procs {
+			t.Errorf("tuneRuntime with %v: GOGC %d, limit %d, GOMAXPROCS %d; want %d, %d, %d", tt.env, got, lim, p, tt.gc, tt.limit, tt.procs)
+		}
 	}
 }

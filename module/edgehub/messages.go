@@ -39,9 +39,11 @@ type Message struct {
 
 // NewMessageID returns a random message ID.
 func NewMessageID() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return hex.EncodeToString(b)
+	var b [16]byte
+	var h [32]byte
+	rand.Read(b[:])
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
 
 // systemProps are m's system properties sent to output, in the order
@@ -167,6 +169,24 @@ func (s *Session) Size(output string, m *Message) int {
 	return n
 }
 
+// Fits reports whether m sent to output is within edgeHub's limits:
+// Size(output, m) <= MaxMessageSize. A message far under them, as a
+// reading is, is told without encoding it: escaping at most triples a
+// property's bytes, and a property adds at most "=" and "&".
+func (s *Session) Fits(output string, m *Message) bool {
+	// System property keys are a few characters; $.exp's value is at
+	// most 35 (RFC 3339 with nanoseconds).
+	const systemOverhead = 6*(8+2) + 35
+	props := systemOverhead + len(output) + len(m.ID) + len(m.CorrelationID) + len(m.ContentType) + len(m.ContentEncoding)
+	for k, v := range m.Properties {
+		props += len(k) + len(v) + 2
+	}
+	if len(s.events)+3*props+4+len(m.Body) <= MaxMessageSize {
+		return true
+	}
+	return s.Size(output, m) <= MaxMessageSize
+}
+
 // encode returns the telemetry topic of m sent to output and its Size.
 func (s *Session) encode(output string, m *Message) (string, int) {
 	if s.cfg.Identity.ModuleID == "" {
@@ -175,10 +195,7 @@ func (s *Session) encode(output string, m *Message) (string, int) {
 		output = ""
 	}
 	sys := m.systemProps(output)
-	const events = "/messages/events/"
-	prefix := s.cfg.Identity.prefix()
-	b := make([]byte, 0, len(prefix)+len(events)+160)
-	b, props := appendBag(append(append(b, prefix...), events...), sys[:], m.Properties)
+	b, props := appendBag(append(make([]byte, 0, len(s.events)+160), s.events...), sys[:], m.Properties)
 	topic := string(b)
 	routing := len(m.Body) + props
 	packet := 2 + len(topic) + 2 + len(m.Body) // topic length, topic, packet ID, payload

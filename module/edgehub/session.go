@@ -76,6 +76,8 @@ type Config struct {
 // Session is one identity's connection, kept up by Run.
 type Session struct {
 	cfg Config
+	// events is the telemetry topic up to the property bag.
+	events string
 
 	password atomic.Pointer[string]
 
@@ -117,7 +119,7 @@ func New(cfg Config) (*Session, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Session{cfg: cfg, changed: make(chan struct{}), lost: make(chan error, 1)}, nil
+	return &Session{cfg: cfg, events: cfg.Identity.prefix() + "/messages/events/", changed: make(chan struct{}), lost: make(chan error, 1)}, nil
 }
 
 // Connected reports whether the session is connected now.
@@ -157,6 +159,7 @@ func (s *Session) Run(ctx context.Context) error {
 		// and publishes this Session re-sends itself, so paho's store must
 		// not replay them a second time.
 		SetCleanSession(true).
+		SetStore(NoStore{}).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetOrderMatters(false).

@@ -124,6 +124,7 @@ type Queue struct {
 	rc     cursor // where the last Read stopped, where the next one starts
 	fbuf   []byte // syncFront's read buffer
 	rbuf   []byte // Read's read buffer
+	blocks blocks // where Read's messages come from
 
 	frontHead                head
 	appended, acked, corrupt int64
@@ -317,7 +318,9 @@ func (q *Queue) recover() error {
 // until there is at least one or ctx ends. It skips what is acked or
 // dropped; expired messages and ones older than MaxAge are dropped as it
 // passes them, never returned. Reading does not remove: a message comes
-// back from every Read that covers it until it is acked.
+// back from every Read that covers it until it is acked. Messages read
+// may share their Properties maps (and strings) with others: they are
+// read-only.
 func (q *Queue) Read(ctx context.Context, after uint64, max int) ([]*Message, error) {
 	if max < 1 {
 		max = 1
@@ -366,6 +369,7 @@ func (q *Queue) read(after uint64, n int) (msgs []*Message, seen uint64, err err
 		return nil, after, err
 	}
 	now := q.now()
+	msgs = make([]*Message, 0, min(uint64(n), q.next-seq))
 	for len(msgs) < n {
 		if c.seq > c.seg.last {
 			j := q.indexOf(c.seg)
@@ -388,7 +392,7 @@ func (q *Queue) read(after uint64, n int) (msgs []*Message, seen uint64, err err
 		if _, done := q.done[seq]; done || seq <= q.wm {
 			continue
 		}
-		m, err := decodeBody(body)
+		m, err := q.blocks.decode(body)
 		if err != nil {
 			// The checksum held, so the writer wrote it so: a bug, not
 			// damage, and not to be sent as it is.

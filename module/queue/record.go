@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -80,7 +81,8 @@ func appendRecord(dst []byte, m *Message, seq uint64) []byte {
 	}
 	if m.Properties != nil {
 		dst = binary.AppendUvarint(dst, uint64(len(m.Properties)))
-		keys := make([]string, 0, len(m.Properties))
+		var stack [16]string // the usual few keys sort without allocating
+		keys := stack[:0]
 		for k := range m.Properties {
 			keys = append(keys, k)
 		}
@@ -93,6 +95,18 @@ func appendRecord(dst []byte, m *Message, seq uint64) []byte {
 	dst = append(dst, m.Body...)
 	sealRecord(dst[start:])
 	return dst
+}
+
+// recordSizeHint bounds the size of m's record from above, for sizing a
+// buffer before encoding.
+func recordSizeHint(m *Message) int {
+	// Header, seq, flags, two times, and a uvarint per string.
+	n := recHeader + seqLen + 1 + 2*(10+5) + 5*binary.MaxVarintLen64 + binary.MaxVarintLen64
+	n += len(m.ID) + len(m.Source) + len(m.Output) + len(m.ContentType) + len(m.ContentEncoding) + len(m.Body)
+	for k, v := range m.Properties {
+		n += 2*binary.MaxVarintLen64 + len(k) + len(v)
+	}
+	return n
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -178,45 +192,143 @@ func decodeHead(body []byte) (head, []byte, byte, error) {
 
 // decodeBody decodes a checked record body into a new Message that shares
 // no memory with body.
-func decodeBody(body []byte) (*Message, error) {
+func decodeBody(body []byte) (*Message, error) { return (*blocks)(nil).decode(body) }
+
+// blocks is where a reader's messages come from: the strings and property
+// maps that one source's messages repeat are shared, and bodies and
+// Message values are carved from larger blocks, so that a message read
+// costs about one allocation (its ID). A nil *blocks allocates each
+// message on its own. Not safe for concurrent use.
+type blocks struct {
+	strs   map[string]string            // interned strings
+	props  map[string]map[string]string // property maps by their encoding
+	bodies []byte                       // the free end of the current block of bodies
+	msgs   []Message                    // the free end of the current block of Messages
+}
+
+const (
+	// maxShared bounds the strings and maps kept for sharing; past it,
+	// sharing starts over.
+	maxShared = 1024
+	// bodyBlock is the size of a block of bodies; a body larger than a
+	// quarter of it gets its own.
+	bodyBlock = 64 << 10
+	msgBlock  = 32
+)
+
+// decode decodes a checked record body into a new Message that shares no
+// memory with body; with b, it may share its strings, Properties map,
+// and the blocks holding its Body and itself, with other messages b
+// decoded.
+func (b *blocks) decode(body []byte) (*Message, error) {
 	h, rest, flags, err := decodeHead(body)
 	if err != nil {
 		return nil, err
 	}
-	m := &Message{Seq: h.seq, Enqueued: h.enqueued, Expires: h.expires}
+	m := b.message()
+	m.Seq, m.Enqueued, m.Expires = h.seq, h.enqueued, h.expires
 	d := decoder{b: rest}
-	m.ID = d.string()
-	m.Source = d.string()
-	m.Output = d.string()
-	m.ContentType = d.string()
-	m.ContentEncoding = d.string()
+	m.ID = string(d.bytes())
+	m.Source = b.intern(d.bytes())
+	m.Output = b.intern(d.bytes())
+	m.ContentType = b.intern(d.bytes())
+	m.ContentEncoding = b.intern(d.bytes())
 	if flags&flagProperties != 0 {
-		n := d.uvarint()
-		// Every pair takes at least two bytes: a bound before allocating.
-		if n > uint64(len(d.b))/2 {
-			d.fail()
-			n = 0
-		}
-		m.Properties = make(map[string]string, n)
-		prev := ""
-		for i := range n {
-			k, v := d.string(), d.string()
-			// Keys are written sorted and unique; anything else is damage.
-			if i > 0 && k <= prev {
-				d.fail()
-			}
-			m.Properties[k], prev = v, k
-		}
+		m.Properties = b.properties(&d)
 	}
 	if d.err {
 		return nil, fmt.Errorf("record %d: %w", h.seq, errCorrupt)
 	}
 	if flags&flagBody != 0 {
-		m.Body = append(make([]byte, 0, len(d.b)), d.b...)
+		m.Body = b.body(d.b)
 	} else if len(d.b) > 0 {
 		return nil, fmt.Errorf("record %d: bytes after a nil body: %w", h.seq, errCorrupt)
 	}
 	return m, nil
+}
+
+func (b *blocks) message() *Message {
+	if b == nil {
+		return new(Message)
+	}
+	if len(b.msgs) == cap(b.msgs) {
+		b.msgs = make([]Message, 0, msgBlock)
+	}
+	b.msgs = b.msgs[:len(b.msgs)+1]
+	return &b.msgs[len(b.msgs)-1]
+}
+
+func (b *blocks) intern(s []byte) string {
+	if b == nil || len(s) == 0 {
+		return string(s)
+	}
+	if v, ok := b.strs[string(s)]; ok {
+		return v
+	}
+	if b.strs == nil || len(b.strs) >= maxShared {
+		b.strs = make(map[string]string)
+	}
+	v := string(s)
+	b.strs[v] = v
+	return v
+}
+
+func (b *blocks) body(s []byte) []byte {
+	if b == nil || len(s) == 0 || len(s) > bodyBlock/4 {
+		return append(make([]byte, 0, len(s)), s...)
+	}
+	if cap(b.bodies)-len(b.bodies) < len(s) {
+		b.bodies = make([]byte, 0, bodyBlock)
+	}
+	start := len(b.bodies)
+	b.bodies = append(b.bodies, s...)
+	return b.bodies[start:len(b.bodies):len(b.bodies)]
+}
+
+// properties decodes the properties' count and pairs. The pairs are
+// checked first in place; a map decoded before from the same bytes is
+// shared.
+func (b *blocks) properties(d *decoder) map[string]string {
+	start := d.b
+	n := d.uvarint()
+	// Every pair takes at least two bytes: a bound before allocating.
+	if n > uint64(len(d.b))/2 {
+		d.fail()
+		return nil
+	}
+	var prev []byte
+	for i := range n {
+		k := d.bytes()
+		d.bytes()
+		// Keys are written sorted and unique; anything else is damage.
+		if i > 0 && bytes.Compare(k, prev) <= 0 {
+			d.fail()
+		}
+		prev = k
+	}
+	if d.err {
+		return nil
+	}
+	raw := start[:len(start)-len(d.b)]
+	if b != nil {
+		if p, ok := b.props[string(raw)]; ok {
+			return p
+		}
+	}
+	p := make(map[string]string, n)
+	pd := decoder{b: raw}
+	pd.uvarint()
+	for range n {
+		k := b.intern(pd.bytes())
+		p[k] = b.intern(pd.bytes())
+	}
+	if b != nil {
+		if b.props == nil || len(b.props) >= maxShared {
+			b.props = make(map[string]map[string]string)
+		}
+		b.props[string(raw)] = p
+	}
+	return p
 }
 
 // decoder reads a body front to back; the first fault sets err and every
@@ -278,13 +390,14 @@ func (d *decoder) time() time.Time {
 	return t
 }
 
-func (d *decoder) string() string {
+// bytes reads a uvarint-length string in place.
+func (d *decoder) bytes() []byte {
 	n := d.uvarint()
 	if d.err || n > uint64(len(d.b)) || n > math.MaxInt {
 		d.fail()
-		return ""
+		return nil
 	}
-	s := string(d.b[:n])
+	s := d.b[:n:n]
 	d.b = d.b[n:]
 	return s
 }

@@ -39,7 +39,13 @@ type appendResult struct {
 // Append returns.
 func (q *Queue) Append(ctx context.Context, msgs ...*Message) error {
 	now := q.now()
-	var buf []byte
+	size := 0
+	for _, m := range msgs {
+		if m != nil {
+			size += recordSizeHint(m)
+		}
+	}
+	buf := make([]byte, 0, size)
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("append to queue: message %d is nil", i)

@@ -51,6 +51,9 @@ func (h *outageHub) SendOn(gen uint64, output string, m *edgehub.Message) (edgeh
 }
 
 func (h *outageHub) Size(_ string, m *edgehub.Message) int { return 100 + len(m.Body) }
+func (h *outageHub) Fits(o string, m *edgehub.Message) bool {
+	return h.Size(o, m) <= edgehub.MaxMessageSize
+}
 
 func (h *outageHub) ids() []string {
 	h.mu.Lock()

@@ -49,6 +49,9 @@ func (h *stuckHub) SendOn(uint64, string, *edgehub.Message) (edgehub.Pending, er
 }
 
 func (h *stuckHub) Size(_ string, m *edgehub.Message) int { return len(m.Body) }
+func (h *stuckHub) Fits(_ string, m *edgehub.Message) bool {
+	return h.Size("", m) <= edgehub.MaxMessageSize
+}
 
 func batch(from, n int) []*queue.Message {
 	out := make([]*queue.Message, n)

@@ -47,6 +47,9 @@ type hub interface {
 	// Size is what m sent to output counts against edgeHub's limits
 	// (edgehub.MaxMessageSize), linear in the body's length.
 	Size(output string, m *edgehub.Message) int
+	// Fits is Size(output, m) <= edgehub.MaxMessageSize, cheaply for a
+	// message far under it.
+	Fits(output string, m *edgehub.Message) bool
 }
 
 // deadLetters keeps what can never be delivered: Put returns once the
@@ -210,7 +213,7 @@ func (r *Relay) input(ctx context.Context, input string, m *edgehub.Message) err
 // tooLarge tells whether m is over edgeHub's limit as it would be sent
 // alone to its output.
 func (r *Relay) tooLarge(m *queue.Message) bool {
-	return r.hub.Size(m.Output, message([]*queue.Message{m}, nil)) > edgehub.MaxMessageSize
+	return !r.hub.Fits(m.Output, message([]*queue.Message{m}, nil))
 }
 
 // deadLetter puts m in the dead-letter store for reason (cause says why)

@@ -30,6 +30,7 @@ type worker struct {
 	// or batched, all of rank.
 	held []*queue.Message
 	rank uint8
+	acks []uint64 // settle's buffer
 }
 
 // flight is a publish awaiting its PUBACK.
@@ -323,28 +324,52 @@ func (w *worker) resend(ctx context.Context, gen uint64) bool {
 	return true
 }
 
-// settle handles the head of the window once it is done: acknowledged, it
-// leaves the queue; if its connection ended first, the window goes out
+// settle handles the head of the window once it is done, and every done
+// one after it: acknowledged, they leave the queue (in one Ack per run
+// of one rank); if the connection of one ended first, the window goes out
 // again on the next connection.
 func (w *worker) settle(ctx context.Context) {
-	r := w.r
-	head := w.inflight[0]
-	if head.pending.Err() == nil {
+	acked := w.acks[:0]
+	sent, rank := 0, uint8(0)
+	defer func() { w.ackAll(rank, acked, sent) }()
+	for len(w.inflight) > 0 {
+		head := w.inflight[0]
+		select {
+		case <-head.pending.Done():
+		default:
+			return
+		}
+		if head.pending.Err() != nil {
+			w.ackAll(rank, acked, sent)
+			acked, sent = acked[:0], 0
+			_, _ = w.connection(ctx, head.gen) // an error is ctx ending: still queued
+			return
+		}
+		w.inflight[0] = flight{}
 		w.inflight = w.inflight[1:]
-		r.Metrics.Sent.Inc()
-		r.Metrics.Acknowledged.Add(float64(len(head.msgs)))
-		r.ack(head.msgs[0].Rank, seqs(head.msgs)...)
-		return
+		if r := head.msgs[0].Rank; r != rank && sent > 0 {
+			w.ackAll(rank, acked, sent)
+			acked, sent = acked[:0], 0
+		}
+		rank = head.msgs[0].Rank
+		sent++
+		for _, m := range head.msgs {
+			acked = append(acked, m.Seq)
+		}
 	}
-	_, _ = w.connection(ctx, head.gen) // an error is ctx ending: still queued
 }
 
-func seqs(msgs []*queue.Message) []uint64 {
-	out := make([]uint64, len(msgs))
-	for i, m := range msgs {
-		out[i] = m.Seq
+// ackAll takes the messages of sent publishes of rank, acknowledged
+// upstream, out of the queue.
+func (w *worker) ackAll(rank uint8, seqs []uint64, sent int) {
+	if sent == 0 {
+		return
 	}
-	return out
+	r := w.r
+	r.Metrics.Sent.Add(float64(sent))
+	r.Metrics.Acknowledged.Add(float64(len(seqs)))
+	r.ack(rank, seqs...)
+	w.acks = seqs[:0]
 }
 
 // ack acknowledges seqs in the queue of rank.

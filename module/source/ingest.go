@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -16,6 +17,7 @@ import (
 	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/queue"
+	"github.com/edgetpm/edgetpm/module/twin"
 )
 
 // Application properties every relayed message carries.
@@ -44,7 +46,7 @@ func (s *source) handler(ctx context.Context) mqtt.MessageHandler {
 			if !s.warnedStray.Swap(true) {
 				s.log.Warn().Str("topic", msg.Topic()).Msg("dead-lettering messages no configured filter matches (a subscription left by an earlier configuration)")
 			}
-			m := &queue.Message{Source: "mqtt:" + s.cfg.Name, Properties: map[string]string{PropTopic: msg.Topic()}, Body: msg.Payload()}
+			m := &queue.Message{Source: s.origin, Properties: map[string]string{PropTopic: msg.Topic()}, Body: msg.Payload()}
 			if err := s.deadLetter(m, deadletter.ReasonUnrouted, nil); err != nil {
 				s.setErr(fmt.Errorf("dead letter: %w", err))
 				s.shed([]delivery{{msg: msg}})
@@ -320,28 +322,73 @@ func (s *source) shed(batch []delivery) {
 	}
 }
 
-// message builds the queue message for a delivery.
+// message builds the queue message for a delivery. The properties of a
+// topic seen before are the map built for it then, shared: nothing
+// downstream changes a message's properties.
 func (s *source) message(d delivery) *queue.Message {
 	body := d.msg.Payload()
-	props := make(map[string]string, len(d.topic.Properties)+2)
-	maps.Copy(props, d.topic.Properties)
-	props[PropTopic] = d.msg.Topic()
-	delete(props, PropRetained) // ours, like PropTopic
-	if d.msg.Retained() {
-		props[PropRetained] = "true"
-	}
 	out := d.topic.Output
 	if out == "" {
 		out = *s.m.output.Load()
 	}
 	m := &queue.Message{
-		ID: edgehub.NewMessageID(), Source: "mqtt:" + s.cfg.Name, Enqueued: s.m.now(),
-		Output: out, Properties: props, Body: body, Rank: s.cfg.Rank(*d.topic),
+		ID: edgehub.NewMessageID(), Source: s.origin, Enqueued: s.m.now(),
+		Output: out, Properties: s.props.get(d.topic, d.msg.Topic(), d.msg.Retained()), Body: body, Rank: s.cfg.Rank(*d.topic),
 	}
-	if utf8.Valid(body) && json.Valid(body) {
+	if isJSON(body) {
 		m.ContentType, m.ContentEncoding = "application/json", "utf-8"
 	}
 	return m
+}
+
+// isJSON tells whether body is one JSON value in UTF-8. Most readings that
+// are not JSON are told by their first byte, before json.Valid scans them
+// (and allocates its error).
+func isJSON(body []byte) bool {
+	i := 0
+	for i < len(body) && (body[i] == ' ' || body[i] == '\t' || body[i] == '\n' || body[i] == '\r') {
+		i++
+	}
+	if i == len(body) || !strings.ContainsRune(`{["-0123456789tfn`, rune(body[i])) {
+		return false
+	}
+	return utf8.Valid(body) && json.Valid(body)
+}
+
+// propCache holds the properties of the topics a source has seen lately,
+// for the work goroutine only: topics and their properties rarely change,
+// readings come by the thousand.
+type propCache struct {
+	topics map[propKey]map[string]string
+}
+
+type propKey struct {
+	topic    *twin.Topic
+	name     string
+	retained bool
+}
+
+// maxCachedTopics bounds the cache; past it, it starts over.
+const maxCachedTopics = 1024
+
+// get returns the properties of a message on topic name, routed to topic.
+func (c *propCache) get(topic *twin.Topic, name string, retained bool) map[string]string {
+	k := propKey{topic, name, retained}
+	if p, ok := c.topics[k]; ok {
+		return p
+	}
+	props := make(map[string]string, len(topic.Properties)+2)
+	maps.Copy(props, topic.Properties)
+	props[PropTopic] = name
+	delete(props, PropRetained) // ours, like PropTopic
+	if retained {
+		props[PropRetained] = "true"
+	}
+	if c.topics == nil || len(c.topics) >= maxCachedTopics {
+		c.topics = map[propKey]map[string]string{}
+	}
+	c.topics[k] = props
+	return props
 }
 
 // recentErr warns, once, that recent could not be written.

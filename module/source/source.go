@@ -20,6 +20,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/batchconn"
 	"github.com/edgetpm/edgetpm/internal/tlsconfig"
+	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -48,6 +49,7 @@ type source struct {
 	cfg      twin.Source
 	ep       endpoint
 	clientID string
+	origin   string // "mqtt:" and the name: the queue messages' Source
 	log      zerolog.Logger
 
 	cancel context.CancelFunc
@@ -55,8 +57,9 @@ type source struct {
 	first  chan struct{}          // closed after the first connection attempt
 	done   chan struct{}          // closed when run returns
 	inbox  chan delivery
-	room   *budget // bytes of the payloads in inbox and being appended
-	recent *recent // set by run before anything else
+	room   *budget   // bytes of the payloads in inbox and being appended
+	recent *recent   // set by run before anything else
+	props  propCache // the work goroutine's
 
 	subscribed bool // this process subscribed in the broker's session; run's goroutine only
 
@@ -99,7 +102,7 @@ func newSource(m *Manager, cfg twin.Source, cancel context.CancelFunc) *source {
 	ep, _ := parseURL(cfg.URL) // checked by Apply
 	id := "edge-relay-" + cfg.Name + "-" + m.idSuffix
 	return &source{
-		m: m, cfg: cfg, ep: ep, clientID: id,
+		m: m, cfg: cfg, ep: ep, clientID: id, origin: "mqtt:" + cfg.Name,
 		log:    m.log.With().Str("source", cfg.Name).Str("client_id", id).Logger(),
 		cancel: cancel,
 		first:  make(chan struct{}),
@@ -279,6 +282,9 @@ func (s *source) options(ctx context.Context, clean bool) (opts *mqtt.ClientOpti
 		// A persistent session: the broker keeps QoS 1 messages, sent or
 		// not, until we acknowledge them, across connections.
 		SetCleanSession(clean).
+		// A client per connection: the broker re-sends what was in
+		// flight, and paho's store of it would only cost.
+		SetStore(edgehub.NoStore{}).
 		// One message at a time, in order: a message the queue refuses
 		// holds back the ones behind it.
 		SetOrderMatters(true).

@@ -2,6 +2,7 @@ package source
 
 import (
 	"maps"
+	"strings"
 	"testing"
 
 	"github.com/edgetpm/edgetpm/module/twin"
@@ -153,5 +154,28 @@ func TestClientID(t *testing.T) {
 	s := newSource(NewManager(&memQueue{}, Config{Output: "t", Identity: "d1/relay"}), twin.Source{Name: "plc", URL: "tcp://h"}, nil)
 	if want := "edge-relay-plc-" + clientIDSuffix("d1/relay"); s.clientID != want {
 		t.Errorf("client ID %q, want %q", s.clientID, want)
+	}
+}
+
+// A reading costs the relay few allocations on its way into the queue:
+// message builds the queue message, and the properties of a topic seen
+// before are shared, not built again. Two: the Message and its $.mid.
+func TestMessageAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	m := NewManager(&memQueue{}, Config{Output: "telemetry"})
+	s := newSource(m, twin.Source{Name: "gw", URL: "tcp://h", Topics: []twin.Topic{
+		{Filter: "#", Properties: map[string]string{"line": "2"}},
+	}}, nil)
+	for _, body := range []string{strings.Repeat(".", 256), `{"t":21.5,"unit":"C"}`} {
+		msg := &fakeMessage{topic: "plant/line1", payload: []byte(body), qos: 1}
+		d := delivery{msg: msg, topic: &s.cfg.Topics[0]}
+		if got := testing.AllocsPerRun(100, func() { s.message(d) }); got > 2 {
+			t.Errorf("message(%.10q…) makes %v allocations, want at most 2", body, got)
+		}
+	}
+	if got := testing.AllocsPerRun(100, func() { digestOf("plant/line1", []byte("reading")) }); got > 0 {
+		t.Errorf("digestOf makes %v allocations, want none", got)
 	}
 }

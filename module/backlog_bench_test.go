@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -115,21 +114,9 @@ func lastReceived(ms []hubemu.Message) time.Time {
 	return last
 }
 
-// residentOf reads a process's resident set size in bytes.
-func residentOf(pid int) float64 { return statusField(pid, "VmRSS:") }
-
-// statusField reads a size in kB from /proc/PID/status, in bytes; 0 when
-// the process is gone.
-func statusField(pid int, name string) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for line := range strings.Lines(string(data)) {
-		if v, ok := strings.CutPrefix(line, name); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb * 1024
-		}
-	}
-	return 0
+// residentOf reads a process's resident set size in bytes; 0 when it is
+// gone.
+func residentOf(pid int) float64 {
+	v, _ := procStatus(pid, "VmRSS:")
+	return v
 }

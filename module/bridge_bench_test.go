@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -35,19 +36,34 @@ import (
 //   - relay-module: edge-relay as a module (development mode: a module
 //     connection string) through edgeHub's topics.
 //
-// Each forwarder is its own process. For each it reports readings/s from
-// the first publish to the last reading recorded upstream, the process's
-// CPU time (utime+stime) per reading in µs, its peak resident memory, and
-// the relay's figures as ratios of the bridge's. Beside them, the limit
-// of the path: a plain paho client publishing the readings at QoS 1
-// straight to the emulator as the device, and the relay's share of it.
-// The relay runs with its defaults (no batching), fsyncing every reading
-// before the plant broker gets its PUBACK. $READINGS sets how many
-// readings (default 30000).
+// Each forwarder is its own process. After a warm-up of $READINGS/5
+// (connections, buffers, heap size), one producer publishes $READINGS
+// (default 50000) readings in one burst; for each forwarder the benchmark
+// reports readings/s from the first publish to the last reading recorded
+// upstream, the process's CPU time (utime+stime from /proc) per reading
+// in µs, its peak resident memory (VmHWM), and the relay's figures as
+// ratios of the bridge's; for the relay also its heap allocations per
+// reading and garbage collections per thousand readings (from its own
+// /metrics). Beside them, the limit of the path: a plain paho client
+// publishing the readings at QoS 1 straight to the emulator as the
+// device. The relay runs with its defaults (no batching), fsyncing every
+// reading before the plant broker gets its PUBACK.
+//
+// $EDGE_RELAY_BIN runs another build of the relay (a before);
+// $RELAY_PERF=FILE records the device-mode relay's measured burst with
+// perf; $RELAY_GOGC and $RELAY_GOMAXPROCS are the relay's GOGC and
+// GOMAXPROCS.
 func BenchmarkBridge(b *testing.B) {
-	n := 30000
+	n := 50000
 	if v, err := strconv.Atoi(os.Getenv("READINGS")); err == nil && v > 0 {
 		n = v
+	}
+	// Read by the relay at its start, not by this process, which has
+	// started already.
+	for _, v := range []string{"GOGC", "GOMAXPROCS"} {
+		if s := os.Getenv("RELAY_" + v); s != "" {
+			b.Setenv(v, s)
+		}
 	}
 	dev := newTPMDevice(b)
 	hub := hubtest.Start(b, hubemu.Config{
@@ -59,17 +75,19 @@ func BenchmarkBridge(b *testing.B) {
 	writeFile(b, caFile, hub.CA.CertPEM())
 	state := dev.assignment(b, hub, "edge1", dir)
 	for b.Loop() {
-		bridge := forward(b, hub, n, "", func(plant *mosquittotest.Broker) (int, func()) {
+		bridge := forward(b, hub, n, "", func(plant *mosquittotest.Broker) (int, string, func()) {
 			br := startBridge(b, hub, plant, dev.key, caFile)
-			return br.Pid(), br.Stop
+			return br.Pid(), "", br.Stop
 		})
-		device := forward(b, hub, n, "edge1", func(plant *mosquittotest.Broker) (int, func()) {
-			p := spawnRelay(b, []string{"--device-state", state, "--ca-file", caFile}, "EDGE_RELAY_HUB_ADDRESS="+hub.Addr)
-			return p.cmd.Process.Pid, p.kill
+		device := forward(b, hub, n, "edge1", func(plant *mosquittotest.Broker) (int, string, func()) {
+			metrics := freeAddr(b)
+			p := spawnRelay(b, []string{"--device-state", state, "--ca-file", caFile, "--metrics-addr", metrics}, "EDGE_RELAY_HUB_ADDRESS="+hub.Addr)
+			return p.cmd.Process.Pid, metrics, p.kill
 		})
-		module := forward(b, hub, n, "edge1/relay", func(plant *mosquittotest.Broker) (int, func()) {
-			p := startProcess(b, hub, filepath.Join(b.TempDir(), "data"), caFile)
-			return p.cmd.Process.Pid, p.kill
+		module := forward(b, hub, n, "edge1/relay", func(plant *mosquittotest.Broker) (int, string, func()) {
+			metrics := freeAddr(b)
+			p := startProcess(b, hub, filepath.Join(b.TempDir(), "data"), caFile, "--metrics-addr", metrics)
+			return p.cmd.Process.Pid, metrics, p.kill
 		})
 		direct := directRate(b, hub, dev.key, n)
 		for _, f := range []struct {
@@ -79,6 +97,10 @@ func BenchmarkBridge(b *testing.B) {
 			b.ReportMetric(f.r.rate, f.name+"-readings/s")
 			b.ReportMetric(f.r.cpu, f.name+"-CPU-µs/reading")
 			b.ReportMetric(f.r.rss/(1<<20), f.name+"-peak-RSS-MB")
+			if f.r.allocs > 0 {
+				b.ReportMetric(f.r.allocs, f.name+"-allocs/reading")
+				b.ReportMetric(f.r.gcs, f.name+"-GCs/1k-readings")
+			}
 		}
 		for _, f := range []struct {
 			name string
@@ -94,16 +116,19 @@ func BenchmarkBridge(b *testing.B) {
 
 // forwarded is one forwarder's figures.
 type forwarded struct {
-	rate float64 // readings/s, first publish to last recorded upstream
-	cpu  float64 // µs of the forwarder's CPU time per reading
-	rss  float64 // peak resident bytes (VmHWM)
+	rate   float64 // readings/s, first publish to last recorded upstream
+	cpu    float64 // µs of the forwarder's CPU time per reading
+	rss    float64 // peak resident bytes (VmHWM)
+	allocs float64 // heap allocations per reading (the relay's)
+	gcs    float64 // garbage collections per 1,000 readings (the relay's)
 }
 
 // forward starts a plant Mosquitto, points the relay's twin (of twinID,
-// "" for none) at it, starts a forwarder with start, waits until a probe
-// gets through, then publishes n readings, measures and stops the
+// "" for none) at it, starts a forwarder with start (its PID, its
+// metrics address or "", and how to stop it), waits until a probe gets
+// through, warms it up, then publishes n readings, measures and stops the
 // forwarder (the bridge and the device-mode relay are the same device).
-func forward(b *testing.B, hub *hubtest.Server, n int, twinID string, start func(plant *mosquittotest.Broker) (pid int, stop func())) forwarded {
+func forward(b *testing.B, hub *hubtest.Server, n int, twinID string, start func(plant *mosquittotest.Broker) (pid int, metrics string, stop func())) forwarded {
 	b.Helper()
 	plant := mosquittotest.Start(b, mosquittotest.Options{Extra: []string{"max_queued_messages 0", "max_inflight_messages 1000"}})
 	if twinID != "" {
@@ -113,54 +138,72 @@ func forward(b *testing.B, hub *hubtest.Server, n int, twinID string, start func
 			b.Fatal(err)
 		}
 	}
-	pid, stop := start(plant)
+	pid, metrics, stop := start(plant)
 	defer stop()
 	prod := mosquittotest.NewProducer(b, plant)
 	probe := fmt.Sprintf("probe-%d", time.Now().UnixNano())
-	seen := 0
 	until.True(b, "a probe through the forwarder", func() bool {
 		prod.Publish("plant/line1", probe)
 		time.Sleep(100 * time.Millisecond)
-		for _, m := range hub.Upstream()[seen:] {
+		for _, m := range hub.Upstream() {
 			if string(m.Body) == probe {
 				return true
 			}
 		}
 		return false
 	})
-	time.Sleep(500 * time.Millisecond) // the probes still in flight land
-	before := len(hub.Upstream())
-	cpu0 := cpuTime(b, pid)
-	start0 := time.Now()
-	toks := make([]mqtt.Token, 0, n)
-	for i := range n {
-		toks = append(toks, prod.Client.Publish("plant/line1", 1, false, reading(i)))
-	}
-	for _, t := range toks {
-		if t.Wait(); t.Error() != nil {
-			b.Fatal(t.Error())
+	burst := func(n int) (wall time.Duration, cpu float64) {
+		time.Sleep(500 * time.Millisecond) // what is still in flight lands
+		before := len(hub.Upstream())
+		cpu0 := cpuOf(b, pid)
+		start := time.Now()
+		toks := make([]mqtt.Token, 0, n)
+		for i := range n {
+			toks = append(toks, prod.Client.Publish("plant/line1", 1, false, reading(i)))
 		}
-	}
-	ups, err := waitUpstream(b, hub, before+n)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cpu := cpuTime(b, pid) - cpu0
-	rss := peakResident(pid)
-	got := map[string]bool{}
-	for _, m := range ups[before:] {
-		got[string(m.Body)] = true
-	}
-	for i := range n {
-		if !got[reading(i)] {
-			b.Fatalf("reading %d did not arrive", i)
+		for _, t := range toks {
+			if t.Wait(); t.Error() != nil {
+				b.Fatal(t.Error())
+			}
 		}
+		ups, err := waitUpstream(b, hub, before+n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cpu = cpuOf(b, pid) - cpu0
+		got := map[string]bool{}
+		for _, m := range ups[before:] {
+			got[string(m.Body)] = true
+		}
+		for i := range n {
+			if !got[reading(i)] {
+				b.Fatalf("reading %d did not arrive", i)
+			}
+		}
+		return lastReceived(ups[before:]).Sub(start), cpu
 	}
-	return forwarded{
-		rate: float64(n) / lastReceived(ups[before:]).Sub(start0).Seconds(),
-		cpu:  float64(cpu.Microseconds()) / float64(n),
-		rss:  rss,
+	burst(n / 5)
+	var st0 map[string]float64
+	if metrics != "" {
+		st0 = scrape(b, metrics)
 	}
+	stopPerf := func() {}
+	if twinID == "edge1" {
+		stopPerf = perfRecord(b, pid)
+	}
+	wall, cpu := burst(n)
+	stopPerf()
+	f := forwarded{
+		rate: float64(n) / wall.Seconds(),
+		cpu:  cpu / float64(n) * 1e6,
+		rss:  statusOf(b, pid, "VmHWM:"),
+	}
+	if metrics != "" {
+		st := scrape(b, metrics)
+		f.allocs = (st["go_memstats_mallocs_total"] - st0["go_memstats_mallocs_total"]) / float64(n)
+		f.gcs = (st["go_gc_duration_seconds_count"] - st0["go_gc_duration_seconds_count"]) / float64(n) * 1000
+	}
+	return f
 }
 
 // startBridge starts Mosquitto as a bridge from plant to the hub, as the
@@ -215,22 +258,69 @@ func directRate(b *testing.B, hub *hubtest.Server, key []byte, n int) float64 {
 	return float64(n) / lastReceived(ups[before:]).Sub(start).Seconds()
 }
 
-// cpuTime is a process's user and system time so far, from fields 14 and
-// 15 of /proc/PID/stat, in clock ticks of 1/100 s (USER_HZ on Linux).
-func cpuTime(b *testing.B, pid int) time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+// perfRecord records a process's profile with perf when $RELAY_PERF
+// names the file to write (perf report -i FILE), until the returned
+// function is called.
+func perfRecord(b *testing.B, pid int) func() {
+	out := os.Getenv("RELAY_PERF")
+	if out == "" {
+		return func() {}
+	}
+	cmd := exec.Command("perf", "record", "-g", "-F", "999", "-o", out, "-p", strconv.Itoa(pid))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	// The command name, field 2, is in parentheses and may hold spaces.
-	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		b.Fatalf("/proc/%d/stat: %q", pid, data)
+	time.Sleep(300 * time.Millisecond) // perf attaches
+	return func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
 	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
-// peakResident is a process's peak resident set size (VmHWM) in bytes.
-func peakResident(pid int) float64 { return statusField(pid, "VmHWM:") }
+// cpuOf is the CPU seconds a process has used, user and system, from
+// fields 14 and 15 of /proc/PID/stat.
+func cpuOf(t testing.TB, pid int) float64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command name, in parentheses, may hold spaces: fields count
+	// from after it.
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, s)
+	}
+	const ticks = 100 // USER_HZ on Linux
+	return (ut + st) / ticks
+}
+
+// statusOf reads a size in kB from /proc/PID/status, in bytes.
+func statusOf(t testing.TB, pid int, field string) float64 {
+	t.Helper()
+	v, ok := procStatus(pid, field)
+	if !ok {
+		t.Fatalf("no %s in /proc/%d/status", field, pid)
+	}
+	return v
+}
+
+// procStatus reads a size in kB from /proc/PID/status, in bytes; false
+// when the process or the field is not there.
+func procStatus(pid int, field string) (float64, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(line, field); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb * 1024, true
+		}
+	}
+	return 0, false
+}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -295,27 +294,25 @@ func writeFile(t testing.TB, path string, b []byte) {
 }
 
 // Unless the environment sets them, the relay runs with GOGC 400 under a
-// soft memory limit of 256 MiB, on one P; what the environment sets stays.
+// soft memory limit of 256 MiB; what the environment sets stays.
 func TestTuneRuntime(t *testing.T) {
-	gc, limit, procs := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64), runtime.GOMAXPROCS(0)
-	t.Cleanup(func() { debug.SetGCPercent(gc); debug.SetMemoryLimit(limit); runtime.GOMAXPROCS(procs) })
+	gc, limit := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64)
+	t.Cleanup(func() { debug.SetGCPercent(gc); debug.SetMemoryLimit(limit) })
 	for _, tt := range []struct {
-		env       map[string]string
-		gc, procs int
-		limit     int64
+		env   map[string]string
+		gc    int
+		limit int64
 	}{
-		{nil, 400, 1, 256 << 20},
-		{map[string]string{"GOGC": "100"}, 100, 1, 256 << 20},
-		{map[string]string{"GOMEMLIMIT": "1GiB"}, 400, 1, math.MaxInt64},
-		{map[string]string{"GOMAXPROCS": "3"}, 400, 3, 256 << 20},
+		{nil, 400, 256 << 20},
+		{map[string]string{"GOGC": "100"}, 100, 256 << 20},
+		{map[string]string{"GOMEMLIMIT": "1GiB"}, 400, math.MaxInt64},
 	} {
 		debug.SetGCPercent(100)
 		debug.SetMemoryLimit(math.MaxInt64)
-		runtime.GOMAXPROCS(3)
 		tuneRuntime(func(k string) string { return tt.env[k] })
-		got, lim, p := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64), runtime.GOMAXPROCS(0)
-		if got != tt.gc || lim != tt.limit || p != tt.procs {
-			t.Errorf("tuneRuntime with %v: GOGC %d, limit %d, GOMAXPROCS %d; want %d, %d, %d", tt.env, got, lim, p, tt.gc, tt.limit, tt.procs)
+		got, lim := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64)
+		if got != tt.gc || lim != tt.limit {
+			t.Errorf("tuneRuntime with %v: GOGC %d, limit %d; want %d, %d", tt.env, got, lim, tt.gc, tt.limit)
 		}
 	}
 }

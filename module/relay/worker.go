@@ -302,6 +302,11 @@ func (w *worker) connection(ctx context.Context, after uint64) (uint64, error) {
 // another; false when gen is gone meanwhile.
 func (w *worker) resend(ctx context.Context, gen uint64) bool {
 	r := w.r
+	// It runs before every publish: most often the whole window is on
+	// gen already.
+	if !slices.ContainsFunc(w.inflight, func(f flight) bool { return f.gen != gen }) {
+		return true
+	}
 	// What the queue dropped meanwhile stays dropped.
 	w.inflight = slices.DeleteFunc(w.inflight, func(f flight) bool {
 		q := r.lane(f.msgs[0].Rank).q

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/deploy/debpkg"
 	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
@@ -143,8 +142,7 @@ func TestInstall(t *testing.T) {
 	}
 
 	t.Run("Upgrade", func(t *testing.T) {
-		newer, err := debpkg.Build(t.Context(), debpkg.Options{Dir: root(t), Out: t.TempDir(), Version: "1.0.1", Time: when.Add(time.Hour),
-			Arches: []string{"amd64"}, Packages: []string{"edge-provisioner", "edge-relay"}})
+		newer, err := edgeDeployPackage(root(t), when.Add(time.Hour), t.TempDir(), "--version", "1.0.1", "--arch", "amd64", "--packages", "edge-provisioner,edge-relay")
 		if err != nil {
 			t.Fatal(err)
 		}

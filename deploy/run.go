@@ -24,6 +24,7 @@ commands:
   lab workload serve the IoT Edge workload API for a device's modules
   lab twin set change a lab module's desired properties and show it applying them
   image build build the edge-relay module image without Docker
+  package     build the Debian packages (.deb) without Docker
   render      render a deployment manifest from a template and values
   validate    check deployment manifests, each problem at its JSON path
   apply       apply a deployment to one edge device
@@ -67,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cli.Usagef("lab: want up, dps, enroll, hub, workload or twin set")
 	case "image":
 		return runImage(ctx, args[1:], stdout, stderr)
+	case "package":
+		return packageCmd(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "render":
 		return renderCmd(ctx, args[1:], stdout, stderr)
 	case "validate":

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/edgetpm/edgetpm/provisioner/settings"
@@ -28,13 +29,25 @@ func TestInstallScript(t *testing.T) {
 	install()
 	for path, mode := range map[string]os.FileMode{
 		"usr/local/bin/edge-provisioner":              0o755,
-		"etc/edge-provisioner/config.toml":            0o640,
+		"etc/edge-provisioner/config.toml":            0o644,
 		"var/lib/edge-provisioner":                    0o700 | os.ModeDir,
 		"etc/systemd/system/edge-provisioner.service": 0o644,
 	} {
 		fi, err := os.Stat(filepath.Join(prefix, path))
 		if err != nil || fi.Mode() != mode {
 			t.Errorf("%s: mode %v (%v), want %v", path, fi.Mode(), err, mode)
+		}
+	}
+	// The unit runs the binary it installed, not the package's.
+	unit, _ := os.ReadFile(filepath.Join(prefix, "etc/systemd/system/edge-provisioner.service"))
+	if !strings.Contains(string(unit), "ExecStart=/usr/local/bin/edge-provisioner provision") {
+		t.Errorf("the installed unit does not run /usr/local/bin/edge-provisioner:\n%s", unit)
+	}
+	// Without a package, a binary or --from-source it installs nothing.
+	for _, args := range [][]string{{"--prefix", prefix}, {"--binary", bin, "--from-source", "--prefix", prefix}} {
+		cmd := exec.Command("bash", append([]string{"../scripts/install.sh"}, args...)...)
+		if out, err := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "FILE.deb") {
+			t.Errorf("install.sh %v: %v, want exit 2 and its usage\n%s", args, err, out)
 		}
 	}
 	// The example settings it installs load as they are.
@@ -57,7 +70,7 @@ func TestInstallScript(t *testing.T) {
 	}
 
 	mine := []byte("[dps]\nid_scope = \"0ne00MINE\"\n")
-	os.WriteFile(filepath.Join(prefix, "etc/edge-provisioner/config.toml"), mine, 0o640)
+	os.WriteFile(filepath.Join(prefix, "etc/edge-provisioner/config.toml"), mine, 0o644)
 	install()
 	if got, _ := os.ReadFile(filepath.Join(prefix, "etc/edge-provisioner/config.toml")); string(got) != string(mine) {
 		t.Errorf("a reinstall replaced the operator's settings with:\n%s", got)

@@ -1,32 +1,74 @@
 #!/usr/bin/env bash
-# Installs edge-provisioner on a device: the binary in /usr/local/bin, an
-# example /etc/edge-provisioner/config.toml (an existing one is kept), the
-# state folder and a systemd unit that provisions at boot, before the
-# aziot services start.
+# Installs edgetpm on a device, from what was downloaded:
 #
-#   sudo scripts/install.sh [--binary FILE] [--prefix DIR] [--no-enable]
+#   sudo scripts/install.sh FILE.deb...     the packages (edge-provisioner,
+#                                           edge-relay), with apt, which also
+#                                           installs what they depend on
+#   sudo scripts/install.sh --binary FILE [--prefix DIR] [--no-enable]
+#                                           a built edge-provisioner, for
+#                                           hosts without dpkg: the binary in
+#                                           /usr/local/bin, an example
+#                                           /etc/edge-provisioner/config.toml
+#                                           (an existing one is kept), the
+#                                           state folder and the unit
+#   scripts/install.sh --from-source [--prefix DIR] [--no-enable]
+#                                           developers: build edge-provisioner
+#                                           with Go from this checkout, then
+#                                           as --binary
 #
-# Without --binary it builds one with Go from this checkout. --prefix
-# installs under DIR instead of / (for packaging and for tests).
+# --prefix installs under DIR instead of / (for tests). Packages are built
+# with 'go run ./deploy package' (docs/device-install.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-binary="" prefix="" enable=1
+usage() {
+  echo "usage: install.sh FILE.deb... | --binary FILE | --from-source  [--prefix DIR] [--no-enable]" >&2
+  exit 2
+}
+
+binary="" prefix="" enable=1 source=0 debs=()
 while (($#)); do
   case $1 in
-    --binary) binary=$2; shift 2 ;;
-    --prefix) prefix=$2; shift 2 ;;
+    --binary) (($# > 1)) || usage; binary=$2; shift 2 ;;
+    --prefix) (($# > 1)) || usage; prefix=$2; shift 2 ;;
     --no-enable) enable=0; shift ;;
-    *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
+    --from-source) source=1; shift ;;
+    *.deb) debs+=("$(realpath "$1")"); shift ;;
+    *) echo "install.sh: unknown argument $1" >&2; usage ;;
   esac
 done
+modes=0
+((${#debs[@]})) && modes=$((modes + 1))
+[[ -n $binary ]] && modes=$((modes + 1))
+((source)) && modes=$((modes + 1))
+if ((modes != 1)); then
+  echo "install.sh: give packages, --binary FILE or --from-source: one of them" >&2
+  usage
+fi
 
 if [[ -z $prefix && $(id -u) != 0 ]]; then
   echo "install.sh: run as root (sudo), or give --prefix" >&2
   exit 1
 fi
 
-if [[ -z $binary ]]; then
+if ((${#debs[@]})); then
+  [[ -z $prefix ]] || { echo "install.sh: packages install under /, not --prefix" >&2; exit 2; }
+  if command -v apt-get >/dev/null; then
+    apt-get install -y "${debs[@]}"
+  else
+    dpkg --install "${debs[@]}"
+  fi
+  cat >&2 <<MSG
+install.sh: installed. Next (docs/device-install.md, first boot):
+  1. edge-provisioner identity      # the registration ID and EK to enroll in DPS
+  2. set dps.id_scope in /etc/edge-provisioner/config.toml
+  3. edge-provisioner doctor        # every check with a remedy
+  4. systemctl enable edge-provisioner.service && edge-provisioner provision
+MSG
+  exit 0
+fi
+
+if ((source)); then
   binary=$(mktemp -d)/edge-provisioner
   echo "install.sh: building $binary" >&2
   CGO_ENABLED=0 go build -trimpath -o "$binary" ./provisioner
@@ -37,10 +79,14 @@ install -d -m 0755 "$prefix/etc/edge-provisioner"
 if [[ -e $prefix/etc/edge-provisioner/config.toml ]]; then
   echo "install.sh: keeping $prefix/etc/edge-provisioner/config.toml" >&2
 else
-  install -m 0640 manifests/provisioner.toml "$prefix/etc/edge-provisioner/config.toml"
+  install -m 0644 manifests/provisioner.toml "$prefix/etc/edge-provisioner/config.toml"
 fi
 install -d -m 0700 "$prefix/var/lib/edge-provisioner"
-install -D -m 0644 scripts/systemd/edge-provisioner.service "$prefix/etc/systemd/system/edge-provisioner.service"
+# The packaged unit runs /usr/bin/edge-provisioner; this one is local.
+install -d -m 0755 "$prefix/etc/systemd/system"
+sed 's#/usr/bin/edge-provisioner#/usr/local/bin/edge-provisioner#' scripts/systemd/edge-provisioner.service \
+  >"$prefix/etc/systemd/system/edge-provisioner.service"
+chmod 0644 "$prefix/etc/systemd/system/edge-provisioner.service"
 
 if [[ -z $prefix && $enable == 1 ]] && command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
   systemctl daemon-reload

@@ -4,7 +4,7 @@
 # Mosquitto, the provisioner, the runtime stand-in and the relay image).
 # Run as root, it first installs the test peers that are missing (swtpm,
 # swtpm-tools, tpm2-tools, containerd, runc, Docker's engine, Mosquitto,
-# Node.js and npm) with apt; otherwise tests that need a missing peer are skipped,
+# Node.js and npm, lintian and man-db) with apt; otherwise tests that need a missing peer are skipped,
 # except under CI, where they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,10 @@ command -v mosquitto >/dev/null || missing+=(mosquitto)
 # Azure's Node.js DPS client, registered against the DPS emulator.
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+# The .deb packages: lintian checks them; systemd-analyze verify, on the
+# installed units, looks up their man: documentation with man.
+command -v lintian >/dev/null || missing+=(lintian)
+command -v man >/dev/null || missing+=(man-db)
 
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]]; then
@@ -41,7 +45,7 @@ fi
 
 export CGO_ENABLED=1
 go vet ./...
-go test -race -count=1 "$@" ./...
+go test -race -count=1 -timeout=30m "$@" ./...
 
 # Again against containerd 1.7, the API of the daemons Docker ships today
 # (Debian 12's is 1.6), built once from the Go module proxy into the cache.

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -26,6 +25,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/rs/zerolog"
+
+	"github.com/edgetpm/edgetpm/deploy/gobuild"
 )
 
 const (
@@ -45,6 +46,10 @@ const (
 type Options struct {
 	// Dir is the root of the Go module that holds Module; default ".".
 	Dir string
+	// Binary is an edge-relay already built, static, for the only
+	// platform of Platforms (an installed one); when set, Build runs no go
+	// command and Dir and Module are not used.
+	Binary string
 	// Module is the main package, relative to Dir; default "./module".
 	Module string
 	// Platforms are os/arch[/variant], as ParsePlatform takes them;
@@ -148,7 +153,12 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	imgs := make([]v1.Image, len(targets))
 	for i, p := range targets {
 		opts.Log.Info().Str("platform", p.platform.String()).Msg("building")
-		bin, err := goBuild(ctx, opts, p, filepath.Join(work, binary+"-"+fileSuffix(p.platform)))
+		var bin []byte
+		if opts.Binary != "" {
+			bin, err = os.ReadFile(opts.Binary)
+		} else {
+			bin, err = goBuild(ctx, opts, p, filepath.Join(work, binary+"-"+fileSuffix(p.platform)))
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -186,6 +196,9 @@ func withDefaults(opts Options) (Options, reference.NamedTagged, []goPlatform, e
 	if !ok {
 		return opts, nil, nil, fmt.Errorf("image name %q: want a tag, not a digest", opts.Name)
 	}
+	if opts.Binary != "" && len(opts.Platforms) != 1 {
+		return opts, nil, nil, fmt.Errorf("build image: a built binary is for one platform, not %d", len(opts.Platforms))
+	}
 	var targets []goPlatform
 	seen := map[string]bool{}
 	for _, s := range opts.Platforms {
@@ -201,20 +214,11 @@ func withDefaults(opts Options) (Options, reference.NamedTagged, []goPlatform, e
 	return opts, ref, targets, nil
 }
 
-// goBuild builds opts.Module for p into out, static and reproducible: no
-// cgo, paths, VCS stamp or build ID that would differ between builders.
+// goBuild builds opts.Module for p into out, static and reproducible.
 func goBuild(ctx context.Context, opts Options, p goPlatform, out string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", out, opts.Module)
-	cmd.Dir = opts.Dir
-	// The builder's own settings must not reach the binary: the same
-	// sources give the same image on every machine.
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.platform.OS,
-		"GOFLAGS=", "GOEXPERIMENT=", "GOWORK=off", "GOTOOLCHAIN=local", "GO386=sse2", "GOPPC64=power8", "GORISCV64=rva20u64")
-	cmd.Env = append(cmd.Env, p.env...)
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("go build %s for %s: %w\n%s", opts.Module, p.platform.String(), err, bytes.TrimSpace(stderr.Bytes()))
+	err := gobuild.Build(ctx, gobuild.Options{Dir: opts.Dir, Package: opts.Module, Out: out, GOOS: p.platform.OS, Arch: p.env})
+	if err != nil {
+		return nil, err
 	}
 	bin, err := os.ReadFile(out)
 	if err != nil {

@@ -28,14 +28,24 @@ type binaries struct {
 func (l *Lab) build(ctx context.Context) (binaries, error) {
 	start := time.Now()
 	var b binaries
-	if l.cfg.Bin != "" {
+	switch {
+	case l.cfg.Bin != "":
 		b = binaries{provisioner: filepath.Join(l.cfg.Bin, "edge-provisioner"), relay: filepath.Join(l.cfg.Bin, "edge-relay")}
 		for _, f := range []string{b.provisioner, b.relay} {
 			if _, err := os.Stat(f); err != nil {
 				return b, fmt.Errorf("build: %w", err)
 			}
 		}
-	} else {
+	case l.cfg.Source == "":
+		exe, err := os.Executable()
+		if err != nil {
+			return b, fmt.Errorf("build: %w", err)
+		}
+		if b, err = findInstalled(exe); err != nil {
+			return b, err
+		}
+		l.printf("build", "running the installed %s and %s", b.provisioner, b.relay)
+	default:
 		bin := l.path("bin")
 		b = binaries{provisioner: filepath.Join(bin, "edge-provisioner"), relay: filepath.Join(bin, "edge-relay")}
 		if err := goBuild(ctx, l.cfg.Source, b.provisioner, "./provisioner"); err != nil {
@@ -52,7 +62,13 @@ func (l *Lab) build(ctx context.Context) (binaries, error) {
 		return b, nil
 	}
 	start = time.Now()
+	var prebuilt string
+	if l.cfg.Source == "" {
+		// Installed: the image holds the installed relay.
+		prebuilt = b.relay
+	}
 	res, err := image.Build(ctx, image.Options{
+		Binary:    prebuilt,
 		Dir:       l.cfg.Source,
 		Platforms: []string{"linux/" + goruntime.GOARCH + variant()},
 		Name:      RelayImage,
@@ -64,6 +80,30 @@ func (l *Lab) build(ctx context.Context) (binaries, error) {
 	b.archive = res.Images[0].DockerArchive
 	l.printf("image", "%s built without Docker in %v: %s", RelayImage, since(start), res.Images[0].Manifest)
 	return b, nil
+}
+
+// findInstalled finds edge-provisioner and edge-relay installed beside
+// exe (edge-deploy, symbolic links resolved), else both on PATH.
+func findInstalled(exe string) (binaries, error) {
+	if real, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = real
+	}
+	dir := filepath.Dir(exe)
+	b := binaries{provisioner: filepath.Join(dir, "edge-provisioner"), relay: filepath.Join(dir, "edge-relay")}
+	if isExecutable(b.provisioner) && isExecutable(b.relay) {
+		return b, nil
+	}
+	p, perr := exec.LookPath("edge-provisioner")
+	r, rerr := exec.LookPath("edge-relay")
+	if perr != nil || rerr != nil {
+		return binaries{}, fmt.Errorf("build: edge-provisioner and edge-relay are neither beside %s nor on PATH, and the current folder is not in the %s module: install the edge-provisioner and edge-relay packages, give --bin, or run lab up in the repository to build them", exe, modulePath)
+	}
+	return binaries{provisioner: p, relay: r}, nil
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
 // modulePath is the Go module the lab builds from.
@@ -82,11 +122,14 @@ func findSource() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("build: the current folder is not in the %s module: run lab up in the repository, or give --bin", modulePath)
+			return "", errNoSource
 		}
 		dir = parent
 	}
 }
+
+// errNoSource is findSource's error outside the repository.
+var errNoSource = fmt.Errorf("the current folder is not in the %s module", modulePath)
 
 // variant is the platform variant of this machine, as image.ParsePlatform
 // takes it.

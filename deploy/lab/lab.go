@@ -46,11 +46,13 @@ type Config struct {
 	Containerd string
 	// Namespace is the containerd namespace; default DefaultNamespace.
 	Namespace string
-	// Bin is a folder with the edge-provisioner and edge-relay binaries;
-	// empty builds them from the Go module at Source into StateDir/bin.
+	// Bin is a folder with the edge-provisioner and edge-relay binaries.
+	// Empty, they are built from the Go module at Source into
+	// StateDir/bin; outside the module, the installed ones are run: those
+	// beside this program, else those on PATH.
 	Bin string
 	// Source is the root of the edgetpm module, for the builds; default:
-	// the one the current folder is in.
+	// the one the current folder is in, if any.
 	Source string
 	// Broker is "mosquitto", "embedded" (mochi-mqtt, in this process) or
 	// empty: Mosquitto when it is installed, else embedded.
@@ -126,12 +128,14 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// Builds need the source: the binaries without Bin, the image for
-	// containerd.
+	// Inside the repository the binaries, and the image for containerd,
+	// are built from it; outside, the installed ones are run.
 	if cfg.Source == "" && (cfg.Bin == "" || cfg.Containerd != "") {
-		if cfg.Source, err = findSource(); err != nil {
+		src, err := findSource()
+		if err != nil && !errors.Is(err, errNoSource) {
 			return nil, err
 		}
+		cfg.Source = src
 	}
 	l = &Lab{cfg: cfg, stateDir: stateDir, ca: ca}
 	started := l // the returns below set l to nil

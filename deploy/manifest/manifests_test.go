@@ -26,13 +26,14 @@ var templates = []string{"deployment.base.json", "deployment.relay.layered.json"
 var configs = []string{"config.dps-tpm.toml", "config.dps-tpm-hierarchy-auth.toml"}
 
 // Every file in manifests/ is loaded by a test: here, provisioner.toml by
-// provisioner's, rollout.example.toml by edge-deploy's.
+// provisioner's, rollout.example.toml by edge-deploy's, relay.toml by
+// deploy/debpkg's.
 func TestManifestsCovered(t *testing.T) {
 	entries, err := os.ReadDir(manifests)
 	if err != nil {
 		t.Fatal(err)
 	}
-	known := slices.Concat(templates, configs, []string{"values.example.toml", "provisioner.toml", "rollout.example.toml"})
+	known := slices.Concat(templates, configs, []string{"values.example.toml", "provisioner.toml", "rollout.example.toml", "relay.toml"})
 	for _, e := range entries {
 		if !slices.Contains(known, e.Name()) {
 			t.Errorf("manifests/%s is loaded by no test", e.Name())

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgetpm/edgetpm/internal/backoff"
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
@@ -47,7 +46,7 @@ func TestPropertiesPerMode(t *testing.T) {
 		},
 	})
 	module := start(t, hub, Config{})
-	device := startAs(t, hub, Identity{HubHostName: hub.HubHostName(), DeviceID: "plc7", Host: hub.HubHostName(), Address: hub.Addr}, devKey)
+	device := start(t, hub, Config{Identity: Identity{HubHostName: hub.HubHostName(), DeviceID: "plc7", Host: hub.HubHostName(), Address: hub.Addr}, Signer: sas.Key(devKey)})
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	json := &Message{ID: "j1", Body: []byte(`{"v":1}`), ContentType: "application/json", ContentEncoding: "utf-8", Properties: map[string]string{"mqtt-topic": "plant/a"}}
@@ -99,23 +98,4 @@ func TestPropertiesPerMode(t *testing.T) {
 			t.Errorf("%s: the emulator meters %d bytes, Billed says %d", id, m.Billed, Billed(&b))
 		}
 	}
-}
-
-// startAs runs a Session for id with key until the test ends.
-func startAs(t testing.TB, hub *hubtest.Server, id Identity, key []byte) *Session {
-	t.Helper()
-	s, err := New(Config{Identity: id, Signer: sas.Key(key), RootCAs: hub.Pool, Backoff: backoff.Backoff{Base: 50 * time.Millisecond, Max: 500 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return s
 }

@@ -34,10 +34,13 @@ func bench(t testing.TB, cfg hubemu.Config) *hubtest.Server {
 	return hubtest.Start(t, cfg)
 }
 
-// start runs a Session for the relay module until the test ends.
+// start runs a Session until the test ends, for the relay module unless
+// cfg names another identity.
 func start(t testing.TB, hub *hubtest.Server, cfg Config) *Session {
 	t.Helper()
-	cfg.Identity = Identity{HubHostName: hub.HubHostName(), DeviceID: "edge1", ModuleID: "relay", Host: hub.GatewayHostName(), Address: hub.Addr}
+	if cfg.Identity.DeviceID == "" {
+		cfg.Identity = Identity{HubHostName: hub.HubHostName(), DeviceID: "edge1", ModuleID: "relay", Host: hub.GatewayHostName(), Address: hub.Addr}
+	}
 	if cfg.Signer == nil {
 		cfg.Signer = sas.Key(moduleKey)
 	}

@@ -65,6 +65,28 @@ func (h *outageHub) ids() []string {
 	return out
 }
 
+// runLanes runs a Relay over a queue per rank in a temporary folder,
+// publishing to h with configuration c, and returns it with its rank 0
+// queue and the ctx it runs on; stop ends it, failing the test on an
+// error.
+func runLanes(t *testing.T, h hub, c twin.Config) (r *Relay, q *queue.Queue, ctx context.Context, stop func()) {
+	open := lanes(t, t.TempDir())
+	q, err := open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = New(q, h, c, Options{Open: open})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	return r, q, ctx, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // lanes opens a queue per rank in dir, closing them when the test ends.
 func lanes(t *testing.T, dir string) func(rank uint8) (*queue.Queue, error) {
 	return func(rank uint8) (*queue.Queue, error) {
@@ -81,16 +103,8 @@ func lanes(t *testing.T, dir string) func(rank uint8) (*queue.Queue, error) {
 // follow in their order, and each source's alarms in theirs.
 func TestAlarmOvertakesBacklog(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		open := lanes(t, t.TempDir())
-		q, err := open(0)
-		if err != nil {
-			t.Fatal(err)
-		}
 		h := &outageHub{up: make(chan struct{})}
-		r := New(q, h, twin.Defaults(), Options{Open: open})
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error, 1)
-		go func() { done <- r.Run(ctx) }()
+		r, q, ctx, stop := runLanes(t, h, twin.Defaults())
 
 		var want []string
 		for i := range 600 { // one reading of each of three sources every 300 ms
@@ -144,10 +158,7 @@ func TestAlarmOvertakesBacklog(t *testing.T) {
 		if st := q.Stats(); st.Depth != 0 {
 			t.Errorf("routine queue depth %d after the drain, want 0", st.Depth)
 		}
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 	})
 }
 
@@ -165,18 +176,10 @@ func byteRate(s []sent, from int) float64 {
 // session's Size counts it, over all workers; a new cap applies at once.
 func TestUpstreamCap(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		q, err := queue.Open(queue.Options{Dir: t.TempDir()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer q.Close()
 		h := &outageHub{up: make(chan struct{})}
 		close(h.up)
 		c := config(func(c *twin.Config) { c.Upstream.MaxBytesPerSecond = 20000 })
-		r := New(q, h, c, Options{})
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error, 1)
-		go func() { done <- r.Run(ctx) }()
+		r, _, ctx, stop := runLanes(t, h, c)
 		for i := range 2000 { // 500 bytes each as Size counts it: 50 s at the cap
 			m := &queue.Message{ID: fmt.Sprint(i), Source: fmt.Sprint("mqtt:s", i%8), Output: "telemetry", Body: make([]byte, 400)}
 			if err := r.Append(ctx, m); err != nil {
@@ -205,10 +208,7 @@ func TestUpstreamCap(t *testing.T) {
 		if got := byteRate(second, 10); got < 4750 || got > 5250 {
 			t.Errorf("upstream rate %.0f B/s after the cap became 5000, want within 5 %%", got)
 		}
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 	})
 }
 
@@ -225,17 +225,9 @@ func (h *slowHub) SendOn(gen uint64, output string, m *edgehub.Message) (edgehub
 // most the publishes already under way, not after the backlog.
 func TestAlarmOvertakesDrain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		open := lanes(t, t.TempDir())
-		q, err := open(0)
-		if err != nil {
-			t.Fatal(err)
-		}
 		h := &slowHub{outageHub{up: make(chan struct{})}}
 		close(h.up)
-		r := New(q, h, twin.Defaults(), Options{Open: open})
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error, 1)
-		go func() { done <- r.Run(ctx) }()
+		r, _, ctx, stop := runLanes(t, h, twin.Defaults())
 		var backlog []*queue.Message
 		for i := range 4000 {
 			backlog = append(backlog, &queue.Message{ID: fmt.Sprint(i), Source: fmt.Sprint("mqtt:s", i%8), Output: "telemetry", Body: []byte("1")})
@@ -254,10 +246,7 @@ func TestAlarmOvertakesDrain(t *testing.T) {
 		if after := slices.Index(h.ids(), "alarm") - before; after > numWorkers {
 			t.Errorf("the alarm went out after %d more of the backlog (%d were sent before it was queued), want at most %d under way", after, before, numWorkers)
 		}
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 	})
 }
 
@@ -266,17 +255,9 @@ func TestAlarmOvertakesDrain(t *testing.T) {
 // one keeps its messages.
 func TestPriorityTTL(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		open := lanes(t, t.TempDir())
-		q, err := open(0)
-		if err != nil {
-			t.Fatal(err)
-		}
 		h := &outageHub{up: make(chan struct{})}
 		c := config(func(c *twin.Config) { c.Upstream.TimeToLiveSecs = map[string]int64{"default": 30} })
-		r := New(q, h, c, Options{Open: open})
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error, 1)
-		go func() { done <- r.Run(ctx) }()
+		r, _, ctx, stop := runLanes(t, h, c)
 		for i := range 60 { // one a second through a 60-second outage
 			if err := r.Append(ctx, &queue.Message{ID: fmt.Sprint("r", i), Source: "mqtt:s", Output: "telemetry", Body: []byte("1")}); err != nil {
 				t.Fatal(err)
@@ -306,10 +287,7 @@ func TestPriorityTTL(t *testing.T) {
 		if st := r.QueueStats(); st.Depth != 0 {
 			t.Errorf("queued after the drain: %d", st.Depth)
 		}
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 	})
 }
 

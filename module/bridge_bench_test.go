@@ -157,15 +157,7 @@ func forward(b *testing.B, hub *hubtest.Server, n int, twinID string, start func
 		before := len(hub.Upstream())
 		cpu0 := cpuOf(b, pid)
 		start := time.Now()
-		toks := make([]mqtt.Token, 0, n)
-		for i := range n {
-			toks = append(toks, prod.Client.Publish("plant/line1", 1, false, reading(i)))
-		}
-		for _, t := range toks {
-			if t.Wait(); t.Error() != nil {
-				b.Fatal(t.Error())
-			}
-		}
+		publishAll(b, prod.Client, "plant/line1", n)
 		ups, err := waitUpstream(b, hub, before+n)
 		if err != nil {
 			b.Fatal(err)
@@ -242,20 +234,26 @@ func directRate(b *testing.B, hub *hubtest.Server, key []byte, n int) float64 {
 	defer cli.Disconnect(100)
 	before := len(hub.Upstream())
 	start := time.Now()
+	publishAll(b, cli, "devices/edge1/messages/events/", n)
+	ups, err := waitUpstream(b, hub, before+n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return float64(n) / lastReceived(ups[before:]).Sub(start).Seconds()
+}
+
+// publishAll publishes readings 0 to n-1 to topic at QoS 1, all at once,
+// and waits for their PUBACKs.
+func publishAll(b *testing.B, cli mqtt.Client, topic string, n int) {
 	toks := make([]mqtt.Token, 0, n)
 	for i := range n {
-		toks = append(toks, cli.Publish("devices/edge1/messages/events/", 1, false, reading(i)))
+		toks = append(toks, cli.Publish(topic, 1, false, reading(i)))
 	}
 	for _, t := range toks {
 		if t.Wait(); t.Error() != nil {
 			b.Fatal(t.Error())
 		}
 	}
-	ups, err := waitUpstream(b, hub, before+n)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return float64(n) / lastReceived(ups[before:]).Sub(start).Seconds()
 }
 
 // perfRecord records a process's profile with perf when $RELAY_PERF

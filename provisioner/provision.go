@@ -376,7 +376,7 @@ func (p *provisioner) health(ctx context.Context) (string, string, error) {
 	cs, err := c.WaitRunning(ctx, p.s.Health.Modules, time.Second)
 	p.report.Containers = cs
 	if err != nil {
-		return "", "", err
+		return "", "", fmt.Errorf("%w; %s", err, runtimeRemedy)
 	}
 	return stepUnchanged, strings.Join(p.s.Health.Modules, ", ") + " running", nil
 }

@@ -261,6 +261,14 @@ func TestProvisionStepFailures(t *testing.T) {
 			if cli.ExitCode(err) != tc.code {
 				t.Fatalf("provision: exit %d (%v), want %d\n%s", cli.ExitCode(err), err, tc.code, progress)
 			}
+			if tc.code == exitHealth {
+				// The next commands, for the runtime's own view.
+				for _, want := range []string{"namespace moby", w.ctd.Address, "iotedge system status", "iotedge logs edgeAgent"} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("runtime health failure %q does not say %q", err, want)
+					}
+				}
+			}
 			last := r.Steps[len(r.Steps)-1]
 			if last.Name != tc.failed || last.Status != stepFailed {
 				t.Errorf("last step = %+v, want %s failed", last, tc.failed)

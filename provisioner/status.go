@@ -16,6 +16,14 @@ import (
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
+// runtimeRemedy is what to look at when edge modules do not run: the
+// runtime's own view, edgeAgent's log (it creates every other module), and
+// the cause DPS cannot show a device, an enrollment without the IoT Edge
+// capability, which leaves aziot-edged unable to get edgeAgent's identity.
+const runtimeRemedy = "next: 'sudo iotedge system status', 'sudo iotedge logs edgeAgent' and 'sudo iotedge system logs'; " +
+	"if edgeAgent never starts and the logs show 401 for $edgeAgent's identity, the device is not an IoT Edge device in the hub: " +
+	"its DPS enrollment must have 'IoT Edge device' set to True"
+
 // statusReport is what status shows. A part that could not be read has
 // its error instead; status itself still succeeds.
 type statusReport struct {
@@ -146,7 +154,7 @@ func printStatus(out io.Writer, r *statusReport) {
 		fmt.Fprintf(w, "\terror: %s\n", r.Runtime.Error)
 	}
 	if r.Runtime.Error == "" && len(r.Runtime.Containers) == 0 {
-		fmt.Fprintf(w, "\tno IoT Edge containers\n")
+		fmt.Fprintf(w, "\tno IoT Edge containers in namespace %s; %s\n", r.Runtime.Namespace, runtimeRemedy)
 	}
 	for _, c := range r.Runtime.Containers {
 		fmt.Fprintf(w, "\t%s\t%s\tpid %d\t%s\n", c.Module, c.State, c.PID, c.Image)

@@ -100,7 +100,7 @@ func (c *Client) Containers(ctx context.Context) ([]Container, error) {
 // module in modules has a running container, and returns that list. When
 // ctx ends first it returns the last list and an error wrapping
 // ErrNotHealthy and ctx's cause that names each module not running and
-// its state.
+// its state, and the containerd address and namespace looked in.
 func (c *Client) WaitRunning(ctx context.Context, modules []string, interval time.Duration) ([]Container, error) {
 	if interval <= 0 {
 		interval = time.Second
@@ -118,7 +118,7 @@ func (c *Client) WaitRunning(ctx context.Context, modules []string, interval tim
 			if len(notRunning(list, modules)) == 0 {
 				return list, nil
 			}
-		} else {
+		} else if ctx.Err() == nil {
 			lastErr = err // containerd may be restarting; keep polling
 		}
 		select {
@@ -129,7 +129,9 @@ func (c *Client) WaitRunning(ctx context.Context, modules []string, interval tim
 			} else if lastErr != nil {
 				detail += "; last error: " + lastErr.Error()
 			}
-			return last, fmt.Errorf("%w: %s (%w)", ErrNotHealthy, detail, context.Cause(ctx))
+			// Say where we looked: a runtime on another socket or in another
+			// namespace is the common cause of "no container".
+			return last, fmt.Errorf("%w: %s (looked in namespace %s of containerd at %s) (%w)", ErrNotHealthy, detail, c.ns, c.address, context.Cause(ctx))
 		case <-t.C:
 		}
 	}

@@ -54,7 +54,9 @@ func TestContainers(t *testing.T) {
 		if !errors.Is(err, ErrNotHealthy) || !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("WaitRunning = %v, want ErrNotHealthy after the deadline", err)
 		}
-		for _, s := range []string{"custom: no task", "relay: no container"} {
+		// Where it looked, for an operator whose runtime uses another
+		// socket or namespace.
+		for _, s := range []string{"custom: no task", "relay: no container", "namespace " + c.ns, c.address} {
 			if !strings.Contains(err.Error(), s) {
 				t.Errorf("WaitRunning = %v, want it to say %q", err, s)
 			}

@@ -120,17 +120,48 @@ func (c *Client) Register(ctx context.Context, dev Device, req Request) (*Result
 	r := &registration{Client: c, dev: dev, req: req, start: time.Now()}
 	res, err := r.run(ctx)
 	if err != nil {
-		var e *Error
-		switch {
-		case errors.As(err, &e) && e.Code == 400004 && e.Hint == "":
-			e.Hint = "the endorsement key does not match the enrollment: enroll the one 'edge-provisioner identity' shows"
-		case errors.Is(context.Cause(ctx), ErrTimeout) && !errors.Is(err, ErrTimeout):
-			// Our own deadline struck inside a request: say so.
-			err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
-		}
-		return nil, fmt.Errorf("register %q with DPS scope %s during %s: %w", req.RegistrationID, c.IDScope, r.step, err)
+		return nil, r.failed(ctx, "register", err)
 	}
 	return res, nil
+}
+
+// Challenge asks DPS for the challenge of req's registration, the first
+// step of Register, and stops there: DPS challenges a registration ID only
+// when it has an enrollment for it with req's endorsement key, and nothing
+// is registered, so the device's hub key and assignment stay as they were.
+// It returns nil when challenged, and an *Error (with a Hint) when DPS
+// refuses. The device API says nothing of the enrollment's capabilities,
+// IoT Edge's included (docs/dps-protocol.md#registering-and-polling).
+func (c *Client) Challenge(ctx context.Context, req Request) error {
+	if err := c.check(req); err != nil {
+		return err
+	}
+	timeout := orDefault(c.Timeout, DefaultTimeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("%w after %v", ErrTimeout, timeout))
+	defer cancel()
+	r := &registration{Client: c, req: req, start: time.Now()}
+	body, err := r.body()
+	if err == nil {
+		_, _, err = r.challenge(ctx, body)
+	}
+	if err != nil {
+		return r.failed(ctx, "challenge", err)
+	}
+	return nil
+}
+
+// failed wraps the error that ended r's action (register or challenge)
+// once, with the hints only the whole flow can give.
+func (r *registration) failed(ctx context.Context, action string, err error) error {
+	var e *Error
+	switch {
+	case errors.As(err, &e) && e.Code == 400004 && e.Hint == "":
+		e.Hint = "the endorsement key does not match the enrollment: enroll the one 'edge-provisioner identity' shows"
+	case errors.Is(context.Cause(ctx), ErrTimeout) && !errors.Is(err, ErrTimeout):
+		// Our own deadline struck inside a request: say so.
+		err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
+	}
+	return fmt.Errorf("%s %q with DPS scope %s during %s: %w", action, r.req.RegistrationID, r.IDScope, r.step, err)
 }
 
 func (c *Client) check(req Request) error {
@@ -183,8 +214,9 @@ type registration struct {
 	token  string
 }
 
-func (r *registration) run(ctx context.Context) (*Result, error) {
-	body, err := json.Marshal(registerBody{
+// body is the JSON of both registration PUTs.
+func (r *registration) body() ([]byte, error) {
+	return json.Marshal(registerBody{
 		RegistrationID: r.req.RegistrationID,
 		TPM: tpmKeys{
 			EndorsementKey: base64.StdEncoding.EncodeToString(r.req.EndorsementKey),
@@ -192,29 +224,43 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 		},
 		Payload: r.req.Payload,
 	})
+}
+
+// challenge sends the unauthenticated PUT and returns DPS's activation
+// blob and key name.
+func (r *registration) challenge(ctx context.Context, body []byte) (blob []byte, keyName string, err error) {
+	r.step = "challenge"
+	rsp, err := r.send(ctx, http.MethodPut, r.url("register"), body)
+	if err != nil {
+		return nil, "", err
+	}
+	if rsp.status != http.StatusUnauthorized {
+		return nil, "", fmt.Errorf("%w: the unauthenticated registration was answered %d, not a 401 challenge", ErrResponse, rsp.status)
+	}
+	blob, keyName, err = parseChallenge(rsp.body)
+	if err != nil {
+		return nil, "", err
+	}
+	if blob == nil {
+		e := parseError(rsp.status, rsp.requestID, rsp.body)
+		e.Hint = "no enrollment for this registration ID in this ID scope: check the scope, and enroll the endorsement key that 'edge-provisioner identity' shows"
+		return nil, "", e
+	}
+	r.Log.Info().Stringer("elapsed", r.elapsed()).Int("blob_bytes", len(blob)).Msg("challenge received")
+	return blob, keyName, nil
+}
+
+func (r *registration) run(ctx context.Context) (*Result, error) {
+	body, err := r.body()
 	if err != nil {
 		return nil, err
 	}
 	registerURL := r.url("register")
 
-	r.step = "challenge"
-	rsp, err := r.send(ctx, http.MethodPut, registerURL, body)
+	blob, keyName, err := r.challenge(ctx, body)
 	if err != nil {
 		return nil, err
 	}
-	if rsp.status != http.StatusUnauthorized {
-		return nil, fmt.Errorf("%w: the unauthenticated registration was answered %d, not a 401 challenge", ErrResponse, rsp.status)
-	}
-	blob, keyName, err := parseChallenge(rsp.body)
-	if err != nil {
-		return nil, err
-	}
-	if blob == nil {
-		e := parseError(rsp.status, rsp.requestID, rsp.body)
-		e.Hint = "no enrollment for this registration ID in this ID scope: check the scope, and enroll the endorsement key that 'edge-provisioner identity' shows"
-		return nil, e
-	}
-	r.Log.Info().Stringer("elapsed", r.elapsed()).Int("blob_bytes", len(blob)).Msg("challenge received")
 
 	r.step = "key activation"
 	sign := signerFunc(func(ctx context.Context, data []byte) ([]byte, error) {
@@ -231,7 +277,7 @@ func (r *registration) run(ctx context.Context) (*Result, error) {
 	r.Log.Info().Stringer("elapsed", r.elapsed()).Msg("key activated")
 
 	r.step = "registration"
-	rsp, err = r.send(ctx, http.MethodPut, registerURL, body)
+	rsp, err := r.send(ctx, http.MethodPut, registerURL, body)
 	if err != nil {
 		return nil, err
 	}

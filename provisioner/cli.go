@@ -177,7 +177,7 @@ func runIdentity(ctx context.Context, args []string, stdout, _ io.Writer, getenv
 	} else {
 		fmt.Fprintf(stdout, "EK certificate:   %s, issued by %s\n%s", id.EKCertificate.Subject, id.EKCertificate.Issuer, *certPEM)
 	}
-	fmt.Fprintln(stdout, "\nEnroll this device in DPS: Manage enrollments > Add individual enrollment >\nmechanism TPM, with the endorsement key and registration ID above.")
+	fmt.Fprintln(stdout, "\nEnroll this device in DPS as an IoT Edge device: Manage enrollments > Add\nindividual enrollment > mechanism TPM, with the endorsement key and\nregistration ID above, and 'IoT Edge device' set to True. Without it the hub\ndevice is not an IoT Edge device and edgeAgent never gets its identity.")
 	return nil
 }
 

@@ -99,7 +99,8 @@ func TestIdentityAndToken(t *testing.T) {
 		t.Fatalf("identity --json = %+v (%v)", id, err)
 	}
 	human, _, err := runCLI(t, environ, "identity")
-	if err != nil || !strings.Contains(human, "Registration ID:  "+id.RegistrationID) || !strings.Contains(human, id.EndorsementKey) {
+	if err != nil || !strings.Contains(human, "Registration ID:  "+id.RegistrationID) || !strings.Contains(human, id.EndorsementKey) ||
+		!strings.Contains(human, "IoT Edge device") {
 		t.Errorf("identity = %v\n%s", err, human)
 	}
 

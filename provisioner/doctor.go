@@ -36,10 +36,13 @@ var aziotSockets = []string{
 
 // check is one line of doctor's report.
 type check struct {
-	Name   string `json:"check"`
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail"`
-	Remedy string `json:"remedy,omitempty"`
+	Name string `json:"check"`
+	OK   bool   `json:"ok"`
+	// Pending marks what provision makes, on a device not provisioned yet:
+	// neither passed nor failed.
+	Pending bool   `json:"pending,omitempty"`
+	Detail  string `json:"detail"`
+	Remedy  string `json:"remedy,omitempty"`
 }
 
 // errChecksFailed is doctor's error when a check fails: exit code 1.
@@ -54,15 +57,22 @@ func runDoctor(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 		return err
 	}
 	d := &doctor{s: s}
+	// No saved assignment: DPS never assigned this device, so what
+	// provision makes (hub key, config.toml, the aziot services) is still
+	// to come rather than broken.
+	if _, err := os.Stat(s.State); errors.Is(err, os.ErrNotExist) {
+		d.before = true
+	}
 	d.tpm(ctx)
 	d.dps(ctx)
+	d.enrollment(ctx)
 	d.config()
 	d.aziot()
 	d.containerd(ctx)
 
 	failed := 0
 	for _, c := range d.checks {
-		if !c.OK {
+		if !c.OK && !c.Pending {
 			failed++
 		}
 	}
@@ -73,9 +83,15 @@ func runDoctor(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 			return err
 		}
 	} else {
+		if d.before {
+			fmt.Fprintf(stdout, "Not provisioned yet (no %s): TODO marks what 'edge-provisioner provision' does.\n", s.State)
+		}
 		for _, c := range d.checks {
 			mark := "PASS"
-			if !c.OK {
+			switch {
+			case c.Pending:
+				mark = "TODO"
+			case !c.OK:
 				mark = "FAIL"
 			}
 			fmt.Fprintf(stdout, "%s  %-24s %s\n", mark, c.Name, c.Detail)
@@ -92,8 +108,12 @@ func runDoctor(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 
 // doctor runs the checks, each independent of the others where it can be.
 type doctor struct {
-	s      *settings.Settings
-	checks []check
+	s *settings.Settings
+	// before is a device not provisioned yet: no saved assignment.
+	before bool
+	// dpsReached is set once DPS answered over verified TLS.
+	dpsReached bool
+	checks     []check
 }
 
 func (d *doctor) pass(name, format string, args ...any) {
@@ -102,6 +122,16 @@ func (d *doctor) pass(name, format string, args ...any) {
 
 func (d *doctor) fail(name, detail, remedy string) {
 	d.checks = append(d.checks, check{Name: name, Detail: detail, Remedy: remedy})
+}
+
+// missing reports something provision makes: pending before provisioning,
+// a failure after.
+func (d *doctor) missing(name, detail, remedy string) {
+	if !d.before {
+		d.fail(name, detail, remedy)
+		return
+	}
+	d.checks = append(d.checks, check{Name: name, Pending: true, Detail: "not provisioned yet: " + detail, Remedy: remedy})
 }
 
 func (d *doctor) tpm(ctx context.Context) {
@@ -134,7 +164,7 @@ func (d *doctor) tpm(ctx context.Context) {
 	case st.EndorsementKey && st.StorageRootKey:
 		d.pass("EK and SRK", "persisted at %#x and %#x (manufacturer %s)", uint32(tpm.EKHandle), uint32(tpm.SRKHandle), st.Manufacturer)
 	default:
-		d.fail("EK and SRK", fmt.Sprintf("EK persisted: %v, SRK persisted: %v", st.EndorsementKey, st.StorageRootKey),
+		d.missing("EK and SRK", fmt.Sprintf("EK persisted: %v, SRK persisted: %v", st.EndorsementKey, st.StorageRootKey),
 			"run 'edge-provisioner identity' or 'provision', which create and persist them")
 	}
 
@@ -150,7 +180,7 @@ func (d *doctor) tpm(ctx context.Context) {
 	case st.AuthKey:
 		d.pass("hub key", "present at %#x (auth_key_index %#x)", st.AuthKeyHandle, d.s.TPM.AuthKeyIndex)
 	default:
-		d.fail("hub key", fmt.Sprintf("nothing at %#x (auth_key_index %#x)", st.AuthKeyHandle, d.s.TPM.AuthKeyIndex),
+		d.missing("hub key", fmt.Sprintf("nothing at %#x (auth_key_index %#x)", st.AuthKeyHandle, d.s.TPM.AuthKeyIndex),
 			"run 'edge-provisioner register' or 'provision', once the device is enrolled in DPS")
 	}
 }
@@ -192,6 +222,7 @@ func (d *doctor) dps(ctx context.Context) {
 	}
 	resp.Body.Close()
 	rtt := time.Since(start)
+	d.dpsReached = true
 	d.pass("DPS TLS", "%s answered over %s, certificate verified (%v)", host, tlsVersion(resp), rtt.Round(time.Millisecond))
 
 	date, err := http.ParseTime(resp.Header.Get("Date"))
@@ -212,6 +243,59 @@ func (d *doctor) dps(ctx context.Context) {
 	d.pass("clock", "within %v of DPS's clock", max(skew, time.Second))
 }
 
+// enrollment checks that DPS has an enrollment for this TPM with one
+// challenge, which registers nothing. DPS's device API does not say whether
+// the enrollment has the IoT Edge capability, so the check says what to
+// look at instead.
+func (d *doctor) enrollment(ctx context.Context) {
+	const name = "DPS enrollment"
+	switch {
+	case d.s.DPS.IDScope == "":
+		d.fail(name, "no ID scope", "set dps.id_scope (--id-scope), the ID scope on the DPS instance's overview")
+		return
+	case !d.dpsReached:
+		d.fail(name, "not checked: DPS is not reachable", "")
+		return
+	}
+	t, err := openTPM(d.s)
+	if err != nil {
+		d.fail(name, "not checked: the TPM cannot be opened", "")
+		return
+	}
+	defer t.Close()
+	st, err := t.Status(ctx)
+	if err != nil {
+		d.fail(name, "not checked: "+err.Error(), "")
+		return
+	}
+	if !st.EndorsementKey || !st.StorageRootKey {
+		// Identity would persist them; doctor changes nothing.
+		d.missing(name, "not checked: the EK and SRK are not persisted",
+			"run 'edge-provisioner identity', which persists them and shows what to enroll")
+		return
+	}
+	id, err := t.Identity(ctx)
+	if err != nil {
+		d.fail(name, "not checked: "+err.Error(), "")
+		return
+	}
+	roots, err := tlsconfig.TrustFile(d.s.DPS.CAFile)
+	if err != nil {
+		d.fail(name, err.Error(), "fix dps.ca_file")
+		return
+	}
+	regID := registrationID(d.s, id)
+	c := &dps.Client{IDScope: d.s.DPS.IDScope, Endpoint: d.s.DPS.Endpoint, HTTP: dps.NewHTTPClient(roots),
+		Timeout: min(time.Duration(d.s.DPS.Timeout), 30*time.Second)}
+	err = c.Challenge(ctx, dps.Request{RegistrationID: regID, EndorsementKey: id.EndorsementKey, StorageRootKey: id.StorageRootKey})
+	if err != nil {
+		d.fail(name, err.Error(), "enroll it: Manage enrollments > Add individual enrollment > mechanism TPM, with the endorsement key and registration ID 'edge-provisioner identity' shows, and 'IoT Edge device' set to True")
+		return
+	}
+	d.pass(name, "DPS challenged registration ID %s in scope %s: it is enrolled with this TPM's endorsement key. "+
+		"DPS does not tell a device whether the enrollment has the IoT Edge capability: check that 'IoT Edge device' is True on it", regID, d.s.DPS.IDScope)
+}
+
 func tlsVersion(resp *http.Response) string {
 	if resp.TLS == nil {
 		return "plain HTTP"
@@ -229,8 +313,12 @@ func (d *doctor) config() {
 	const name = "config.toml"
 	path := d.s.Aziot.Config
 	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		d.missing(name, path+" does not exist", "run 'edge-provisioner provision', which writes it")
+		return
+	}
 	if err != nil {
-		d.fail(name, err.Error(), "run 'edge-provisioner provision', which writes it")
+		d.fail(name, err.Error(), "")
 		return
 	}
 	if err := edgeconfig.Validate(data); err != nil {
@@ -258,7 +346,7 @@ func (d *doctor) aziot() {
 		}
 	}
 	if len(missing) > 0 {
-		d.fail("aziot services", "no "+strings.Join(missing, ", "),
+		d.missing("aziot services", "no "+strings.Join(missing, ", "),
 			"install aziot-edge, run 'iotedge config apply', then see 'iotedge system status' and 'iotedge check'")
 		return
 	}

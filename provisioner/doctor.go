@@ -228,6 +228,10 @@ func tlsVersion(resp *http.Response) string {
 func (d *doctor) config() {
 	const name = "config.toml"
 	path := d.s.Aziot.Config
+	if err := edgeconfig.CheckFolder(path); errors.Is(err, edgeconfig.ErrNoFolder) {
+		d.fail(name, fmt.Sprintf("%s does not exist", filepath.Dir(path)), edgeconfig.ErrNoFolder.Error()+"; then 'edge-provisioner provision' writes config.toml")
+		return
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		d.fail(name, err.Error(), "run 'edge-provisioner provision', which writes it")

@@ -196,6 +196,9 @@ func (p *provisioner) registered() (*assignment.Assignment, bool) {
 func (p *provisioner) config(context.Context) (string, string, error) {
 	path := p.s.Aziot.Config
 	p.report.Config = path
+	if err := edgeconfig.CheckFolder(path); err != nil {
+		return "", "", err
+	}
 	tcti, err := p.s.TPM.AziotTCTI()
 	if err != nil {
 		return "", "", err

@@ -312,6 +312,10 @@ func tlsVersion(resp *http.Response) string {
 func (d *doctor) config() {
 	const name = "config.toml"
 	path := d.s.Aziot.Config
+	if err := edgeconfig.CheckFolder(path); errors.Is(err, edgeconfig.ErrNoFolder) {
+		d.fail(name, fmt.Sprintf("%s does not exist", filepath.Dir(path)), edgeconfig.ErrNoFolder.Error()+"; then 'edge-provisioner provision' writes config.toml")
+		return
+	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		d.missing(name, path+" does not exist", "run 'edge-provisioner provision', which writes it")

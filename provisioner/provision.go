@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -196,6 +195,9 @@ func (p *provisioner) registered() (*assignment.Assignment, bool) {
 func (p *provisioner) config(context.Context) (string, string, error) {
 	path := p.s.Aziot.Config
 	p.report.Config = path
+	if err := edgeconfig.CheckFolder(path); err != nil {
+		return "", "", err
+	}
 	tcti, err := p.s.TPM.AziotTCTI()
 	if err != nil {
 		return "", "", err
@@ -263,7 +265,7 @@ func (p *provisioner) apply(ctx context.Context) (string, string, error) {
 		return stepSkipped, "--no-apply", nil
 	case p.dryRun:
 		return stepSkipped, "dry run", nil
-	case !p.report.ConfigChanged && applied(p.s.Aziot.Config):
+	case !p.report.ConfigChanged && edgeconfig.Applied(p.appliedRecord(), p.s.Aziot.Config):
 		return stepUnchanged, "config.toml is applied already", nil
 	}
 	if p.underSystemd {
@@ -274,6 +276,9 @@ func (p *provisioner) apply(ctx context.Context) (string, string, error) {
 		return "", "", fmt.Errorf("%w: install IoT Edge (aziot-edge) or the identity service (aziot-identity-service), or pass --no-apply", err)
 	}
 	if err != nil {
+		return "", "", err
+	}
+	if err := edgeconfig.RecordApplied(p.appliedRecord(), p.s.Aziot.Config, tool, false, time.Now()); err != nil {
 		return "", "", err
 	}
 	return stepChanged, tool + " config apply", nil
@@ -296,18 +301,16 @@ func (p *provisioner) queueApply(ctx context.Context) (string, string, error) {
 	if err := cmd.Run(); err != nil {
 		return "", "", fmt.Errorf("queue %s config apply with systemd-run: %w", tool, err)
 	}
+	if err := edgeconfig.RecordApplied(p.appliedRecord(), p.s.Aziot.Config, tool, true, time.Now()); err != nil {
+		return "", "", err
+	}
 	return stepChanged, tool + " config apply, queued as edge-provisioner-apply.service", nil
 }
 
-// applied tells whether 'config apply' ran after config.toml last changed:
-// it writes identityd's part of the super config (docs/edge-protocol.md#host-provisioning-file).
-func applied(config string) bool {
-	src, err := os.Stat(config)
-	if err != nil {
-		return false
-	}
-	out, err := os.Stat(filepath.Join(filepath.Dir(config), "identityd", "config.d", "00-super.toml"))
-	return err == nil && !out.ModTime().Before(src.ModTime())
+// appliedRecord is where provision records what it applied: in its own
+// state folder, beside the assignment (edgeconfig.AppliedRecord).
+func (p *provisioner) appliedRecord() string {
+	return filepath.Join(filepath.Dir(p.s.State), "applied.json")
 }
 
 // containerd connects once, for images and health.

@@ -15,12 +15,14 @@ import (
 	"github.com/edgetpm/edgetpm/internal/testharness/containerdtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/dpstest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
+	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 )
 
-// fakeApplyTool puts an iotedge on PATH that does what 'iotedge config
-// apply' does to files (docs/edge-protocol.md#host-provisioning-file: it writes each service's
-// config.d/00-super.toml) and logs its arguments. The real one needs the
-// aziot packages, which Debian does not ship. exit is its exit status.
+// fakeApplyTool puts an iotedge on PATH that logs its arguments and
+// answers as 'iotedge config apply' does. The real one writes under
+// /etc/aziot (docs/edge-protocol.md#host-provisioning-file), whatever -c
+// says, so the fake writes nothing; it needs the aziot packages, which
+// Debian does not ship. exit is its exit status.
 func fakeApplyTool(t testing.TB, exit int) (log string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -28,8 +30,6 @@ func fakeApplyTool(t testing.TB, exit int) (log string) {
 	script := fmt.Sprintf(`#!/bin/sh
 echo "$@" >> %q
 [ "$1 $2 $3" = "config apply -c" ] || exit 64
-out="$(dirname "$4")/identityd/config.d"
-mkdir -p "$out" && cp "$4" "$out/00-super.toml"
 echo "Note: Symmetric key will be written to /var/secrets/aziot/keyd/device-id"
 echo "Azure IoT Edge has been configured successfully!"
 exit %d
@@ -331,6 +331,10 @@ func TestProvisionQueuesApplyUnderSystemd(t *testing.T) {
 	}
 	if _, err := os.Stat(calls); !os.IsNotExist(err) {
 		t.Error("iotedge ran directly under systemd")
+	}
+	var rec edgeconfig.AppliedRecord
+	if b, err := os.ReadFile(filepath.Join(filepath.Dir(w.env["EDGE_PROVISIONER_STATE"]), "applied.json")); err != nil || json.Unmarshal(b, &rec) != nil || !rec.Queued || rec.Config != w.aziot {
+		t.Errorf("apply record = %+v (%v), want the queued apply of %s", rec, err, w.aziot)
 	}
 	if b, err := os.ReadFile(env); err != nil || strings.Contains(string(b), "-secret") || !strings.Contains(string(b), "PATH=") {
 		t.Errorf("systemd-run ran with the environment %q (%v), want it without the passwords", b, err)

@@ -34,7 +34,7 @@ import (
 const (
 	settingsFixed = false // s22a: a number for a duration is refused, naming the key
 	tctiFixed     = false // s22b: the TCTI written for swtpm opens it with tpm2-tss
-	doctorFixed   = false // s22c: doctor before provision: "not provisioned yet" is no failure
+	doctorFixed   = true  // s22c: doctor before provision: "not provisioned yet" is no failure
 )
 
 // TestDeviceInstallWalkthrough follows docs/device-install.md's device path
@@ -279,12 +279,13 @@ func (w *walk) doctorChecks(t *testing.T) map[string]check {
 }
 
 // passes is what doctor passes on the walkthrough's device at every
-// point: no aziot service runs here, so "aziot services" fails.
+// point. No aziot service runs here: before provision that is a TODO, not
+// a failure, so doctor succeeds.
 var walkPasses = []string{"TPM device", "resource manager", "EK and SRK", "hierarchy authorization", "DPS DNS", "DPS TLS", "clock", "containerd"}
 
 func (w *walk) doctor(t *testing.T, args []string) {
-	if _, _, err := runCLI(t, w.env, args...); err == nil {
-		t.Errorf("doctor %q passed on a device whose aziot services do not run", args)
+	if _, errOut, err := runCLI(t, w.env, args...); err != nil {
+		t.Errorf("doctor %q before provision: %v\n%s", args, err, errOut)
 	}
 	checks := w.doctorChecks(t)
 	for _, name := range walkPasses {

@@ -219,8 +219,11 @@ func TestPasswords(t *testing.T) {
 			}
 		})
 	}
-	if _, err := load(t, "", nil, "--owner-auth-file", filepath.Join(dir, "missing")); err == nil {
-		t.Error("a missing password file was not an error")
+	if _, err := load(t, "", nil, "--owner-auth-file", filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "tpm.owner_password_file: ") {
+		t.Errorf("Load(a missing owner password file) = %v, want an error naming tpm.owner_password_file", err)
+	}
+	if _, err := load(t, "[tpm]\nendorsement_password_file = \"/nonexistent/e\"\n", nil); err == nil || !strings.Contains(err.Error(), "tpm.endorsement_password_file: ") {
+		t.Errorf("Load(a missing endorsement password file) = %v, want an error naming tpm.endorsement_password_file", err)
 	}
 }
 

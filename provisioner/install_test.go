@@ -76,3 +76,39 @@ func TestInstallScript(t *testing.T) {
 		t.Errorf("a reinstall replaced the operator's settings with:\n%s", got)
 	}
 }
+
+// With --prefix, the next steps name what was installed under it (the
+// binary and the settings file there, not /etc's), and --from-source
+// leaves no build folder behind in the temporary directory.
+func TestInstallScriptPrefix(t *testing.T) {
+	prefix, tmp, tools := t.TempDir(), t.TempDir(), t.TempDir()
+	// A stand-in go that "builds" by writing the -o file: the script's
+	// handling of its folder is what is tested, not Go.
+	fakeGo := "#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -o ]; then printf '#!/bin/sh\\n' > \"$2\"; fi; shift; done\n"
+	if err := os.WriteFile(filepath.Join(tools, "go"), []byte(fakeGo), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "../scripts/install.sh", "--from-source", "--prefix", prefix)
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "PATH="+tools+string(os.PathListSeparator)+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("install.sh --from-source --prefix: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(prefix, "usr/local/bin/edge-provisioner")); err != nil {
+		t.Errorf("the built binary was not installed: %v", err)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("install.sh left %v in the temporary directory", left)
+	}
+	bin, conf := filepath.Join(prefix, "usr/local/bin/edge-provisioner"), filepath.Join(prefix, "etc/edge-provisioner/config.toml")
+	for _, want := range []string{bin + " identity --config " + conf, "set dps.id_scope in " + conf, bin + " doctor --config " + conf, bin + " provision --config " + conf} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("install.sh --prefix says:\n%s\nwant it to say %q", out, want)
+		}
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, " /etc/") || strings.Contains(line, "reboot") {
+			t.Errorf("install.sh --prefix says %q, which is not what it installed", line)
+		}
+	}
+}

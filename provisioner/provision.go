@@ -207,6 +207,9 @@ func (p *provisioner) config(context.Context) (string, string, error) {
 		return "", "", err
 	}
 	old := doc.Bytes()
+	if !doc.Exists() {
+		old = nil // the diff of a dry run comes from /dev/null
+	}
 	err = doc.SetDPS(edgeconfig.DPS{
 		Hostname:               p.s.Aziot.Hostname,
 		AutoReprovisioningMode: p.s.Aziot.AutoReprovisioningMode,

@@ -290,7 +290,8 @@ func TestProvisionDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatalf("provision --dry-run: %v\n%s", err, progress)
 	}
-	if !strings.Contains(out, "+source = \"dps\"") || !strings.Contains(out, "+registration_id = \""+w.regID+"\"") {
+	if !strings.Contains(out, "+source = \"dps\"") || !strings.Contains(out, "+registration_id = \""+w.regID+"\"") ||
+		!strings.Contains(out, "--- /dev/null\n+++ "+w.aziot+" (new file)\n") {
 		t.Errorf("dry run diff:\n%s", out)
 	}
 	if _, err := os.Stat(w.aziot); !os.IsNotExist(err) {
@@ -298,6 +299,38 @@ func TestProvisionDryRun(t *testing.T) {
 	}
 	if _, err := os.Stat(calls); !os.IsNotExist(err) {
 		t.Error("dry run applied")
+	}
+}
+
+// --dry-run over an existing file heads the diff with the file as it is
+// and as it would be, and shows none of the secrets it removes or keeps.
+func TestProvisionDryRunOfExistingFile(t *testing.T) {
+	w := newWorld(t)
+	const old = "hostname = \"press-7-host\"\n\n[provisioning]\nsource = \"manual\"\n" +
+		"connection_string = \"HostName=h.azure-devices.net;DeviceId=d;SharedAccessKey=b2xkLWRldmljZS1rZXk=\"\n\n" +
+		"[agent]\nname = \"edgeAgent\"\ntype = \"docker\"\n\n[agent.config]\nimage = \"mcr.microsoft.com/azureiotedge-agent:1.5\"\n" +
+		"\n[agent.config.auth]\nserveraddress = \"acr.example\"\nusername = \"u\"\npassword = \"cmVnaXN0cnktcGFzcw\"\n" +
+		"\n[agent.env]\nhttps_proxy = \"http://op:cHJveHktcGFzcw@proxy:3128\"\n"
+	if err := os.WriteFile(w.aziot, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, progress, err := runCLI(t, w.env, "provision", "--dry-run", "--force")
+	if err != nil {
+		t.Fatalf("provision --dry-run --force: %v\n%s", err, progress)
+	}
+	if !strings.Contains(out, "--- "+w.aziot+" (current)\n+++ "+w.aziot+" (proposed)\n") || strings.Contains(out, "(new") {
+		t.Errorf("dry run diff of an existing file is headed:\n%s", out)
+	}
+	if !strings.Contains(out, "-connection_string = \"<redacted") || !strings.Contains(out, "+source = \"dps\"") {
+		t.Errorf("dry run diff does not show the change:\n%s", out)
+	}
+	for _, secret := range []string{"b2xkLWRldmljZS1rZXk", "cmVnaXN0cnktcGFzcw", "cHJveHktcGFzcw"} {
+		if strings.Contains(out+progress, secret) {
+			t.Errorf("dry run shows the secret %q:\n%s\n%s", secret, out, progress)
+		}
+	}
+	if b, err := os.ReadFile(w.aziot); err != nil || string(b) != old {
+		t.Errorf("dry run changed config.toml: %v\n%s", err, b)
 	}
 }
 

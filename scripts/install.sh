@@ -69,8 +69,10 @@ MSG
 fi
 
 if ((source)); then
-  binary=$(mktemp -d)/edge-provisioner
-  echo "install.sh: building $binary" >&2
+  build=$(mktemp -d)
+  trap 'rm -rf "$build"' EXIT
+  binary=$build/edge-provisioner
+  echo "install.sh: building edge-provisioner" >&2
   CGO_ENABLED=0 go build -trimpath -o "$binary" ./provisioner
 fi
 
@@ -93,10 +95,26 @@ if [[ -z $prefix && $enable == 1 ]] && command -v systemctl >/dev/null && [[ -d 
   systemctl enable edge-provisioner.service
 fi
 
-cat >&2 <<MSG
+if [[ -z $prefix ]]; then
+  cat >&2 <<MSG
 install.sh: installed. Next:
   1. edge-provisioner identity      # the registration ID and EK to enroll in DPS
   2. set dps.id_scope in /etc/edge-provisioner/config.toml
   3. edge-provisioner doctor        # every check with a remedy
   4. edge-provisioner provision     # or reboot: the unit runs it before IoT Edge starts
 MSG
+else
+  # Under a prefix nothing is on PATH or at the default settings path, and
+  # the unit is not enabled: the steps name what was installed.
+  bin=$prefix/usr/local/bin/edge-provisioner conf=$prefix/etc/edge-provisioner/config.toml
+  cat >&2 <<MSG
+install.sh: installed under $prefix. Next:
+  1. $bin identity --config $conf
+                                    # the registration ID and EK to enroll in DPS
+  2. set dps.id_scope in $conf
+  3. $bin doctor --config $conf
+                                    # every check with a remedy
+  4. $bin provision --config $conf
+                                    # the unit, $prefix/etc/systemd/system/edge-provisioner.service, is not enabled
+MSG
+fi

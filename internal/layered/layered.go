@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
@@ -121,6 +122,8 @@ func (l *Loader) Given(name string) bool {
 // exists), the environment and the flags over the defaults, then calls
 // the settings' Validate method, when they have one.
 func (l *Loader) Load(getenv func(string) string) error {
+	from := map[string]string{} // key -> the variable or flag that set it last
+	var in *checked             // where the file's values are
 	path, required := l.config, true
 	if path == "" && l.file.Env != "" {
 		path = getenv(l.file.Env)
@@ -132,7 +135,7 @@ func (l *Loader) Load(getenv func(string) string) error {
 		data, err := os.ReadFile(path)
 		switch {
 		case err == nil:
-			if err := Parse(path, data, l.settings); err != nil {
+			if in, err = parse(path, data, l.settings); err != nil {
 				return err
 			}
 		case !required && errors.Is(err, os.ErrNotExist):
@@ -149,6 +152,7 @@ func (l *Loader) Load(getenv func(string) string) error {
 		if err := setFromEnv(f, v); err != nil {
 			return fmt.Errorf("$%s=%q: %w", f.Env, v, err)
 		}
+		from[f.Key] = "$" + f.Env
 	}
 
 	for _, f := range l.fields {
@@ -160,11 +164,36 @@ func (l *Loader) Load(getenv func(string) string) error {
 		if err := g.set(); err != nil {
 			return err
 		}
+		for _, f := range l.fields {
+			if f.Flag == g.name {
+				from[f.Key] = "--" + g.name
+			}
+		}
 	}
-	if v, ok := l.settings.(interface{ Validate() error }); ok {
-		return v.Validate()
+	v, ok := l.settings.(interface{ Validate() error })
+	if !ok {
+		return nil
 	}
-	return nil
+	err := v.Validate()
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for i, e := range errs {
+		var ke *KeyError
+		if !errors.As(e, &ke) {
+			continue
+		}
+		if src, ok := from[ke.Key]; ok {
+			errs[i] = fmt.Errorf("%s: %w", src, e)
+		} else if at, ok := in.position(ke.Key); ok {
+			errs[i] = &FileError{Path: path, Line: at.line, Column: at.column, Msg: e.Error(), Err: e}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // setFromEnv sets a field from its variable: a negated boolean's variable
@@ -191,35 +220,76 @@ type FileError struct {
 	Path         string
 	Line, Column int
 	Msg          string
+	// Err is the problem with the value, when Validate found it.
+	Err error
 }
 
 func (e *FileError) Error() string {
 	return fmt.Sprintf("%s:%d:%d: %s", e.Path, e.Line, e.Column, e.Msg)
 }
 
+func (e *FileError) Unwrap() error { return e.Err }
+
+// KeyError is a bad value of the setting Key, as a Validate method finds
+// it; Load tells where the value came from: the file's line and column,
+// the variable or the flag.
+type KeyError struct {
+	Key string
+	Err error
+}
+
+// Invalid returns a *KeyError about key.
+func Invalid(key, format string, args ...any) error {
+	return &KeyError{Key: key, Err: fmt.Errorf(format, args...)}
+}
+
+func (e *KeyError) Error() string { return e.Key + ": " + e.Err.Error() }
+func (e *KeyError) Unwrap() error { return e.Err }
+
 // Parse decodes a settings file over settings, a pointer to a struct with
-// toml tags; unknown keys and wrong types are *FileErrors at their line
-// and column.
+// toml tags. Every mistake is a *FileError at its line and column, naming
+// the key as written and the form wanted: unknown keys, wrong types, and a
+// Duration written as a bare number, which is a number of seconds only
+// where the key's name says so (a *_sec or *_secs key).
 func Parse(path string, data []byte, settings any) error {
+	_, err := parse(path, data, settings)
+	return err
+}
+
+func parse(path string, data []byte, settings any) (*checked, error) {
+	t := reflect.TypeOf(settings)
+	if t == nil || t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.Struct {
+		return nil, fmt.Errorf("settings of type %v: want a pointer to a struct", t)
+	}
+	c, err := check(path, data, t.Elem())
+	if err != nil {
+		return nil, err
+	}
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(settings)
+	err = dec.Decode(settings)
 	var strict *toml.StrictMissingError
 	var de *toml.DecodeError
 	switch {
 	case err == nil:
-		return nil
+		setSeconds(settings, c.seconds)
+		return c, nil
 	case errors.As(err, &strict):
 		errs := make([]error, len(strict.Errors))
 		for i, e := range strict.Errors {
 			line, col := e.Position()
-			errs[i] = &FileError{path, line, col, fmt.Sprintf("unknown key %q", strings.Join(e.Key(), "."))}
+			errs[i] = &FileError{Path: path, Line: line, Column: col, Msg: fmt.Sprintf("unknown key %q", strings.Join(e.Key(), "."))}
 		}
-		return errors.Join(errs...)
+		return nil, errors.Join(errs...)
 	case errors.As(err, &de):
+		// What check lets through, such as a syntax error.
 		line, col := de.Position()
-		return &FileError{path, line, col, de.Error()}
+		msg := strings.TrimPrefix(de.Error(), "toml: ")
+		if k := de.Key(); len(k) > 0 {
+			msg = strings.Join(k, ".") + ": " + msg
+		}
+		return nil, &FileError{Path: path, Line: line, Column: col, Msg: msg}
 	default:
-		return fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 }

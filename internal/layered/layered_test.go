@@ -102,3 +102,71 @@ func TestErrors(t *testing.T) {
 		}
 	}
 }
+
+// A duration is a Go duration string; a bare number is seconds only where
+// the key's name says so, and refused with the fix everywhere else.
+func TestDurations(t *testing.T) {
+	type timed struct {
+		Every Duration `toml:"every"`
+		Grace Duration `toml:"grace_sec"`
+		Sub   struct {
+			Wait Duration `toml:"wait_secs"`
+		} `toml:"sub"`
+	}
+	for _, tc := range []struct {
+		file string
+		want timed
+		err  string
+	}{
+		{"every = \"90s\"\ngrace_sec = \"2m\"\n", timed{Every: Duration(90e9), Grace: Duration(120e9)}, ""},
+		{"grace_sec = 30\n[sub]\nwait_secs = 0x10\n", timed{Grace: Duration(30e9), Sub: struct {
+			Wait Duration `toml:"wait_secs"`
+		}{Duration(16e9)}}, ""},
+		{"every = 30\n", timed{}, `t.toml:1:9: every: want a duration such as "300s", not 30`},
+		{"grace_sec = 1.5\n", timed{}, `t.toml:1:13: grace_sec: want a duration such as "300s" or a whole number of seconds, not 1.5`},
+		{"grace_sec = 9223372036854775807\n", timed{}, "t.toml:1:13: grace_sec: want"},
+		{"grace_sec = -3\n", timed{}, "t.toml:1:13: grace_sec: want"},
+	} {
+		var got timed
+		err := Parse("t.toml", []byte(tc.file), &got)
+		if tc.err == "" && (err != nil || got != tc.want) {
+			t.Errorf("Parse(%q) = %+v, %v; want %+v", tc.file, got, err, tc.want)
+		}
+		if tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("Parse(%q) = %v, want an error with %q", tc.file, err, tc.err)
+		}
+	}
+}
+
+// Keys below values and tables that are values are refused where they
+// are written, once.
+func TestShapes(t *testing.T) {
+	for file, want := range map[string]string{
+		"name.first = \"x\"\n":        `t.toml:1:1: name.first: below name, which is not a table`,
+		"[name]\nfirst = \"x\"\n":     `t.toml:1:2: [name]: name is a value (name = …), not a table`,
+		"[[tags]]\n":                  `t.toml:1:3: [tags]: tags is a value`,
+		"[nope]\nx = 1\n":             `t.toml:1:2: unknown table [nope]; the file takes name, wait, tags, every`,
+		"tags = [\"a\",\n  2]\n":      `t.toml:1:8: tags: want a list of strings`,
+		"wait = \"true\"\nname = 1\n": "t.toml:1:8: wait: want true or false, not \"true\"\nt.toml:2:8: name: want a quoted string, not 1",
+	} {
+		var got toy
+		err := Parse("t.toml", []byte(file), &got)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Count(err.Error(), "t.toml:") != strings.Count(want, "t.toml:") {
+			t.Errorf("Parse(%q) = %v, want %q", file, err, want)
+		}
+	}
+}
+
+// FuzzParse checks that no file makes Parse panic, and that an error
+// always says where.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"name = \"x\"\nevery = \"2m\"\n", "every = 30\n", "[name]\nx = 1\n", "tags = [\"a\", 2]\n", "name.first = 1\n", "wait = { x = 1 }\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got toy
+		if err := Parse("t.toml", data, &got); err != nil && !strings.HasPrefix(err.Error(), "t.toml") {
+			t.Errorf("Parse(%q) = %v, want an error naming the file", data, err)
+		}
+	})
+}

@@ -25,7 +25,7 @@ type durationValue Duration
 func (v *durationValue) Set(s string) error {
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return errors.New("want a duration such as 90s or 5m")
+		return errors.New("want a duration such as 300s or 5m")
 	}
 	*v = durationValue(d)
 	return nil
@@ -109,7 +109,7 @@ type Duration time.Duration
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("want a duration such as 90s or 5m: %w", err)
+		return fmt.Errorf(`want a duration such as "300s": %w`, err)
 	}
 	*d = Duration(v)
 	return nil

@@ -8,7 +8,6 @@ package settings
 import (
 	"errors"
 	"flag"
-	"fmt"
 	"net"
 	"time"
 
@@ -76,7 +75,7 @@ func (s *Settings) fields() []layered.Field {
 func (s *Settings) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+		errs = append(errs, layered.Invalid(key, format, args...))
 	}
 	if s.Data == "" {
 		bad("data", "must not be empty")

@@ -92,3 +92,19 @@ func TestInvalid(t *testing.T) {
 		}
 	}
 }
+
+// A mistake in the file names the key, the file, line and column, and the
+// form wanted, as edge-provisioner's settings do.
+func TestFileErrorsNameTheKey(t *testing.T) {
+	for file, want := range map[string]string{
+		"token_ttl = 3600\n":         `relay.toml:1:13: token_ttl: want a duration such as "300s", not 3600`,
+		"token_ttl = \"10ms\"\n":     "relay.toml:1:13: token_ttl: 10ms: want at least 1s",
+		"data = \"/d\"\ndata_ = 1\n": `relay.toml:2:1: unknown key "data_"`,
+		"data = 1\n":                 "relay.toml:1:8: data: want a quoted string, not 1",
+	} {
+		_, err := load(t, file, nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Load(%q) = %v, want an error with %q", file, err, want)
+		}
+	}
+}

@@ -177,3 +177,61 @@ func FuzzDiff(f *testing.F) {
 		}
 	})
 }
+
+// Secrets that are not under a secret key are found by what they are:
+// connection strings' keys, SAS signatures, passwords in URLs, PKCS#11
+// PINs, and any key whose name says secret; added or removed, in a value
+// or a comment.
+func TestDiffRedactsSecretsByKind(t *testing.T) {
+	for _, tc := range []struct{ doc, secret string }{
+		{"[agent.env]\nIotHubConnectionString = \"HostName=h.azure-devices.net;DeviceId=d;SharedAccessKey=c2VjcmV0a2V5\"\n", "c2VjcmV0a2V5"},
+		{"[agent.env]\nconn = 'HostName=h;DeviceId=d;sharedaccesskey = a2V5Mg=='\n", "a2V5Mg"},
+		{"[agent.env]\nAUTH = \"SharedAccessSignature sr=h%2Fdevices%2Fd&sig=s1gn4tureXYZ%3D&se=1700000000\"\n", "s1gn4tureXYZ"},
+		{"[agent.env]\nurl = \"https://h.example/upload?sv=2021&sig=AbCsigValue123&se=2030\"\n", "AbCsigValue123"},
+		{"[agent.env]\nhttps_proxy = \"http://operator:pr0xyp4ss@proxy.local:3128\"\n", "pr0xyp4ss"},
+		{"[aziot_keys]\npkcs11_base_slot = \"pkcs11:token=Key pairs?pin-value=98765\"\n", "98765"},
+		{"[preloaded_keys]\ndevice-id = \"pkcs11:object=device-id;type=private?pin-value=24680\"\n", "24680"},
+		{"[agent.config.auth]\nserveraddress = \"acr.io\"\nusername = \"u\"\npassword = \"regpassw0rd\"\n", "regpassw0rd"},
+		{"[agent.env]\nRegistryPassword = \"envpassw0rd\"\nAPI_KEY = \"apik3yvalue\"\nclientSecret = \"cl13ntsecret\"\nAccessToken = \"t0kenvalue\"\n", "envpassw0rd apik3yvalue cl13ntsecret t0kenvalue"},
+		{"[cert_issuance.est.auth]\nusername = \"u\"\npassword = \"estpassw0rd\"\n", "estpassw0rd"},
+		{"# old: HostName=h;DeviceId=d;SharedAccessKey=c29tZWtleQ==\nhostname = \"gw\"\n", "c29tZWtleQ"},
+		{"hostname = \"gw\" # SharedAccessSignature sr=x&sig=c0mmentsig&se=1\n", "c0mmentsig"},
+	} {
+		without := "hostname = \"other\"\n"
+		for _, d := range []string{Diff("/etc/aziot/config.toml", []byte(tc.doc), []byte(without)), Diff("/etc/aziot/config.toml", []byte(without), []byte(tc.doc))} {
+			if !strings.Contains(d, "redacted") {
+				t.Errorf("Diff of %q shows nothing redacted:\n%s", tc.doc, d)
+			}
+			for _, s := range strings.Fields(tc.secret) {
+				if strings.Contains(d, s) {
+					t.Errorf("Diff shows the secret %q:\n%s", s, d)
+				}
+			}
+		}
+	}
+	// What is not a secret stays readable.
+	doc := "[tpm]\nauth_key_index = 0x100\ntcti = \"device:/dev/tpmrm0\"\n[agent.config]\nimage = \"mcr.microsoft.com/azureiotedge-agent:1.5\"\n[agent.env]\nstorageFolder = \"/iotedge/storage\"\n"
+	d := Diff("c.toml", nil, []byte(doc))
+	for _, s := range []string{"0x100", "device:/dev/tpmrm0", "azureiotedge-agent:1.5", "/iotedge/storage"} {
+		if !strings.Contains(d, s) {
+			t.Errorf("Diff hides %q, which is no secret:\n%s", s, d)
+		}
+	}
+}
+
+// The diff of an existing file is headed by the file as it is and as it
+// would be; a file that does not exist yet comes from /dev/null.
+func TestDiffHeads(t *testing.T) {
+	d := Diff("/etc/aziot/config.toml", []byte("hostname = \"a\"\n"), []byte("hostname = \"b\"\n"))
+	if !strings.HasPrefix(d, "--- /etc/aziot/config.toml (current)\n+++ /etc/aziot/config.toml (proposed)\n") {
+		t.Errorf("Diff of an existing file is headed:\n%s", d)
+	}
+	d = Diff("/etc/aziot/config.toml", nil, []byte("hostname = \"b\"\n"))
+	if !strings.HasPrefix(d, "--- /dev/null\n+++ /etc/aziot/config.toml (new file)\n") {
+		t.Errorf("Diff of a new file is headed:\n%s", d)
+	}
+	d = Diff("/etc/aziot/config.toml", []byte{}, []byte("hostname = \"b\"\n"))
+	if !strings.HasPrefix(d, "--- /etc/aziot/config.toml (current)\n") {
+		t.Errorf("Diff of an existing empty file is headed:\n%s", d)
+	}
+}

@@ -77,14 +77,20 @@ func writeRoot(path string, data []byte) error {
 	return nil
 }
 
-// Diff returns a unified diff from old to new, labelled path and
-// path+" (new)", or "" when they are equal. A diff goes to terminals and
+// Diff returns a unified diff from old, the file at path as it is (nil
+// when there is none), to new, or "" when they are equal. An existing
+// file's diff is headed "path (current)" and "path (proposed)"; a new
+// file's "/dev/null" and "path (new file)". A diff goes to terminals and
 // logs, so secrets are shown as "<redacted N>", N telling apart the
 // different values (see redact); a side that is not TOML is not shown at
 // all.
 func Diff(path string, old, new []byte) string {
-	if bytes.Equal(old, new) {
+	if old != nil && bytes.Equal(old, new) {
 		return ""
+	}
+	from, to := path+" (current)", path+" (proposed)"
+	if old == nil {
+		from, to = "/dev/null", path+" (new file)"
 	}
 	r := redactor{ids: map[string]int{}}
 	ro, rn := r.redact(old), r.redact(new)
@@ -92,5 +98,5 @@ func Diff(path string, old, new []byte) string {
 		// Both unparsable: still a change.
 		rn += "# (differs in what is not shown)\n"
 	}
-	return udiff.Unified(path, path+" (new)", ro, rn)
+	return udiff.Unified(from, to, ro, rn)
 }

@@ -137,7 +137,7 @@ func TestDiff(t *testing.T) {
 	old := []byte("hostname = \"a\"\n\n[provisioning]\nsource = \"manual\"\n")
 	new := []byte("hostname = \"a\"\n\n[provisioning]\nsource = \"dps\"\n")
 	d := Diff("/etc/aziot/config.toml", old, new)
-	for _, want := range []string{"--- /etc/aziot/config.toml\n", "+++ /etc/aziot/config.toml (new)\n", "-source = \"manual\"\n", "+source = \"dps\"\n", " [provisioning]\n"} {
+	for _, want := range []string{"--- /etc/aziot/config.toml (current)\n", "+++ /etc/aziot/config.toml (proposed)\n", "-source = \"manual\"\n", "+source = \"dps\"\n", " [provisioning]\n"} {
 		if !strings.Contains(d, want) {
 			t.Errorf("Diff = %q, want it to hold %q", d, want)
 		}

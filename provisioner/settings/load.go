@@ -64,10 +64,10 @@ func (l *Loader) Load(getenv func(string) string) (*Settings, error) {
 	}
 	var err error
 	if s.TPM.EndorsementAuth, err = password(s.TPM.EndorsementPasswordFile, endorsement); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("tpm.endorsement_password_file: %w", err)
 	}
 	if s.TPM.OwnerAuth, err = password(s.TPM.OwnerPasswordFile, owner); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("tpm.owner_password_file: %w", err)
 	}
 	return s, nil
 }

@@ -111,10 +111,10 @@ func Defaults() Settings {
 func (s *Settings) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+		errs = append(errs, layered.Invalid(key, format, args...))
 	}
 	if err := dps.CheckEndpoint(s.DPS.Endpoint); err != nil {
-		errs = append(errs, fmt.Errorf("dps.endpoint: %w", err))
+		errs = append(errs, &layered.KeyError{Key: "dps.endpoint", Err: err})
 	}
 	if s.DPS.Timeout <= 0 {
 		bad("dps.timeout", "must be positive")

@@ -219,8 +219,11 @@ func TestPasswords(t *testing.T) {
 			}
 		})
 	}
-	if _, err := load(t, "", nil, "--owner-auth-file", filepath.Join(dir, "missing")); err == nil {
-		t.Error("a missing password file was not an error")
+	if _, err := load(t, "", nil, "--owner-auth-file", filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "tpm.owner_password_file: ") {
+		t.Errorf("Load(a missing owner password file) = %v, want an error naming tpm.owner_password_file", err)
+	}
+	if _, err := load(t, "[tpm]\nendorsement_password_file = \"/nonexistent/e\"\n", nil); err == nil || !strings.Contains(err.Error(), "tpm.endorsement_password_file: ") {
+		t.Errorf("Load(a missing endorsement password file) = %v, want an error naming tpm.endorsement_password_file", err)
 	}
 }
 
@@ -248,6 +251,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(fileText))
 	f.Add([]byte("[dps]\nid_scop = 1\n"))
 	f.Add([]byte("[tpm]\nauth_key_index = 0x800000\n"))
+	f.Add([]byte("[dps]\ntimeout = 5\n"))
+	f.Add([]byte("dps = { timeout = 300, register = \"yes\" }\n[health]\nmodules = [\"a\", 1]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := Defaults()
 		if err := Parse("f.toml", data, &s); err != nil {
@@ -281,5 +286,64 @@ func TestEndpointMustBeHTTPS(t *testing.T) {
 	}
 	if _, err := load(t, "[dps]\nendpoint = \"https://dps.local:8443\"\n", nil); err != nil {
 		t.Errorf("Load with an https endpoint = %v", err)
+	}
+}
+
+// Every mistake in the file is named by its key as written, at its file,
+// line and column, with the form wanted; never by Go's names for it.
+func TestFileErrorsNameTheKey(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		want []string // each must appear
+	}{
+		// A bare number is not taken as nanoseconds.
+		{"[dps]\ntimeout = 5\n", []string{"config.toml:2:11: dps.timeout: want a duration such as \"300s\", not 5"}},
+		{"[health]\ntimeout = 1.5\n", []string{":2:11: health.timeout: want a duration such as \"300s\", not 1.5"}},
+		{"[dps]\ntimeout = \"soon\"\n", []string{":2:11: dps.timeout: want a duration such as \"300s\", not \"soon\""}},
+		{"dps.timeout = 300\n", []string{":1:15: dps.timeout: want a duration"}},
+		{"dps = { timeout = 300 }\n", []string{":1:19: dps.timeout: want a duration"}},
+		{"[tpm]\nauth_key_index = \"0x100\"\n", []string{":2:18: tpm.auth_key_index: want a whole number", `not "0x100"`}},
+		{"[tpm]\nauth_key_index = -1\n", []string{":2:18: tpm.auth_key_index: want a whole number"}},
+		{"[health]\nmodules = \"edgeHub\"\n", []string{":2:11: health.modules: want a list of strings such as [\"a\", \"b\"]"}},
+		{"[health]\nmodules = [\"edgeHub\", 1]\n", []string{":2:11: health.modules: want a list of strings"}},
+		{"[dps]\nregister = \"yes\"\n", []string{":2:12: dps.register: want true or false, not \"yes\""}},
+		{"[dps]\nid_scope = 0x1\n", []string{":2:12: dps.id_scope: want a quoted string, not 0x1"}},
+		{"dps = 3\n", []string{":1:7: dps: want a table [dps], not 3"}},
+		{"state = 1\n[dps]\ntimeout = 5\n", []string{":1:9: state: want a quoted string", ":3:11: dps.timeout"}},
+		// Unknown keys say what the table takes.
+		{"[dps]\nid_scop = \"x\"\n", []string{":2:1: unknown key \"dps.id_scop\"", "id_scope"}},
+		// Bad values the file gave are at their place in it too.
+		{"[dps]\ntimeout = \"0s\"\n", []string{"config.toml:2:11: dps.timeout: must be positive"}},
+		{"[tpm]\nauth_key_index = 0x800000\n", []string{"config.toml:2:18: tpm.auth_key_index: 0x800000 is above 0x7fffff"}},
+		{"[aziot]\nauto_reprovisioning_mode = \"Sometimes\"\n", []string{"config.toml:2:28: aziot.auto_reprovisioning_mode:"}},
+	} {
+		_, err := load(t, tc.file, nil)
+		if err == nil {
+			t.Errorf("Load(%q) = nil error, want %q", tc.file, tc.want)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("Load(%q) = %v\nwant it to contain %q", tc.file, err, w)
+			}
+		}
+		for _, goName := range []string{"settings.", "uint32", "[]string", "struct field", "toml: "} {
+			if strings.Contains(err.Error(), goName) {
+				t.Errorf("Load(%q) = %v, names Go's %q", tc.file, err, goName)
+			}
+		}
+	}
+}
+
+// A bad value from the environment or a flag names where it came from,
+// not the file.
+func TestInvalidNamesItsSource(t *testing.T) {
+	_, err := load(t, "[dps]\ntimeout = \"1m\"\n", map[string]string{"EDGE_DPS_TIMEOUT": "0s"})
+	if err == nil || !strings.Contains(err.Error(), "$EDGE_DPS_TIMEOUT: dps.timeout: must be positive") || strings.Contains(err.Error(), "config.toml:") {
+		t.Errorf("Load(bad value in the environment) = %v", err)
+	}
+	_, err = load(t, "[dps]\ntimeout = \"1m\"\n", nil, "--timeout", "0s")
+	if err == nil || !strings.Contains(err.Error(), "--timeout: dps.timeout: must be positive") {
+		t.Errorf("Load(bad value in a flag) = %v", err)
 	}
 }

@@ -32,7 +32,7 @@ import (
 // flipped: each subtest checks the fixed behaviour or the bug, never
 // neither.
 const (
-	settingsFixed = false // s22a: a number for a duration is refused, naming the key
+	settingsFixed = true  // s22a: a number for a duration is refused, naming the key
 	tctiFixed     = false // s22b: the TCTI written for swtpm opens it with tpm2-tss
 	doctorFixed   = true  // s22c: doctor before provision: "not provisioned yet" is no failure
 )

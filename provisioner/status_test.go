@@ -37,8 +37,8 @@ func TestStatusAndDoctor(t *testing.T) {
 			t.Errorf("doctor before provisioning: %q = %+v, want a failure with a remedy", name, c)
 		}
 	}
-	if len(failed) != 3 || len(checks) != 11 {
-		t.Errorf("doctor before provisioning: %d of %d failed, want 3 of 11: %+v", len(failed), len(checks), checks)
+	if len(failed) != 3 || len(checks) != 12 {
+		t.Errorf("doctor before provisioning: %d of %d failed, want 3 of 12: %+v", len(failed), len(checks), checks)
 	}
 
 	if _, progress, err := runCLI(t, w.env, "provision"); err != nil {
@@ -46,11 +46,11 @@ func TestStatusAndDoctor(t *testing.T) {
 	}
 
 	out, _, err = runCLI(t, w.env, "doctor")
-	if !strings.Contains(err.Error(), "1 of 11 checks failed") {
+	if !strings.Contains(err.Error(), "1 of 12 checks failed") {
 		t.Errorf("doctor after provisioning = %v, want only the aziot services failing\n%s", err, out)
 	}
 	for _, line := range []string{"PASS  TPM device", "PASS  resource manager", "PASS  EK and SRK", "PASS  hierarchy authorization",
-		"PASS  hub key", "PASS  DPS DNS", "PASS  DPS TLS", "PASS  clock", "PASS  config.toml", "FAIL  aziot services", "PASS  containerd", "remedy: install aziot-edge"} {
+		"PASS  hub key", "PASS  aziot-tpmd TCTI", "PASS  DPS DNS", "PASS  DPS TLS", "PASS  clock", "PASS  config.toml", "FAIL  aziot services", "PASS  containerd", "remedy: install aziot-edge"} {
 		if !strings.Contains(out, line) {
 			t.Errorf("doctor has no %q:\n%s", line, out)
 		}

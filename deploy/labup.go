@@ -21,7 +21,7 @@ const defaultContainerd = "/run/containerd/containerd.sock"
 func labUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab up", flag.ContinueOnError)
 	dir := fs.String("state-dir", "./lab-state", "`folder` for the lab's CA, emulator state, config.toml, logs and the relay's queue")
-	tpmURI := fs.String("tpm", "", "TPM `URI`, e.g. swtpm's mssim://127.0.0.1:2321, or swtpm to start one with its state in the state folder (default: the reference simulator, in this process)")
+	tpmURI := fs.String("tpm", "", "TPM `URI`, e.g. swtpm://127.0.0.1:2321 for a running swtpm, or swtpm to start one with its state in the state folder (default: the reference simulator, in this process)")
 	containerd := fs.String("containerd", "", "containerd socket `ADDRESS` to run the relay in, or none for a local process (default: "+defaultContainerd+" when it exists and this runs as root)")
 	bin := fs.String("bin", "", "`folder` with edge-provisioner and edge-relay (default: in the repository, build them from it; elsewhere, run the installed ones beside edge-deploy or on PATH)")
 	broker := fs.String("broker", "", "the plant's MQTT `broker`: mosquitto or embedded (default: Mosquitto when installed, else embedded mochi-mqtt)")

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -135,10 +136,12 @@ func (d *doctor) missing(name, detail, remedy string) {
 }
 
 func (d *doctor) tpm(ctx context.Context) {
+	// Last, once the TPM is closed: swtpm serves one connection at a time.
+	defer d.tcti()
 	uri := d.s.TPM.URI
 	t, err := openTPM(d.s)
 	if err != nil {
-		d.fail("TPM device", err.Error(), "enable the TPM 2.0 in the firmware and load its driver (tpm_crb or tpm_tis); run as root or in the tss group")
+		d.fail("TPM device", err.Error(), tpmRemedy(uri, err))
 		for _, name := range []string{"resource manager", "EK and SRK", "hierarchy authorization", "hub key"} {
 			d.fail(name, "not checked: the TPM cannot be opened", "")
 		}
@@ -183,6 +186,81 @@ func (d *doctor) tpm(ctx context.Context) {
 		d.missing("hub key", fmt.Sprintf("nothing at %#x (auth_key_index %#x)", st.AuthKeyHandle, d.s.TPM.AuthKeyIndex),
 			"run 'edge-provisioner register' or 'provision', once the device is enrolled in DPS")
 	}
+}
+
+// tpmRemedy is what to do when the TPM at uri does not open, by the URI's
+// kind: firmware and drivers are a device's business only.
+func tpmRemedy(uri string, err error) string {
+	switch {
+	case errors.Is(err, tpm.ErrBusy):
+		return "stop the process that holds the TPM (aziot-tpmd: systemctl stop aziot-tpmd.socket aziot-tpmd; a running edge-relay; tpm2-tools; another edge-provisioner), then run doctor again"
+	case errors.Is(err, tpm.ErrKind):
+		return "give the URI of the simulator that runs there (tpm.uri, --tpm): swtpm://HOST:PORT for swtpm, mssim://HOST:PORT for Microsoft's reference simulator"
+	}
+	u, perr := url.Parse(uri)
+	port, aerr := strconv.Atoi(u.Port())
+	if perr != nil || aerr != nil {
+		port = 2321
+	}
+	switch tpm.Kind(uri) {
+	case "swtpm":
+		return fmt.Sprintf("start swtpm with its command port at %s and its control channel on the next port (swtpm socket --tpm2 --tpmstate dir=DIR --server type=tcp,port=%d --ctrl type=tcp,port=%d --flags not-need-init,startup-clear), or fix tpm.uri (--tpm)",
+			u.Host, port, port+1)
+	case "mssim":
+		return fmt.Sprintf("start Microsoft's TPM 2.0 reference simulator with its command port at %s and its platform port at %d, or fix tpm.uri (--tpm); for swtpm use swtpm://%s",
+			u.Host, port+1, u.Host)
+	case "device":
+		return "enable the TPM 2.0 in the firmware and load its driver (tpm_crb or tpm_tis); run as root or in the tss group"
+	}
+	return "set tpm.uri (--tpm) to device:/dev/tpmrm0, swtpm://HOST:PORT or mssim://HOST:PORT"
+}
+
+// tcti checks the TCTI aziot-tpmd is given: config.toml's, or before
+// provision has written one, the one it will write. It opens it as
+// tpm2-tss's TCTI of that kind does, which is what tpm.OpenTransport does.
+func (d *doctor) tcti() {
+	const name = "aziot-tpmd TCTI"
+	var tcti, from string
+	if doc, err := edgeconfig.Load(d.s.Aziot.Config); err == nil && doc.Provisioning().Method == "tpm" {
+		tcti, from = doc.Provisioning().TCTI, d.s.Aziot.Config
+		if tcti == "" {
+			tcti = "device" // aziot-tpmd's default
+		}
+	} else {
+		t, err := d.s.TPM.AziotTCTI()
+		if err != nil {
+			d.fail(name, err.Error(), "set tpm.tcti (--tcti) to the TCTI by which aziot-tpmd reaches the TPM")
+			return
+		}
+		tcti, from = t, "to be written by provision"
+	}
+	uri, err := tpm.TCTIURI(tcti)
+	if err != nil {
+		d.fail(name, fmt.Sprintf("%q (%s): %v", tcti, from, err), "run 'edge-provisioner provision', which writes the TCTI for tpm.uri, or set tpm.tcti (--tcti)")
+		return
+	}
+	tr, err := tpm.OpenTransport(uri)
+	if err != nil {
+		d.fail(name, fmt.Sprintf("%q (%s) does not open as tpm2-tss opens it: %v", tcti, from, err), tctiRemedy(uri, err))
+		return
+	}
+	tr.Close()
+	d.pass(name, "%q (%s) opens as tpm2-tss opens it", tcti, from)
+}
+
+// tctiRemedy is what to do when the TCTI, which names the TPM at uri, does
+// not open: for a simulator of the other kind, the TCTI to write.
+func tctiRemedy(uri string, err error) string {
+	if errors.Is(err, tpm.ErrKind) {
+		other := "swtpm" + strings.TrimPrefix(uri, "mssim")
+		if tpm.Kind(uri) == "swtpm" {
+			other = "mssim" + strings.TrimPrefix(uri, "swtpm")
+		}
+		if tcti, terr := tpm.TCTI(other); terr == nil {
+			return fmt.Sprintf("the TPM there is of the other kind: run 'edge-provisioner provision --tpm %s', which writes tcti = %q, then 'iotedge config apply'", other, tcti)
+		}
+	}
+	return tpmRemedy(uri, err)
 }
 
 func (d *doctor) dps(ctx context.Context) {

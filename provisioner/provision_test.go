@@ -197,7 +197,7 @@ func TestProvision(t *testing.T) {
 	p := conf.Provisioning
 	if conf.Hostname != "press-7-host" || p.Source != "dps" || p.GlobalEndpoint != w.emu.URL || p.IDScope != w.emu.IDScope() ||
 		p.Attestation.Method != "tpm" || p.Attestation.RegistrationID != w.regID || conf.TPM.AuthKeyIndex != 0x100 ||
-		conf.Agent.Name != "edgeAgent" || conf.Agent.Config.Image != "mcr.microsoft.com/azureiotedge-agent:1.5" || !strings.HasPrefix(conf.TPM.TCTI, "mssim:host=127.0.0.1,port=") {
+		conf.Agent.Name != "edgeAgent" || conf.Agent.Config.Image != "mcr.microsoft.com/azureiotedge-agent:1.5" || !strings.HasPrefix(conf.TPM.TCTI, "swtpm:host=127.0.0.1,port=") {
 		t.Errorf("config.toml =\n%s", data)
 	}
 	if fi, err := os.Stat(w.aziot); err != nil || fi.Mode().Perm() != 0o600 {

@@ -70,8 +70,8 @@ func (l *Lab) startSwtpm(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("tpm: %w", err)
 	}
-	l.printf("tpm", "swtpm (%s) at mssim://%s, state in %s", bin, addr, dir)
-	return "mssim://" + addr, nil
+	l.printf("tpm", "swtpm (%s) at swtpm://%s, state in %s", bin, addr, dir)
+	return "swtpm://" + addr, nil
 }
 
 // simulatorSeed is the simulator's seed, made once and kept in the state

@@ -37,7 +37,7 @@ type Config struct {
 	// StateDir holds the lab's CA, emulator state, config.toml, logs and
 	// the relay's queue (required).
 	StateDir string
-	// TPM is a TPM's URI (mssim://HOST:PORT for swtpm), "swtpm" to start
+	// TPM is a TPM's URI (swtpm://HOST:PORT, mssim://HOST:PORT), "swtpm" to start
 	// swtpm with its state in StateDir, or empty to serve the reference
 	// simulator from this process.
 	TPM string

@@ -72,7 +72,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := doc.Provisioning()
-	if p.Source != "dps" || p.Method != "tpm" || p.RegistrationID != l.identity.RegistrationID || p.TCTI != fmt.Sprintf("mssim:host=127.0.0.1,port=%d", sw.Port) {
+	if p.Source != "dps" || p.Method != "tpm" || p.RegistrationID != l.identity.RegistrationID || p.TCTI != sw.TCTI {
 		t.Errorf("config.toml provisions with %+v; want DPS, TPM attestation, registration ID %s and the swtpm", p, l.identity.RegistrationID)
 	}
 	ekFile := filepath.Join(t.TempDir(), "ek.pub")

@@ -73,7 +73,7 @@ func (l *Lab) startRuntime(ctx context.Context, b binaries, hub *HubEmulator) er
 	if p.Source != "dps" || p.Method != "tpm" {
 		return fmt.Errorf("runtime: config.toml provisions by %s/%s, want dps/tpm", p.Source, p.Method)
 	}
-	uri, err := tctiURI(p.TCTI)
+	uri, err := tpm.TCTIURI(p.TCTI)
 	if err != nil {
 		return fmt.Errorf("runtime: %w", err)
 	}
@@ -260,31 +260,6 @@ func (rt *runtime) metrics(ctx context.Context) (map[string]int64, error) {
 		}
 	}
 	return out, sc.Err()
-}
-
-// tctiURI turns config.toml's TCTI into the URI of provisioner/tpm.
-func tctiURI(tcti string) (string, error) {
-	name, conf, _ := strings.Cut(tcti, ":")
-	switch name {
-	case "device":
-		if conf == "" {
-			conf = "/dev/tpm0" // tss-esapi's default
-		}
-		return "device:" + conf, nil
-	case "mssim", "swtpm":
-		host, port := "127.0.0.1", "2321"
-		for kv := range strings.SplitSeq(conf, ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			switch k {
-			case "host":
-				host = v
-			case "port":
-				port = v
-			}
-		}
-		return "mssim://" + net.JoinHostPort(host, port), nil
-	}
-	return "", fmt.Errorf("config.toml's tpm.tcti %q: the lab reaches device: and mssim: TPMs", tcti)
 }
 
 // freeAddr is a free loopback address.

@@ -6,29 +6,6 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 )
 
-// The runtime stand-in reaches the TPM config.toml names, in the TCTI
-// forms edge-provisioner writes and aziot-tpmd reads.
-func TestTCTIURI(t *testing.T) {
-	for _, tc := range []struct{ tcti, uri string }{
-		{"device:/dev/tpmrm0", "device:/dev/tpmrm0"},
-		{"mssim:host=127.0.0.1,port=2321", "mssim://127.0.0.1:2321"},
-		{"swtpm:host=localhost,port=4000", "mssim://localhost:4000"},
-		{"swtpm:port=4000", "mssim://127.0.0.1:4000"},
-		{"mssim:host=::1,port=2321", "mssim://[::1]:2321"},
-		{"mssim", "mssim://127.0.0.1:2321"},
-		{"device", "device:/dev/tpm0"},
-	} {
-		if got, err := tctiURI(tc.tcti); err != nil || got != tc.uri {
-			t.Errorf("tctiURI(%q) = %q, %v; want %q", tc.tcti, got, err, tc.uri)
-		}
-	}
-	for _, bad := range []string{"", "tabrmd:bus_name=com.intel.tss2.Tabrmd", "libtpms"} {
-		if got, err := tctiURI(bad); err == nil {
-			t.Errorf("tctiURI(%q) = %q, want an error", bad, got)
-		}
-	}
-}
-
 // Readings count once, whether they came alone or in the relay's batches,
 // and what is not a reading is ignored.
 func TestSensorMissing(t *testing.T) {

@@ -42,7 +42,7 @@ func (s *Settings) fields() []field {
 		{layered.Field{Key: "dps.timeout", Env: "EDGE_DPS_TIMEOUT", Flag: "timeout", Usage: "give up registering after this `DURATION`, retries and polls included", Value: layered.DurationVar(&s.DPS.Timeout)}, DPSGroup},
 		{layered.Field{Key: "dps.register", Env: "EDGE_DPS_REGISTER", Flag: "skip-register", Usage: "do not register with DPS; leave it to the IoT Edge runtime", Value: layered.NegatedBoolVar(&s.DPS.Register)}, ProvisionGroup},
 
-		{layered.Field{Key: "tpm.uri", Env: "EDGE_TPM", Flag: "tpm", Usage: "TPM `URI`: device:/dev/tpmrm0, or mssim://HOST:PORT", Value: layered.StringVar(&s.TPM.URI)}, TPMGroup},
+		{layered.Field{Key: "tpm.uri", Env: "EDGE_TPM", Flag: "tpm", Usage: "TPM `URI`: device:/dev/tpmrm0, swtpm://HOST:PORT, or mssim://HOST:PORT (the reference simulator)", Value: layered.StringVar(&s.TPM.URI)}, TPMGroup},
 		{layered.Field{Key: "tpm.auth_key_index", Env: "EDGE_TPM_AUTH_KEY_INDEX", Flag: "auth-key-index", Usage: "persistent handle of the hub key, as an `INDEX` added to 0x81000000 like aziot's auth_key_index", Value: (*indexValue)(&s.TPM.AuthKeyIndex)}, TPMGroup},
 		{layered.Field{Key: "tpm.tcti", Env: "EDGE_TPM_TCTI", Flag: "tcti", Usage: "`TCTI` written for aziot-tpmd (default: derived from --tpm)", Value: layered.StringVar(&s.TPM.TCTI)}, AziotGroup},
 		// The passwords' own variables hold the password, not a file name:

@@ -8,13 +8,12 @@ package settings
 import (
 	"errors"
 	"fmt"
-	"net/url"
-	"strings"
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/layered"
 	"github.com/edgetpm/edgetpm/provisioner/dps"
+	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
 // DefaultPath is where the provisioner's own configuration lives.
@@ -152,25 +151,17 @@ func (s *Settings) Validate() error {
 }
 
 // AziotTCTI is the TCTI aziot-tpmd needs to reach the TPM that URI names:
-// tpm.tcti when set, else derived from the URI (tss-esapi's TctiNameConf
-// syntax: "device:PATH", "mssim:host=H,port=P").
+// tpm.tcti when set, else the one tpm2-tss has for the URI's kind of TPM
+// (tpm.TCTI).
 func (t *TPM) AziotTCTI() (string, error) {
 	if t.TCTI != "" {
 		return t.TCTI, nil
 	}
-	switch {
-	case strings.HasPrefix(t.URI, "device:"):
-		// Spelled out: tss-esapi's bare "device" means /dev/tpm0, which
-		// bypasses the kernel resource manager.
-		return t.URI, nil
-	case strings.HasPrefix(t.URI, "mssim://"):
-		u, err := url.Parse(t.URI)
-		if err != nil || u.Port() == "" {
-			return "", fmt.Errorf("tpm.uri %q: want mssim://HOST:PORT", t.URI)
-		}
-		return fmt.Sprintf("mssim:host=%s,port=%s", u.Hostname(), u.Port()), nil
+	tcti, err := tpm.TCTI(t.URI)
+	if err != nil {
+		return "", fmt.Errorf("tpm.uri: %w; or set tpm.tcti (--tcti)", err)
 	}
-	return "", fmt.Errorf("tpm.uri %q cannot be reached by aziot-tpmd; set tpm.tcti (--tcti)", t.URI)
+	return tcti, nil
 }
 
 // Duration is a time.Duration written as "90s" or "5m" in TOML.

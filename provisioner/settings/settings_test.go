@@ -236,6 +236,7 @@ func TestAziotTCTI(t *testing.T) {
 		{TPM{URI: "device:/dev/tpmrm0"}, "device:/dev/tpmrm0", false},
 		{TPM{URI: "mssim://127.0.0.1:2321"}, "mssim:host=127.0.0.1,port=2321", false},
 		{TPM{URI: "mssim://[::1]:2321"}, "mssim:host=::1,port=2321", false},
+		{TPM{URI: "swtpm://127.0.0.1:2321"}, "swtpm:host=127.0.0.1,port=2321", false},
 		{TPM{URI: "other", TCTI: "swtpm:port=2321"}, "swtpm:port=2321", false},
 		{TPM{URI: "other"}, "", true},
 		{TPM{URI: "mssim://host"}, "", true},

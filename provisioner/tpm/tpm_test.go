@@ -76,7 +76,7 @@ func TestRegistrationIDVector(t *testing.T) {
 }
 
 func TestOpenBadURI(t *testing.T) {
-	for _, uri := range []string{"tpm", "device:", "device:dev/tpm0", "mssim://", "mssim://127.0.0.1", "mssim://127.0.0.1:0", "mssim://127.0.0.1:2321/x", "swtpm://127.0.0.1:2321"} {
+	for _, uri := range []string{"tpm", "device:", "device:dev/tpm0", "mssim://", "mssim://127.0.0.1", "mssim://127.0.0.1:0", "mssim://127.0.0.1:2321/x", "swtpm://", "swtpm://127.0.0.1:65535", "tcp://127.0.0.1:2321"} {
 		if _, err := Open(uri, Config{}); !errors.Is(err, ErrURI) {
 			t.Errorf("Open(%q) = %v, want ErrURI", uri, err)
 		}

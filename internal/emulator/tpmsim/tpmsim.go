@@ -1,8 +1,8 @@
 // Package tpmsim serves the reference TPM 2.0 simulator (go-tpm-tools'
 // simulator, linked with cgo and libcrypto) in this process over the TCP
 // protocol of Microsoft's TPM simulator (TpmTcpProtocol.h): a command port and a
-// platform port, so other processes reach it as they would swtpm or the
-// simulator itself (mssim://HOST:PORT). It is for the lab and tests only:
+// platform port, so other processes reach it as they would the simulator
+// itself (mssim://HOST:PORT, TCTI mssim:host=HOST,port=PORT). It is for the lab and tests only:
 // edge-deploy links it, edge-provisioner and edge-relay never do.
 //
 // Like the real simulator it starts powered off: commands get an empty

@@ -17,10 +17,10 @@ import (
 	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 )
 
-// Swtpm is a swtpm process serving the TPM command port (mssim framing) and
+// Swtpm is a swtpm process serving the TPM command port and
 // its control port on loopback, with its own state folder.
 type Swtpm struct {
-	// URI opens it with provisioner/tpm: mssim://127.0.0.1:PORT.
+	// URI opens it with provisioner/tpm: swtpm://127.0.0.1:PORT.
 	URI string
 	// TCTI reaches it with tpm2-tools.
 	TCTI string
@@ -94,7 +94,7 @@ func (s *Swtpm) start(t testing.TB) {
 		}
 		return daemon.Spec{Path: bin, Args: args, Ready: daemon.Listening(fmt.Sprintf("127.0.0.1:%d", s.Port+1))}, nil
 	})
-	s.URI = fmt.Sprintf("mssim://127.0.0.1:%d", s.Port)
+	s.URI = fmt.Sprintf("swtpm://127.0.0.1:%d", s.Port)
 	s.TCTI = fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", s.Port)
 }
 

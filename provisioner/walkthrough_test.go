@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,17 +25,6 @@ import (
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
-)
-
-// The slices of issue 22 whose fixes the walkthrough asserts, once merged.
-// Until a slice is merged its subtest asserts that today's bug is still
-// there, so the merge that fixes it fails here until the switch is
-// flipped: each subtest checks the fixed behaviour or the bug, never
-// neither.
-const (
-	settingsFixed = true  // s22a: a number for a duration is refused, naming the key
-	tctiFixed     = true  // s22b: the TCTI written for swtpm opens it with tpm2-tss
-	doctorFixed   = true  // s22c: doctor before provision: "not provisioned yet" is no failure
 )
 
 // TestDeviceInstallWalkthrough follows docs/device-install.md's device path
@@ -80,13 +70,13 @@ func TestDeviceInstallWalkthrough(t *testing.T) {
 	}
 	// The steps' outcomes that other slices of issue 22 change, each in
 	// one subtest.
-	t.Run("doctor before provision: not provisioned yet is not a failure (s22c)", w.notProvisionedYet)
+	t.Run("doctor before provision: not provisioned yet is not a failure", w.notProvisionedYet)
 	t.Run("provision again changes nothing", w.provisionAgain)
 	t.Run("doctor after provision", w.doctorAfter)
 	t.Run("status", w.status)
 	t.Run("the hub accepts the device", w.hubAccepts)
-	t.Run("settings: a number for a duration is refused, naming the key (s22a)", w.durationNumber)
-	t.Run("config.toml's tcti opens swtpm with tpm2-tss (s22b)", w.tcti)
+	t.Run("settings: a number for a duration is refused, naming the key", w.durationNumber)
+	t.Run("config.toml's tcti opens swtpm with tpm2-tss", w.tcti)
 }
 
 // walk is the device and the lab the walkthrough runs on.
@@ -134,7 +124,7 @@ func newWalk(t *testing.T) *walk {
 	containerdtest.RunModule(t, ctd, "moby", "example.com/runtime:1.0", "$edgeHub")
 
 	w := &walk{
-		tpmURI:       deviceTPM(sw),
+		tpmURI:       sw.URI,
 		dps:          emu,
 		hub:          hub,
 		ctd:          ctd,
@@ -163,10 +153,6 @@ func newWalk(t *testing.T) *walk {
 	}
 	return w
 }
-
-// deviceTPM is the URI the walkthrough gives for swtpm (s22b may give
-// swtpm its own scheme).
-func deviceTPM(sw *tpmtest.Swtpm) string { return sw.URI }
 
 // install: the package is the binary under test; the installed settings
 // file is manifests/provisioner.toml.
@@ -306,7 +292,7 @@ func (w *walk) notProvisionedYet(t *testing.T) {
 			bugs = append(bugs, fmt.Sprintf("%+v", c))
 		}
 	}
-	knownBug(t, doctorFixed, "s22c", "doctor before provision fails checks only provision can pass", bugs)
+	noBugs(t, "doctor before provision fails checks only provision can pass", bugs)
 }
 
 // enable: systemd is not part of the test; the unit is tested with the
@@ -408,7 +394,7 @@ func (w *walk) durationNumber(t *testing.T) {
 	data, _ := os.ReadFile(w.settingsFile)
 	text := setKey(t, string(data), "dps.timeout", "5")
 	line := 1 + strings.Count(text[:strings.Index(text, "timeout = 5\n")], "\n")
-	env := clone(w.env)
+	env := maps.Clone(w.env)
 	env["EDGE_PROVISIONER_CONFIG"] = filepath.Join(t.TempDir(), "config.toml")
 	os.WriteFile(env["EDGE_PROVISIONER_CONFIG"], []byte(text), 0o644)
 	_, errOut, err := runCLI(t, env, "provision", "--dry-run", "--no-wait")
@@ -418,7 +404,7 @@ func (w *walk) durationNumber(t *testing.T) {
 	} else if msg := err.Error(); !strings.Contains(msg, "dps.timeout") || !strings.Contains(msg, fmt.Sprintf("config.toml:%d:", line)) {
 		bugs = append(bugs, fmt.Sprintf("refused with %q (%s), want it to name dps.timeout and config.toml:%d", msg, errOut, line))
 	}
-	knownBug(t, settingsFixed, "s22a", "a number for a duration is silently nanoseconds", bugs)
+	noBugs(t, "a number for a duration is silently nanoseconds", bugs)
 }
 
 // tcti: aziot-tpmd opens what config.toml says with tpm2-tss; tpm2-tools
@@ -440,32 +426,20 @@ func (w *walk) tcti(t *testing.T) {
 	if err != nil {
 		bugs = append(bugs, fmt.Sprintf("tpm2_getcap -T %s: %v\n%s", conf.TPM.TCTI, err, out))
 	}
-	knownBug(t, tctiFixed, "s22b", "the TCTI written for swtpm does not open it", bugs)
+	noBugs(t, "the TCTI written for swtpm does not open it", bugs)
 }
 
-// knownBug asserts the fixed behaviour (no bugs) once fixed is true, and
-// until then that the bug is still there, naming the slice that fixes it.
-func knownBug(t *testing.T, fixed bool, slice, bug string, bugs []string) {
+// noBugs fails the test with bug and what showed it, if anything did.
+func noBugs(t *testing.T, bug string, bugs []string) {
 	t.Helper()
-	switch {
-	case fixed && len(bugs) > 0:
+	if len(bugs) > 0 {
 		t.Errorf("%s:\n%s", bug, strings.Join(bugs, "\n"))
-	case !fixed && len(bugs) == 0:
-		t.Errorf("fixed (%s is merged?): set its switch in walkthrough_test.go to true", slice)
 	}
 }
 
 func (w *walk) applies() int {
 	b, _ := os.ReadFile(w.calls)
 	return strings.Count(string(b), "config apply -c "+w.aziot+"\n")
-}
-
-func clone(m map[string]string) map[string]string {
-	c := make(map[string]string, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
 }
 
 // setKey sets "table.key" in a TOML text as an operator does: the value of

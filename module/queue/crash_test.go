@@ -113,9 +113,11 @@ func TestRecoverTornTail(t *testing.T) {
 	checkRecovered(t, crashed(t, data[:3]), 0, exactly(0), "cut in segment header")
 }
 
-// Damage in a segment before the last loses the damaged record only;
-// its seq is a gap that acks pass over.
-func TestRecoverMiddleSegment(t *testing.T) {
+// threeSegments writes messages 1-9 to a queue in a temporary folder, in
+// segments of three records (1-3, 4-6, 7-9), closes it, and returns the
+// folder and the options to open it again.
+func threeSegments(t *testing.T) (string, Options) {
+	t.Helper()
 	dir := t.TempDir()
 	opts := testOptions(t, dir)
 	opts.SegmentSize = segHeader + 3*recSize
@@ -124,6 +126,13 @@ func TestRecoverMiddleSegment(t *testing.T) {
 		appendAll(t, q, msg(i))
 	}
 	q.Close()
+	return dir, opts
+}
+
+// Damage in a segment before the last loses the damaged record only;
+// its seq is a gap that acks pass over.
+func TestRecoverMiddleSegment(t *testing.T) {
+	dir, opts := threeSegments(t)
 	path := filepath.Join(dir, segmentName(4))
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -132,7 +141,7 @@ func TestRecoverMiddleSegment(t *testing.T) {
 	data[segHeader+recSize+20] ^= 1 // in the body of seq 5
 	os.WriteFile(path, data, 0o600)
 
-	q = mustOpen(t, opts)
+	q := mustOpen(t, opts)
 	if st := q.Stats(); st.Corrupt != 1 || st.Depth != 8 {
 		t.Errorf("Stats = %+v, want Corrupt 1 (seq 5), Depth 8", st)
 	}

@@ -11,14 +11,7 @@ import (
 // segment's tail cut, the second's header emptied, the third removed.
 // Reading must go on past the gap, not panic on the empty segment.
 func TestReadAfterGapToEmptySegment(t *testing.T) {
-	dir := t.TempDir()
-	opts := testOptions(t, dir)
-	opts.SegmentSize = segHeader + 3*recSize
-	q := mustOpen(t, opts)
-	for i := 1; i <= 9; i++ {
-		appendAll(t, q, msg(i))
-	}
-	q.Close()
+	dir, opts := threeSegments(t)
 	// Segments 1-3, 4-6, 7-9.
 	first := filepath.Join(dir, segmentName(1))
 	if err := os.Truncate(first, segHeader+recSize+5); err != nil {
@@ -30,7 +23,7 @@ func TestReadAfterGapToEmptySegment(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, segmentName(7))); err != nil {
 		t.Fatal(err)
 	}
-	q = mustOpen(t, opts)
+	q := mustOpen(t, opts)
 	if s := seqs(readAll(t, q, 0)); !reflect.DeepEqual(s, []uint64{1}) {
 		t.Errorf("Read = %v, want [1]", s)
 	}

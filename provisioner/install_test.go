@@ -50,6 +50,16 @@ func TestInstallScript(t *testing.T) {
 			t.Errorf("install.sh %v: %v, want exit 2 and its usage\n%s", args, err, out)
 		}
 	}
+	// Packages never enable their units: --no-enable with them is refused,
+	// not ignored.
+	deb := filepath.Join(t.TempDir(), "edge-provisioner_1.0.0_amd64.deb")
+	if err := os.WriteFile(deb, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "../scripts/install.sh", deb, "--no-enable")
+	if out, err := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "--no-enable") {
+		t.Errorf("install.sh FILE.deb --no-enable: %v, want exit 2 naming --no-enable\n%s", err, out)
+	}
 	// The example settings it installs load as they are.
 	s := settings.Defaults()
 	data, _ := os.ReadFile(filepath.Join(prefix, "etc/edge-provisioner/config.toml"))
@@ -80,6 +90,28 @@ func TestInstallScript(t *testing.T) {
 // With --prefix, the next steps name what was installed under it (the
 // binary and the settings file there, not /etc's), and --from-source
 // leaves no build folder behind in the temporary directory.
+// Paths are taken from where the operator runs the script, not from the
+// repository it lives in: a relative --binary and --prefix from another
+// folder.
+func TestInstallScriptRelativePaths(t *testing.T) {
+	script, err := filepath.Abs("../scripts/install.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	if err := os.WriteFile(filepath.Join(work, "edge-provisioner"), []byte("#!/bin/sh\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", script, "--binary", "edge-provisioner", "--prefix", "root")
+	cmd.Dir = work
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("install.sh --binary edge-provisioner --prefix root, in %s: %v\n%s", work, err, out)
+	}
+	if _, err := os.Stat(filepath.Join(work, "root/usr/local/bin/edge-provisioner")); err != nil {
+		t.Errorf("not installed under the operator's ./root: %v", err)
+	}
+}
+
 func TestInstallScriptPrefix(t *testing.T) {
 	prefix, tmp, tools := t.TempDir(), t.TempDir(), t.TempDir()
 	// A stand-in go that "builds" by writing the -o file: the script's

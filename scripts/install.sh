@@ -11,7 +11,7 @@
 #                                           /etc/edge-provisioner/config.toml
 #                                           (an existing one is kept), the
 #                                           state folder and the unit
-#   scripts/install.sh --from-source [--prefix DIR] [--no-enable]
+#   sudo scripts/install.sh --from-source [--prefix DIR] [--no-enable]
 #                                           developers: build edge-provisioner
 #                                           with Go from this checkout, then
 #                                           as --binary
@@ -19,7 +19,9 @@
 # --prefix installs under DIR instead of / (for tests). Packages are built
 # with 'go run ./deploy package' (docs/device-install.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# The repository holds the example settings and the unit; paths given as
+# arguments are the operator's, relative to where the script is run.
+repo=$(cd "$(dirname "$0")/.." && pwd)
 
 usage() {
   echo "usage: install.sh FILE.deb... | --binary FILE | --from-source  [--prefix DIR] [--no-enable]" >&2
@@ -29,8 +31,8 @@ usage() {
 binary="" prefix="" enable=1 source=0 debs=()
 while (($#)); do
   case $1 in
-    --binary) (($# > 1)) || usage; binary=$2; shift 2 ;;
-    --prefix) (($# > 1)) || usage; prefix=$2; shift 2 ;;
+    --binary) (($# > 1)) || usage; binary=$(realpath "$2"); shift 2 ;;
+    --prefix) (($# > 1)) || usage; prefix=$(realpath -m "$2"); shift 2 ;;
     --no-enable) enable=0; shift ;;
     --from-source) source=1; shift ;;
     *.deb) debs+=("$(realpath "$1")"); shift ;;
@@ -44,6 +46,11 @@ modes=0
 if ((modes != 1)); then
   echo "install.sh: give packages, --binary FILE or --from-source: one of them" >&2
   usage
+fi
+
+if ((${#debs[@]} && !enable)); then
+  echo "install.sh: packages never enable their units; --no-enable is for --binary and --from-source" >&2
+  exit 2
 fi
 
 if [[ -z $prefix && $(id -u) != 0 ]]; then
@@ -73,7 +80,7 @@ if ((source)); then
   trap 'rm -rf "$build"' EXIT
   binary=$build/edge-provisioner
   echo "install.sh: building edge-provisioner" >&2
-  CGO_ENABLED=0 go build -trimpath -o "$binary" ./provisioner
+  (cd "$repo" && CGO_ENABLED=0 go build -trimpath -o "$binary" ./provisioner)
 fi
 
 install -D -m 0755 "$binary" "$prefix/usr/local/bin/edge-provisioner"
@@ -81,12 +88,12 @@ install -d -m 0755 "$prefix/etc/edge-provisioner"
 if [[ -e $prefix/etc/edge-provisioner/config.toml ]]; then
   echo "install.sh: keeping $prefix/etc/edge-provisioner/config.toml" >&2
 else
-  install -m 0644 manifests/provisioner.toml "$prefix/etc/edge-provisioner/config.toml"
+  install -m 0644 "$repo/manifests/provisioner.toml" "$prefix/etc/edge-provisioner/config.toml"
 fi
 install -d -m 0700 "$prefix/var/lib/edge-provisioner"
 # The packaged unit runs /usr/bin/edge-provisioner; this one is local.
 install -d -m 0755 "$prefix/etc/systemd/system"
-sed 's#/usr/bin/edge-provisioner#/usr/local/bin/edge-provisioner#' scripts/systemd/edge-provisioner.service \
+sed 's#/usr/bin/edge-provisioner#/usr/local/bin/edge-provisioner#' "$repo/scripts/systemd/edge-provisioner.service" \
   >"$prefix/etc/systemd/system/edge-provisioner.service"
 chmod 0644 "$prefix/etc/systemd/system/edge-provisioner.service"
 

@@ -197,12 +197,14 @@ func tpmRemedy(uri string, err error) string {
 	case errors.Is(err, tpm.ErrKind):
 		return "give the URI of the simulator that runs there (tpm.uri, --tpm): swtpm://HOST:PORT for swtpm, mssim://HOST:PORT for Microsoft's reference simulator"
 	}
-	u, perr := url.Parse(uri)
-	port, aerr := strconv.Atoi(u.Port())
-	if perr != nil || aerr != nil {
-		port = 2321
+	kind := tpm.Kind(uri) // "" when uri does not parse
+	var u *url.URL
+	var port int
+	if kind == "swtpm" || kind == "mssim" {
+		u, _ = url.Parse(uri)
+		port, _ = strconv.Atoi(u.Port())
 	}
-	switch tpm.Kind(uri) {
+	switch kind {
 	case "swtpm":
 		return fmt.Sprintf("start swtpm with its command port at %s and its control channel on the next port (swtpm socket --tpm2 --tpmstate dir=DIR --server type=tcp,port=%d --ctrl type=tcp,port=%d --flags not-need-init,startup-clear), or fix tpm.uri (--tpm)",
 			u.Host, port, port+1)

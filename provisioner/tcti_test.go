@@ -116,6 +116,8 @@ func TestDoctorTPMRemedyFitsKind(t *testing.T) {
 		{"device:/nonexistent/tpmrm0", []string{"firmware", "tpm_crb"}, nil},
 		{"swtpm://127.0.0.1:1", []string{"swtpm socket", "port=2"}, []string{"firmware", "tpm_crb"}},
 		{"mssim://127.0.0.1:1", []string{"reference simulator"}, []string{"firmware", "tpm_crb"}},
+		// A URI that does not parse is to be fixed, not a panic.
+		{"swtpm://[::1", []string{"set tpm.uri"}, []string{"firmware", "tpm_crb"}},
 	} {
 		c := doctorCheck(t, "TPM device", "--tpm", tc.uri)
 		if c.OK {

@@ -66,13 +66,16 @@ var ErrInsecureEndpoint = errors.New("plain http would carry the TPM-signed regi
 // aziot config.toml, and Client itself.
 func CheckEndpoint(endpoint string) error {
 	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" || u.Opaque != "" {
+		return errors.New("DPS endpoint is not an https URL (want https://HOST)")
+	}
+	// A password in the URL stays out of the error, and so out of logs.
+	shown := u.Redacted()
 	switch {
-	case err != nil || u.Host == "" || u.Opaque != "":
-		return fmt.Errorf("DPS endpoint %q is not an https URL", endpoint)
 	case strings.EqualFold(u.Scheme, "http"):
-		return fmt.Errorf("DPS endpoint %q is not https: %w", endpoint, ErrInsecureEndpoint)
+		return fmt.Errorf("DPS endpoint %q is not https: %w", shown, ErrInsecureEndpoint)
 	case !strings.EqualFold(u.Scheme, "https"):
-		return fmt.Errorf("DPS endpoint %q is not an https URL", endpoint)
+		return fmt.Errorf("DPS endpoint %q is not an https URL", shown)
 	}
 	return nil
 }

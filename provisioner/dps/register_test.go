@@ -425,4 +425,10 @@ func TestCheckEndpoint(t *testing.T) {
 			t.Errorf("CheckEndpoint(%q) = %v, want nil", tc.endpoint, err)
 		}
 	}
+	// A password in the URL never reaches the error.
+	for _, endpoint := range []string{"http://op:hunter2@dps.local/", "ftp://op:hunter2@dps.local/"} {
+		if err := dps.CheckEndpoint(endpoint); err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("CheckEndpoint(%q) = %v, want an error without the password", endpoint, err)
+		}
+	}
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/edgetpm/edgetpm/module/deadletter"
 	"github.com/edgetpm/edgetpm/module/edgehub"
-	"github.com/edgetpm/edgetpm/module/queue"
 	"github.com/edgetpm/edgetpm/module/relay"
 	"github.com/edgetpm/edgetpm/module/source"
 	"github.com/edgetpm/edgetpm/module/twin"
@@ -26,7 +25,6 @@ type app struct {
 	started time.Time
 
 	session *edgehub.Session
-	queue   *queue.Queue
 	relay   *relay.Relay
 	sources *source.Manager
 	dead    *deadletter.Store
@@ -180,11 +178,6 @@ func (a *app) method(ctx context.Context, name string, payload []byte) (int, []b
 // CPU per reading, with a heap of a few MiB becoming five times that. The
 // soft limit keeps a large live heap (big messages in flight) from
 // growing five-fold: near it the GC runs as often as it must.
-//
-// GOMAXPROCS stays Go's: on one P every fsync stalls the whole relay until
-// the runtime takes the P back from the blocked thread, and the relay on
-// one P forwarded 6,000-11,000 readings/s where it forwarded 12,000-14,000
-// on two, at more CPU per reading, not less.
 const (
 	gcPercent   = 400
 	memoryLimit = 256 << 20

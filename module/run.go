@@ -102,7 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	}
 	// A queue per drain priority in use (docs/relay.md#drain-policy).
 	qs := newQueues(s.Data, queue.Options{
-		MaxBytes: cfg.Queue.MaxBytes, MaxAge: time.Duration(cfg.Queue.MaxAge), WhenFull: policy(cfg.Queue.WhenFull), Log: log,
+		MaxBytes: cfg.Queue.MaxBytes, MaxAge: time.Duration(cfg.Queue.MaxAge), WhenFull: queue.ParsePolicy(cfg.Queue.WhenFull), Log: log,
 	})
 	defer qs.Close()
 	q, err := qs.Open(0)
@@ -137,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 	if err != nil {
 		return err
 	}
-	a.session, a.queue, a.dead = sess, q, dead
+	a.session, a.dead = sess, dead
 	a.relay = relay.New(q, sess, cfg, relay.Options{DeadLetters: dead, Log: log, Open: qs.Open, Lanes: lanes})
 	a.relay.Metrics.SetConnected(sess.Connected)
 	a.relay.Metrics.TokenRenewals(sess.TokenRenewals)
@@ -217,9 +217,6 @@ func health(ctx context.Context, listen string) error {
 	}
 	return nil
 }
-
-// policy maps the twin's whenFull to the queue's.
-func policy(whenFull string) queue.Policy { return queue.ParsePolicy(whenFull) }
 
 func envOr(getenv env, key, def string) string {
 	if v := getenv(key); v != "" {

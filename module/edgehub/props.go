@@ -88,17 +88,6 @@ func appendBag(dst []byte, system []prop, app map[string]string) ([]byte, int) {
 	return dst, n
 }
 
-// encodeProperties writes a property bag from maps of system and
-// application properties.
-func encodeProperties(system, app map[string]string) string {
-	var sys []prop
-	for _, k := range systemOrder {
-		sys = append(sys, prop{k, system[k]})
-	}
-	b, _ := appendBag(nil, sys, app)
-	return string(b)
-}
-
 // ParseProperties splits a topic's property bag into system ("$."
 // prefixed) and application properties. A key without "=" has an empty
 // value (docs/edge-protocol.md#telemetry-topics-and-properties).
@@ -129,6 +118,11 @@ func ParseProperties(bag string) (system, app map[string]string, err error) {
 	}
 	return system, app, nil
 }
+
+// MeterSize is IoT Hub's billing unit: a message is billed one message
+// per started MeterSize bytes of its metered size (Billed,
+// docs/edge-protocol.md#metering).
+const MeterSize = 4096
 
 // Billed is the size IoT Hub meters of m (docs/edge-protocol.md#metering):
 // the body, the values of the system properties that reach it ($.on

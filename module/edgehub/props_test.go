@@ -8,6 +8,17 @@ import (
 	"time"
 )
 
+// encodeProperties writes a property bag from maps of system and
+// application properties, through appendBag as Session does.
+func encodeProperties(system, app map[string]string) string {
+	var sys []prop
+	for _, k := range systemOrder {
+		sys = append(sys, prop{k, system[k]})
+	}
+	b, _ := appendBag(nil, sys, app)
+	return string(b)
+}
+
 func TestEncodeProperties(t *testing.T) {
 	got := encodeProperties(
 		map[string]string{PropOutput: "alerts", PropMessageID: "6f1c", PropContentType: "application/json", PropContentEncoding: "utf-8"},

@@ -15,19 +15,14 @@ import (
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
-// meterSize is IoT Hub's billing unit: a message is billed one message
-// per started 4096 bytes of its metered size (edgehub.Billed,
-// docs/edge-protocol.md#metering).
-const meterSize = 4096
-
 // billedLimit is what a batch may meter under batching.maxBytes: the
 // multiple of 4096 at or below it, so that no batch pays for a unit it
 // barely starts; maxBytes under one unit as it is.
 func billedLimit(maxBytes int) int {
-	if maxBytes < meterSize {
+	if maxBytes < edgehub.MeterSize {
 		return maxBytes
 	}
-	return maxBytes / meterSize * meterSize
+	return maxBytes / edgehub.MeterSize * edgehub.MeterSize
 }
 
 // gzipOverhead is a gzip stream's header and trailer.
@@ -177,7 +172,7 @@ func (p *packer) fits(n, body int, b twin.Batching) bool {
 func (p *packer) cut(b twin.Batching) int {
 	n := len(p.msgs)
 	billed, _ := p.size(n, p.body, b)
-	boundary := billed / meterSize * meterSize
+	boundary := billed / edgehub.MeterSize * edgehub.MeterSize
 	if boundary == 0 || boundary == billed {
 		return n
 	}

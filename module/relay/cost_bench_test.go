@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgetpm/edgetpm/module/edgehub"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -20,7 +21,7 @@ import (
 func BenchmarkIoTHubCost(b *testing.B) {
 	const n, size = 20000, 256
 	perMillion := func(units int) float64 { return float64(units) * 1e6 / n }
-	ideal := float64(size) * 1e6 / 4096
+	ideal := float64(size) * 1e6 / edgehub.MeterSize
 	defaults := twin.Defaults().Batching
 	defaults.Enabled = true
 	best := twin.Batching{Enabled: true, MaxBytes: 262144, MaxMessages: 10000, Linger: twin.Duration(time.Second), Compression: "none"}

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgetpm/edgetpm/deploy/gobuild"
 	"github.com/edgetpm/edgetpm/deploy/image"
 )
 
@@ -48,11 +50,11 @@ func (l *Lab) build(ctx context.Context) (binaries, error) {
 	default:
 		bin := l.path("bin")
 		b = binaries{provisioner: filepath.Join(bin, "edge-provisioner"), relay: filepath.Join(bin, "edge-relay")}
-		if err := goBuild(ctx, l.cfg.Source, b.provisioner, "./provisioner"); err != nil {
+		if err := gobuild.Build(ctx, gobuild.Options{Dir: l.cfg.Source, Package: "./provisioner", Out: b.provisioner}); err != nil {
 			return b, err
 		}
 		if l.cfg.Containerd == "" {
-			if err := goBuild(ctx, l.cfg.Source, b.relay, "./module"); err != nil {
+			if err := gobuild.Build(ctx, gobuild.Options{Dir: l.cfg.Source, Package: "./module", Out: b.relay}); err != nil {
 				return b, err
 			}
 		}
@@ -129,7 +131,7 @@ func findSource() (string, error) {
 }
 
 // errNoSource is findSource's error outside the repository.
-var errNoSource = fmt.Errorf("the current folder is not in the %s module", modulePath)
+var errNoSource = errors.New("the current folder is not in the " + modulePath + " module")
 
 // variant is the platform variant of this machine, as image.ParsePlatform
 // takes it.
@@ -138,18 +140,6 @@ func variant() string {
 		return "/v7"
 	}
 	return ""
-}
-
-// goBuild builds the main package pkg of the module in dir into out, as
-// it ships: static, without cgo.
-func goBuild(ctx context.Context, dir, out, pkg string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build %s: %v\n%s", pkg, err, indent(string(msg)))
-	}
-	return nil
 }
 
 // since is the time since start, rounded for a progress line.

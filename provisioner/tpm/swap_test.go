@@ -94,27 +94,16 @@ func flushAll(t *testing.T, uri string) {
 	}
 }
 
-func checkNoLeaks(t *testing.T, name, uri string) {
+// checkNoLeaks checks, on a connection of its own, that the TPM at uri
+// holds no transient object or session.
+func checkNoLeaks(t *testing.T, uri string) {
 	t.Helper()
 	tr, err := OpenTransport(uri)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	checkNoLeaksOn(t, name, tr)
-}
-
-func checkNoLeaksOn(t *testing.T, name string, tr transport.TPM) {
-	t.Helper()
-	for _, first := range []tpm2.TPMHandle{0x80000000, 0x02000000, 0x03000000} {
-		hs, err := tpmtest.Handles(tr, first)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(hs) > 0 {
-			t.Errorf("%s: the TPM holds %#x", name, hs)
-		}
-	}
+	tpmtest.CheckNoLeaks(t, tr)
 }
 
 // checkKeySlots checks what an interrupted swap may leave after Open: the
@@ -122,7 +111,7 @@ func checkNoLeaksOn(t *testing.T, name string, tr transport.TPM) {
 // object or session.
 func checkKeySlots(t *testing.T, name string, tp *TPM) {
 	t.Helper()
-	checkNoLeaksOn(t, name, tp.t)
+	tpmtest.CheckNoLeaks(t, tp.t)
 	persistent, err := tpmtest.Handles(tp.t, 0x81000000)
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +189,7 @@ func TestImportKeySurvivesFailureAtEveryCommand(t *testing.T) {
 				// must flush all it loaded, even after a failure. Then what
 				// a resource manager does when the process ends.
 				if cc := commands[n-1]; !mode.crash && !(mode.after && (cc == tpm2.TPMCCLoad || cc == tpm2.TPMCCStartAuthSession)) {
-					checkNoLeaks(t, name, uri)
+					checkNoLeaks(t, uri)
 				}
 				flushAll(t, uri)
 

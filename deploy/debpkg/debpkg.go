@@ -70,12 +70,11 @@ type spec struct {
 	suggests    []string
 	conffile    [2]string // source in the module, installed path
 	unit        string    // source in the module; installed as /usr/lib/systemd/system/<base>
-	sysusers    bool      // ships debian/<name>.sysusers as /usr/lib/sysusers.d/<name>.conf
-	// scripts: debian/<name>.{postinst,prerm,postrm}, those there, which
-	// also make the
-	// state folder (0700, owned by the service's user), and
-	// debian/<name>.lintian-overrides, each override justified there.
-	scripts bool
+	// A package also ships those of debian/<name>.sysusers (as
+	// /usr/lib/sysusers.d/<name>.conf), debian/<name>.lintian-overrides
+	// (each override justified there) and its maintainer scripts
+	// debian/<name>.{postinst,prerm,postrm} (which make the state folder,
+	// 0700, owned by the service's user) that exist.
 }
 
 var specs = []spec{{
@@ -94,7 +93,6 @@ the aziot services start. The binary is static.`,
 	suggests:   []string{"aziot-edge"},
 	conffile:   [2]string{"manifests/provisioner.toml", "/etc/edge-provisioner/config.toml"},
 	unit:       "scripts/systemd/edge-provisioner.service",
-	scripts:    true,
 }, {
 	name:    "edge-relay",
 	tool:    tool{name: "edge-relay", pkg: "./module", whatis: "relay telemetry to Azure IoT Hub with a durable queue"},
@@ -110,8 +108,6 @@ binary is static.`,
 	recommends: []string{"edge-provisioner", "tpm-udev", "ca-certificates"},
 	conffile:   [2]string{"manifests/relay.toml", "/etc/edge-relay/config.toml"},
 	unit:       "scripts/systemd/edge-relay.service",
-	sysusers:   true,
-	scripts:    true,
 }, {
 	name: "edge-deploy",
 	tool: tool{name: "edge-deploy", pkg: "./deploy", cgo: true, whatis: "deploy edgetpm fleets and run the local lab",
@@ -273,11 +269,11 @@ func (b *builder) pack(ctx context.Context, s spec, arch string) (Package, error
 	if s.unit != "" {
 		c.file(filepath.Join(b.opts.Dir, s.unit), "/usr/lib/systemd/system/"+filepath.Base(s.unit), 0o644, "")
 	}
-	if s.sysusers {
-		c.data(mustRead(debian, "debian/"+s.name+".sysusers"), "/usr/lib/sysusers.d/"+s.name+".conf", 0o644)
+	if b, err := debian.ReadFile("debian/" + s.name + ".sysusers"); err == nil {
+		c.data(b, "/usr/lib/sysusers.d/"+s.name+".conf", 0o644)
 	}
-	if s.scripts {
-		c.data(mustRead(debian, "debian/"+s.name+".lintian-overrides"), "/usr/share/lintian/overrides/"+s.name, 0o644)
+	if b, err := debian.ReadFile("debian/" + s.name + ".lintian-overrides"); err == nil {
+		c.data(b, "/usr/share/lintian/overrides/"+s.name, 0o644)
 	}
 	if c.err != nil {
 		return Package{}, c.err
@@ -309,24 +305,22 @@ func (b *builder) pack(ctx context.Context, s spec, arch string) (Package, error
 			Deb:        nfpm.Deb{Arch: arch, Compression: "xz"},
 		},
 	}
-	if s.scripts {
-		for _, name := range []string{"postinst", "prerm", "postrm"} {
-			script, err := debian.ReadFile("debian/" + s.name + "." + name)
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			path := filepath.Join(dir, name)
-			if err := os.WriteFile(path, script, 0o755); err != nil {
-				return Package{}, err
-			}
-			switch name {
-			case "postinst":
-				info.Scripts.PostInstall = path
-			case "prerm":
-				info.Scripts.PreRemove = path
-			case "postrm":
-				info.Scripts.PostRemove = path
-			}
+	for _, name := range []string{"postinst", "prerm", "postrm"} {
+		script, err := debian.ReadFile("debian/" + s.name + "." + name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, script, 0o755); err != nil {
+			return Package{}, err
+		}
+		switch name {
+		case "postinst":
+			info.Scripts.PostInstall = path
+		case "prerm":
+			info.Scripts.PreRemove = path
+		case "postrm":
+			info.Scripts.PostRemove = path
 		}
 	}
 	var out bytes.Buffer

@@ -189,6 +189,9 @@ func TestInstall(t *testing.T) {
 		if !exists(state) {
 			t.Errorf("remove deleted %s", state)
 		}
+		if !exists(wants[0]) {
+			t.Errorf("remove forgot that edge-relay.service was enabled: %s is gone", wants[0])
+		}
 	})
 
 	run(t, "", dpkg, append([]string{"--purge"}, names...)...)

@@ -23,19 +23,30 @@ type Request struct {
 	IfMatch string
 	// Body, when not nil, is sent as JSON.
 	Body []byte
+	// Header holds further request headers (x-ms-max-item-count, …).
+	Header http.Header
+}
+
+// Response is the answer, whatever its status.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
 }
 
 // Do sends r with token in Authorization, through hc (nil:
-// http.DefaultClient), and returns the status and body of the answer,
-// whatever the status.
-func Do(ctx context.Context, hc *http.Client, token string, r Request) (int, []byte, error) {
+// http.DefaultClient), and returns the answer, whatever its status.
+func Do(ctx context.Context, hc *http.Client, token string, r Request) (*Response, error) {
 	var body io.Reader
 	if r.Body != nil {
 		body = bytes.NewReader(r.Body)
 	}
 	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, body)
 	if err != nil {
-		return 0, nil, err
+		return nil, err
+	}
+	for k, v := range r.Header {
+		req.Header[k] = v
 	}
 	req.Header.Set("Authorization", token)
 	req.Header.Set("Accept", "application/json")
@@ -50,12 +61,12 @@ func Do(ctx context.Context, hc *http.Client, token string, r Request) (int, []b
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
-		return resp.StatusCode, nil, fmt.Errorf("read response: %w", err)
+		return nil, fmt.Errorf("read response: %w", err)
 	}
-	return resp.StatusCode, data, nil
+	return &Response{Status: resp.StatusCode, Header: resp.Header, Body: data}, nil
 }

@@ -228,12 +228,13 @@ func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatc
 	if ifMatch != "" && ifMatch != "*" && !strings.HasPrefix(ifMatch, `"`) {
 		ifMatch = `"` + ifMatch + `"`
 	}
-	status, data, err := azrest.Do(ctx, c.HTTP, token, azrest.Request{
+	resp, err := azrest.Do(ctx, c.HTTP, token, azrest.Request{
 		Method: method, URL: endpoint + path + sep + "api-version=" + apiVersion, IfMatch: ifMatch, Body: data,
 	})
 	if err != nil {
 		return err
 	}
+	status, data := resp.Status, resp.Body
 	if status < 200 || status > 299 {
 		return parseError(status, data)
 	}

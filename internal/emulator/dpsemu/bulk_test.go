@@ -105,10 +105,10 @@ func TestLimiter(t *testing.T) {
 		{10 * time.Second, 6, 0},                // 10 in the window
 		{20 * time.Second, 1, 40 * time.Second}, // until the first 4 leave at 60 s
 		{59 * time.Second, 1, time.Second},
-		{60 * time.Second, 4, 0},                 // the first 4 left
-		{60 * time.Second, 1, 10 * time.Second},  // the 6 of 10 s leave at 70 s
-		{65 * time.Second, 7, 55 * time.Second},  // 7 need the 6 of 10 s and one of 60 s gone
-		{70 * time.Second, 6, 0},                 // exactly a window after 10 s: gone
+		{60 * time.Second, 4, 0},                // the first 4 left
+		{60 * time.Second, 1, 10 * time.Second}, // the 6 of 10 s leave at 70 s
+		{65 * time.Second, 7, 55 * time.Second}, // 7 need the 6 of 10 s and one of 60 s gone
+		{70 * time.Second, 6, 0},                // exactly a window after 10 s: gone
 		{70 * time.Second, 1, 50 * time.Second},
 		{10 * time.Minute, 10, 0},
 	}

@@ -13,8 +13,9 @@ import (
 )
 
 // NV indices the TPM manufacturer provisions EK credentials in (TCG EK
-// Credential Profile for TPM Family 2.0, version 2.5 revision 2: §2.2.1.4
-// "Low Range" for the EK certificates, §2.2.1.5.2 for the chain).
+// Credential Profile for TPM Family 2.0: §2.2.1.4 "Low Range" in version
+// 2.4 revision 3 for the EK certificates, §2.2.1.5.2 in version 2.5
+// revision 2 for the chain).
 const (
 	ekCertIndex    tpm2.TPMHandle = 0x01c00002 // RSA 2048 EK certificate
 	eccEKCertIndex tpm2.TPMHandle = 0x01c0000a // ECC NIST P256 EK certificate

@@ -241,7 +241,7 @@ func TestBadCertificatesOnSimulator(t *testing.T) {
 		rsa       func(ek crypto.PublicKey) []byte // nil: no index
 		ecc       []byte
 		chain     [][]byte // one per index from 0x01c00100
-		ownerRead bool     // the chain indices are readable by the owner only
+		chainRead string   // who may read the chain indices: "" for all, "owner", "platform"
 		wantRSA   bool
 		wantECC   bool
 		wantChain int
@@ -254,7 +254,8 @@ func TestBadCertificatesOnSimulator(t *testing.T) {
 		{name: "ECC certificate for an RSA key", ecc: certFor(t, &other.PublicKey, ca), wantBad: []tpm2.TPMHandle{eccEKCertIndex}},
 		{name: "ECC certificate for a P-384 key", ecc: testCertFor(t, "p384", elliptic.P384()), wantBad: []tpm2.TPMHandle{eccEKCertIndex}},
 		{name: "ECC P-256", ecc: inter, wantECC: true},
-		{name: "owner-read chain", chain: [][]byte{inter, inter}, ownerRead: true, wantChain: 2},
+		{name: "owner-read chain", chain: [][]byte{inter, inter}, chainRead: "owner", wantChain: 2},
+		{name: "platform-read chain", chain: [][]byte{inter}, chainRead: "platform", wantBad: []tpm2.TPMHandle{ekChainFirst}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := open(t, tpmtest.StartSim(t), Config{})
@@ -268,15 +269,15 @@ func TestBadCertificatesOnSimulator(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.rsa != nil {
-				writeNV(t, tp, ekCertIndex, tc.rsa(ekPub), false)
+				writeNV(t, tp, ekCertIndex, tc.rsa(ekPub), "")
 			}
 			if tc.ecc != nil {
-				writeNV(t, tp, eccEKCertIndex, tc.ecc, false)
+				writeNV(t, tp, eccEKCertIndex, tc.ecc, "")
 			}
 			for i, c := range tc.chain {
-				writeNV(t, tp, ekChainFirst+tpm2.TPMHandle(i), c, tc.ownerRead)
+				writeNV(t, tp, ekChainFirst+tpm2.TPMHandle(i), c, tc.chainRead)
 			}
-			if tc.ownerRead {
+			if tc.chainRead == "owner" {
 				if _, err := tp.ensureSRK(); err != nil {
 					t.Fatal(err)
 				}
@@ -346,14 +347,15 @@ func pool(t *testing.T, pemData []byte) *x509.CertPool {
 }
 
 // writeNV defines index as the platform would, and writes data to it.
-// ownerOnly leaves out authread, so only the owner may read it.
-func writeNV(t *testing.T, tp *TPM, index tpm2.TPMHandle, data []byte, ownerOnly bool) {
+// readBy "owner" leaves out authread, so only the owner may read it;
+// "platform" leaves out ownerread too.
+func writeNV(t *testing.T, tp *TPM, index tpm2.TPMHandle, data []byte, readBy string) {
 	t.Helper()
 	pub := tpm2.New2B(tpm2.TPMSNVPublic{
 		NVIndex: index,
 		NameAlg: tpm2.TPMAlgSHA256,
 		Attributes: tpm2.TPMANV{
-			AuthWrite: true, AuthRead: !ownerOnly, OwnerRead: true, PPRead: true,
+			AuthWrite: true, AuthRead: readBy == "", OwnerRead: readBy != "platform", PPRead: true,
 			NoDA: true, PlatformCreate: true, NT: tpm2.TPMNTOrdinary,
 		},
 		DataSize: uint16(len(data)),

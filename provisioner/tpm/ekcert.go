@@ -47,15 +47,14 @@ func (e *CertificateError) Error() string {
 func (e *CertificateError) Unwrap() error { return e.Err }
 
 // ekCredentials reads the EK certificates and chain into id. A certificate
-// that cannot be used is reported in id.CertificateErrors; only a failing
-// TPM command is an error.
+// that cannot be used is reported in id.CertificateErrors; only a wrong
+// owner password or a TPM that cannot be reached is an error.
 func (t *TPM) ekCredentials(ek *key, id *Identity) error {
-	der, err := t.readNV(ekCertIndex)
-	switch {
-	case errors.Is(err, errNoIndex):
-	case err != nil:
-		return fmt.Errorf("read EK certificate: %w", err)
-	default:
+	der, ok, err := t.readCertIndex("EK certificate", ekCertIndex, id)
+	if err != nil {
+		return err
+	}
+	if ok {
 		cert, err := parseCertificate(der)
 		if err == nil {
 			err = certifies(cert, ek)
@@ -67,12 +66,11 @@ func (t *TPM) ekCredentials(ek *key, id *Identity) error {
 		}
 	}
 
-	der, err = t.readNV(eccEKCertIndex)
-	switch {
-	case errors.Is(err, errNoIndex):
-	case err != nil:
-		return fmt.Errorf("read ECC EK certificate: %w", err)
-	default:
+	der, ok, err = t.readCertIndex("ECC EK certificate", eccEKCertIndex, id)
+	if err != nil {
+		return err
+	}
+	if ok {
 		// Only parsed: the ECC EK is not used here, and creating it only to
 		// compare keys would cost a key generation in the TPM.
 		cert, err := parseCertificate(der)
@@ -93,9 +91,9 @@ func (t *TPM) ekCredentials(ek *key, id *Identity) error {
 	var chain []byte
 	starts := make([]int, len(indices)) // where each index begins in chain
 	for i, h := range indices {
-		data, err := t.readNV(h)
-		if err != nil && !errors.Is(err, errNoIndex) {
-			return fmt.Errorf("read EK certificate chain: %w", err)
+		data, _, err := t.readCertIndex("EK certificate chain", h, id)
+		if err != nil {
+			return err
 		}
 		starts[i] = len(chain)
 		chain = append(chain, data...)
@@ -114,8 +112,34 @@ func (t *TPM) ekCredentials(ek *key, id *Identity) error {
 	return nil
 }
 
+// readCertIndex reads a certificate index; ok is false when there is none
+// to parse. When the TPM refuses to read it (an index only the platform
+// may read, or one read-locked), that is reported in id.CertificateErrors;
+// a wrong owner password or a transport failure is an error.
+func (t *TPM) readCertIndex(what string, index tpm2.TPMHandle, id *Identity) (data []byte, ok bool, err error) {
+	data, err = t.readNV(index)
+	var rc tpm2.TPMRC
+	var fmt1 tpm2.TPMFmt1Error
+	switch {
+	case err == nil:
+		return data, true, nil
+	case errors.Is(err, errNoIndex):
+		return nil, false, nil
+	case errors.Is(err, ErrAuthorization) || errors.Is(err, ErrLockout):
+		return nil, false, fmt.Errorf("read %s: %w", what, err)
+	case errors.Is(err, errUnreadable) || errors.As(err, &rc) || errors.As(err, &fmt1):
+		id.CertificateErrors = append(id.CertificateErrors, &CertificateError{what, index, err})
+		return nil, false, nil
+	}
+	return nil, false, fmt.Errorf("read %s: %w", what, err)
+}
+
 // errNoIndex: the NV index is not defined, or defined and never written.
 var errNoIndex = errors.New("no such NV index")
+
+// errUnreadable: the NV index can be read neither with its own password
+// nor with the owner's.
+var errUnreadable = errors.New("readable only with the platform's authorization or a policy")
 
 // readNV reads an NV index whole, in chunks no larger than the TPM's
 // TPM_PT_NV_BUFFER_MAX. An index readable only with the owner's
@@ -138,9 +162,13 @@ func (t *TPM) readNV(index tpm2.TPMHandle) ([]byte, error) {
 	}
 	auth := tpm2.AuthHandle{Handle: index, Name: nvp.NVName, Auth: tpm2.PasswordAuth(nil)}
 	hierarchy := ""
-	if !pub.Attributes.AuthRead && pub.Attributes.OwnerRead {
+	switch {
+	case pub.Attributes.AuthRead:
+	case pub.Attributes.OwnerRead:
 		auth = tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(t.cfg.OwnerAuth)}
 		hierarchy = "owner"
+	default:
+		return nil, errUnreadable
 	}
 	chunk, err := t.property(tpm2.TPMPTNVBufferMax)
 	if err != nil {

@@ -1,6 +1,8 @@
 // Package tpmtest runs tests against real TPMs: the reference simulator in
-// this process and swtpm as a separate process on loopback, and checks that
-// a test leaves no transient objects or sessions behind.
+// this process and swtpm as a separate process on loopback, fresh or
+// manufactured by swtpm_setup with EK certificates from a local CA
+// (StartSwtpmWithEKCert); it runs tpm2-tools against swtpm and checks
+// that a test leaves no transient objects or sessions behind.
 package tpmtest
 
 import (

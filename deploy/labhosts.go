@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/internal/cli"
@@ -39,6 +41,9 @@ func labHosts(_ context.Context, args []string, stdout, _ io.Writer) error {
 		block = ""
 	}
 	changed, err := lab.UpdateHosts(*file, block)
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%w (run as root)", err)
+	}
 	if err != nil {
 		return err
 	}

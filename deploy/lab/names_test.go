@@ -1,10 +1,16 @@
 package lab
 
 import (
+	"bufio"
 	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -197,5 +203,54 @@ func TestNamesInCertificates(t *testing.T) {
 	}
 	if d.Named != "" || d.NamedErr != nil {
 		t.Errorf("DPS without Named: Named %q, NamedErr %v; want neither", d.Named, d.NamedErr)
+	}
+}
+
+// With Named, the hub's service API answers at port 443 of the hub name's
+// address, with the name in its certificate; a second hub of the same name
+// cannot have that port and serves without it, saying why.
+func TestHubNamed(t *testing.T) {
+	dir, ca, err := OpenState(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hub = "named-test-hub.azure-devices.net"
+	h, err := StartHub(dir, ca, HubConfig{Hub: hub, Named: true, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if errors.Is(h.NamedErr, ErrPortDenied) && os.Getenv("CI") == "" {
+		t.Skipf("needs port 443: %v", h.NamedErr)
+	}
+	if h.Named != "https://"+hub || h.NamedErr != nil {
+		t.Fatalf("Named = %q, NamedErr = %v; want https://%s", h.Named, h.NamedErr, hub)
+	}
+	roots, err := tlsconfig.TrustFile(filepath.Join(dir, pki.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tls.Dial("tcp", net.JoinHostPort(LoopbackAddr(hub).String(), "443"), tlsconfig.Client(roots, hub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /twins/d?api-version=2021-04-12 HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", hub)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET /twins/d without a token at the hub's name = %s, want 401 from its service API", resp.Status)
+	}
+
+	h2, err := StartHub(t.TempDir(), ca, HubConfig{Hub: hub, Named: true, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h2.Close()
+	if h2.Named != "" || !errors.Is(h2.NamedErr, syscall.EADDRINUSE) {
+		t.Errorf("second hub: Named = %q, NamedErr = %v; want none, address in use", h2.Named, h2.NamedErr)
 	}
 }

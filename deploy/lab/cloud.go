@@ -96,7 +96,7 @@ func (l *Lab) startDPS() (*DPSEmulator, error) {
 		return nil, err
 	}
 	l.onClose(d.Close)
-	l.printf("dps", "DPS emulator at %s, id scope %s%s", d.Endpoint, d.IDScope(), NamedNote(d.Named, d.NamedErr))
+	l.printf("dps", "DPS emulator at %s%s, id scope %s", d.Endpoint, NamedNote(d.Named, d.NamedErr), d.IDScope())
 	return d, nil
 }
 

@@ -334,3 +334,18 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkVerify is the cost of checking one EK certificate, chain from
+// the TPM included.
+func BenchmarkVerify(b *testing.B) {
+	k := keys()
+	ca := ekcerttest.NewCA(b)
+	ek := ekcerttest.TPMPublic(b, k.rsa1.Public())
+	cert := ca.Issue(k.rsa1.Public())
+	v := verifier(b, time.Now(), ca.Root)
+	for b.Loop() {
+		if _, err := v.Verify(ek, cert, [][]byte{ca.Intermediate.Raw}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

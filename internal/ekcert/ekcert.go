@@ -56,7 +56,8 @@ var (
 	ErrBadEK = errors.New("EK public area is malformed")
 )
 
-// OIDs of the TCG EK Credential Profile for TPM Family 2.0, section 3.2.
+// OIDs of the TCG EK Credential Profile for TPM Family 2.0 (certificate
+// fields and extensions) and RFC 5280.
 var (
 	oidSubjectAltName  = asn1.ObjectIdentifier{2, 5, 29, 17}
 	oidTPMManufacturer = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
@@ -171,9 +172,7 @@ func (v *Verifier) Verify(ek, cert []byte, chain [][]byte) (*Result, error) {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	res := &Result{}
-	if err := readAttributes(leaf, res); err != nil {
-		return nil, err
-	}
+	readAttributes(leaf, res)
 	attrWarnings := res.Warnings
 	res.Warnings = nil
 	key, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
@@ -299,19 +298,24 @@ func ekPublic(ek []byte) (crypto.PublicKey, error) {
 }
 
 // readAttributes fills res from the TPM attributes in the subject
-// alternative name (TCG EK Credential Profile 2.0, 3.2.9). The extension
+// alternative name (TCG EK Credential Profile 2.0, "Subject Alternative
+// Name"). The extension
 // is critical when the subject is empty, and crypto/x509 does not handle a
 // name made only of directory names: once it parses, it is removed from
 // the unhandled critical extensions. Any other unhandled critical
 // extension is left for Verify to refuse.
-func readAttributes(leaf *x509.Certificate, res *Result) error {
+func readAttributes(leaf *x509.Certificate, res *Result) {
 	for _, ext := range leaf.Extensions {
 		if !ext.Id.Equal(oidSubjectAltName) {
 			continue
 		}
 		san, err := x509ext.ParseSubjectAltName(ext)
 		if err != nil {
-			return fmt.Errorf("%w: subject alternative name: %v", ErrMalformed, err)
+			// Names other than directory names and permanent
+			// identifiers: crypto/x509 handles the extension, or leaves it
+			// unhandled and Verify refuses it if critical.
+			res.Warnings = append(res.Warnings, "no TPM attributes read from the subject alternative name: "+err.Error())
+			continue
 		}
 		for _, dn := range san.DirectoryNames {
 			for _, a := range dn.Names {
@@ -332,12 +336,10 @@ func readAttributes(leaf *x509.Certificate, res *Result) error {
 	}
 	if res.ManufacturerID == "" {
 		res.Warnings = append(res.Warnings, "the EK certificate names no TPM manufacturer")
-		return nil
 	}
 	if id, ok := parseVendorID(res.ManufacturerID); ok {
 		res.Manufacturer = VendorName(id)
 	}
-	return nil
 }
 
 // ekUsage reports whether leaf may be an EK certificate by its extended

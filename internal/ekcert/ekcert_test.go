@@ -92,6 +92,19 @@ func TestVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Subject alternative names that are not the TCG's: a DNS name
+	// (crypto/x509 reads it) and, critical, a registered ID (it does not).
+	dnsValue, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 2, Bytes: []byte("tpm.example")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dnsSAN := pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: dnsValue}
+	ridValue, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 8, Bytes: []byte{0x2a, 0x03}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ridSAN := pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Critical: true, Value: ridValue}
+
 	padded := append(slices.Clone(rsaCert), make([]byte, 300)...)
 	ffPadded := append(slices.Clone(eccCert), strings.Repeat("\xff", 200)...)
 	header := binary.BigEndian.AppendUint16([]byte{0x10, 0x01, 0x00}, uint16(len(eccCert)))
@@ -107,6 +120,8 @@ func TestVerify(t *testing.T) {
 		want     error  // nil: verified
 		warning  string // a warning that must be among the result's
 		chainLen int
+		// noAttributes: the certificate names no TPM
+		noAttributes bool
 	}{
 		{name: "genuine RSA", ek: rsaEK, cert: rsaCert, chain: chain, chainLen: 3},
 		{name: "genuine ECC", ek: eccEK, cert: eccCert, chain: chain, chainLen: 3},
@@ -134,6 +149,9 @@ func TestVerify(t *testing.T) {
 		{name: "self-signed in the chain", ek: eccEK, cert: selfSigned, chain: [][]byte{selfSigned}, want: ekcert.ErrUntrusted},
 		{name: "unknown critical extension", ek: eccEK, cert: leaf(t, ca, ekcerttest.Leaf{EK: &k.ecc1.PublicKey,
 			ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, Critical: true, Value: []byte{5, 0}}}}), chain: chain, want: ekcert.ErrUntrusted},
+		{name: "SAN with a DNS name", ek: eccEK, cert: leaf(t, ca, ekcerttest.Leaf{EK: &k.ecc1.PublicKey, SAN: &dnsSAN}), chain: chain, chainLen: 3,
+			warning: "no TPM attributes", noAttributes: true},
+		{name: "critical SAN Go cannot read", ek: eccEK, cert: leaf(t, ca, ekcerttest.Leaf{EK: &k.ecc1.PublicKey, SAN: &ridSAN}), chain: chain, want: ekcert.ErrUntrusted},
 		{name: "server certificate", ek: eccEK, cert: leaf(t, ca, ekcerttest.Leaf{EK: &k.ecc1.PublicKey, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}), chain: chain, want: ekcert.ErrUntrusted},
 		{name: "any usage", ek: eccEK, cert: leaf(t, ca, ekcerttest.Leaf{EK: &k.ecc1.PublicKey, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}), chain: chain, chainLen: 3},
 		{name: "truncated", ek: eccEK, cert: eccCert[:len(eccCert)/2], chain: chain, want: ekcert.ErrMalformed},
@@ -175,7 +193,16 @@ func TestVerify(t *testing.T) {
 			if got, want := res.Chain[len(res.Chain)-1], anchors[0]; !got.Equal(want) {
 				t.Errorf("chain ends at %s, want %s", got.Subject, want.Subject)
 			}
-			if res.Manufacturer != "Infineon" || res.ManufacturerID != "id:49465800" || res.Model != "SLB9672" || res.Version != "id:00100100" {
+			for _, c := range res.Chain {
+				if c.NotAfter.Year() == 9999 {
+					t.Errorf("the chain holds a copy with its expiry lifted: %s", c.Subject)
+				}
+			}
+			if tc.noAttributes {
+				if res.ManufacturerID != "" || res.Model != "" {
+					t.Errorf("attributes %q %q read from a SAN without them", res.ManufacturerID, res.Model)
+				}
+			} else if res.Manufacturer != "Infineon" || res.ManufacturerID != "id:49465800" || res.Model != "SLB9672" || res.Version != "id:00100100" {
 				t.Errorf("attributes %q %q %q %q, want Infineon id:49465800 SLB9672 id:00100100", res.Manufacturer, res.ManufacturerID, res.Model, res.Version)
 			}
 			if tc.warning == "" && len(res.Warnings) > 0 {
@@ -348,4 +375,28 @@ func BenchmarkVerify(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// A Verifier serves many goroutines (run with -race).
+func TestVerifyConcurrent(t *testing.T) {
+	k := keys()
+	ca := ekcerttest.NewCA(t)
+	v := verifier(t, time.Now(), ca.Root)
+	ek := ekcerttest.TPMPublic(t, &k.ecc1.PublicKey)
+	cert := ca.Issue(&k.ecc1.PublicKey)
+	wrong := ca.Issue(&k.ecc2.PublicKey)
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() {
+			for range 20 {
+				if _, err := v.Verify(ek, cert, [][]byte{ca.Intermediate.Raw}); err != nil {
+					t.Error(err)
+				}
+				if _, err := v.Verify(ek, wrong, [][]byte{ca.Intermediate.Raw}); !errors.Is(err, ekcert.ErrWrongKey) {
+					t.Errorf("goroutine %d: Verify(wrong) = %v", i, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -11,7 +11,7 @@ import (
 // Registry"): each ID is four ASCII characters read as a big-endian
 // uint32, the value a TPM reports as TPM_PT_MANUFACTURER and its EK
 // certificate writes as "id:" and 8 hex digits (TCG EK Credential Profile
-// 2.0, 3.2.9).
+// 2.0, "Subject Alternative Name").
 var vendors = map[uint32]string{
 	0x414D4400: "AMD",                    // "AMD\0"
 	0x41544D4C: "Atmel",                  // "ATML"

@@ -25,7 +25,7 @@ import (
 )
 
 // The TCG attributes an EK certificate carries (TCG EK Credential Profile
-// 2.0, 3.2.9) and its extended key usage (3.2.16).
+// 2.0, "Subject Alternative Name") and its extended key usage.
 var (
 	oidTPMManufacturer = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
 	oidTPMModel        = asn1.ObjectIdentifier{2, 23, 133, 2, 2}
@@ -220,8 +220,8 @@ func RSAKey(tb testing.TB) *rsa.PrivateKey {
 }
 
 // TPMPublic returns the TPM2B_PUBLIC of ek as a TPM reports an EK made
-// from the default templates (TCG EK Credential Profile 2.0, B.3.3 RSA
-// 2048 and B.3.4 ECC P-256), the form DPS takes.
+// from the default templates (TCG EK Credential Profile 2.0, appendix B,
+// templates L-1 RSA 2048 and L-2 ECC P-256), the form DPS takes.
 func TPMPublic(tb testing.TB, ek crypto.PublicKey) []byte {
 	tb.Helper()
 	var pub tpm2.TPMTPublic

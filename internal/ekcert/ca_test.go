@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-// Every embedded certificate parses and is a CA; every one that is not a
+// Every embedded certificate parses, is a CA and has no critical extension
+// Go leaves unhandled; every one that is not a
 // trust anchor chains through Go's verifier to an embedded anchor, and
 // every one whose issuer is embedded carries that issuer's signature. The
 // ones whose issuer is missing are exactly those decided on, anchors or
@@ -36,6 +37,9 @@ func TestEmbeddedChains(t *testing.T) {
 	for _, c := range cas {
 		if !c.cert.IsCA || !c.cert.BasicConstraintsValid {
 			t.Errorf("%s is not a CA certificate", c.file)
+		}
+		if len(c.cert.UnhandledCriticalExtensions) > 0 {
+			t.Errorf("%s has critical extensions Go refuses in a chain: %v", c.file, c.cert.UnhandledCriticalExtensions)
 		}
 		if c.anchor {
 			anchors[c.file] = c.why

@@ -11,7 +11,8 @@ import (
 
 func TestFilter(t *testing.T) {
 	in := []string{"PATH=/usr/bin", "EDGE_TPM_OWNER_AUTH=o", "EDGE_TPM_ENDORSEMENT_AUTH=e", "EDGE_TPM_LOCKOUT_AUTH=l",
-		"EDGE_TPM=device:/dev/tpmrm0", "EDGE_TPM_AUTH_KEY_INDEX=0x100", "EDGE_TPM_OWNER_AUTHX=kept", "X=EDGE_TPM_OWNER_AUTH=y"}
+		"EDGE_TPM=device:/dev/tpmrm0", "EDGE_TPM_AUTH_KEY_INDEX=0x100", "EDGE_TPM_OWNER_AUTHX=kept", "X=EDGE_TPM_OWNER_AUTH=y",
+		"EDGE_HUB_DEVICE_KEY=k", "EDGE_HUB_CONNECTION_STRING=HostName=h;DeviceId=d;SharedAccessKey=k"}
 	want := []string{"PATH=/usr/bin", "EDGE_TPM=device:/dev/tpmrm0", "EDGE_TPM_AUTH_KEY_INDEX=0x100", "EDGE_TPM_OWNER_AUTHX=kept", "X=EDGE_TPM_OWNER_AUTH=y"}
 	if got := Filter(in); !slices.Equal(got, want) {
 		t.Errorf("Filter(%q) = %q, want %q", in, got, want)
@@ -22,6 +23,8 @@ func TestFilter(t *testing.T) {
 func TestEnvironInChild(t *testing.T) {
 	t.Setenv("EDGE_TPM_OWNER_AUTH", "owner-secret")
 	t.Setenv("EDGE_TPM_ENDORSEMENT_AUTH", "endorsement-secret")
+	t.Setenv(EnvDeviceKey, "key-secret")
+	t.Setenv(EnvConnectionString, "HostName=h.azure-devices.net;DeviceId=d;SharedAccessKey=cs-secret")
 	cmd := exec.Command("env")
 	cmd.Env = Environ()
 	out, err := cmd.Output()

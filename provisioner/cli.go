@@ -26,10 +26,15 @@ const usage = `usage: edge-provisioner COMMAND [flags]
 
 Commands:
   identity   show the TPM's registration ID, endorsement key and storage root
-             key, as an individual enrollment in DPS wants them
+             key, as an individual enrollment in DPS wants them, and the hub
+             identity kept in the TPM
+  identity set    put an IoT Hub device identity with a symmetric key (from
+             the portal or 'az iot hub device-identity create') in the TPM
+  identity clear  remove that identity and its key from the TPM
   register   register with DPS by TPM attestation and keep the IoT hub key
              it returns in the TPM
-  token      print an IoT Hub SAS token signed inside the TPM
+  token      print an IoT Hub SAS token signed inside the TPM, for the DPS
+             assignment or the hub identity in the TPM
   provision  the whole flow: TPM, DPS registration, /etc/aziot/config.toml,
              apply, side-load images, wait for the runtime
   status     the TPM, the saved identity, config.toml and the runtime
@@ -48,12 +53,20 @@ provision exits 3 to 8 for the step that failed; see its --help.
 // env looks up an environment variable (os.Getenv in main, a map in tests).
 type env func(string) string
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv env) error {
 	if len(args) == 0 {
 		return cli.Usagef("no command given")
 	}
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer, env) error{
-		"identity":  runIdentity,
+		"identity": func(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
+			if len(args) > 0 && args[0] == "set" {
+				return runIdentitySet(ctx, args[1:], stdin, stdout, stderr, getenv)
+			}
+			if len(args) > 0 && args[0] == "clear" {
+				return runIdentityClear(ctx, args[1:], stdin, stdout, stderr, getenv)
+			}
+			return runIdentity(ctx, args, stdout, stderr, getenv)
+		},
 		"register":  runRegister,
 		"token":     runToken,
 		"provision": runProvision,
@@ -144,9 +157,9 @@ func newFlagSet(name, synopsis string) *flag.FlagSet {
 }
 
 func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
-	fs := newFlagSet("identity", "identity [--tpm URI] [--json]")
+	fs := newFlagSet("identity", "identity [--tpm URI] [--json]\n       edge-provisioner identity set|clear --help")
 	l := settings.NewLoader(fs, settings.TPMGroup)
-	asJSON := fs.Bool("json", false, "print JSON: registrationId, endorsementKey, storageRootKey, endorsementKeyCertificate, eccEndorsementKeyCertificate, endorsementKeyCertificateChain")
+	asJSON := fs.Bool("json", false, "print JSON: registrationId, endorsementKey, storageRootKey, endorsementKeyCertificate, eccEndorsementKeyCertificate, endorsementKeyCertificateChain, hubIdentity")
 	s, help, err := loadSettings(fs, l, args, stdout, getenv)
 	if help || err != nil {
 		return err
@@ -161,6 +174,10 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	for _, err := range id.CertificateErrors {
 		fmt.Fprintf(stderr, "edge-provisioner identity: warning: %v\n", err)
 	}
+	hubID, err := readHubIdentity(ctx, t)
+	if err != nil {
+		fmt.Fprintf(stderr, "edge-provisioner identity: warning: %v\n", err)
+	}
 	chain := make([]string, len(id.EKCertificateChain))
 	for i, c := range id.EKCertificateChain {
 		chain[i] = *certPEM(c)
@@ -170,13 +187,14 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
-			RegistrationID   string   `json:"registrationId"`
-			EndorsementKey   string   `json:"endorsementKey"`
-			StorageRootKey   string   `json:"storageRootKey"`
-			EKCertificate    *string  `json:"endorsementKeyCertificate"`
-			ECCEKCertificate *string  `json:"eccEndorsementKeyCertificate"`
-			EKChain          []string `json:"endorsementKeyCertificateChain"`
-		}{id.RegistrationID, ek, srk, certPEM(id.EKCertificate), certPEM(id.ECCEKCertificate), chain})
+			RegistrationID   string           `json:"registrationId"`
+			EndorsementKey   string           `json:"endorsementKey"`
+			StorageRootKey   string           `json:"storageRootKey"`
+			EKCertificate    *string          `json:"endorsementKeyCertificate"`
+			ECCEKCertificate *string          `json:"eccEndorsementKeyCertificate"`
+			EKChain          []string         `json:"endorsementKeyCertificateChain"`
+			HubIdentity      *hubIdentityJSON `json:"hubIdentity"`
+		}{id.RegistrationID, ek, srk, certPEM(id.EKCertificate), certPEM(id.ECCEKCertificate), chain, hubID})
 	}
 	fmt.Fprintf(stdout, "Registration ID:  %s\nEndorsement key:  %s\nStorage root key: %s\n", id.RegistrationID, ek, srk)
 	if id.EKCertificate == nil {
@@ -198,6 +216,12 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	if len(id.CertificateErrors) > 0 {
 		fmt.Fprintf(stdout, "Left out:         %d certificate(s) found in NV, see the warnings on stderr\n", len(id.CertificateErrors))
 	}
+	if hubID != nil {
+		// A manual identity: DPS enrollment is beside the point.
+		fmt.Fprintf(stdout, "Hub identity:     device %s at %s, key in the TPM (identity set)\n", hubID.DeviceID, hubID.HostName)
+		return nil
+	}
+	fmt.Fprintln(stdout, "Hub identity:     none in the TPM (identity set puts one there)")
 	fmt.Fprintln(stdout, "\nEnroll this device in DPS as an IoT Edge device: Manage enrollments > Add\nindividual enrollment > mechanism TPM, with the endorsement key and\nregistration ID above, and 'IoT Edge device' set to True. Without it the hub\ndevice is not an IoT Edge device and edgeAgent never gets its identity.")
 	return nil
 }
@@ -214,8 +238,8 @@ func certPEM(c *x509.Certificate) *string {
 func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv env) error {
 	fs := newFlagSet("token", "token [--hub HOST --device ID] [--module ID] [--ttl 1h] [--tpm URI]")
 	l := settings.NewLoader(fs, settings.TPMGroup|settings.StateGroup)
-	hub := fs.String("hub", "", "IoT hub `HOST` name, e.g. myhub.azure-devices.net (default: the DPS assignment's)")
-	device := fs.String("device", "", "device `ID` (default: the DPS assignment's)")
+	hub := fs.String("hub", "", "IoT hub `HOST` name, e.g. myhub.azure-devices.net (default: the DPS assignment's, else the TPM's hub identity's)")
+	device := fs.String("device", "", "device `ID` (default: the DPS assignment's, else the TPM's hub identity's)")
 	module := fs.String("module", "", "module `ID`, for a module token")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
 	s, help, err := loadSettings(fs, l, args, stdout, getenv)
@@ -225,28 +249,39 @@ func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv en
 	if *ttl <= 0 {
 		return cli.Usagef("--ttl must be positive")
 	}
-	if *hub == "" || *device == "" {
-		if *hub != "" || *device != "" {
-			return cli.Usagef("token needs both --hub and --device, or neither to use the DPS assignment")
-		}
-		a, err := assignment.Load(s.State)
-		if errors.Is(err, os.ErrNotExist) {
-			return cli.Usagef("token needs --hub and --device: %w", err)
-		}
-		if err != nil {
-			return err
-		}
-		*hub, *device = a.AssignedHub, a.DeviceID
-	}
-	resource := sas.DeviceResource(*hub, *device)
-	if *module != "" {
-		resource = sas.ModuleResource(*hub, *device, *module)
+	if (*hub == "") != (*device == "") {
+		return cli.Usagef("token needs both --hub and --device, or neither to use the DPS assignment or the TPM's hub identity")
 	}
 	t, err := openTPM(s)
 	if err != nil {
 		return err
 	}
 	defer t.Close()
+	// Who signs: the flags, else the DPS assignment, else the hub identity
+	// in the TPM ('identity set' removes an assignment whose key it
+	// replaced).
+	if *hub == "" {
+		a, err := assignment.Load(s.State)
+		switch {
+		case err == nil:
+			*hub, *device = a.AssignedHub, a.DeviceID
+		case errors.Is(err, os.ErrNotExist):
+			id, herr := t.HubIdentity(ctx)
+			if errors.Is(herr, tpm.ErrNoHubIdentity) {
+				return cli.Usagef("token needs --hub and --device: no DPS assignment (%w) and no hub identity in the TPM", err)
+			}
+			if herr != nil {
+				return herr
+			}
+			*hub, *device = id.HostName, id.DeviceID
+		default:
+			return err
+		}
+	}
+	resource := sas.DeviceResource(*hub, *device)
+	if *module != "" {
+		resource = sas.ModuleResource(*hub, *device, *module)
+	}
 	tok, err := sas.New(ctx, t, resource, "", time.Now().Add(*ttl))
 	if err != nil {
 		return err

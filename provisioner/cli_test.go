@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,12 @@ import (
 
 func runCLI(t testing.TB, environ map[string]string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
+	return runCLIStdin(t, environ, strings.NewReader(""), args...)
+}
+
+// runCLIStdin is runCLI with stdin.
+func runCLIStdin(t testing.TB, environ map[string]string, stdin io.Reader, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
 	var out, errOut bytes.Buffer
 	// Never read or write the machine's own assignment or settings.
 	dir := t.TempDir()
@@ -39,7 +46,7 @@ func runCLI(t testing.TB, environ map[string]string, args ...string) (stdout, st
 		}
 		return defaults[k]
 	}
-	err = run(t.Context(), args, &out, &errOut, getenv)
+	err = run(t.Context(), args, stdin, &out, &errOut, getenv)
 	return out.String(), errOut.String(), err
 }
 
@@ -58,7 +65,6 @@ func TestUsageErrors(t *testing.T) {
 		{"bogus"},
 		{"identity", "--nope"},
 		{"identity", "extra"},
-		{"token", "--tpm", "mssim://127.0.0.1:2321"},
 		{"token", "--tpm", "mssim://127.0.0.1:2321", "--hub", "h"},
 		{"token", "--tpm", "mssim://127.0.0.1:2321", "--hub", "h", "--device", "d", "--ttl", "-1s"},
 		{"identity", "--tpm", "mssim://127.0.0.1:2321", "--auth-key-index", "0x800000"},

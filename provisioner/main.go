@@ -13,6 +13,6 @@ import (
 
 func main() {
 	cli.Main("edge-provisioner", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-		return run(ctx, args, stdout, stderr, os.Getenv)
+		return run(ctx, args, os.Stdin, stdout, stderr, os.Getenv)
 	})
 }

@@ -29,6 +29,10 @@ side-load images, wait for runtime health. A second run changes nothing.
 The exit code tells which step failed: 3 TPM, 4 DPS registration,
 5 config.toml, 6 apply, 7 images, 8 runtime health (2 usage, 1 other).`
 
+// errHubIdentity: the TPM holds a hub identity set by hand, which
+// provision leaves alone.
+var errHubIdentity = errors.New("the TPM holds a hub identity set by 'identity set'")
+
 // provisionReport is provision's --json output.
 type provisionReport struct {
 	RegistrationID string                   `json:"registrationId"`
@@ -141,6 +145,20 @@ func (p *provisioner) tpmReady(ctx context.Context) (string, string, error) {
 	}
 	if p.id, err = t.Identity(ctx); err != nil {
 		return "", "", err
+	}
+	// DPS registration would replace the key of a hub identity set by
+	// hand, and aziot cannot take that identity over: its manual
+	// provisioning signs only with a key in a file or on a PKCS#11 token,
+	// never with one inside the TPM (docs/hub-identity.md#iot-edge), so
+	// provision writes no manual config.toml that would put the key on
+	// disk.
+	hub, err := readHubIdentity(ctx, t)
+	if err != nil {
+		return "", "", err
+	}
+	if hub != nil {
+		return "", "", fmt.Errorf("%w: device %s at %s; it serves edge-relay in device mode, and IoT Edge cannot sign with a key kept in the TPM. "+
+			"To provision with DPS instead, run 'edge-provisioner identity clear' first (docs/hub-identity.md)", errHubIdentity, hub.DeviceID, hub.HostName)
 	}
 	if p.status, err = t.Status(ctx); err != nil {
 		return "", "", err

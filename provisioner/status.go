@@ -28,8 +28,9 @@ const runtimeRemedy = "next: 'sudo iotedge system status', 'sudo iotedge logs ed
 // its error instead; status itself still succeeds.
 type statusReport struct {
 	TPM struct {
-		URI            string `json:"uri"`
-		RegistrationID string `json:"registrationId,omitempty"`
+		URI            string           `json:"uri"`
+		RegistrationID string           `json:"registrationId,omitempty"`
+		HubIdentity    *hubIdentityJSON `json:"hubIdentity,omitempty"`
 		*tpm.Status
 		Error string `json:"error,omitempty"`
 	} `json:"tpm"`
@@ -72,6 +73,11 @@ func runStatus(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 			// Both are persisted, so Identity only reads.
 			if id, err := t.Identity(ctx); err == nil {
 				r.TPM.RegistrationID = id.RegistrationID
+			}
+		}
+		if r.TPM.Error == "" {
+			if r.TPM.HubIdentity, err = readHubIdentity(ctx, t); err != nil {
+				r.TPM.Error = err.Error()
 			}
 		}
 		t.Close()
@@ -130,6 +136,9 @@ func printStatus(out io.Writer, r *statusReport) {
 			r.TPM.Manufacturer, yes(r.TPM.EndorsementKey), yes(r.TPM.StorageRootKey), r.TPM.AuthKeyHandle, yes(r.TPM.AuthKey))
 		if r.TPM.RegistrationID != "" {
 			fmt.Fprintf(w, "\tregistration ID %s\n", r.TPM.RegistrationID)
+		}
+		if h := r.TPM.HubIdentity; h != nil {
+			fmt.Fprintf(w, "\thub identity: device %s at %s, its key at %#x (identity set)\n", h.DeviceID, h.HostName, r.TPM.AuthKeyHandle)
 		}
 	}
 	fmt.Fprintf(w, "Identity\t%s\n", r.Assignment.Path)

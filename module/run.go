@@ -42,9 +42,11 @@ const usage = `usage: edge-relay [flags]
        edge-relay health [flags]   exit 0 when /healthz on the metrics address answers 200
 
 Settings come from a TOML file (--config or $EDGE_RELAY_CONFIG), then the
-environment, then flags. The identity comes from IoT Edge's IOTEDGE_*
-variables, from --device-state, or in development from
-$EdgeHubConnectionString (or $IotHubConnectionString).
+environment, then flags. The identity comes, first found first, from
+$EdgeHubConnectionString (or $IotHubConnectionString) in development; in
+device mode from --device-state (the DPS assignment) or from --tpm (the hub
+identity 'edge-provisioner identity set' put in the TPM), which exclude each
+other; else from IoT Edge's IOTEDGE_* variables.
 
 ` + cli.ExitStatus + `
 
@@ -247,22 +249,22 @@ type conn struct {
 }
 
 // connection picks the mode from the environment: a connection string
-// (development), the IoT Edge environment (a module), or a device
-// assignment (device mode, TPM). What the settings or environment got
+// (development), a device assignment or the TPM's hub identity (device
+// mode, signing in the TPM), or the IoT Edge environment (a module). What the settings or environment got
 // wrong is a usage error; a TPM or workload API that fails is not. The
 // hub address, when set, is dialled instead of the host (the lab, where
 // the gateway's name does not resolve); the certificate is still checked
 // against the host's name.
 func connection(ctx context.Context, getenv env, s *settings.Settings) (*conn, error) {
-	c, err := pickConnection(ctx, getenv, s.DeviceState, s.CAFile)
+	c, err := pickConnection(ctx, getenv, s)
 	if err == nil {
 		c.id.Address = s.HubAddress
 	}
 	return c, err
 }
 
-func pickConnection(ctx context.Context, getenv env, deviceState, caFile string) (*conn, error) {
-	roots, err := tlsconfig.TrustFile(caFile)
+func pickConnection(ctx context.Context, getenv env, s *settings.Settings) (*conn, error) {
+	roots, err := tlsconfig.TrustFile(s.CAFile)
 	if err != nil {
 		return nil, cli.Usage(err)
 	}
@@ -274,8 +276,11 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 		}
 		return &conn{"development", id, sas.Key(key), roots, nothing}, nil
 	}
-	if deviceState != "" {
-		a, err := assignment.Load(deviceState)
+	if s.TPM != "" {
+		return hubIdentityConnection(ctx, s.TPM, s.AuthKeyIndex, roots)
+	}
+	if s.DeviceState != "" {
+		a, err := assignment.Load(s.DeviceState)
 		if err != nil {
 			return nil, cli.Usage(err)
 		}
@@ -291,7 +296,7 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 	}
 	e, err := edgehub.EnvironmentFrom(getenv)
 	if err != nil {
-		return nil, cli.Usagef("%w (or set EdgeHubConnectionString, or --device-state)", err)
+		return nil, cli.Usagef("%w (or set EdgeHubConnectionString, or --device-state, or --tpm)", err)
 	}
 	w, err := workload.New(e.WorkloadURI, e.ModuleID, e.GenerationID, e.APIVersion)
 	if err != nil {
@@ -306,6 +311,33 @@ func pickConnection(ctx context.Context, getenv env, deviceState, caFile string)
 		return nil, fmt.Errorf("workload API: %w", err)
 	}
 	return &conn{"module", e.Identity(), w, pool, nothing}, nil
+}
+
+// hubIdentityConnection is device mode as the hub identity in the TPM at
+// uri says: host name and device ID from its NV record, every token signed
+// by the key at the auth key index. The record is checked as a connection
+// string's fields are: they go into the user name, topics and audience.
+func hubIdentityConnection(ctx context.Context, uri string, index uint32, roots *x509.CertPool) (*conn, error) {
+	t, err := tpm.Open(uri, tpm.Config{AuthKeyHandle: tpm.AuthKeyBase + tpm2.TPMHandle(index)})
+	if errors.Is(err, tpm.ErrURI) {
+		return nil, cli.Usage(err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	h, err := t.HubIdentity(ctx)
+	if err == nil && (!sas.ValidHostName(h.HostName) || !sas.ValidID(h.DeviceID)) {
+		err = fmt.Errorf("hub identity in the TPM at %s: the host name or device ID in NV is not one IoT Hub issues", uri)
+	}
+	if errors.Is(err, tpm.ErrNoHubIdentity) {
+		err = fmt.Errorf("%w at %s: put one there with 'edge-provisioner identity set', or run with --device-state", err, uri)
+	}
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
+	id := edgehub.Identity{HubHostName: h.HostName, DeviceID: h.DeviceID, Host: h.HostName}
+	return &conn{"device", id, t, roots, func() { t.Close() }}, nil
 }
 
 // logLevel is the level setLogLevel changes while logs are written.

@@ -8,7 +8,9 @@ package settings
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/layered"
@@ -38,6 +40,14 @@ type Settings struct {
 	// certificate is still checked against (the lab, where the gateway's
 	// name does not resolve).
 	HubAddress string `toml:"hub_address"`
+	// TPM, when set, runs the relay as the device whose hub identity
+	// 'edge-provisioner identity set' put in this TPM: host name and
+	// device ID from its NV, tokens signed by the key at AuthKeyIndex.
+	// It and DeviceState exclude each other.
+	TPM string `toml:"tpm"`
+	// AuthKeyIndex is the hub key's persistent handle with TPM, added to
+	// 0x81000000 as edge-provisioner's auth_key_index.
+	AuthKeyIndex uint32 `toml:"auth_key_index"`
 }
 
 // Duration is a time.Duration written as "90s" or "5m" in TOML.
@@ -53,10 +63,14 @@ const (
 	MetricsDevice = "127.0.0.1:9600"
 )
 
+// DefaultAuthKeyIndex is edge-provisioner's and aziot's: the hub key at
+// 0x81000100.
+const DefaultAuthKeyIndex = 0x100
+
 // Defaults are the settings before any file, environment or flag.
 // MetricsAddr is empty: its default depends on the mode (see Load).
 func Defaults() Settings {
-	return Settings{Data: "/data", TokenTTL: Duration(edgehub.DefaultTokenTTL)}
+	return Settings{Data: "/data", TokenTTL: Duration(edgehub.DefaultTokenTTL), AuthKeyIndex: DefaultAuthKeyIndex}
 }
 
 func (s *Settings) fields() []layered.Field {
@@ -67,6 +81,8 @@ func (s *Settings) fields() []layered.Field {
 		{Key: "ca_file", Env: "EdgeModuleCACertificateFile", Flag: "ca-file", Usage: "trust the CA certificates in `PEM` (development and device mode; IoT Edge gives its own)", Value: layered.StringVar(&s.CAFile)},
 		{Key: "token_ttl", Env: "EDGE_RELAY_TOKEN_TTL", Flag: "token-ttl", Usage: "`LIFETIME` of each SAS token; a new one replaces it at 80%", Value: layered.DurationVar(&s.TokenTTL)},
 		{Key: "hub_address", Env: "EDGE_RELAY_HUB_ADDRESS", Flag: "hub-address", Usage: "dial `HOST:PORT` instead of the hub's host name, still checking the certificate against the name", Value: layered.StringVar(&s.HubAddress)},
+		{Key: "tpm", Env: "EDGE_RELAY_TPM", Flag: "tpm", Usage: "run as the device whose hub identity 'edge-provisioner identity set' put in the TPM at `URI` (device:/dev/tpmrm0), signing there", Value: layered.StringVar(&s.TPM)},
+		{Key: "auth_key_index", Env: "EDGE_RELAY_AUTH_KEY_INDEX", Flag: "auth-key-index", Usage: "with --tpm, the hub key's persistent handle as an `INDEX` added to 0x81000000", Value: (*indexValue)(&s.AuthKeyIndex)},
 	}
 }
 
@@ -85,6 +101,12 @@ func (s *Settings) Validate() error {
 	}
 	if time.Duration(s.TokenTTL) < time.Second {
 		bad("token_ttl", "%v: want at least 1s", s.TokenTTL)
+	}
+	if s.TPM != "" && s.DeviceState != "" {
+		bad("tpm", "device_state is set too: the identity comes from the DPS assignment or from the TPM's hub identity, not both")
+	}
+	if s.AuthKeyIndex > 0x7FFFFF {
+		bad("auth_key_index", "%#x is above 0x7fffff", s.AuthKeyIndex)
 	}
 	return errors.Join(errs...)
 }
@@ -111,9 +133,23 @@ func (l *Loader) Load(getenv func(string) string) (*Settings, error) {
 	}
 	if l.s.MetricsAddr == "" {
 		l.s.MetricsAddr = MetricsModule
-		if l.s.DeviceState != "" {
+		if l.s.DeviceState != "" || l.s.TPM != "" {
 			l.s.MetricsAddr = MetricsDevice
 		}
 	}
 	return &l.s, nil
 }
+
+// indexValue is a persistent handle's index, in any base strconv reads.
+type indexValue uint32
+
+func (v *indexValue) Set(s string) error {
+	n, err := strconv.ParseUint(s, 0, 32)
+	if err != nil || n > 0x7FFFFF {
+		return fmt.Errorf("want a number from 0 to 0x7fffff")
+	}
+	*v = indexValue(n)
+	return nil
+}
+
+func (v *indexValue) String() string { return fmt.Sprintf("%#x", uint32(*v)) }

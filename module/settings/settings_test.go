@@ -38,14 +38,15 @@ func TestLayers(t *testing.T) {
 	env := map[string]string{
 		"EDGE_RELAY_DATA": "/env/data", "EDGE_RELAY_DEVICE_STATE": "/env/state.json", "EDGE_RELAY_METRICS_ADDR": "127.0.0.1:9700",
 		"EdgeModuleCACertificateFile": "/env/ca.pem", "EDGE_RELAY_TOKEN_TTL": "10m", "EDGE_RELAY_HUB_ADDRESS": "127.0.0.1:8883",
+		"EDGE_RELAY_AUTH_KEY_INDEX": "0x101",
 	}
-	want = Settings{"/env/data", "/env/state.json", "127.0.0.1:9700", "/env/ca.pem", Duration(10 * time.Minute), "127.0.0.1:8883"}
+	want = Settings{"/env/data", "/env/state.json", "127.0.0.1:9700", "/env/ca.pem", Duration(10 * time.Minute), "127.0.0.1:8883", "", 0x101}
 	if s, err := load(t, "data = \"/file\"\ntoken_ttl = \"2m\"\n", env); err != nil || *s != want {
 		t.Errorf("Load(env over file) = %+v, %v; want %+v", s, err, want)
 	}
-	want = Settings{"/flag/data", "/flag/state.json", ":9800", "/flag/ca.pem", Duration(30 * time.Second), "10.0.0.1:8883"}
+	want = Settings{"/flag/data", "/flag/state.json", ":9800", "/flag/ca.pem", Duration(30 * time.Second), "10.0.0.1:8883", "", 0x102}
 	if s, err := load(t, "", env, "--data", "/flag/data", "--device-state", "/flag/state.json", "--metrics-addr", ":9800",
-		"--ca-file", "/flag/ca.pem", "--token-ttl", "30s", "--hub-address", "10.0.0.1:8883"); err != nil || *s != want {
+		"--ca-file", "/flag/ca.pem", "--token-ttl", "30s", "--hub-address", "10.0.0.1:8883", "--auth-key-index", "0x102"); err != nil || *s != want {
 		t.Errorf("Load(flags over env) = %+v, %v; want %+v", s, err, want)
 	}
 }
@@ -66,6 +67,8 @@ func TestMetricsAddrByMode(t *testing.T) {
 		{"device from the environment", map[string]string{"EDGE_RELAY_DEVICE_STATE": "/s.json"}, nil, "127.0.0.1:9600"},
 		{"device, told", nil, []string{"--device-state", "/s.json", "--metrics-addr", ":9600"}, ":9600"},
 		{"device, told in the environment", map[string]string{"EDGE_RELAY_METRICS_ADDR": "10.0.0.5:9600"}, []string{"--device-state", "/s.json"}, "10.0.0.5:9600"},
+		{"device, identity in the TPM", nil, []string{"--tpm", "device:/dev/tpmrm0"}, "127.0.0.1:9600"},
+		{"device, identity in the TPM from the environment", map[string]string{"EDGE_RELAY_TPM": "device:/dev/tpmrm0"}, nil, "127.0.0.1:9600"},
 	} {
 		s, err := load(t, "", tc.env, tc.args...)
 		if err != nil || s.MetricsAddr != tc.want {
@@ -86,6 +89,9 @@ func TestInvalid(t *testing.T) {
 		{"", nil, []string{"--metrics-addr", "9600"}, "metrics_addr"},
 		{"", nil, []string{"--data", ""}, "data: must not be empty"},
 		{"dta = \"/x\"\n", nil, nil, `relay.toml:1:1: unknown key "dta"`},
+		{"", nil, []string{"--tpm", "device:/dev/tpmrm0", "--device-state", "/s.json"}, "tpm: device_state is set too"},
+		{"tpm = \"device:/dev/tpmrm0\"\n", map[string]string{"EDGE_RELAY_DEVICE_STATE": "/s.json"}, nil, "tpm: device_state is set too"},
+		{"", nil, []string{"--auth-key-index", "0x800000"}, "auth-key-index"},
 	} {
 		if _, err := load(t, tc.file, tc.env, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Load(%q, %v, %q) = %v, want an error with %q", tc.file, tc.env, tc.args, err, tc.want)

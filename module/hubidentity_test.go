@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgetpm/edgetpm/internal/cli"
+	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
+	"github.com/edgetpm/edgetpm/internal/emulator/registry"
+	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
+	"github.com/edgetpm/edgetpm/provisioner/tpm"
+)
+
+// Device mode with the hub identity 'edge-provisioner identity set' put in
+// the TPM: no assignment file, host and device from the TPM's NV, every
+// token signed there. The hub first refuses (the portal's key was
+// regenerated: CONNACK 5); once its registry holds the TPM's key again,
+// the relay signs a fresh token and connects, renews it as it expires, and
+// never shows the key.
+func TestDeviceModeHubIdentity(t *testing.T) {
+	sw := tpmtest.StartSwtpm(t)
+	key := make([]byte, 32)
+	rand.Read(key)
+	tp, err := tpm.Open(sw.URI, tpm.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tp.SetHubIdentity(t.Context(), tpm.HubIdentity{HostName: hubemu.DefaultHubHostName, DeviceID: "press-7"}, key, false)
+	tp.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	regPath := filepath.Join(dir, "registry.json")
+	reg, err := registry.New(regPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device := func(k []byte) {
+		t.Helper()
+		if err := reg.Put(registry.Device{Hub: hubemu.DefaultHubHostName, DeviceID: "press-7", PrimaryKey: k, Status: registry.StatusEnabled, Created: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	regenerated := make([]byte, 32)
+	rand.Read(regenerated)
+	device(regenerated)
+	hub := hubtest.Start(t, hubemu.Config{Key: registry.Lookup(regPath, hubemu.DefaultHubHostName)})
+	caFile := filepath.Join(dir, "ca.pem")
+	writeFile(t, caFile, hub.CA.CertPEM())
+
+	log := &syncBuffer{}
+	environ := map[string]string{"EDGE_RELAY_HUB_ADDRESS": hub.Addr, "EDGE_RELAY_TPM": sw.URI}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--metrics-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "data"), "--ca-file", caFile, "--token-ttl", "3s"},
+			nil, log, func(k string) string { return environ[k] })
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("edge-relay: %v", err)
+		}
+		out := log.String()
+		b64 := base64.StdEncoding.EncodeToString(key)
+		if strings.Contains(out, string(key)) || strings.Contains(out, strings.TrimRight(b64, "=")) || strings.Contains(strings.ToLower(out), hex.EncodeToString(key)) {
+			t.Errorf("the relay's log shows the key:\n%s", out)
+		}
+		if !strings.Contains(out, `"device":"press-7"`) && !strings.Contains(out, "press-7") {
+			t.Errorf("the relay's log does not name the device from the TPM:\n%s", out)
+		}
+	}()
+
+	until.Within(t, 30*time.Second, "the hub to refuse the TPM's token", func() bool {
+		// paho retries a refused MQTT 3.1.1 CONNECT as MQTT 3.1, which the
+		// hub refuses in turn: the error logged is that second refusal.
+		return strings.Contains(log.String(), "edgehub connection")
+	})
+	device(key)
+	ping := func(what string) {
+		t.Helper()
+		until.Within(t, 30*time.Second, what, func() bool {
+			status, _, err := hub.InvokeMethod(t.Context(), "press-7", "", "ping", json.RawMessage(`{}`), 5*time.Second)
+			return err == nil && status == 200
+		})
+	}
+	ping("the device to connect with a fresh token and answer ping")
+	until.Within(t, 30*time.Second, "a token renewal", func() bool { return strings.Contains(log.String(), "renewing token") })
+	ping("the device to answer ping after renewing its token")
+}
+
+// --tpm without a hub identity in the TPM says how to put one there; with
+// --device-state too it is a usage error.
+func TestDeviceModeHubIdentityMissing(t *testing.T) {
+	sw := tpmtest.StartSwtpm(t)
+	dir := t.TempDir()
+	err := run(t.Context(), []string{"--metrics-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "data"), "--tpm", sw.URI}, nil, &syncBuffer{}, func(string) string { return "" })
+	if err == nil || !strings.Contains(err.Error(), "identity set") {
+		t.Errorf("edge-relay --tpm on a TPM without a hub identity = %v, want one naming 'identity set'", err)
+	}
+	err = run(t.Context(), []string{"--data", filepath.Join(dir, "data"), "--tpm", sw.URI, "--device-state", filepath.Join(dir, "a.json")}, nil, &syncBuffer{}, func(string) string { return "" })
+	if cli.ExitCode(err) != 2 || !strings.Contains(err.Error(), "device_state") {
+		t.Errorf("edge-relay --tpm --device-state = %v, want a usage error", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"golang.org/x/sys/unix"
 
 	"github.com/edgetpm/edgetpm/internal/activation"
 	"github.com/edgetpm/edgetpm/internal/assignment"
@@ -24,6 +25,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/until"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
@@ -458,5 +460,102 @@ func TestLeaks(t *testing.T) {
 	}
 	if leaks("HostName=h;DeviceId=d;SharedAccessKey=<redacted>", key) {
 		t.Error("leaks finds a key that is not there")
+	}
+}
+
+// openPTY returns a pseudo-terminal: the controlling side, where the test
+// types and reads what the terminal shows, and the terminal itself, for
+// stdin.
+func openPTY(t *testing.T) (ctl, tty *os.File) {
+	t.Helper()
+	ctl, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	t.Cleanup(func() { ctl.Close() })
+	if err := unix.IoctlSetPointerInt(int(ctl.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(ctl.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tty, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tty.Close() })
+	return ctl, tty
+}
+
+// On a terminal, identity set asks for the connection string without
+// echoing it, and identity clear asks before it removes anything.
+func TestHubIdentityTerminal(t *testing.T) {
+	f := newHubFixture(t)
+	ctl, tty := openPTY(t)
+	key := f.createDevice(t, "press-7")
+	cs := f.connectionString("press-7", key)
+	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state}
+	type result struct {
+		out, errOut string
+		err         error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, errOut, err := runCLIStdin(t, env, tty, "identity", "set")
+		done <- result{out, errOut, err}
+	}()
+	// Paste once the terminal no longer echoes, as a technician would
+	// after the prompt.
+	until.True(t, "identity set to turn the terminal's echo off", func() bool {
+		tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+		return err == nil && tio.Lflag&unix.ECHO == 0
+	})
+	if _, err := ctl.WriteString(cs + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	fmt.Fprintf(&f.outputs, "%s%s", r.out, r.errOut)
+	if r.err != nil || !strings.Contains(r.errOut, "Paste the device's primary connection string (not echoed)") || !strings.Contains(r.out, "device press-7") {
+		t.Fatalf("identity set on a terminal = %v\nstdout %s\nstderr %s", r.err, r.out, r.errOut)
+	}
+	shown := readAvailable(t, ctl)
+	fmt.Fprintf(&f.outputs, "terminal: %q\n", shown)
+	if strings.Contains(shown, "SharedAccessKey") || strings.Contains(shown, "HostName") {
+		t.Errorf("the terminal echoed the connection string: %q", shown)
+	}
+	if tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS); err != nil || tio.Lflag&unix.ECHO == 0 {
+		t.Errorf("identity set left the terminal's echo off (%v)", err)
+	}
+	if code := f.connectWithToken(t, "press-7"); code != 0 {
+		t.Errorf("CONNECT: CONNACK %d, want 0", code)
+	}
+
+	ctl.WriteString("n\n")
+	_, errOut, err := runCLIStdin(t, env, tty, "identity", "clear")
+	if err == nil || !strings.Contains(errOut, "Remove device press-7 at "+f.hub.HubHostName()) || f.hubIdentity(t) == nil {
+		t.Errorf("identity clear answered n = %v\n%s", err, errOut)
+	}
+	ctl.WriteString("y\n")
+	if out, _, err := runCLIStdin(t, env, tty, "identity", "clear"); err != nil || !strings.Contains(out, "Removed device press-7") || f.hubIdentity(t) != nil {
+		t.Errorf("identity clear answered y = %v\n%s", err, out)
+	}
+}
+
+// readAvailable reads what the controlling side has to read now.
+func readAvailable(t *testing.T, ctl *os.File) string {
+	t.Helper()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		fds := []unix.PollFd{{Fd: int32(ctl.Fd()), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 200); err != nil || n == 0 {
+			return b.String()
+		}
+		n, err := unix.Read(int(ctl.Fd()), buf)
+		if n <= 0 || err != nil {
+			return b.String()
+		}
+		b.Write(buf[:n])
 	}
 }

@@ -19,8 +19,11 @@ const (
 	BulkDelete            = "delete"
 )
 
-// MaxBulk is the most enrollments one bulk operation may carry.
-// TODO(enroll): confirm DPS's figure and cite it.
+// MaxBulk is the most enrollments one bulk operation may carry: "Bulk
+// device enrollment operation with maximum of 10 enrollments" (Azure's
+// REST API spec, specification/deviceprovisioningservices/data-plane/
+// DeviceProvisioningServices/stable/2021-10-01/service.json,
+// IndividualEnrollment_RunBulkOperation).
 const MaxBulk = 10
 
 // BulkOperation is the body of POST /enrollments.

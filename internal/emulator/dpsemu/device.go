@@ -49,7 +49,7 @@ type operationStatus struct {
 // deviceRequest runs the checks every device API request shares and
 // reports whether the request may go on.
 func (s *Server) deviceRequest(w http.ResponseWriter, r *http.Request, method string) bool {
-	if s.injectFault(w, r) {
+	if s.injectFault(w, r, &s.deviceFaults) {
 		return false
 	}
 	if r.Method != method {

@@ -13,12 +13,14 @@ const (
 	faultThrottle
 )
 
-// takeFault consumes the next pending fault, resets first.
-func (s *Server) takeFault() (fault, int) {
+// takeFault consumes the next pending fault of f, resets first, once
+// f.Skip requests have gone through untouched.
+func (s *Server) takeFault(f *Faults) (fault, int) {
 	s.faultMu.Lock()
 	defer s.faultMu.Unlock()
-	f := &s.faults
 	switch {
+	case f.Skip > 0:
+		f.Skip--
 	case f.Resets > 0:
 		f.Resets--
 		return faultReset, 0
@@ -36,12 +38,13 @@ func (s *Server) takeFault() (fault, int) {
 	return noFault, 0
 }
 
-// injectFault answers the request with the next pending fault, if any, and
-// reports whether it did. It runs before anything else looks at the
-// request, so a faulted request changes no state.
-func (s *Server) injectFault(w http.ResponseWriter, r *http.Request) bool {
-	f, retryAfter := s.takeFault()
-	switch f {
+// injectFault answers the request with the next pending fault of f, if
+// any, and reports whether it did. It runs before anything else looks at
+// the request, so a faulted request changes no state and costs nothing
+// against the service API's rate limit.
+func (s *Server) injectFault(w http.ResponseWriter, r *http.Request, f *Faults) bool {
+	kind, retryAfter := s.takeFault(f)
+	switch kind {
 	case faultReset:
 		s.log.Info().Str("path", r.URL.Path).Msg("fault: connection reset")
 		reset(w)

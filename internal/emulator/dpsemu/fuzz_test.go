@@ -114,3 +114,43 @@ func FuzzETagMatch(f *testing.F) {
 		}
 	})
 }
+
+// Bulk operation bodies from outside: a 200 with a BulkEnrollmentOperationResult
+// or a 400 with DPS's error body, never a panic or another status.
+func FuzzBulkBody(f *testing.F) {
+	ek, _, _ := keys(f)
+	p := newInProcess(f, Config{ServiceOpsPerMinute: -1})
+	for _, mode := range []string{dpsservice.BulkCreate, dpsservice.BulkUpdate, dpsservice.BulkUpdateIfMatchETag, dpsservice.BulkDelete, "Create", ""} {
+		good, _ := json.Marshal(dpsservice.BulkOperation{Mode: mode, Enrollments: tpmEnrollments("dev", 3, ek)})
+		f.Add(string(good))
+	}
+	f.Add(`{"mode":"create","enrollments":[{"registrationId":"a","attestation":{"type":"tpm"}},{"registrationId":"A"}]}`)
+	f.Add(`{"mode":"delete","enrollments":[{"registrationId":"dev-0","etag":"*"},{"registrationId":"x y"}]}`)
+	f.Add(`{"mode":"update","enrollments":[{"registrationId":"b","attestation":{"type":"tpm","tpm":{"endorsementKey":"AAAA"}},"initialTwin":"x"}]}`)
+	f.Add(`{"mode":"create","enrollments":null}`)
+	f.Add(`{"mode":"create","enrollments":[null]}`)
+	f.Add(`{"enrollments":[{}],"mode":"update","mode":"delete"}`)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, body string) {
+		w := p.do("POST", "/enrollments"+apiQuery, body)
+		switch w.Code {
+		case http.StatusOK:
+			var res dpsservice.BulkResult
+			if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil || res.IsSuccessful != (len(res.Errors) == 0) {
+				t.Fatalf("result %s (%v)", w.Body, err)
+			}
+			for _, e := range res.Errors {
+				if e.ErrorCode < 400000 || e.ErrorCode > 499999 || e.ErrorStatus == "" {
+					t.Fatalf("error entry %+v", e)
+				}
+			}
+		case http.StatusBadRequest:
+			var eb dpsservice.ErrorBody
+			if err := json.Unmarshal(w.Body.Bytes(), &eb); err != nil || eb.ErrorCode != codeBadRequest {
+				t.Fatalf("400 body %s (%v)", w.Body, err)
+			}
+		default:
+			t.Fatalf("status %d for %q", w.Code, body)
+		}
+	})
+}

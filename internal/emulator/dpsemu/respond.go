@@ -27,6 +27,7 @@ const (
 	codeNoEnrollment = 404201
 	codeNoOperation  = 404202
 	codeMethod       = 405001
+	codeConflict     = 409201 // [UNCONFIRMED] an enrollment that exists, in a bulk create
 	codePrecondition = 412002
 	codeThrottled    = 429001 // IoT Hub's code for throttling
 	codeInternal     = 500001
@@ -41,6 +42,8 @@ const (
 	msgChallenge        = "Authorization required, resend request using supplied key"
 	msgStorageRootKey   = "Storage root key is invalid."
 	msgEnrollmentAbsent = "Enrollment not found."
+	msgEnrollmentExists = "Enrollment already exists."
+	msgETag             = "The ETag does not match the enrollment's."
 )
 
 const (

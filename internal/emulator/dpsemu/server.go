@@ -22,6 +22,10 @@ const (
 	DefaultHub             = "lab-hub.azure-devices.net"
 	DefaultRetryAfter      = 2
 	DefaultChallengeTTL    = time.Hour
+	// DefaultServiceOpsPerMinute is DPS's rate limit on service API
+	// operations, 1,000 per minute per instance (azure-docs
+	// includes/iot-dps-limits.md, "Operations 1,000/min/service").
+	DefaultServiceOpsPerMinute = 1000
 )
 
 // Hub is an IoT hub linked to the DPS instance.
@@ -65,7 +69,15 @@ type Config struct {
 	// ChallengeTTL is how long a challenge key stays valid; zero means
 	// DefaultChallengeTTL.
 	ChallengeTTL time.Duration
-	// Now is the clock; nil means time.Now.
+	// ServiceOpsPerMinute limits the service API to that many operations
+	// in any minute; each enrollment of a bulk operation counts as one
+	// (docs/dps-protocol.md#throttling). Zero means
+	// DefaultServiceOpsPerMinute, a negative value no limit; a positive
+	// value below dpsservice.MaxBulk is refused, since a full bulk
+	// operation could never pass.
+	ServiceOpsPerMinute int
+	// Now is the clock, of token expiry, timestamps and the rate limit;
+	// nil means time.Now.
 	Now func() time.Time
 	// Rand is the source of keys and identifiers; nil means crypto/rand.
 	Rand io.Reader
@@ -74,10 +86,14 @@ type Config struct {
 	Log zerolog.Logger
 }
 
-// Faults make the device API misbehave, to test client retries. Each count
-// applies to that many of the next device API requests, before anything
+// Faults make the device API (Server.SetFaults) or the service API
+// (Server.SetServiceFaults) misbehave, to test client retries. Each count
+// applies to that many of the next requests to that API, before anything
 // else happens to them.
 type Faults struct {
+	// Skip lets that many requests through untouched before the faults
+	// start, to fault a chosen request.
+	Skip int
 	// Throttle answers 429 with retry-after: ThrottleRetryAfter seconds
 	// (zero means Config.RetryAfter).
 	Throttle           int
@@ -106,8 +122,11 @@ type Server struct {
 	st          state
 	assignDelay time.Duration
 
-	faultMu sync.Mutex
-	faults  Faults
+	faultMu       sync.Mutex // guards deviceFaults and serviceFaults
+	deviceFaults  Faults
+	serviceFaults Faults
+
+	limiter *limiter // nil: no rate limit
 }
 
 // New returns an emulator. With a StateFile that exists, it continues from
@@ -159,6 +178,14 @@ func New(cfg Config) (*Server, error) {
 	if s.clock == nil {
 		s.clock = time.Now
 	}
+	switch rate := cfg.ServiceOpsPerMinute; {
+	case rate == 0:
+		s.limiter = newLimiter(DefaultServiceOpsPerMinute, time.Minute)
+	case rate > 0 && rate < dpsservice.MaxBulk:
+		return nil, fmt.Errorf("service API rate %d per minute is below the %d enrollments of one bulk operation", rate, dpsservice.MaxBulk)
+	case rate > 0:
+		s.limiter = newLimiter(rate, time.Minute)
+	}
 	r := cfg.Rand
 	if r == nil {
 		r = rand.Reader
@@ -173,6 +200,10 @@ func New(cfg Config) (*Server, error) {
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("/{scope}/registrations/{regID}/register", s.register)
 	s.mux.HandleFunc("/{scope}/registrations/{regID}/operations/{opID}", s.operation)
+	// POST /enrollments/query outranks /enrollments/{id}, which still
+	// serves the other methods on an enrollment named "query".
+	s.mux.HandleFunc("/enrollments", s.bulk)
+	s.mux.HandleFunc("POST /enrollments/query", s.query)
 	s.mux.HandleFunc("/enrollments/{id}", s.enrollment)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, http.StatusNotFound, codeNotFound, "No such resource.")
@@ -201,11 +232,18 @@ func (s *Server) ConnectionString() dpsservice.ConnectionString {
 // Registry returns the registry assigned devices are created in.
 func (s *Server) Registry() *registry.Registry { return s.reg }
 
-// SetFaults replaces the pending faults.
+// SetFaults replaces the pending faults of the device API.
 func (s *Server) SetFaults(f Faults) {
 	s.faultMu.Lock()
 	defer s.faultMu.Unlock()
-	s.faults = f
+	s.deviceFaults = f
+}
+
+// SetServiceFaults replaces the pending faults of the service API.
+func (s *Server) SetServiceFaults(f Faults) {
+	s.faultMu.Lock()
+	defer s.faultMu.Unlock()
+	s.serviceFaults = f
 }
 
 // now returns the time in UTC at the 100 ns precision DPS timestamps have

@@ -15,20 +15,41 @@ import (
 	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
-// enrollment serves /enrollments/{id} (docs/dps-protocol.md#service-api).
-func (s *Server) enrollment(w http.ResponseWriter, r *http.Request) {
+// serviceRequest runs the checks every service API request shares
+// (docs/dps-protocol.md#service-api): pending faults, the api-version,
+// the token and the method. It reports whether the request may go on.
+func (s *Server) serviceRequest(w http.ResponseWriter, r *http.Request, methods ...string) bool {
+	if s.injectFault(w, r, &s.serviceFaults) {
+		return false
+	}
 	if r.URL.Query().Get("api-version") == "" {
 		s.writeError(w, http.StatusBadRequest, codeBadRequest, "The api-version query parameter is required.")
-		return
+		return false
 	}
 	if err := s.authorizeService(r.Header.Get("Authorization")); err != nil {
 		s.log.Warn().Err(err).Msg("service request rejected: bad token")
 		s.writeError(w, http.StatusUnauthorized, codeUnauthorized, msgUnauthorized+": "+err.Error())
+		return false
+	}
+	if !slices.Contains(methods, r.Method) {
+		w.Header().Set("Allow", strings.Join(methods, ", "))
+		s.writeError(w, http.StatusMethodNotAllowed, codeMethod, fmt.Sprintf("Method %s is not allowed here.", r.Method))
+		return false
+	}
+	return true
+}
+
+// enrollment serves /enrollments/{id} (docs/dps-protocol.md#service-api).
+func (s *Server) enrollment(w http.ResponseWriter, r *http.Request) {
+	if !s.serviceRequest(w, r, http.MethodGet, http.MethodPut, http.MethodDelete) {
 		return
 	}
 	id := r.PathValue("id")
 	if msg := validRegistrationID(id); msg != "" {
 		s.writeError(w, http.StatusBadRequest, codeBadRequest, msg)
+		return
+	}
+	if !s.admit(w, 1) {
 		return
 	}
 	switch r.Method {
@@ -38,9 +59,6 @@ func (s *Server) enrollment(w http.ResponseWriter, r *http.Request) {
 		s.getEnrollment(w, id)
 	case http.MethodDelete:
 		s.deleteEnrollment(w, r, id)
-	default:
-		w.Header().Set("Allow", "GET, PUT, DELETE")
-		s.writeError(w, http.StatusMethodNotAllowed, codeMethod, fmt.Sprintf("Method %s is not allowed here.", r.Method))
 	}
 }
 
@@ -85,19 +103,10 @@ func (s *Server) putEnrollment(w http.ResponseWriter, r *http.Request, id string
 	k := regKey(id)
 	old := s.st.Enrollments[k]
 	if m := r.Header.Get("If-Match"); m != "" && !etagMatches(m, old) {
-		s.writeError(w, http.StatusPreconditionFailed, codePrecondition, "The ETag does not match the enrollment's.")
+		s.writeError(w, http.StatusPreconditionFailed, codePrecondition, msgETag)
 		return
 	}
-	now := s.now()
-	e.ETag, e.CreatedDateTimeUTC, e.LastUpdatedDateTimeUTC, e.RegistrationState = s.enrollmentETag(), now, now, nil
-	if old != nil {
-		e.CreatedDateTimeUTC, e.RegistrationState = old.CreatedDateTimeUTC, old.RegistrationState
-		// A new EK voids a pending challenge made for the old one.
-		if !sameKey(old.Attestation.TPM.EndorsementKey, e.Attestation.TPM.EndorsementKey) {
-			delete(s.st.Challenges, k)
-		}
-	}
-	s.st.Enrollments[k] = &e
+	s.storeEnrollment(&e, old)
 	if err := s.save(); err != nil {
 		s.internalError(w, err)
 		return
@@ -127,16 +136,10 @@ func (s *Server) deleteEnrollment(w http.ResponseWriter, r *http.Request, id str
 		return
 	}
 	if m := r.Header.Get("If-Match"); m != "" && !etagMatches(m, old) {
-		s.writeError(w, http.StatusPreconditionFailed, codePrecondition, "The ETag does not match the enrollment's.")
+		s.writeError(w, http.StatusPreconditionFailed, codePrecondition, msgETag)
 		return
 	}
-	delete(s.st.Enrollments, k)
-	delete(s.st.Challenges, k)
-	for opID, op := range s.st.Operations {
-		if regKey(op.RegistrationID) == k {
-			delete(s.st.Operations, opID)
-		}
-	}
+	s.removeEnrollment(k)
 	if err := s.save(); err != nil {
 		s.internalError(w, err)
 		return
@@ -144,6 +147,34 @@ func (s *Server) deleteEnrollment(w http.ResponseWriter, r *http.Request, id str
 	s.log.Info().Str("registration_id", old.RegistrationID).Msg("enrollment deleted")
 	w.Header()[headerRequestID] = []string{s.uuid()}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// storeEnrollment saves e, validated, in place of old (nil when new),
+// with fresh service-owned fields. The caller holds s.mu.
+func (s *Server) storeEnrollment(e, old *dpsservice.Enrollment) {
+	k := regKey(e.RegistrationID)
+	now := s.now()
+	e.ETag, e.CreatedDateTimeUTC, e.LastUpdatedDateTimeUTC, e.RegistrationState = s.enrollmentETag(), now, now, nil
+	if old != nil {
+		e.CreatedDateTimeUTC, e.RegistrationState = old.CreatedDateTimeUTC, old.RegistrationState
+		// A new EK voids a pending challenge made for the old one.
+		if !sameKey(old.Attestation.TPM.EndorsementKey, e.Attestation.TPM.EndorsementKey) {
+			delete(s.st.Challenges, k)
+		}
+	}
+	s.st.Enrollments[k] = e
+}
+
+// removeEnrollment deletes the enrollment with key k and what hangs on
+// it. The caller holds s.mu.
+func (s *Server) removeEnrollment(k string) {
+	delete(s.st.Enrollments, k)
+	delete(s.st.Challenges, k)
+	for opID, op := range s.st.Operations {
+		if regKey(op.RegistrationID) == k {
+			delete(s.st.Operations, opID)
+		}
+	}
 }
 
 // validateEnrollment checks a written enrollment and fills in defaults. It

@@ -156,6 +156,10 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err := s.Validate(); err != nil {
 		return cli.Usage(err)
 	}
+	c, m, err := d.client(getenv)
+	if err != nil {
+		return err
+	}
 	var certs []*x509.Certificate
 	for _, a := range anchors {
 		b, err := os.ReadFile(a)
@@ -173,10 +177,6 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		return err
 	}
 	recs, err := readIdentities(from, stdin)
-	if err != nil {
-		return err
-	}
-	c, m, err := d.client(getenv)
 	if err != nil {
 		return err
 	}

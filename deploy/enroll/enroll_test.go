@@ -60,11 +60,15 @@ func TestDiff(t *testing.T) {
 	}{
 		{"same", func(*dpsservice.Enrollment) {}, ""},
 		{"device ID", func(e *dpsservice.Enrollment) { e.DeviceID = "x" }, "deviceId"},
-		{"EK", func(e *dpsservice.Enrollment) { e.Attestation.TPM = &dpsservice.TPMAttestation{EndorsementKey: []byte{1}} }, "endorsementKey"},
+		{"EK", func(e *dpsservice.Enrollment) {
+			e.Attestation.TPM = &dpsservice.TPMAttestation{EndorsementKey: []byte{1}}
+		}, "endorsementKey"},
 		{"not edge", func(e *dpsservice.Enrollment) { e.Capabilities = nil }, "capabilities"},
 		{"disabled", func(e *dpsservice.Enrollment) { e.ProvisioningStatus = "disabled" }, "provisioningStatus"},
 		{"reprovision", func(e *dpsservice.Enrollment) { e.ReprovisionPolicy = &dpsservice.ReprovisionPolicy{} }, "reprovisionPolicy"},
-		{"tag", func(e *dpsservice.Enrollment) { e.InitialTwin = json.RawMessage(`{"tags":{"site":"p8","tpm":{"ekVerified":true}}}`) }, "initialTwin"},
+		{"tag", func(e *dpsservice.Enrollment) {
+			e.InitialTwin = json.RawMessage(`{"tags":{"site":"p8","tpm":{"ekVerified":true}}}`)
+		}, "initialTwin"},
 		{"no twin", func(e *dpsservice.Enrollment) { e.InitialTwin = nil }, "initialTwin"},
 	} {
 		if got := strings.Join(diff(held(tc.f), &want), ","); got != tc.want {

@@ -127,7 +127,7 @@ func (ca *testCA) mint(t testing.TB, ek []byte) (cert, chain string) {
 		KeyUsage:           x509.KeyUsageKeyEncipherment,
 		UnknownExtKeyUsage: []asn1.ObjectIdentifier{oidEKCertKP},
 		// The subject is empty, so the name is critical (RFC 5280 4.2.1.6).
-		ExtraExtensions: []pkix.Extension{{Id: oidSAN, Critical: true, Value: san}},
+		ExtraExtensions:       []pkix.Extension{{Id: oidSAN, Critical: true, Value: san}},
 		BasicConstraintsValid: true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.inter, &rsa.PublicKey{N: ekModulus(t, ek), E: 65537}, ca.interKey)

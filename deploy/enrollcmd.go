@@ -180,6 +180,9 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
+	if deviceID != "" && len(recs) > 1 {
+		return cli.Usagef("--device-id names one device, and %s holds %d identities: give each its deviceId in the file", from, len(recs))
+	}
 	bar := newProgress(stderr)
 	rep, err := enroll.Enroll(ctx, c, recs, enroll.Options{
 		Settings: s, Verifier: v, AllowUnverified: allowUnverified, DryRun: dryRun,

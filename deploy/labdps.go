@@ -54,6 +54,7 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var hubs hubFlag
 	fs.Var(&hubs, "hub", "linked IoT hub `host[=latency]`; repeatable (default "+dpsemu.DefaultHub+")")
 	retryAfter := fs.Int("retry-after", dpsemu.DefaultRetryAfter, "`seconds` sent in retry-after while assigning")
+	names := fs.Bool("names", true, "also serve at the service host name, on port 443 of its address in 'lab hosts', when permitted")
 	asJSON := fs.Bool("json", false, "print the endpoint line as JSON")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab dps [flags]\n\nServe a DPS emulator for TPM attestation over HTTPS.\n\n")
@@ -73,14 +74,14 @@ func labDPS(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	d, err := lab.StartDPS(stateDir, ca, lab.DPSConfig{Listen: *listen, Hubs: hubs, RetryAfter: *retryAfter, Log: consoleLog(stderr)})
+	d, err := lab.StartDPS(stateDir, ca, lab.DPSConfig{Listen: *listen, Hubs: hubs, RetryAfter: *retryAfter, Named: *names, Log: consoleLog(stderr)})
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		json.NewEncoder(stdout).Encode(map[string]string{"endpoint": d.Endpoint, "idScope": d.IDScope(), "stateDir": stateDir})
+		json.NewEncoder(stdout).Encode(map[string]string{"endpoint": d.Endpoint, "named": d.Named, "idScope": d.IDScope(), "stateDir": stateDir})
 	} else {
-		fmt.Fprintf(stdout, "dps emulator at %s, id scope %s, state in %s\n", d.Endpoint, d.IDScope(), stateDir)
+		fmt.Fprintf(stdout, "dps emulator at %s%s, id scope %s, state in %s\n", d.Endpoint, lab.NamedNote(d.Named, d.NamedErr), d.IDScope(), stateDir)
 	}
 	select {
 	case <-ctx.Done():

@@ -40,6 +40,7 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	gateway := fs.String("gateway", "", "edge device `host` name modules connect to (default: the machine's)")
 	routes := routeFlag{}
 	fs.Var(routes, "route", "edgeHub route `NAME=FROM ... INTO ...`; repeatable (default: every module output to $upstream)")
+	names := fs.Bool("names", true, "also serve the service API at the hub's host name, on port 443 of its address in 'lab hosts', when permitted")
 	asJSON := fs.Bool("json", false, "print the endpoints as JSON")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab hub [flags]\n\nServe an edgeHub and IoT Hub emulator: MQTT over TLS and a service API.\n\n")
@@ -52,14 +53,14 @@ func labHub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	h, err := lab.StartHub(stateDir, ca, lab.HubConfig{MQTT: *listen, Service: *service, Hub: *hub, Gateway: *gateway, Routes: routes, Log: consoleLog(stderr)})
+	h, err := lab.StartHub(stateDir, ca, lab.HubConfig{MQTT: *listen, Service: *service, Hub: *hub, Gateway: *gateway, Routes: routes, Named: *names, Log: consoleLog(stderr)})
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		json.NewEncoder(stdout).Encode(map[string]string{"mqtt": h.MQTT, "service": h.Service, "hub": h.HubHostName(), "gateway": h.GatewayHostName(), "stateDir": stateDir})
+		json.NewEncoder(stdout).Encode(map[string]string{"mqtt": h.MQTT, "service": h.Service, "named": h.Named, "hub": h.HubHostName(), "gateway": h.GatewayHostName(), "stateDir": stateDir})
 	} else {
-		fmt.Fprintf(stdout, "hub emulator: MQTT at %s (hub %s, gateway %s), service API at %s, state in %s\n", h.MQTT, h.HubHostName(), h.GatewayHostName(), h.Service, stateDir)
+		fmt.Fprintf(stdout, "hub emulator: MQTT at %s (hub %s, gateway %s), service API at %s%s, state in %s\n", h.MQTT, h.HubHostName(), h.GatewayHostName(), h.Service, lab.NamedNote(h.Named, h.NamedErr), stateDir)
 	}
 	select {
 	case <-ctx.Done():

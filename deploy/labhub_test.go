@@ -65,7 +65,7 @@ func TestLabHubAndWorkload(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	line := startCommand(t, "lab", "hub", "--listen", "127.0.0.1:0", "--service", "127.0.0.1:0", "--state-dir", dir, "--gateway", "gw.local", "--json")
+	line := startCommand(t, "lab", "hub", "--listen", "127.0.0.1:0", "--service", "127.0.0.1:0", "--state-dir", dir, "--gateway", "gw.local", "--names=false", "--json")
 	var hub struct{ MQTT, Service string }
 	if err := json.Unmarshal([]byte(line), &hub); err != nil {
 		t.Fatalf("lab hub printed %q: %v", line, err)

@@ -27,6 +27,7 @@ func labUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	broker := fs.String("broker", "", "the plant's MQTT `broker`: mosquitto or embedded (default: Mosquitto when installed, else embedded mochi-mqtt)")
 	rate := fs.Float64("rate", 10, "the sensor's `readings` per second")
 	duration := fs.Duration("duration", 0, "stop after this `duration` (default: run until interrupted)")
+	names := fs.Bool("names", true, "also serve DPS and the hub's service API at their host names, on port 443 of their addresses in 'lab hosts', when permitted")
 	asJSON := fs.Bool("json", false, "print the summary as JSON on stdout (progress goes to stderr)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `usage: edge-deploy lab up [flags]
@@ -61,7 +62,7 @@ from. At the end (--duration, Ctrl-C) it prints a summary.
 		progress = stderr
 	}
 	start := time.Now()
-	l, err := lab.Up(ctx, lab.Config{StateDir: *dir, TPM: *tpmURI, Containerd: *containerd, Bin: *bin, Broker: *broker, Rate: *rate, Progress: progress})
+	l, err := lab.Up(ctx, lab.Config{StateDir: *dir, TPM: *tpmURI, Containerd: *containerd, Bin: *bin, Broker: *broker, Rate: *rate, Progress: progress, Named: *names})
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,7 @@ func TestLabUp(t *testing.T) {
 		t.Skip("builds edge-provisioner and edge-relay")
 	}
 	var stdout, stderr syncBuffer
-	err := run(t.Context(), []string{"lab", "up", "--state-dir", t.TempDir(), "--containerd", "none", "--broker", "embedded",
+	err := run(t.Context(), []string{"lab", "up", "--state-dir", t.TempDir(), "--containerd", "none", "--broker", "embedded", "--names=false",
 		"--rate", "50", "--duration", "3s", "--json"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("lab up: %v\n%s", err, stderr.String())

@@ -42,7 +42,7 @@ func startLab(t *testing.T, args ...string) *dpsLab {
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, append([]string{"lab", "dps", "--listen", "127.0.0.1:0", "--json"}, args...), &stdout, &stderr)
+		done <- run(ctx, append([]string{"lab", "dps", "--listen", "127.0.0.1:0", "--names=false", "--json"}, args...), &stdout, &stderr)
 	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(stdout.String(), "\n") {
@@ -226,7 +226,7 @@ func TestUsage(t *testing.T) {
 func TestListenFailure(t *testing.T) {
 	l := startLab(t, "--state-dir", t.TempDir())
 	addr := strings.TrimPrefix(l.Endpoint, "https://")
-	err := run(t.Context(), []string{"lab", "dps", "--listen", addr, "--state-dir", t.TempDir()}, io.Discard, io.Discard)
+	err := run(t.Context(), []string{"lab", "dps", "--listen", addr, "--names=false", "--state-dir", t.TempDir()}, io.Discard, io.Discard)
 	if err == nil || cli.ExitCode(err) != 1 {
 		t.Errorf("second lab on %s = %v, want a failure", addr, err)
 	}

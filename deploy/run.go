@@ -23,6 +23,8 @@ commands:
               service API) for the devices lab dps assigns
   lab workload serve the IoT Edge workload API for a device's modules
   lab twin set change a lab module's desired properties and show it applying them
+  lab hosts   print, or write into /etc/hosts, the lines that resolve the
+              lab's host names to where it serves them
   image build build the edge-relay module image without Docker
   package     build the Debian packages (.deb) without Docker
   render      render a deployment manifest from a template and values
@@ -65,10 +67,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return labHub(ctx, args[2:], stdout, stderr)
 		case len(args) > 1 && args[1] == "workload":
 			return labWorkload(ctx, args[2:], stdout, stderr)
+		case len(args) > 1 && args[1] == "hosts":
+			return labHosts(ctx, args[2:], stdout, stderr)
 		case len(args) > 2 && args[1] == "twin" && args[2] == "set":
 			return labTwinSet(ctx, args[3:], stdout, stderr)
 		}
-		return cli.Usagef("lab: want up, dps, enroll, hub, workload or twin set")
+		return cli.Usagef("lab: want up, dps, enroll, hub, workload, hosts or twin set")
 	case "image":
 		return runImage(ctx, args[1:], stdout, stderr)
 	case "package":

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -142,10 +143,10 @@ func newFlagSet(name, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-func runIdentity(ctx context.Context, args []string, stdout, _ io.Writer, getenv env) error {
+func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
 	fs := newFlagSet("identity", "identity [--tpm URI] [--json]")
 	l := settings.NewLoader(fs, settings.TPMGroup)
-	asJSON := fs.Bool("json", false, "print JSON: registrationId, endorsementKey, storageRootKey, endorsementKeyCertificate")
+	asJSON := fs.Bool("json", false, "print JSON: registrationId, endorsementKey, storageRootKey, endorsementKeyCertificate, eccEndorsementKeyCertificate, endorsementKeyCertificateChain")
 	s, help, err := loadSettings(fs, l, args, stdout, getenv)
 	if help || err != nil {
 		return err
@@ -155,30 +156,59 @@ func runIdentity(ctx context.Context, args []string, stdout, _ io.Writer, getenv
 		return err
 	}
 	defer t.Close()
-	var certPEM *string
-	if id.EKCertificate != nil {
-		s := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.EKCertificate.Raw}))
-		certPEM = &s
+	// A certificate left out is reported, not fatal: whoever enrolls the
+	// device decides what to trust.
+	for _, err := range id.CertificateErrors {
+		fmt.Fprintf(stderr, "edge-provisioner identity: warning: %v\n", err)
+	}
+	chain := make([]string, len(id.EKCertificateChain))
+	for i, c := range id.EKCertificateChain {
+		chain[i] = *certPEM(c)
 	}
 	ek, srk := base64.StdEncoding.EncodeToString(id.EndorsementKey), base64.StdEncoding.EncodeToString(id.StorageRootKey)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
-			RegistrationID string  `json:"registrationId"`
-			EndorsementKey string  `json:"endorsementKey"`
-			StorageRootKey string  `json:"storageRootKey"`
-			EKCertificate  *string `json:"endorsementKeyCertificate"`
-		}{id.RegistrationID, ek, srk, certPEM})
+			RegistrationID   string   `json:"registrationId"`
+			EndorsementKey   string   `json:"endorsementKey"`
+			StorageRootKey   string   `json:"storageRootKey"`
+			EKCertificate    *string  `json:"endorsementKeyCertificate"`
+			ECCEKCertificate *string  `json:"eccEndorsementKeyCertificate"`
+			EKChain          []string `json:"endorsementKeyCertificateChain"`
+		}{id.RegistrationID, ek, srk, certPEM(id.EKCertificate), certPEM(id.ECCEKCertificate), chain})
 	}
 	fmt.Fprintf(stdout, "Registration ID:  %s\nEndorsement key:  %s\nStorage root key: %s\n", id.RegistrationID, ek, srk)
-	if certPEM == nil {
+	if id.EKCertificate == nil {
 		fmt.Fprintln(stdout, "EK certificate:   none in NV 0x01c00002")
 	} else {
-		fmt.Fprintf(stdout, "EK certificate:   %s, issued by %s\n%s", id.EKCertificate.Subject, id.EKCertificate.Issuer, *certPEM)
+		fmt.Fprintf(stdout, "EK certificate:   %s, issued by %s\n%s", id.EKCertificate.Subject, id.EKCertificate.Issuer, *certPEM(id.EKCertificate))
+	}
+	if c := id.ECCEKCertificate; c == nil {
+		fmt.Fprintln(stdout, "ECC EK certificate: none in NV 0x01c0000a")
+	} else {
+		fmt.Fprintf(stdout, "ECC EK certificate: %s, issued by %s\n", c.Subject, c.Issuer)
+	}
+	if len(id.EKCertificateChain) == 0 {
+		fmt.Fprintln(stdout, "EK certificate chain: none in NV 0x01c00100-0x01c001ff")
+	}
+	for i, c := range id.EKCertificateChain {
+		fmt.Fprintf(stdout, "EK certificate chain %d: %s, issued by %s\n", i+1, c.Subject, c.Issuer)
+	}
+	if len(id.CertificateErrors) > 0 {
+		fmt.Fprintf(stdout, "Left out:         %d certificate(s) found in NV, see the warnings on stderr\n", len(id.CertificateErrors))
 	}
 	fmt.Fprintln(stdout, "\nEnroll this device in DPS as an IoT Edge device: Manage enrollments > Add\nindividual enrollment > mechanism TPM, with the endorsement key and\nregistration ID above, and 'IoT Edge device' set to True. Without it the hub\ndevice is not an IoT Edge device and edgeAgent never gets its identity.")
 	return nil
+}
+
+// certPEM encodes c in PEM; nil stays nil (JSON null).
+func certPEM(c *x509.Certificate) *string {
+	if c == nil {
+		return nil
+	}
+	s := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+	return &s
 }
 
 func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv env) error {

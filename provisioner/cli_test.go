@@ -44,10 +44,12 @@ func runCLI(t testing.TB, environ map[string]string, args ...string) (stdout, st
 }
 
 type identityJSON struct {
-	RegistrationID string  `json:"registrationId"`
-	EndorsementKey string  `json:"endorsementKey"`
-	StorageRootKey string  `json:"storageRootKey"`
-	EKCertificate  *string `json:"endorsementKeyCertificate"`
+	RegistrationID   string   `json:"registrationId"`
+	EndorsementKey   string   `json:"endorsementKey"`
+	StorageRootKey   string   `json:"storageRootKey"`
+	EKCertificate    *string  `json:"endorsementKeyCertificate"`
+	ECCEKCertificate *string  `json:"eccEndorsementKeyCertificate"`
+	EKChain          []string `json:"endorsementKeyCertificateChain"`
 }
 
 func TestUsageErrors(t *testing.T) {

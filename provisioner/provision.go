@@ -157,6 +157,9 @@ func (p *provisioner) identity(context.Context) (string, string, error) {
 	if p.id.EKCertificate != nil {
 		detail += ", EK certificate from " + p.id.EKCertificate.Issuer.String()
 	}
+	for _, err := range p.id.CertificateErrors {
+		p.log.Warn().Err(err).Msg("certificate in TPM NV left out")
+	}
 	return stepUnchanged, detail, nil
 }
 

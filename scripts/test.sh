@@ -24,7 +24,9 @@ command -v runc >/dev/null || missing+=(runc)
 command -v dockerd >/dev/null || missing+=(docker.io)
 # Local MQTT producers publish to a real Mosquitto, one per test.
 command -v mosquitto >/dev/null || missing+=(mosquitto)
-# Azure's Node.js DPS client, registered against the DPS emulator.
+# Azure's Node.js DPS clients against the DPS emulator; the service client
+# reaches the lab at its host name, so that test writes the lab's lines into
+# /etc/hosts (restored after it) and binds port 443: root.
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 # The .deb packages: lintian checks them; systemd-analyze verify, on the

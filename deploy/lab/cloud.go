@@ -91,12 +91,12 @@ func (l *Lab) simulatorSeed() (int64, error) {
 // startDPS serves the DPS emulator over HTTPS with the lab CA.
 func (l *Lab) startDPS() (*DPSEmulator, error) {
 	// retry-after 1: the least DPS sends and the C SDK honours (docs/dps-protocol.md#registering-and-polling).
-	d, err := StartDPS(l.stateDir, l.ca, DPSConfig{RetryAfter: 1, Log: l.log.With().Str("part", "dps").Logger()})
+	d, err := StartDPS(l.stateDir, l.ca, DPSConfig{RetryAfter: 1, Named: l.cfg.Named, Log: l.log.With().Str("part", "dps").Logger()})
 	if err != nil {
 		return nil, err
 	}
 	l.onClose(d.Close)
-	l.printf("dps", "DPS emulator at %s, id scope %s", d.Endpoint, d.IDScope())
+	l.printf("dps", "DPS emulator at %s%s, id scope %s", d.Endpoint, NamedNote(d.Named, d.NamedErr), d.IDScope())
 	return d, nil
 }
 
@@ -127,7 +127,7 @@ func (l *Lab) enroll(ctx context.Context, tpmURI string) error {
 // startHub serves the IoT Hub emulator: MQTT over TLS, as edgeHub and IoT
 // Hub, and the REST API, with the device keys DPS assigns.
 func (l *Lab) startHub() (*HubEmulator, error) {
-	h, err := StartHub(l.stateDir, l.ca, HubConfig{Log: l.log.With().Str("part", "hub").Logger()})
+	h, err := StartHub(l.stateDir, l.ca, HubConfig{Named: l.cfg.Named, Log: l.log.With().Str("part", "hub").Logger()})
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +136,7 @@ func (l *Lab) startHub() (*HubEmulator, error) {
 	if l.service, err = ServiceClient(l.stateDir); err != nil {
 		return nil, err
 	}
-	l.printf("hub", "IoT Hub emulator %s: MQTT at %s (gateway %s), service API at %s", h.HubHostName(), h.MQTT, h.GatewayHostName(), h.Service)
+	l.printf("hub", "IoT Hub emulator %s: MQTT at %s (gateway %s), service API at %s%s", h.HubHostName(), h.MQTT, h.GatewayHostName(), h.Service, NamedNote(h.Named, h.NamedErr))
 	return h, nil
 }
 

@@ -61,6 +61,10 @@ type Config struct {
 	Rate float64
 	// Progress gets one line per part as it comes up; nil discards them.
 	Progress io.Writer
+	// Named also serves DPS and the hub's service API at their host names
+	// on port 443, when this process may bind it (DPSConfig.Named,
+	// HubConfig.Named).
+	Named bool
 }
 
 // DefaultNamespace is the containerd namespace of the lab's containers.

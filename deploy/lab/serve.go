@@ -112,7 +112,13 @@ type DPSConfig struct {
 	Hubs []dpsemu.Hub
 	// RetryAfter is the retry-after, in seconds, sent while assigning.
 	RetryAfter int
-	Log        zerolog.Logger
+	// Named also serves both APIs at the service host name of the
+	// connection string: on port 443 of its LoopbackAddr, where Azure's
+	// service SDKs and az reach DPS from the connection string alone once
+	// the name resolves there (lab hosts). When that port cannot be bound,
+	// the emulator serves without it and DPSEmulator.NamedErr says why.
+	Named bool
+	Log   zerolog.Logger
 }
 
 // DPSEmulator is the lab's DPS emulator, served over HTTPS. Close stops
@@ -121,12 +127,17 @@ type DPSEmulator struct {
 	*dpsemu.Server
 	// Endpoint is the https URL of its device and service APIs.
 	Endpoint string
+	// Named is https:// and the service host name when DPSConfig.Named
+	// served it; NamedErr is why not, when it did not.
+	Named    string
+	NamedErr error
 	*serving
 }
 
 // StartDPS serves the lab's DPS emulator, with its state and the device
 // registry in the state folder, over HTTPS with the lab CA's certificate
-// for localhost, 127.0.0.1, ::1 and the host of cfg.Listen. It writes its
+// for the service host name, localhost, 127.0.0.1, ::1 and the host of
+// cfg.Listen. It writes its
 // endpoint, ID scope and service connection string (0600) into the state
 // folder, for lab enroll and the devices.
 func StartDPS(stateDir string, ca *pki.CA, cfg DPSConfig) (*DPSEmulator, error) {
@@ -134,7 +145,8 @@ func StartDPS(stateDir string, ca *pki.CA, cfg DPSConfig) (*DPSEmulator, error) 
 	if err != nil {
 		return nil, err
 	}
-	names := []string{"localhost", "127.0.0.1", "::1"}
+	service := emu.ConnectionString().HostName
+	names := []string{service, "localhost", "127.0.0.1", "::1"}
 	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil && host != "" && !slices.Contains(names, host) {
 		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
 			names = append(names, host)
@@ -149,7 +161,18 @@ func StartDPS(stateDir string, ca *pki.CA, cfg DPSConfig) (*DPSEmulator, error) 
 		return nil, fmt.Errorf("dps: %w", err)
 	}
 	d := &DPSEmulator{Server: emu, Endpoint: "https://" + ln.Addr().String()}
-	d.serving = startServing(func(ctx context.Context) error { return serveHTTPS(ctx, ln, emu, tlsConfig, cfg.Log) })
+	serve := []func(context.Context) error{func(ctx context.Context) error { return serveHTTPS(ctx, ln, emu, tlsConfig, cfg.Log) }}
+	if cfg.Named {
+		if nln, err := listenNamed(service, HTTPSPort); err != nil {
+			d.NamedErr = err
+		} else {
+			d.Named = "https://" + service
+			// A copy: http.Server adds its settings to the config it gets.
+			ntls := tlsConfig.Clone()
+			serve = append(serve, func(ctx context.Context) error { return serveHTTPS(ctx, nln, emu, ntls, cfg.Log) })
+		}
+	}
+	d.serving = startServing(serve...)
 	if err := atomicfile.WriteFile(filepath.Join(stateDir, DPSEndpointFile), []byte(d.Endpoint+"\n"), 0o644); err != nil {
 		d.Close()
 		return nil, err
@@ -169,7 +192,13 @@ type HubConfig struct {
 	// Routes are edgeHub's routes; default every module output to
 	// $upstream.
 	Routes map[string]string
-	Log    zerolog.Logger
+	// Named also serves the service API at the hub's host name: on port
+	// 443 of its LoopbackAddr, where Azure's service SDKs reach it from
+	// the iothubowner connection string alone once the name resolves
+	// there (lab hosts). When that port cannot be bound, the emulator
+	// serves without it and HubEmulator.NamedErr says why.
+	Named bool
+	Log   zerolog.Logger
 }
 
 // HubEmulator is the lab's IoT Hub and edgeHub emulator, served. Close
@@ -179,11 +208,16 @@ type HubEmulator struct {
 	// MQTT is the host:port of MQTT over TLS, Service the base URL of the
 	// service API.
 	MQTT, Service string
+	// Named is https:// and the hub's host name when HubConfig.Named
+	// served the service API there; NamedErr is why not, when it did not.
+	Named    string
+	NamedErr error
 	*serving
 }
 
 // StartHub serves the lab's hub emulator: MQTT over TLS, as edgeHub and
-// IoT Hub, and the service API over HTTPS, both with the lab CA's
+// IoT Hub, and the service API over HTTPS (also at the hub's name with
+// cfg.Named), both with the lab CA's
 // certificate for the gateway, the hub, localhost and 127.0.0.1. Device
 // keys come from the registry the lab's DPS fills; module identities are
 // made through the hub's module registry, as IoT Edge makes them. It
@@ -217,18 +251,27 @@ func StartHub(stateDir string, ca *pki.CA, cfg HubConfig) (*HubEmulator, error) 
 		return nil, fmt.Errorf("hub service API: %w", err)
 	}
 	h := &HubEmulator{Server: emu, MQTT: ln.Addr().String(), Service: "https://" + sln.Addr().String()}
-	h.serving = startServing(
+	// Copies: http.Server adds its settings to the config it gets.
+	stls := tlsConfig.Clone()
+	serve := []func(context.Context) error{
 		func(ctx context.Context) error {
 			if err := emu.Serve(ctx, ln, tlsConfig); err != nil {
 				return fmt.Errorf("serve MQTT: %w", err)
 			}
 			return nil
 		},
-		// A copy: http.Server adds its settings to the config it gets.
-		func(ctx context.Context) error {
-			return serveHTTPS(ctx, sln, emu.ServiceHandler(), tlsConfig.Clone(), cfg.Log)
-		},
-	)
+		func(ctx context.Context) error { return serveHTTPS(ctx, sln, emu.ServiceHandler(), stls, cfg.Log) },
+	}
+	if cfg.Named {
+		if nln, err := listenNamed(cfg.Hub, HTTPSPort); err != nil {
+			h.NamedErr = err
+		} else {
+			h.Named = "https://" + cfg.Hub
+			ntls := tlsConfig.Clone()
+			serve = append(serve, func(ctx context.Context) error { return serveHTTPS(ctx, nln, emu.ServiceHandler(), ntls, cfg.Log) })
+		}
+	}
+	h.serving = startServing(serve...)
 	for name, v := range map[string]string{HubEndpointFile: h.MQTT, HubServiceFile: h.Service} {
 		if err := atomicfile.WriteFile(filepath.Join(stateDir, name), []byte(v+"\n"), 0o644); err != nil {
 			h.Close()

@@ -2,33 +2,35 @@ package tpm
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgetpm/edgetpm/internal/testharness/peertest"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
 
 // tpm2tools runs a tpm2-tools command against swtpm.
 func tpm2tools(t *testing.T, sw *tpmtest.Swtpm, tool string, args ...string) {
 	t.Helper()
-	peertest.Need(t, tool)
-	cmd := exec.Command(tool, append([]string{"-T", sw.TCTI}, args...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", tool, strings.Join(args, " "), err, out)
-	}
+	sw.Tool(t, tool, args...)
 }
 
 // The keys we persist and the signatures we make are what tpm2-tools reads
@@ -93,10 +95,15 @@ func TestCrossCheckTPM2Tools(t *testing.T) {
 
 // A TPM as it leaves the factory: swtpm_setup persisted the EK and wrote its
 // certificate. We use that EK as it is, read and check the certificate, and
-// activate against it.
+// activate against it. The certificate is the one tpm2-tools reads, and
+// chains to the local CA the harness reports.
 func TestManufacturedTPM(t *testing.T) {
-	sw := tpmtest.StartManufactured(t)
-	tp := open(t, sw.URI, Config{})
+	sw := tpmtest.StartSwtpmWithEKCert(t)
+	tp, err := Open(sw.URI, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
 	before, err := tp.readPersistent(EKHandle)
 	if err != nil {
 		t.Fatalf("swtpm_setup persisted no EK: %v", err)
@@ -109,10 +116,14 @@ func TestManufacturedTPM(t *testing.T) {
 		t.Error("Identity replaced the manufacturer's EK")
 	}
 	if id.EKCertificate == nil {
-		t.Fatal("no EK certificate found in NV 0x01c00002")
+		t.Fatalf("no EK certificate found in NV 0x01c00002 (%v)", id.CertificateErrors)
 	}
-	if !strings.Contains(id.EKCertificate.Issuer.String(), "swtpm") {
-		t.Errorf("EK certificate issuer = %q, want swtpm-localca's", id.EKCertificate.Issuer)
+	// swtpm_setup writes no ECC P-256 certificate and no chain.
+	if id.ECCEKCertificate != nil || len(id.EKCertificateChain) != 0 || len(id.CertificateErrors) != 0 {
+		t.Errorf("Identity = ECC %v, chain %v, errors %v; want none", id.ECCEKCertificate, id.EKCertificateChain, id.CertificateErrors)
+	}
+	if err := verifyEK(id.EKCertificate, pool(t, sw.RootCA), pool(t, sw.IssuerCA)); err != nil {
+		t.Errorf("the EK certificate does not chain to the harness's local CA: %v", err)
 	}
 	key := randBytes(t, 32)
 	if err := tp.ImportKey(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, key)); err != nil {
@@ -121,11 +132,101 @@ func TestManufacturedTPM(t *testing.T) {
 	if got, _ := tp.Sign(t.Context(), []byte("m")); !bytes.Equal(got, hmacSHA256(key, []byte("m"))) {
 		t.Error("Sign with the manufacturer's EK gives the wrong HMAC")
 	}
+	tpmtest.CheckNoLeaks(t, tp.t)
+	tp.Close() // swtpm serves one client at a time
+
+	nv, err := parseCertificate(sw.Tool(t, "tpm2_nvread", "0x01c00002"))
+	if err != nil || !bytes.Equal(nv.Raw, id.EKCertificate.Raw) {
+		t.Errorf("tpm2_nvread 0x01c00002 = %v, not the certificate Identity read", err)
+	}
+	// What the harness documents swtpm_setup --ecc to write besides.
+	p384, err := parseCertificate(sw.Tool(t, "tpm2_nvread", "0x01c00016"))
+	if err != nil {
+		t.Fatalf("no ECC EK certificate at 0x01c00016: %v", err)
+	}
+	if k, ok := p384.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P384() {
+		t.Errorf("the certificate at 0x01c00016 is for a %T, want ECC P-384", p384.PublicKey)
+	}
+	if _, err := parseCertificate(sw.Tool(t, "tpm2_nvread", "0x01c08000")); err != nil {
+		t.Errorf("no platform certificate at 0x01c08000: %v", err)
+	}
 }
 
-// An EK certificate written by the platform is read back; one that certifies
-// another key is refused.
-func TestEKCertificateOnSimulator(t *testing.T) {
+// The ECC P-256 EK certificate and a chain that overflows from one index
+// into the next, written with tpm2-tools as a manufacturer would.
+func TestECCCertificateAndChain(t *testing.T) {
+	sw := tpmtest.StartSwtpmWithEKCert(t)
+	tp, err := Open(sw.URI, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ECC EK of the TCG template, to certify; flushed at once.
+	cp, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+		InPublic:      tpm2.New2B(tpm2.ECCEKTemplate),
+	}.Execute(tp.t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.flush(cp.ObjectHandle)
+	out, _ := cp.OutPublic.Contents()
+	eccEK, err := tpm2.Pub(*out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.Close()
+
+	sw.WriteNV(t, 0x01c0000a, sw.IssueEKCert(t, eccEK))
+	issuer := derOf(t, sw.IssuerCA)
+	other := testCertFor(t, "another intermediate", elliptic.P384())
+	chain := append(bytes.Clone(issuer), other...)
+	split := len(issuer) - 100 // the issuer overflows into the next index
+	sw.WriteNV(t, 0x01c00100, chain[:split])
+	sw.WriteNV(t, 0x01c00101, chain[split:])
+
+	tp = open(t, sw.URI, Config{})
+	id, err := tp.Identity(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(id.CertificateErrors) != 0 {
+		t.Errorf("CertificateErrors = %v", id.CertificateErrors)
+	}
+	if id.ECCEKCertificate == nil || !eccEK.(*ecdsa.PublicKey).Equal(id.ECCEKCertificate.PublicKey) {
+		t.Errorf("ECCEKCertificate = %v, want one for the TPM's ECC EK", id.ECCEKCertificate)
+	}
+	if len(id.EKCertificateChain) != 2 || !bytes.Equal(id.EKCertificateChain[0].Raw, issuer) || !bytes.Equal(id.EKCertificateChain[1].Raw, other) {
+		t.Fatalf("EKCertificateChain = %d certificates, want the issuer CA and another, in index order", len(id.EKCertificateChain))
+	}
+	// The chain the TPM stores completes the path to the root, as Intel's
+	// does for its on-die CA.
+	inter := x509.NewCertPool()
+	for _, c := range id.EKCertificateChain {
+		inter.AddCert(c)
+	}
+	for _, c := range []*x509.Certificate{id.EKCertificate, id.ECCEKCertificate} {
+		if err := verifyEK(c, pool(t, sw.RootCA), inter); err != nil {
+			t.Errorf("%s: no path to the root through the TPM's chain: %v", c.Subject, err)
+		}
+	}
+}
+
+// verifyEK checks that cert chains to roots. An EK certificate's subject
+// alternative name is critical and holds only the TPM's directory name
+// (manufacturer, model, version: TCG EK Credential Profile), which
+// crypto/x509 leaves unhandled; checking it is the verifier's work.
+func verifyEK(cert *x509.Certificate, roots, intermediates *x509.CertPool) error {
+	c := *cert
+	c.UnhandledCriticalExtensions = slices.DeleteFunc(slices.Clone(c.UnhandledCriticalExtensions),
+		func(oid asn1.ObjectIdentifier) bool { return oid.Equal(asn1.ObjectIdentifier{2, 5, 29, 17}) })
+	_, err := c.Verify(x509.VerifyOptions{Roots: roots, Intermediates: intermediates, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err
+}
+
+// Certificates that cannot be used are left out with an error that names
+// their index; Identity still succeeds. An index only the owner may read
+// is read with the owner password.
+func TestBadCertificatesOnSimulator(t *testing.T) {
 	ca, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -134,12 +235,30 @@ func TestEKCertificateOnSimulator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, match := range []bool{true, false} {
-		t.Run(fmt.Sprintf("match=%v", match), func(t *testing.T) {
-			tp, err := Open(tpmtest.StartSim(t), Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
+	inter := testCertFor(t, "intermediate", elliptic.P256())
+	for _, tc := range []struct {
+		name      string
+		rsa       func(ek crypto.PublicKey) []byte // nil: no index
+		ecc       []byte
+		chain     [][]byte // one per index from 0x01c00100
+		chainRead string   // who may read the chain indices: "" for all, "owner", "platform"
+		wantRSA   bool
+		wantECC   bool
+		wantChain int
+		wantBad   []tpm2.TPMHandle
+	}{
+		{name: "matching, padded", rsa: func(ek crypto.PublicKey) []byte { return append(certFor(t, ek, ca), 0xff, 0xff) }, wantRSA: true},
+		{name: "another key", rsa: func(crypto.PublicKey) []byte { return certFor(t, &other.PublicKey, ca) }, wantBad: []tpm2.TPMHandle{ekCertIndex}},
+		{name: "garbage everywhere", rsa: func(crypto.PublicKey) []byte { return []byte("garbage") }, ecc: []byte{0x30, 0x03, 0x02, 0x01, 0x01},
+			chain: [][]byte{inter, []byte("\x30\x82garbage")}, wantChain: 1, wantBad: []tpm2.TPMHandle{ekCertIndex, eccEKCertIndex, ekChainFirst + 1}},
+		{name: "ECC certificate for an RSA key", ecc: certFor(t, &other.PublicKey, ca), wantBad: []tpm2.TPMHandle{eccEKCertIndex}},
+		{name: "ECC certificate for a P-384 key", ecc: testCertFor(t, "p384", elliptic.P384()), wantBad: []tpm2.TPMHandle{eccEKCertIndex}},
+		{name: "ECC P-256", ecc: inter, wantECC: true},
+		{name: "owner-read chain", chain: [][]byte{inter, inter}, chainRead: "owner", wantChain: 2},
+		{name: "platform-read chain", chain: [][]byte{inter}, chainRead: "platform", wantBad: []tpm2.TPMHandle{ekChainFirst}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := open(t, tpmtest.StartSim(t), Config{})
 			ek, err := tp.ensureEK()
 			if err != nil {
 				t.Fatal(err)
@@ -149,38 +268,94 @@ func TestEKCertificateOnSimulator(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			certified := ekPub
-			if !match {
-				certified = &other.PublicKey
+			if tc.rsa != nil {
+				writeNV(t, tp, ekCertIndex, tc.rsa(ekPub), "")
 			}
-			tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test EK"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-			der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, certified, ca)
+			if tc.ecc != nil {
+				writeNV(t, tp, eccEKCertIndex, tc.ecc, "")
+			}
+			for i, c := range tc.chain {
+				writeNV(t, tp, ekChainFirst+tpm2.TPMHandle(i), c, tc.chainRead)
+			}
+			if tc.chainRead == "owner" {
+				if _, err := tp.ensureSRK(); err != nil {
+					t.Fatal(err)
+				}
+				owner := []byte("o-secret")
+				if _, err := (tpm2.HierarchyChangeAuth{AuthHandle: tpm2.TPMRHOwner, NewAuth: tpm2.TPM2BAuth{Buffer: owner}}).Execute(tp.t); err != nil {
+					t.Fatal(err)
+				}
+				tp.cfg.OwnerAuth = []byte("wrong")
+				if _, err := tp.Identity(t.Context()); !errors.Is(err, ErrAuthorization) {
+					t.Errorf("Identity with a wrong owner password = %v, want ErrAuthorization", err)
+				}
+				tp.cfg.OwnerAuth = owner
+			}
+			id, err := tp.Identity(t.Context())
 			if err != nil {
 				t.Fatal(err)
 			}
-			writeNV(t, tp, ekCertIndex, append(der, 0xff, 0xff)) // padded, as some vendors do
-			id, err := tp.Identity(t.Context())
-			if match {
-				if err != nil || id.EKCertificate == nil || !bytes.Equal(id.EKCertificate.Raw, der) {
-					t.Errorf("Identity with a matching EK certificate = %v", err)
-				}
-			} else if err == nil || !strings.Contains(err.Error(), "does not certify") {
-				t.Errorf("Identity with a certificate for another key = %v, want a refusal", err)
+			if (id.EKCertificate != nil) != tc.wantRSA || (id.ECCEKCertificate != nil) != tc.wantECC || len(id.EKCertificateChain) != tc.wantChain {
+				t.Errorf("Identity = RSA %v, ECC %v, chain of %d; want %v, %v, %d", id.EKCertificate != nil, id.ECCEKCertificate != nil, len(id.EKCertificateChain),
+					tc.wantRSA, tc.wantECC, tc.wantChain)
 			}
-			tpmtest.CheckNoLeaks(t, tp.t)
-			tp.Close()
+			var bad []tpm2.TPMHandle
+			for _, err := range id.CertificateErrors {
+				var ce *CertificateError
+				if !errors.As(err, &ce) {
+					t.Fatalf("CertificateErrors holds %T %v", err, err)
+				}
+				if !strings.Contains(err.Error(), fmt.Sprintf("%#08x", uint32(ce.Index))) {
+					t.Errorf("%q does not name the index", err)
+				}
+				bad = append(bad, ce.Index)
+			}
+			if fmt.Sprint(bad) != fmt.Sprint(tc.wantBad) {
+				t.Errorf("certificates left out from %#x, want %#x (%v)", bad, tc.wantBad, id.CertificateErrors)
+			}
 		})
 	}
 }
 
+// certFor issues a certificate for pub, signed by ca.
+func certFor(t *testing.T, pub crypto.PublicKey, ca *rsa.PrivateKey) []byte {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test EK"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func derOf(t *testing.T, pemData []byte) []byte {
+	t.Helper()
+	b, _ := pem.Decode(pemData)
+	if b == nil {
+		t.Fatalf("no PEM block in %q", pemData)
+	}
+	return b.Bytes
+}
+
+func pool(t *testing.T, pemData []byte) *x509.CertPool {
+	t.Helper()
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(pemData) {
+		t.Fatalf("no certificate in %q", pemData)
+	}
+	return p
+}
+
 // writeNV defines index as the platform would, and writes data to it.
-func writeNV(t *testing.T, tp *TPM, index tpm2.TPMHandle, data []byte) {
+// readBy "owner" leaves out authread, so only the owner may read it;
+// "platform" leaves out ownerread too.
+func writeNV(t *testing.T, tp *TPM, index tpm2.TPMHandle, data []byte, readBy string) {
 	t.Helper()
 	pub := tpm2.New2B(tpm2.TPMSNVPublic{
 		NVIndex: index,
 		NameAlg: tpm2.TPMAlgSHA256,
 		Attributes: tpm2.TPMANV{
-			AuthWrite: true, AuthRead: true, OwnerRead: true, PPRead: true,
+			AuthWrite: true, AuthRead: readBy == "", OwnerRead: readBy != "platform", PPRead: true,
 			NoDA: true, PlatformCreate: true, NT: tpm2.TPMNTOrdinary,
 		},
 		DataSize: uint16(len(data)),

@@ -1,7 +1,8 @@
 // Package tpm is the device's TPM 2.0 identity: it opens a TPM by URI, keeps
 // the endorsement key (EK) and storage root key (SRK) persisted with the TCG
-// templates, derives the DPS registration ID, reads the EK certificate,
-// activates the keys DPS sends (docs/dps-protocol.md#activation-in-the-tpm) and signs with them inside
+// templates, derives the DPS registration ID, reads the EK certificates and
+// their chain, activates the keys DPS sends
+// (docs/dps-protocol.md#activation-in-the-tpm) and signs with them inside
 // the chip. Keys never leave the TPM.
 //
 // A TPM is safe for concurrent use: its operations are serialized, so a
@@ -33,10 +34,6 @@ const (
 	// AuthKeyBase is what aziot's auth_key_index is added to.
 	AuthKeyBase tpm2.TPMHandle = 0x81000000
 )
-
-// ekCertIndex is the NV index of the RSA-2048 EK certificate (TCG EK
-// Credential Profile §2.2.1.4).
-const ekCertIndex tpm2.TPMHandle = 0x01c00002
 
 // Config holds what a TPM needs beyond its transport. The zero value uses
 // empty hierarchy passwords and the default auth key handle.
@@ -122,9 +119,22 @@ type Identity struct {
 	// size prefix included: the bytes DPS wants, base64-encoded.
 	EndorsementKey []byte
 	StorageRootKey []byte
-	// EKCertificate is the manufacturer's EK certificate, nil when the TPM
-	// has none. Its public key has been checked to be the EK.
+	// EKCertificate is the manufacturer's RSA EK certificate, from NV
+	// 0x01c00002, nil when the TPM has none. Its public key has been
+	// checked to be the EK.
 	EKCertificate *x509.Certificate
+	// ECCEKCertificate is the ECC P-256 EK certificate, from NV
+	// 0x01c0000a, nil when the TPM has none. It certifies the ECC EK,
+	// which is not used here, so it is only parsed.
+	ECCEKCertificate *x509.Certificate
+	// EKCertificateChain holds the certificates of the EK certificate
+	// chain indices 0x01c00100-0x01c001ff, in index order: intermediates
+	// the manufacturer stored, unverified.
+	EKCertificateChain []*x509.Certificate
+	// CertificateErrors are *CertificateError: certificates found in NV
+	// and left out above because they are malformed or certify another
+	// key.
+	CertificateErrors []error
 }
 
 // Identity makes sure the EK and SRK are persisted, creating them when
@@ -143,17 +153,16 @@ func (t *TPM) Identity(ctx context.Context) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	cert, err := t.ekCertificate(ek)
-	if err != nil {
-		return nil, err
-	}
 	ekBytes := tpm2.Marshal(ek.pub)
-	return &Identity{
+	id := &Identity{
 		RegistrationID: RegistrationID(ekBytes),
 		EndorsementKey: ekBytes,
 		StorageRootKey: tpm2.Marshal(srk.pub),
-		EKCertificate:  cert,
-	}, nil
+	}
+	if err := t.ekCredentials(ek, id); err != nil {
+		return nil, err
+	}
+	return id, nil
 }
 
 // RegistrationID derives the DPS registration ID from a marshalled EK

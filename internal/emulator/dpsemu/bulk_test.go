@@ -206,11 +206,11 @@ func TestServiceThrottle(t *testing.T) {
 		t.Fatalf("%d enrollments stored, want %d", n, len(all))
 	}
 
-	// Single requests spend the same allowance: 995 GETs leave room for
+	// Single requests spend the same allowance: 995 PUTs leave room for
 	// five enrollments, not ten.
 	for i := range DefaultServiceOpsPerMinute - 5 {
-		if w := p.do("GET", "/enrollments/dev-"+strconv.Itoa(i)+apiQuery, nil); w.Code != http.StatusOK {
-			t.Fatalf("GET %d: HTTP %d %s", i, w.Code, w.Body)
+		if w := p.do("PUT", "/enrollments/dev-"+strconv.Itoa(i)+apiQuery, all[i]); w.Code != http.StatusOK {
+			t.Fatalf("PUT %d: HTTP %d %s", i, w.Code, w.Body)
 		}
 	}
 	p.clock.Add(30 * time.Second)
@@ -227,7 +227,7 @@ func TestServiceThrottle(t *testing.T) {
 	}
 	p.clock.Add(30 * time.Second)
 	if w := p.do("PUT", "/enrollments/dev-0"+apiQuery, all[0]); w.Code != http.StatusOK {
-		t.Fatalf("PUT a minute after the GETs: HTTP %d %s", w.Code, w.Body)
+		t.Fatalf("PUT a minute after the PUTs: HTTP %d %s", w.Code, w.Body)
 	}
 }
 

@@ -1,11 +1,12 @@
 // Package tpmtest runs tests against real TPMs: the reference simulator in
-// this process and swtpm as a separate process on loopback, and checks that
-// a test leaves no transient objects or sessions behind.
+// this process and swtpm as a separate process on loopback, fresh or
+// manufactured by swtpm_setup with EK certificates from a local CA
+// (StartSwtpmWithEKCert); it runs tpm2-tools against swtpm and checks
+// that a test leaves no transient objects or sessions behind.
 package tpmtest
 
 import (
 	"fmt"
-	"os/exec"
 	"testing"
 
 	"github.com/google/go-tpm-tools/simulator"
@@ -43,20 +44,6 @@ func StartSwtpm(t testing.TB) *Swtpm {
 func StartSwtpmFlags(t testing.TB, flags string) *Swtpm {
 	t.Helper()
 	s := &Swtpm{Dir: t.TempDir(), flags: flags}
-	s.start(t)
-	return s
-}
-
-// StartManufactured starts swtpm on a state that swtpm_setup made like a
-// TPM from the factory: an RSA EK persisted at 0x81010001 and its
-// certificate, issued by swtpm-localca, in NV index 0x01c00002.
-func StartManufactured(t testing.TB) *Swtpm {
-	t.Helper()
-	s := &Swtpm{Dir: t.TempDir(), flags: "not-need-init,startup-clear"}
-	out, err := exec.Command(peertest.Need(t, "swtpm_setup"), "--tpm2", "--tpmstate", s.Dir, "--create-ek-cert", "--pcr-banks", "sha256", "--overwrite").CombinedOutput()
-	if err != nil {
-		t.Fatalf("swtpm_setup: %v\n%s", err, out)
-	}
 	s.start(t)
 	return s
 }

@@ -297,23 +297,30 @@ func installNodeClient(t *testing.T) string {
 // prints into out.
 func runNode(t *testing.T, dir string, env []string, step string, out any) {
 	t.Helper()
+	runNodeScript(t, dir, env, "dps.js", step, out)
+}
+
+// runNodeScript runs one step of a script of testdata/node and decodes the
+// JSON line it prints into out.
+func runNodeScript(t *testing.T, dir string, env []string, script, step string, out any) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), nodeTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "dps.js", step)
+	cmd := exec.CommandContext(ctx, "node", script, step)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	err := cmd.Run()
-	t.Logf("node dps.js %s took %v", step, time.Since(start).Round(time.Millisecond))
+	t.Logf("node %s %s took %v", script, step, time.Since(start).Round(time.Millisecond))
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			err = fmt.Errorf("%w (timeout %v)", err, nodeTimeout)
 		}
-		t.Fatalf("node dps.js %s: %v\nstdout:\n%s\nstderr:\n%s", step, err, stdout.Bytes(), stderr.Bytes())
+		t.Fatalf("node %s %s: %v\nstdout:\n%s\nstderr:\n%s", script, step, err, stdout.Bytes(), stderr.Bytes())
 	}
 	if err := json.Unmarshal(stdout.Bytes(), out); err != nil {
-		t.Fatalf("node dps.js %s printed %q: %v\nstderr:\n%s", step, stdout.Bytes(), err, stderr.Bytes())
+		t.Fatalf("node %s %s printed %q: %v\nstderr:\n%s", script, step, stdout.Bytes(), err, stderr.Bytes())
 	}
 }

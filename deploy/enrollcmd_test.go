@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/edgetpm/edgetpm/internal/cli"
+	"github.com/edgetpm/edgetpm/internal/ekcert/ekcerttest"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
 )
 
@@ -156,5 +158,29 @@ func TestEnrollCommand(t *testing.T) {
 	out, err = cmd("delete", "--from", file, "missing-one")
 	if err != nil || !strings.Contains(out, "3 identities: 2 deleted, 1 absent") {
 		t.Errorf("delete: %v\n%s", err, out)
+	}
+
+	// A genuine EK from a manufacturer that is not built in is enrolled
+	// once the operator trusts its root.
+	ca := ekcerttest.NewCA(t)
+	k := ekcerttest.RSAKey(t)
+	ek := ekcerttest.TPMPublic(t, &k.PublicKey)
+	pemOf := func(der []byte) string {
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	}
+	line, _ := json.Marshal(map[string]any{
+		"registrationId": tpm.RegistrationID(ek), "endorsementKey": base64.StdEncoding.EncodeToString(ek),
+		"endorsementKeyCertificate": pemOf(ca.Issue(&k.PublicKey)), "endorsementKeyCertificateChain": []string{pemOf(ca.Intermediate.Raw)},
+	})
+	genuine, root := filepath.Join(t.TempDir(), "genuine.json"), filepath.Join(t.TempDir(), "root.pem")
+	os.WriteFile(genuine, line, 0o600)
+	os.WriteFile(root, ca.RootPEM(), 0o644)
+	out, err = cmd("--from", genuine)
+	if cli.ExitCode(err) != 1 || !strings.Contains(out, "refused") {
+		t.Errorf("an untrusted manufacturer: %v\n%s", err, out)
+	}
+	out, err = cmd("--from", genuine, "--ek-ca", root)
+	if err != nil || !strings.Contains(out, "created   "+tpm.RegistrationID(ek)+" (line 1) [Infineon SLB9672]") {
+		t.Errorf("--ek-ca: %v\n%s", err, out)
 	}
 }

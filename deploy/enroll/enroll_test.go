@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
+	"github.com/edgetpm/edgetpm/internal/ekcert/ekcerttest"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 )
 
@@ -43,7 +44,7 @@ func TestSettingsValidate(t *testing.T) {
 }
 
 func TestDiff(t *testing.T) {
-	ek := fakeEK(t)
+	ek, _ := fakeEK(t)
 	want := Settings{IoTEdge: true, Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}.enrollment("dev1", ek, &Check{Verified: true})
 	held := func(f func(e *dpsservice.Enrollment)) *dpsservice.Enrollment {
 		e := want
@@ -167,11 +168,11 @@ func twinTag(t *testing.T, e dpsservice.Enrollment) map[string]any {
 // allowed, and then they are marked.
 func TestEnrollVerifies(t *testing.T) {
 	d := startDPS(t, dpsemu.Config{})
-	ca, rogue := newTestCA(t, "Test"), newTestCA(t, "Rogue")
+	ca, rogue := ekcerttest.NewCA(t), ekcerttest.NewCA(t)
 	good := []Record{record(t, "good-1", ca), record(t, "good-2", ca), record(t, "good-3", ca)}
 	wrongKey := record(t, "wrong-key", nil)
-	cert, chain := ca.mint(t, fakeEK(t))
-	wrongKey.Certificate, wrongKey.Chain = cert, []string{chain}
+	_, other := fakeEK(t)
+	wrongKey.Certificate, wrongKey.Chain = certPEM(ca.Issue(other)), []string{certPEM(ca.Intermediate.Raw)}
 	noChain := record(t, "no-chain", ca)
 	noChain.Chain = nil
 	badEK := record(t, "bad-ek", ca)
@@ -198,7 +199,7 @@ func TestEnrollVerifies(t *testing.T) {
 		if r.Outcome == Refused && r.Error == "" {
 			t.Errorf("%s refused without a reason", r.RegistrationID)
 		}
-		if r.RegistrationID == "good-1" && (r.EK == nil || !r.EK.Verified || r.EK.Model != "TEST-TPM") {
+		if r.RegistrationID == "good-1" && (r.EK == nil || !r.EK.Verified || r.EK.Manufacturer != "Infineon" || r.EK.Model != "SLB9672") {
 			t.Errorf("good-1 check %+v", r.EK)
 		}
 	}
@@ -206,7 +207,7 @@ func TestEnrollVerifies(t *testing.T) {
 	if len(held) != 3 {
 		t.Errorf("DPS holds %d enrollments, want the 3 genuine", len(held))
 	}
-	if tag := twinTag(t, held["good-2"]); tag["ekVerified"] != true || tag["model"] != "TEST-TPM" {
+	if tag := twinTag(t, held["good-2"]); tag["ekVerified"] != true || tag["manufacturer"] != "Infineon" || tag["model"] != "SLB9672" {
 		t.Errorf("good-2 tag %v", tag)
 	}
 
@@ -246,7 +247,7 @@ func TestEnrollVerifies(t *testing.T) {
 // the next run settles; a dry run writes nothing.
 func TestEnrollRerun(t *testing.T) {
 	d := startDPS(t, dpsemu.Config{})
-	ca := newTestCA(t, "Test")
+	ca := ekcerttest.NewCA(t)
 	var recs []Record
 	for i := range 12 {
 		recs = append(recs, record(t, fmt.Sprintf("dev-%02d", i), ca))
@@ -314,7 +315,7 @@ func TestEnrollRerun(t *testing.T) {
 // were absent.
 func TestDisableDelete(t *testing.T) {
 	d := startDPS(t, dpsemu.Config{})
-	ca := newTestCA(t, "Test")
+	ca := ekcerttest.NewCA(t)
 	var recs []Record
 	var ids []string
 	for i := range 15 {
@@ -396,7 +397,7 @@ func TestEnrollFleet(t *testing.T) {
 		opm = 20 * n
 	}
 	d := startDPS(t, dpsemu.Config{ServiceOpsPerMinute: opm, RetryAfter: 1})
-	ca := newTestCA(t, "Test")
+	ca := ekcerttest.NewCA(t)
 	start := time.Now()
 	recs := make([]Record, n)
 	for i := range recs {

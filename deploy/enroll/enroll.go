@@ -158,7 +158,11 @@ func Enroll(ctx context.Context, svc Service, recs []Record, opts Options) (*Rep
 		}
 		key := strings.ToLower(rec.RegistrationID)
 		if line, dup := seen[key]; dup {
-			refuse("registration ID also on line %d", line)
+			if line > 0 {
+				refuse("registration ID also on line %d", line)
+			} else {
+				refuse("registration ID given twice")
+			}
 			continue
 		}
 		seen[key] = rec.Line
@@ -193,19 +197,18 @@ func Enroll(ctx context.Context, svc Service, recs []Record, opts Options) (*Rep
 			continue
 		}
 		old := held[strings.ToLower(it.want.RegistrationID)]
-		switch {
-		case old == nil:
+		if old == nil {
 			it.success = Created
 			creates = append(creates, it)
-		default:
-			if it.res.Changes = diff(old, &it.want); len(it.res.Changes) == 0 {
-				it.res.Outcome, it.done = Unchanged, true
-				continue
-			}
-			it.want.ETag = old.ETag
-			it.success = Updated
-			updates = append(updates, it)
+			continue
 		}
+		if it.res.Changes = diff(old, &it.want); len(it.res.Changes) == 0 {
+			it.res.Outcome, it.done = Unchanged, true
+			continue
+		}
+		it.want.ETag = old.ETag
+		it.success = Updated
+		updates = append(updates, it)
 	}
 	r.done(count(items))
 	err = r.write(ctx, svc, dpsservice.BulkCreate, creates)

@@ -168,9 +168,10 @@ func TestEnrollCommand(t *testing.T) {
 	pemOf := func(der []byte) string {
 		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	}
+	cert := ca.Issue(&k.PublicKey)
 	line, _ := json.Marshal(map[string]any{
 		"registrationId": tpm.RegistrationID(ek), "endorsementKey": base64.StdEncoding.EncodeToString(ek),
-		"endorsementKeyCertificate": pemOf(ca.Issue(&k.PublicKey)), "endorsementKeyCertificateChain": []string{pemOf(ca.Intermediate.Raw)},
+		"endorsementKeyCertificate": pemOf(cert), "endorsementKeyCertificateChain": []string{pemOf(ca.Intermediate.Raw)},
 	})
 	genuine, root := filepath.Join(t.TempDir(), "genuine.json"), filepath.Join(t.TempDir(), "root.pem")
 	os.WriteFile(genuine, line, 0o600)
@@ -182,5 +183,13 @@ func TestEnrollCommand(t *testing.T) {
 	out, err = cmd("--from", genuine, "--ek-ca", root)
 	if err != nil || !strings.Contains(out, "created   "+tpm.RegistrationID(ek)+" (line 1) [Infineon SLB9672]") {
 		t.Errorf("--ek-ca: %v\n%s", err, out)
+	}
+	// The same from a CSV, with a device ID: an update, in a dry run.
+	csv := filepath.Join(t.TempDir(), "line-7.csv")
+	os.WriteFile(csv, []byte("registrationId,endorsementKey,endorsementKeyCertificate,endorsementKeyCertificateChain,deviceId\n"+
+		tpm.RegistrationID(ek)+","+base64.StdEncoding.EncodeToString(ek)+","+base64.StdEncoding.EncodeToString(cert)+",\""+pemOf(ca.Intermediate.Raw)+"\",press-9\n"), 0o600)
+	out, err = cmd("--from", csv, "--ek-ca", root, "--dry-run")
+	if err != nil || !strings.Contains(out, "would be updated   "+tpm.RegistrationID(ek)+" (line 2): deviceId [Infineon SLB9672]") {
+		t.Errorf("CSV --dry-run: %v\n%s", err, out)
 	}
 }

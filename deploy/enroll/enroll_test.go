@@ -375,6 +375,19 @@ func TestMeter(t *testing.T) {
 		if ops, _ := m.Counts(); ops != 1300 {
 			t.Errorf("counted %d operations", ops)
 		}
+		// A request sent again after a 429 is charged again.
+		m.OnRetry(429, time.Second)
+		m.OnRetry(503, time.Second)
+		before := time.Now()
+		if err := m.wait(t.Context(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if waited, want := time.Since(before), 20*time.Minute/590; waited < want {
+			t.Errorf("after two retries the next operation waited %v, want %v", waited, want)
+		}
+		if ops, thr := m.Counts(); ops != 1301 || thr != 1 {
+			t.Errorf("counts %d operations, %d throttled; want 1301, 1", ops, thr)
+		}
 		// The first bulk at once, the other 1,290 at 590 a minute: 131.2 s.
 		if last := times[len(times)-1]; last > 132*time.Second {
 			t.Errorf("1,300 operations at 600 a minute took %v", last)

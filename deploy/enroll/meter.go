@@ -50,11 +50,16 @@ func (m *Meter) wait(ctx context.Context, n int) error {
 	return nil
 }
 
-// OnRetry counts a 429 answer: set it as dpsservice.Client.OnRetry.
+// OnRetry counts a 429 answer, and charges the budget for the request
+// the client sends again, which DPS counts again: set it as
+// dpsservice.Client.OnRetry.
 func (m *Meter) OnRetry(status int, _ time.Duration) {
 	if status == http.StatusTooManyRequests {
 		m.throttled.Add(1)
 	}
+	// The hook does not say how many enrollments the request carries:
+	// charge the most a request can.
+	m.lim.ReserveN(time.Now(), dpsservice.MaxBulk)
 }
 
 // Counts returns the operations admitted and the 429 answers so far.

@@ -28,7 +28,11 @@ type Check struct {
 	Model        string `json:"model,omitempty"`
 	Firmware     string `json:"firmware,omitempty"`
 	// Problem says why the EK is not verified.
-	Problem  string   `json:"problem,omitempty"`
+	Problem string `json:"problem,omitempty"`
+	// WrongKey: the certificate certifies another key. Such an identity is
+	// refused even when unverified EKs are allowed: its EK and
+	// certificate come from two TPMs, a record mixed up on the way.
+	WrongKey bool     `json:"wrongKey,omitempty"`
 	Warnings []string `json:"warnings,omitempty"`
 }
 
@@ -91,7 +95,7 @@ func check(v Verifier, rec *Record, ek []byte) *Check {
 	}
 	res, err := v.Verify(ek, cert[0], chain)
 	if err != nil {
-		return &Check{Problem: err.Error()}
+		return &Check{Problem: err.Error(), WrongKey: errors.Is(err, ekcert.ErrWrongKey)}
 	}
 	return &Check{Verified: true, Manufacturer: res.Manufacturer, Model: res.Model, Firmware: res.Version, Warnings: res.Warnings}
 }

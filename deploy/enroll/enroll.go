@@ -179,6 +179,10 @@ func Enroll(ctx context.Context, svc Service, recs []Record, opts Options) (*Rep
 		}
 		c := check(opts.Verifier, rec, ek)
 		it.res.EK = c
+		if c.WrongKey {
+			refuse("%s: the EK and its certificate belong to two TPMs", c.Problem)
+			continue
+		}
 		if !c.Verified && !opts.AllowUnverified {
 			refuse("EK not verified: %s (--allow-unverified enrolls it, marked)", c.Problem)
 			continue

@@ -101,6 +101,9 @@ func (c *Config) validate() error {
 	if c.AuthKeyHandle == EKHandle || c.AuthKeyHandle == SRKHandle {
 		return fmt.Errorf("auth key handle %#x is taken by the EK or SRK", uint32(c.AuthKeyHandle))
 	}
+	if StagingIndex(c.AuthKeyHandle) == HubIdentityIndex {
+		return fmt.Errorf("auth key handle %#x would stage its keys at the hub identity record's NV index %#x; choose another", uint32(c.AuthKeyHandle), uint32(HubIdentityIndex))
+	}
 	return nil
 }
 

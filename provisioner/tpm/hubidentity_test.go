@@ -611,3 +611,89 @@ func FuzzHubEntry(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkManualHub measures, on swtpm, SetHubIdentity replacing a
+// manual identity and Sign of a SAS token's string to sign with the hub
+// key, in time and TPM commands per call (docs/figures.md).
+func BenchmarkManualHub(b *testing.B) {
+	sw := tpmtest.StartSwtpm(b)
+	tr, err := OpenTransport(sw.URI)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := &faulty{TPMCloser: tr}
+	tp, err := New(f, Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tp.Close()
+	if _, err := tp.Identity(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	key := randBytes(b, 32)
+	if err := tp.SetHubIdentity(b.Context(), hubA, key, false); err != nil {
+		b.Fatal(err)
+	}
+	commands := func(b *testing.B) {
+		b.ReportMetric(float64(f.n)/float64(b.N), "cmds/op")
+	}
+	b.Run("Set", func(b *testing.B) {
+		f.arm(0, false, false)
+		for b.Loop() {
+			if err := tp.SetHubIdentity(b.Context(), hubB, key, false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		commands(b)
+	})
+	b.Run("Sign", func(b *testing.B) {
+		data := []byte("plant-a.azure-devices.net%2Fdevices%2Fpress-07\n1767225600")
+		if _, err := tp.Sign(b.Context(), data); err != nil { // reads TPM_PT_INPUT_BUFFER once
+			b.Fatal(err)
+		}
+		f.arm(0, false, false)
+		for b.Loop() {
+			if _, err := tp.Sign(b.Context(), data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		commands(b)
+	})
+	b.Run("Read", func(b *testing.B) {
+		f.arm(0, false, false)
+		for b.Loop() {
+			if _, err := tp.HubIdentity(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		commands(b)
+	})
+}
+
+// With a configured auth key handle the hub key goes there; an auth key
+// handle whose staging index is the record's is refused.
+func TestHubIdentityAuthKeyHandle(t *testing.T) {
+	uri := tpmtest.StartSim(t)
+	if _, err := Open(uri, Config{AuthKeyHandle: 0x813FFF00}); err == nil || !strings.Contains(err.Error(), "hub identity") {
+		t.Errorf("Open with auth key handle 0x813fff00 = %v, want a refusal naming the hub identity record", err)
+	}
+	tp := open(t, uri, Config{AuthKeyHandle: 0x81000005})
+	if _, err := tp.Identity(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	key := randBytes(t, 16)
+	if err := tp.SetHubIdentity(t.Context(), hubA, key, false); err != nil {
+		t.Fatal(err)
+	}
+	checkHubIdentity(t, tp, hubA)
+	checkSigns(t, tp, key)
+	if p := stateOf(t, tp).persistent; !slices.Equal(p, []tpm2.TPMHandle{SRKHandle, 0x81000005, EKHandle}) {
+		t.Errorf("persistent handles = %#x, want the hub key at 0x81000005", p)
+	}
+	// Another auth key handle sees no identity: the record names the key
+	// at 0x81000005.
+	other := open(t, uri, Config{})
+	if _, err := other.HubIdentity(t.Context()); !errors.Is(err, ErrNoHubIdentity) {
+		t.Errorf("HubIdentity at the default handle = %v, want ErrNoHubIdentity", err)
+	}
+}

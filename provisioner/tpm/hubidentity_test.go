@@ -227,6 +227,8 @@ func TestHubIdentityCrossCheck(t *testing.T) {
 	}
 	checkSigns(t, tp, key)
 	nvs := stateOf(t, tp).nv
+	persistDuplicable(t, tp, 0x81000201, true)
+	persistDuplicable(t, tp, 0x81000202, false)
 	tp.Close()
 	idx := fmt.Sprintf("%#x", uint32(HubIdentityIndex))
 
@@ -255,21 +257,19 @@ func TestHubIdentityCrossCheck(t *testing.T) {
 	}
 
 	// tpm2_duplicate with a policy session for TPM2_Duplicate: the TPM
-	// refuses the key.
-	dir := t.TempDir()
-	session := filepath.Join(dir, "session.ctx")
-	sw.Tool(t, "tpm2_startauthsession", "--policy-session", "-S", session)
-	sw.Tool(t, "tpm2_policycommandcode", "-S", session, "TPM2_CC_Duplicate")
-	cmd := exec.Command(peertest.Need(t, "tpm2_duplicate"), "-T", sw.TCTI, "-C", "null", "-c", "0x81000100", "-G", "null", "-p", "session:"+session,
-		"-r", filepath.Join(dir, "dup.priv"), "-s", filepath.Join(dir, "dup.seed"))
-	out, err := cmd.CombinedOutput()
-	sw.Tool(t, "tpm2_flushcontext", session)
-	if err == nil {
-		t.Errorf("tpm2_duplicate of the hub key succeeded:\n%s", out)
+	// refuses the hub key. Its authPolicy is empty, so the policy check
+	// alone refuses it; two siblings that do allow TPM2_Duplicate by
+	// policy show what fixedTPM|fixedParent do on their own: with them the
+	// TPM refuses (TPM_RC_ATTRIBUTES), without them the same tpm2_duplicate
+	// succeeds.
+	if err := duplicate(t, sw, 0x81000100); err == nil {
+		t.Error("tpm2_duplicate of the hub key succeeded")
 	}
-	t.Logf("tpm2_duplicate: %s", out)
-	if _, err := os.Stat(filepath.Join(dir, "dup.priv")); err == nil {
-		t.Error("tpm2_duplicate wrote a duplicate")
+	if err := duplicate(t, sw, 0x81000201); err == nil || !strings.Contains(err.Error(), "attributes") {
+		t.Errorf("tpm2_duplicate of a fixedTPM|fixedParent key with a duplication policy = %v, want a refusal for its attributes", err)
+	}
+	if err := duplicate(t, sw, 0x81000202); err != nil {
+		t.Errorf("tpm2_duplicate of a key without fixedTPM|fixedParent, with a duplication policy = %v, want success", err)
 	}
 
 	// No NV index holds the key.
@@ -297,6 +297,63 @@ func TestHubIdentityCrossCheck(t *testing.T) {
 	if files := stateLeaks(t, sw.Dir, key); len(files) != 0 {
 		t.Errorf("after ClearHubIdentity, swtpm state files %v hold the key", files)
 	}
+}
+
+// persistDuplicable persists at h a key of the hub key's template whose
+// policy allows TPM2_Duplicate, with fixedTPM|fixedParent set or clear.
+func persistDuplicable(t *testing.T, tp *TPM, h tpm2.TPMHandle, fixed bool) {
+	t.Helper()
+	pc, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (tpm2.PolicyCommandCode{Code: tpm2.TPMCCDuplicate}).Update(pc); err != nil {
+		t.Fatal(err)
+	}
+	tmpl := hubKeyTemplate
+	tmpl.AuthPolicy = tpm2.TPM2BDigest{Buffer: pc.Hash().Digest}
+	tmpl.ObjectAttributes.FixedTPM, tmpl.ObjectAttributes.FixedParent = fixed, fixed
+	srk, err := tp.readPersistent(SRKHandle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := tpm2.AuthHandle{Handle: srk.handle, Name: srk.name, Auth: tpm2.PasswordAuth(nil)}
+	cr, err := tpm2.Create{
+		ParentHandle: parent,
+		InSensitive:  tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: randBytes(t, 32)})}},
+		InPublic:     tpm2.New2B(tmpl),
+	}.Execute(tp.t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ld, err := tpm2.Load{ParentHandle: parent, InPrivate: cr.OutPrivate, InPublic: cr.OutPublic}.Execute(tp.t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.flush(ld.ObjectHandle)
+	if _, err := (tpm2.EvictControl{Auth: tp.owner(), ObjectHandle: tpm2.NamedHandle{Handle: ld.ObjectHandle, Name: ld.Name}, PersistentHandle: h}).Execute(tp.t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// duplicate runs tpm2_duplicate on the persistent key h to no new parent,
+// in a policy session for TPM2_Duplicate; the error holds its output.
+func duplicate(t *testing.T, sw *tpmtest.Swtpm, h tpm2.TPMHandle) error {
+	t.Helper()
+	dir := t.TempDir()
+	session := filepath.Join(dir, "session.ctx")
+	sw.Tool(t, "tpm2_startauthsession", "--policy-session", "-S", session)
+	defer sw.Tool(t, "tpm2_flushcontext", session)
+	sw.Tool(t, "tpm2_policycommandcode", "-S", session, "TPM2_CC_Duplicate")
+	out, err := exec.Command(peertest.Need(t, "tpm2_duplicate"), "-T", sw.TCTI, "-C", "null", "-c", fmt.Sprintf("%#x", uint32(h)), "-G", "null",
+		"-p", "session:"+session, "-r", filepath.Join(dir, "dup.priv"), "-s", filepath.Join(dir, "dup.seed")).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dup.priv")); err != nil {
+		return fmt.Errorf("tpm2_duplicate succeeded but wrote no duplicate: %w", err)
+	}
+	return nil
 }
 
 // stateLeaks lists the files of swtpm's state folder that hold key.

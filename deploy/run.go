@@ -33,10 +33,13 @@ commands:
   rollout     roll a deployment out in waves, each gated on the last's health
   status      show a rollout's waves: targeted, applied, succeeded, failed
   rollback    remove a wave's deployment and the waves after it
+  enroll      enroll TPM devices in DPS in bulk, each EK certificate checked
+              up to its manufacturer; enroll show, disable, delete
 
 Commands that reach IoT Hub read its service connection string from
 $IOTHUB_CONNECTION_STRING or --connection-string-file, never from the
-command line; --lab DIR uses the running lab hub.
+command line; --lab DIR uses the running lab hub. enroll reads DPS's from
+$DPS_CONNECTION_STRING or --connection-string-file the same way.
 
 Run "edge-deploy lab dps --help" for the flags of a command.
 
@@ -86,6 +89,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return statusCmd(ctx, args[1:], stdout, stderr, os.Getenv)
 	case "rollback":
 		return rollbackCmd(ctx, args[1:], stdout, stderr, os.Getenv)
+	case "enroll":
+		return enrollCmd(ctx, args[1:], os.Stdin, stdout, stderr, os.Getenv)
 	}
 	return cli.Usagef("unknown command %q", args[0])
 }

@@ -159,7 +159,7 @@ func newFlagSet(name, synopsis string) *flag.FlagSet {
 func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
 	fs := newFlagSet("identity", "identity [--tpm URI] [--json]\n       edge-provisioner identity set|clear --help")
 	l := settings.NewLoader(fs, settings.TPMGroup)
-	asJSON := fs.Bool("json", false, "print JSON: registrationId, endorsementKey, storageRootKey, endorsementKeyCertificate, eccEndorsementKeyCertificate, endorsementKeyCertificateChain, hubIdentity")
+	asJSON := fs.Bool("json", false, "print JSON: registrationId, endorsementKey, storageRootKey, endorsementKeyCertificate, eccEndorsementKeyCertificate, endorsementKeyCertificateChain")
 	s, help, err := loadSettings(fs, l, args, stdout, getenv)
 	if help || err != nil {
 		return err
@@ -174,10 +174,7 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	for _, err := range id.CertificateErrors {
 		fmt.Fprintf(stderr, "edge-provisioner identity: warning: %v\n", err)
 	}
-	hubID, err := readHubIdentity(ctx, t)
-	if err != nil {
-		fmt.Fprintf(stderr, "edge-provisioner identity: warning: %v\n", err)
-	}
+	hubID, hubErr := readHubIdentity(ctx, t)
 	chain := make([]string, len(id.EKCertificateChain))
 	for i, c := range id.EKCertificateChain {
 		chain[i] = *certPEM(c)
@@ -187,14 +184,13 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
-			RegistrationID   string           `json:"registrationId"`
-			EndorsementKey   string           `json:"endorsementKey"`
-			StorageRootKey   string           `json:"storageRootKey"`
-			EKCertificate    *string          `json:"endorsementKeyCertificate"`
-			ECCEKCertificate *string          `json:"eccEndorsementKeyCertificate"`
-			EKChain          []string         `json:"endorsementKeyCertificateChain"`
-			HubIdentity      *hubIdentityJSON `json:"hubIdentity"`
-		}{id.RegistrationID, ek, srk, certPEM(id.EKCertificate), certPEM(id.ECCEKCertificate), chain, hubID})
+			RegistrationID   string   `json:"registrationId"`
+			EndorsementKey   string   `json:"endorsementKey"`
+			StorageRootKey   string   `json:"storageRootKey"`
+			EKCertificate    *string  `json:"endorsementKeyCertificate"`
+			ECCEKCertificate *string  `json:"eccEndorsementKeyCertificate"`
+			EKChain          []string `json:"endorsementKeyCertificateChain"`
+		}{id.RegistrationID, ek, srk, certPEM(id.EKCertificate), certPEM(id.ECCEKCertificate), chain})
 	}
 	fmt.Fprintf(stdout, "Registration ID:  %s\nEndorsement key:  %s\nStorage root key: %s\n", id.RegistrationID, ek, srk)
 	if id.EKCertificate == nil {
@@ -215,6 +211,11 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	}
 	if len(id.CertificateErrors) > 0 {
 		fmt.Fprintf(stdout, "Left out:         %d certificate(s) found in NV, see the warnings on stderr\n", len(id.CertificateErrors))
+	}
+	// The JSON above is what DPS enrollment reads (edge-deploy enroll), so
+	// the hub identity is shown here and in status --json only.
+	if hubErr != nil {
+		fmt.Fprintf(stderr, "edge-provisioner identity: warning: %v\n", hubErr)
 	}
 	if hubID != nil {
 		// A manual identity: DPS enrollment is beside the point.

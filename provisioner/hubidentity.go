@@ -80,7 +80,9 @@ func runIdentitySet(ctx context.Context, args []string, stdin io.Reader, stdout,
 	}
 	defer cred.Zero()
 
-	t, err := openTPM(s)
+	// The key is created under the SRK: persist it (and the EK) first, as
+	// identity does, so that one command does on a fresh TPM.
+	t, _, err := openIdentity(ctx, s)
 	if err != nil {
 		return err
 	}
@@ -100,6 +102,11 @@ func runIdentitySet(ctx context.Context, args []string, stdin io.Reader, stdout,
 	cred.Zero()
 	if errors.Is(err, tpm.ErrReplacesDPS) {
 		return fmt.Errorf("%w at %#x: this device was provisioned by DPS; --force replaces its key with this identity's", err, st.AuthKeyHandle)
+	}
+	if errors.Is(err, tpm.ErrHubIdentity) {
+		// What hubcred let through and the TPM's own check refuses; the
+		// TPM was not touched.
+		return cli.Usage(err)
 	}
 	if err != nil {
 		return err

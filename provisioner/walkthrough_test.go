@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -16,7 +15,8 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
-	"github.com/edgetpm/edgetpm/internal/dpsservice"
+	fleet "github.com/edgetpm/edgetpm/deploy/enroll"
+	"github.com/edgetpm/edgetpm/internal/ekcert"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/emulator/registry"
@@ -85,6 +85,7 @@ type walk struct {
 	comment string // the doc's comment on the current quick-start line
 
 	tpmURI       string
+	ekCA         []byte // swtpm's local CA and its root, PEM: the --ek-ca file
 	dps          *dpstest.Server
 	hub          *hubtest.Server
 	ctd          *containerdtest.Daemon
@@ -103,7 +104,9 @@ type walk struct {
 // containerd with edgeAgent and edgeHub running, and an IoT Edge install
 // whose only parts are /etc/aziot and a stand-in iotedge.
 func newWalk(t *testing.T) *walk {
-	sw := tpmtest.StartSwtpm(t)
+	// A TPM as manufactured: swtpm_setup put an EK certificate in NV,
+	// issued by its local CA as a chip maker's CA issues them.
+	sw := tpmtest.StartSwtpmWithEKCert(t)
 	dir := t.TempDir()
 	regFile := filepath.Join(dir, "lab", "registry.json")
 	os.MkdirAll(filepath.Dir(regFile), 0o700)
@@ -125,6 +128,7 @@ func newWalk(t *testing.T) *walk {
 
 	w := &walk{
 		tpmURI:       sw.URI,
+		ekCA:         append(append([]byte{}, sw.IssuerCA...), sw.RootCA...),
 		dps:          emu,
 		hub:          hub,
 		ctd:          ctd,
@@ -184,32 +188,43 @@ func (w *walk) identity(t *testing.T, args []string) {
 	}
 
 	// The enrollment, as the Azure CLI block does it.
-	enroll := w.doc.blockWith(t, "az iot dps enrollment create")
+	azCLI := w.doc.blockWith(t, "az iot dps enrollment create")
 	for _, want := range []string{"edge-provisioner identity --json", "jq -r .registrationId", "jq -r .endorsementKey", "--attestation-type tpm", "--edge-enabled true"} {
-		if !strings.Contains(enroll, want) {
-			t.Errorf("the doc's enrollment command has no %q:\n%s", want, enroll)
+		if !strings.Contains(azCLI, want) {
+			t.Errorf("the doc's enrollment command has no %q:\n%s", want, azCLI)
 		}
 	}
+	// The enrollment, as edge-deploy enroll does it from 'identity
+	// --json': the EK certificate verified up to swtpm's local CA (its
+	// issuer and root, given as --ek-ca; swtpm keeps no chain in NV), then
+	// enrolled through the service API.
 	out, errOut, err = runCLI(t, w.env, "identity", "--json")
 	if err != nil {
 		t.Fatalf("identity --json: %v\n%s", err, errOut)
 	}
-	var id struct {
-		RegistrationID string `json:"registrationId"`
-		EndorsementKey string `json:"endorsementKey"`
+	recs, err := fleet.Read(strings.NewReader(out))
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("identity --json is not what enroll reads: %v\n%s", err, out)
 	}
-	if err := json.Unmarshal([]byte(out), &id); err != nil {
-		t.Fatalf("identity --json: %v\n%s", err, out)
-	}
-	ek, err := base64.StdEncoding.DecodeString(id.EndorsementKey)
+	w.regID = recs[0].RegistrationID
+	anchors, err := ekcert.ParsePEM(w.ekCA)
 	if err != nil {
-		t.Fatalf("endorsementKey %q: %v", id.EndorsementKey, err)
+		t.Fatal(err)
 	}
-	w.regID = id.RegistrationID
-	w.dps.EnrollTPM(t, id.RegistrationID, ek, func(e *dpsservice.Enrollment) {
-		e.DeviceID = "press-7"
-		e.Capabilities = &dpsservice.Capabilities{IoTEdge: true}
+	v, err := ekcert.New(ekcert.Config{Anchors: anchors})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := fleet.Enroll(t.Context(), w.dps.Service, recs, fleet.Options{
+		Verifier: v,
+		Settings: fleet.Settings{DeviceID: "press-7", IoTEdge: true},
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rep.Results[0]; r.Outcome != fleet.Created || r.EK == nil || !r.EK.Verified {
+		t.Fatalf("enroll: %+v (EK %+v), want created with its EK certificate verified", r, r.EK)
+	}
 }
 
 // settings makes the edits the doc's quick start names in its comment

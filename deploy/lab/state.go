@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/edgetpm/edgetpm/deploy/enroll"
 	"github.com/edgetpm/edgetpm/internal/atomicfile"
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/emulator/dpsemu"
@@ -222,19 +224,22 @@ func DPSServiceClient(stateDir string) (*dpsservice.Client, error) {
 	return &dpsservice.Client{Conn: conn, Endpoint: endpoint, HTTP: dps.NewHTTPClient(roots)}, nil
 }
 
-// Enroll creates or replaces the individual TPM enrollment of
-// registrationID, with the TPM's endorsement key ek, through DPS's service
-// API, as an operator would in Azure. An empty deviceID makes the device
-// ID the registration ID; edge makes it an IoT Edge device.
+// Enroll makes DPS hold the individual TPM enrollment of registrationID,
+// with the TPM's endorsement key ek, through DPS's service API, as
+// 'edge-deploy enroll' does (the lab's TPMs are simulators, so the EK is
+// enrolled unverified, tagged so). An empty deviceID makes the device ID
+// the registration ID; edge makes it an IoT Edge device.
 func Enroll(ctx context.Context, c *dpsservice.Client, registrationID, deviceID string, ek []byte, edge bool) error {
-	_, err := c.PutEnrollment(ctx, dpsservice.Enrollment{
-		RegistrationID: registrationID,
-		DeviceID:       deviceID,
-		Attestation:    dpsservice.Attestation{Type: "tpm", TPM: &dpsservice.TPMAttestation{EndorsementKey: ek}},
-		Capabilities:   &dpsservice.Capabilities{IoTEdge: edge},
-	}, "")
+	rec := enroll.Record{RegistrationID: registrationID, EndorsementKey: base64.StdEncoding.EncodeToString(ek)}
+	rep, err := enroll.Enroll(ctx, c, []enroll.Record{rec}, enroll.Options{
+		Settings:        enroll.Settings{DeviceID: deviceID, IoTEdge: edge},
+		AllowUnverified: true,
+	})
 	if err != nil {
 		return fmt.Errorf("enroll: %w", err)
+	}
+	if r := rep.Results[0]; !rep.OK() {
+		return fmt.Errorf("enroll %s: %s: %s", registrationID, r.Outcome, r.Error)
 	}
 	return nil
 }

@@ -34,7 +34,13 @@ func (t *TPM) ImportKey(ctx context.Context, blob []byte) error {
 		return err
 	}
 	defer t.flush(k.handle)
-	return t.persist(k)
+	if err := t.persist(k); err != nil {
+		return err
+	}
+	// A hub identity record names the manual key just replaced; a crash
+	// before it is gone leaves a record that names no key, which readers
+	// ignore.
+	return t.dropHubRecord()
 }
 
 // SignChallenge activates the challenge blob of DPS's first answer and

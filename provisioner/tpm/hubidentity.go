@@ -1,23 +1,34 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
 )
 
-// HubIdentityIndex is the NV index that holds a hub identity's host name
-// and device ID. TODO(identity set): choose in the owner range, cite, document.
-const HubIdentityIndex tpm2.TPMHandle = 0x01000100
+// HubIdentityIndex is the NV index that holds the hub identity record: the
+// host name and device ID of a manually set identity
+// (docs/hub-identity.md#in-the-tpm). It is in the owner range
+// 0x01000000-0x013FFFFF of the TCG Registry of Reserved TPM 2.0 Handles and
+// Localities (v1.1 §2.2), at its top end, away from the low indices tools
+// and examples use and from the staging index of any auth key handle but
+// 0x813fff00 and 0x817fff00, which Config refuses.
+const HubIdentityIndex tpm2.TPMHandle = 0x013FFF00
 
 // Errors of the hub identity.
 var (
-	// ErrNoHubIdentity: the TPM holds no hub identity record.
+	// ErrNoHubIdentity: the TPM holds no hub identity record for the key at
+	// the auth key handle.
 	ErrNoHubIdentity = errors.New("the TPM holds no hub identity")
 	// ErrReplacesDPS: the auth key slot holds a key DPS provisioned; only
 	// force replaces it.
 	ErrReplacesDPS = errors.New("the TPM's auth key was provisioned by DPS")
+	// ErrHubIdentity: the host name, device ID or key given to
+	// SetHubIdentity is malformed. The TPM was not touched.
+	ErrHubIdentity = errors.New("invalid hub identity")
 )
 
 // HubIdentity is an IoT hub device identity kept in the TPM: the host name
@@ -28,23 +39,280 @@ type HubIdentity struct {
 	DeviceID string
 }
 
+// Limits of a hub identity. IoT Hub device IDs are at most 128 ASCII
+// characters from a fixed set, and its registry takes symmetric keys of 16
+// to 64 bytes (docs/hub-identity.md#in-the-tpm). A host name is a DNS name,
+// at most 253 characters.
+const (
+	maxHostName = 253
+	maxDeviceID = 128
+	minHubKey   = 16
+	maxHubKey   = 64
+)
+
+// Validate checks id's host name and device ID; errors wrap
+// ErrHubIdentity.
+func (id HubIdentity) Validate() error {
+	if err := checkHostName(id.HostName); err != nil {
+		return fmt.Errorf("%w: host name %q: %w", ErrHubIdentity, id.HostName, err)
+	}
+	if err := checkDeviceID(id.DeviceID); err != nil {
+		return fmt.Errorf("%w: device ID %q: %w", ErrHubIdentity, id.DeviceID, err)
+	}
+	return nil
+}
+
+func checkHostName(h string) error {
+	if h == "" || len(h) > maxHostName {
+		return fmt.Errorf("want 1 to %d characters", maxHostName)
+	}
+	for _, label := range bytes.Split([]byte(h), []byte(".")) {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return errors.New("want dot-separated labels of 1 to 63 characters, not starting or ending with '-'")
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("character %q is not allowed in a host name", c)
+			}
+		}
+	}
+	return nil
+}
+
+// deviceIDChars are the characters IoT Hub allows in a device ID besides
+// ASCII letters and digits.
+const deviceIDChars = "-.+%_#*?!(),:=@$'"
+
+func checkDeviceID(d string) error {
+	if d == "" || len(d) > maxDeviceID {
+		return fmt.Errorf("want 1 to %d characters", maxDeviceID)
+	}
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || bytes.IndexByte([]byte(deviceIDChars), c) >= 0) {
+			return fmt.Errorf("character %q is not allowed in a device ID", c)
+		}
+	}
+	return nil
+}
+
 // SetHubIdentity puts id in NV and key (the device's primary key, decoded)
 // in the TPM at the auth key handle, as a keyed-hash key that signs and is
 // never read back or duplicated. The previous key keeps working until the
 // new one is persisted. It refuses with ErrReplacesDPS to replace a key
 // without a hub identity record (one DPS provisioned) unless force.
+//
+// The key crosses the TPM bus only encrypted: TPM2_Create runs in a session
+// salted with the SRK, with parameter encryption. SetHubIdentity zeroes its
+// own copy of key; the caller owns key and zeroes it. Errors never hold key
+// bytes. Malformed input gives ErrHubIdentity before any TPM command.
 func (t *TPM) SetHubIdentity(ctx context.Context, id HubIdentity, key []byte, force bool) error {
-	return errors.New("tpm: SetHubIdentity not implemented yet")
+	if err := id.Validate(); err != nil {
+		return err
+	}
+	if len(key) < minHubKey || len(key) > maxHubKey {
+		return fmt.Errorf("%w: the key is %d bytes, want %d to %d (the portal's primary key, base64-decoded)", ErrHubIdentity, len(key), minHubKey, maxHubKey)
+	}
+	k := bytes.Clone(key)
+	defer clear(k)
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h := t.cfg.AuthKeyHandle
+	if err := t.finishSwap(); err != nil {
+		return err
+	}
+	cur, err := t.readPersistent(h)
+	switch {
+	case err == nil:
+		if !isHMACKey(cur.pub) {
+			return fmt.Errorf("the object at auth key handle %#x is not an HMAC key; it was left as it is: choose another auth key index or evict it", uint32(h))
+		}
+	case errors.Is(err, tpm2.TPMRCHandle):
+		cur = nil
+	default:
+		return fmt.Errorf("read auth key handle %#x: %w", uint32(h), err)
+	}
+	rec, err := t.readHubRecord()
+	if err != nil {
+		return err
+	}
+	slot := -1
+	if cur != nil {
+		slot = rec.match(cur.name)
+		if slot < 0 && !force {
+			return fmt.Errorf("%w: auth key handle %#x holds a key without a hub identity; replace it with force", ErrReplacesDPS, uint32(h))
+		}
+	}
+	srk, err := t.readPersistent(SRKHandle)
+	if err != nil {
+		return fmt.Errorf("read storage root key at %#x (run identity first): %w", uint32(SRKHandle), err)
+	}
+	nk, err := t.createHubKey(srk, k)
+	clear(k)
+	if err != nil {
+		return err
+	}
+	defer t.flush(nk.handle)
+	// The record first, in the entry the current key does not use: from
+	// here on the record names both keys, so whichever the slot holds after
+	// a failure or a crash (persist leaves the old or the new one) has its
+	// host name and device ID.
+	if err := t.writeHubEntry(rec, 1-max(slot, 0), hubEntry{key: keyDigest(nk.name), id: id}); err != nil {
+		return err
+	}
+	return t.persist(nk)
+}
+
+// hubKeyTemplate is the public area of a hub identity key. Like the key
+// DPS sends (internal/activation), it is an HMAC-SHA256 signing key with
+// an empty authValue, userWithAuth and noDA: Sign, the Azure SDKs and
+// aziot's TPM code authorize the auth key with an empty password, and
+// holding the TPM (root or the tss group) is what guards it, as for the
+// DPS key. Unlike the DPS key, which Import requires to have them clear,
+// fixedTPM and fixedParent are set: the key can never be duplicated
+// (TPM 2.0 Part 1 §23.3, Part 3 TPM2_Duplicate). sensitiveDataOrigin is
+// clear because the key is given (Part 3 TPM2_Create); decrypt and
+// restricted are clear: it only signs.
+var hubKeyTemplate = tpm2.TPMTPublic{
+	Type:    tpm2.TPMAlgKeyedHash,
+	NameAlg: tpm2.TPMAlgSHA256,
+	ObjectAttributes: tpm2.TPMAObject{
+		FixedTPM:     true,
+		FixedParent:  true,
+		UserWithAuth: true,
+		NoDA:         true,
+		SignEncrypt:  true,
+	},
+	Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{
+		Scheme: tpm2.TPMTKeyedHashScheme{
+			Scheme:  tpm2.TPMAlgHMAC,
+			Details: tpm2.NewTPMUSchemeKeyedHash(tpm2.TPMAlgHMAC, &tpm2.TPMSSchemeHMAC{HashAlg: tpm2.TPMAlgSHA256}),
+		},
+	}),
+}
+
+// createHubKey creates the hub key under the SRK with k as its sensitive
+// data and loads it. An object brought in with TPM2_Import must have
+// fixedTPM and fixedParent clear (Part 3 TPM2_Import), so the key is
+// created instead; the command's first parameter, the TPM2B_SENSITIVE_CREATE
+// holding k, is AES-128-CFB encrypted with a key from a session salted to
+// the SRK's public key (Part 1 §21 parameter encryption): only this TPM can
+// read it. The caller holds t.mu and flushes the key.
+func (t *TPM) createHubKey(srk *key, k []byte) (*key, error) {
+	srkPub, err := srk.pub.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("storage root key: %w", err)
+	}
+	sess, _, err := tpm2.HMACSession(t.t, tpm2.TPMAlgSHA256, 16,
+		tpm2.Salted(srk.handle, *srkPub), tpm2.AESEncryption(128, tpm2.EncryptIn))
+	if err != nil {
+		return nil, fmt.Errorf("start a session salted with the storage root key: %w", err)
+	}
+	defer t.flush(sess.Handle())
+	cr, err := tpm2.Create{
+		ParentHandle: tpm2.AuthHandle{Handle: srk.handle, Name: srk.name, Auth: sess},
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: k}),
+		}},
+		InPublic: tpm2.New2B(hubKeyTemplate),
+	}.Execute(t.t)
+	if err != nil {
+		return nil, fmt.Errorf("create the hub key under the storage root key: %w", err)
+	}
+	ld, err := tpm2.Load{
+		ParentHandle: tpm2.AuthHandle{Handle: srk.handle, Name: srk.name, Auth: tpm2.PasswordAuth(nil)},
+		InPrivate:    cr.OutPrivate,
+		InPublic:     cr.OutPublic,
+	}.Execute(t.t)
+	if err != nil {
+		return nil, fmt.Errorf("load the hub key: %w", err)
+	}
+	return &key{handle: ld.ObjectHandle, name: ld.Name, pub: cr.OutPublic, priv: cr.OutPrivate}, nil
 }
 
 // HubIdentity reads the hub identity record from NV; ErrNoHubIdentity when
-// there is none.
+// there is none, or none for the key at the auth key handle.
 func (t *TPM) HubIdentity(ctx context.Context) (*HubIdentity, error) {
-	return nil, errors.New("tpm: HubIdentity not implemented yet")
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rec, err := t.readHubRecord()
+	if err != nil {
+		return nil, err
+	}
+	if !rec.written {
+		return nil, ErrNoHubIdentity
+	}
+	h := t.cfg.AuthKeyHandle
+	cur, err := t.readPersistent(h)
+	if errors.Is(err, tpm2.TPMRCHandle) {
+		return nil, fmt.Errorf("%w: no key at auth key handle %#x", ErrNoHubIdentity, uint32(h))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read auth key handle %#x: %w", uint32(h), err)
+	}
+	i := rec.match(cur.name)
+	if i < 0 {
+		return nil, fmt.Errorf("%w for the key at auth key handle %#x", ErrNoHubIdentity, uint32(h))
+	}
+	id := rec.entries[i].id
+	return &id, nil
 }
 
 // ClearHubIdentity evicts the key at the auth key handle and undefines the
-// hub identity record.
+// hub identity record. A key the record does not name (one DPS
+// provisioned) is left in place; ErrNoHubIdentity when there is no record.
+// The key goes first: a crash in between leaves a record that names no key,
+// which readers ignore and SetHubIdentity overwrites.
 func (t *TPM) ClearHubIdentity(ctx context.Context) error {
-	return errors.New("tpm: ClearHubIdentity not implemented yet")
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := t.finishSwap(); err != nil {
+		return err
+	}
+	rec, err := t.readHubRecord()
+	if err != nil {
+		return err
+	}
+	if !rec.defined {
+		return ErrNoHubIdentity
+	}
+	h := t.cfg.AuthKeyHandle
+	cur, err := t.readPersistent(h)
+	switch {
+	case err == nil && rec.match(cur.name) >= 0:
+		if _, err := (tpm2.EvictControl{Auth: t.owner(), ObjectHandle: cur.named(), PersistentHandle: h}).Execute(t.t); err != nil {
+			return fmt.Errorf("evict the hub key at %#x: %w", uint32(h), explain(err, "owner"))
+		}
+	case err == nil, errors.Is(err, tpm2.TPMRCHandle):
+	default:
+		return fmt.Errorf("read auth key handle %#x: %w", uint32(h), err)
+	}
+	return t.undefineHubRecord(rec)
+}
+
+// dropHubRecord undefines the hub identity record, if there is one of
+// ours: after DPS provisioned a key, the record names a key that is gone.
+func (t *TPM) dropHubRecord() error {
+	rec, err := t.readHubRecord()
+	if err != nil || !rec.defined {
+		return err
+	}
+	return t.undefineHubRecord(rec)
+}
+
+func (t *TPM) undefineHubRecord(rec *hubRecord) error {
+	if _, err := (tpm2.NVUndefineSpace{AuthHandle: t.owner(), NVIndex: rec.nv}).Execute(t.t); err != nil {
+		return fmt.Errorf("undefine the hub identity record at NV index %#x: %w", uint32(HubIdentityIndex), explain(err, "owner"))
+	}
+	return nil
 }

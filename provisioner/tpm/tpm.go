@@ -2,7 +2,8 @@
 // the endorsement key (EK) and storage root key (SRK) persisted with the TCG
 // templates, derives the DPS registration ID, reads the EK certificates and
 // their chain, activates the keys DPS sends
-// (docs/dps-protocol.md#activation-in-the-tpm) and signs with them inside
+// (docs/dps-protocol.md#activation-in-the-tpm) or keeps a hub identity set
+// by hand (docs/hub-identity.md#in-the-tpm), and signs with the key inside
 // the chip. Keys never leave the TPM.
 //
 // A TPM is safe for concurrent use: its operations are serialized, so a
@@ -100,6 +101,9 @@ func (c *Config) validate() error {
 	}
 	if c.AuthKeyHandle == EKHandle || c.AuthKeyHandle == SRKHandle {
 		return fmt.Errorf("auth key handle %#x is taken by the EK or SRK", uint32(c.AuthKeyHandle))
+	}
+	if StagingIndex(c.AuthKeyHandle) == HubIdentityIndex {
+		return fmt.Errorf("auth key handle %#x would stage its keys at the hub identity record's NV index %#x; choose another", uint32(c.AuthKeyHandle), uint32(HubIdentityIndex))
 	}
 	return nil
 }

@@ -2,6 +2,8 @@ package tpm
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -280,11 +282,15 @@ func TestHubIdentityCrossCheck(t *testing.T) {
 		}
 	}
 	// swtpm keeps a persistent object, sensitive area included, in its
-	// state file as a chip keeps it in its own flash: the key is there
-	// while it is persisted, as the DPS key is. Once cleared, no file of
-	// the state holds it.
+	// state file as a chip keeps it in its own flash: with the state in
+	// clear, the key is there while it is persisted, as the DPS key is
+	// (which shows that the search finds it; TestHubKeyNotOnDisk has the
+	// state encrypted, as a chip's flash is out of reach). Once cleared,
+	// no file of the state holds it.
 	sw.Restart(t) // swtpm writes its state on shutdown
-	t.Logf("while persisted, the key is in swtpm's state: %v", stateLeaks(t, sw.Dir, key))
+	if files := stateLeaks(t, sw.Dir, key); len(files) == 0 {
+		t.Error("the search found the persisted key in no file of swtpm's state in clear: it cannot be trusted to find it")
+	}
 	tp, err = Open(sw.URI, Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -752,5 +758,43 @@ func TestHubIdentityAuthKeyHandle(t *testing.T) {
 	other := open(t, uri, Config{})
 	if _, err := other.HubIdentity(t.Context()); !errors.Is(err, ErrNoHubIdentity) {
 		t.Errorf("HubIdentity at the default handle = %v, want ErrNoHubIdentity", err)
+	}
+}
+
+// TestHubKeyNotOnDisk: on swtpm with its state encrypted, as a chip keeps
+// its flash out of reach, no file of the TPM's state holds the key, in any
+// encoding, while it is persisted and after a restart.
+func TestHubKeyNotOnDisk(t *testing.T) {
+	sw := tpmtest.StartSwtpmEncrypted(t)
+	key := bytes.Repeat([]byte{0x5a, 0xc3, 0x17, 0x88}, 8)
+	tp, err := Open(sw.URI, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.Identity(t.Context()); err != nil { // the SRK
+		t.Fatal(err)
+	}
+	if err := tp.SetHubIdentity(t.Context(), HubIdentity{HostName: "plant.azure-devices.net", DeviceID: "press-7"}, bytes.Clone(key), false); err != nil {
+		t.Fatal(err)
+	}
+	tp.Close()
+	sw.Restart(t) // swtpm writes its state on shutdown
+	if files := stateLeaks(t, sw.Dir, key); len(files) != 0 {
+		t.Errorf("swtpm's encrypted state holds the key in %v", files)
+	}
+	// The key is still there and signs.
+	tp, err = Open(sw.URI, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	got, err := tp.Sign(t.Context(), []byte("data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("data"))
+	if !hmac.Equal(got, m.Sum(nil)) {
+		t.Error("after a restart of the encrypted swtpm the hub key signs otherwise")
 	}
 }

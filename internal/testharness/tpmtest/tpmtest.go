@@ -6,7 +6,11 @@
 package tpmtest
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/google/go-tpm-tools/simulator"
@@ -29,8 +33,9 @@ type Swtpm struct {
 	Dir  string
 	Port int
 
-	flags string
-	peer  *peertest.Peer
+	flags   string
+	keyFile string // the state encryption key, when the state is encrypted
+	peer    *peertest.Peer
 }
 
 // StartSwtpm starts swtpm in a fresh state folder, already initialised and
@@ -44,6 +49,22 @@ func StartSwtpm(t testing.TB) *Swtpm {
 func StartSwtpmFlags(t testing.TB, flags string) *Swtpm {
 	t.Helper()
 	s := &Swtpm{Dir: t.TempDir(), flags: flags}
+	s.start(t)
+	return s
+}
+
+// StartSwtpmEncrypted is StartSwtpm with swtpm's state encrypted
+// (AES-256-CBC, with a random key kept outside the state folder), as a
+// chip's own flash cannot be read from outside: what the TPM persists is
+// then in no file of the state folder in clear.
+func StartSwtpmEncrypted(t testing.TB) *Swtpm {
+	t.Helper()
+	key := make([]byte, 32)
+	rand.Read(key)
+	s := &Swtpm{Dir: t.TempDir(), flags: "not-need-init,startup-clear", keyFile: filepath.Join(t.TempDir(), "state.key")}
+	if err := os.WriteFile(s.keyFile, []byte(hex.EncodeToString(key)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s.start(t)
 	return s
 }
@@ -78,6 +99,9 @@ func (s *Swtpm) start(t testing.TB) {
 		}
 		if s.flags != "" {
 			args = append(args, "--flags", s.flags)
+		}
+		if s.keyFile != "" {
+			args = append(args, "--key", "file="+s.keyFile+",format=hex,mode=aes-256-cbc")
 		}
 		return daemon.Spec{Path: bin, Args: args, Ready: daemon.Listening(fmt.Sprintf("127.0.0.1:%d", s.Port+1))}, nil
 	})

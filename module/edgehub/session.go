@@ -145,6 +145,10 @@ func (s *Session) Run(ctx context.Context) error {
 	opts := mqtt.NewClientOptions().
 		AddBroker("tls://" + s.cfg.Identity.address()).
 		SetClientID(s.cfg.Identity.clientID()).
+		// MQTT 3.1.1, the version IoT Hub and edgeHub speak; without it
+		// paho tries MQTT 3.1 after a refused CONNECT and reports the
+		// hub's CONNACK 5 as an unacceptable protocol version.
+		SetProtocolVersion(4).
 		SetCredentialsProvider(func() (string, string) { return s.cfg.Identity.username(), *s.password.Load() }).
 		SetCustomOpenConnectionFn(func(u *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
 			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: o.ConnectTimeout}, Config: tlsCfg}

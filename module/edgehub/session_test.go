@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,7 +17,9 @@ import (
 	"github.com/edgetpm/edgetpm/internal/emulator/hubemu"
 	"github.com/edgetpm/edgetpm/internal/sas"
 	"github.com/edgetpm/edgetpm/internal/testharness/hubtest"
+	"github.com/edgetpm/edgetpm/internal/testharness/syncbuf"
 	"github.com/edgetpm/edgetpm/internal/testharness/until"
+	"github.com/rs/zerolog"
 )
 
 var moduleKey = []byte("0123456789abcdef0123456789abcdef")
@@ -256,5 +259,22 @@ func BenchmarkPublish(b *testing.B) {
 		if err := s.Publish(b.Context(), "out", &Message{ID: fmt.Sprint(i), Body: body}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A token the hub refuses is CONNACK 5, reported as ErrNotAuthorized: the
+// session speaks MQTT 3.1.1 only, as IoT Hub does, and does not try again
+// with MQTT 3.1 (which paho does by default after a refusal, turning the
+// hub's "not authorized" into "unacceptable protocol version").
+func TestRefusedTokenIsNotAuthorized(t *testing.T) {
+	hub := bench(t, hubemu.Config{})
+	var log syncbuf.Buffer
+	start(t, hub, Config{
+		Signer: sas.Key([]byte("another key, not the module's....")),
+		Log:    zerolog.New(&log),
+	})
+	until.True(t, "a refused connection in the log", func() bool { return strings.Contains(log.String(), "edgehub connection") })
+	if !strings.Contains(log.String(), ErrNotAuthorized.Error()) {
+		t.Errorf("the refused connection is logged as\n%s\nwant %q", log.String(), ErrNotAuthorized)
 	}
 }

@@ -458,12 +458,16 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, cfg := range map[string]Config{
-		"policy":     {Allocation: "custom"},
-		"hub":        {Hubs: []Hub{{HostName: "https://hub"}}},
-		"hub twice":  {Hubs: []Hub{{HostName: "a.net"}, {HostName: "A.net"}}},
-		"scope":      {IDScope: "0ne/1"},
-		"state file": {StateFile: bad},
-		"no folder":  {StateFile: filepath.Join(dir, "missing", "dps.json")},
+		"policy":    {Allocation: "custom"},
+		"hub":       {Hubs: []Hub{{HostName: "https://hub"}}},
+		"hub twice": {Hubs: []Hub{{HostName: "a.net"}, {HostName: "A.net"}}},
+		// Names go into connection strings, which sas.ParsePolicy reads
+		// back only with a DNS name in them.
+		"hub not DNS":     {Hubs: []Hub{{HostName: "x\n1.2.3.4\vexample.com"}}},
+		"service not DNS": {ServiceHostName: "lab_dps.example"},
+		"scope":           {IDScope: "0ne/1"},
+		"state file":      {StateFile: bad},
+		"no folder":       {StateFile: filepath.Join(dir, "missing", "dps.json")},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: New succeeded", name)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/emulator/registry"
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // Defaults of Config.
@@ -147,8 +148,8 @@ func New(cfg Config) (*Server, error) {
 	if s.serviceHost == "" {
 		s.serviceHost = DefaultServiceHostName
 	}
-	if !validHost(s.serviceHost) {
-		return nil, fmt.Errorf("service host name %q is not a host name", s.serviceHost)
+	if !sas.ValidDNSName(s.serviceHost) {
+		return nil, fmt.Errorf("service host name %q is not a DNS name", s.serviceHost)
 	}
 	if s.allocation == "" {
 		s.allocation = dpsservice.AllocationHashed
@@ -161,8 +162,8 @@ func New(cfg Config) (*Server, error) {
 		hubs = []Hub{{HostName: DefaultHub}}
 	}
 	for i, h := range hubs {
-		if !validHost(h.HostName) {
-			return nil, fmt.Errorf("hub %q is not a host name", h.HostName)
+		if !sas.ValidDNSName(h.HostName) {
+			return nil, fmt.Errorf("hub %q is not a DNS name", h.HostName)
 		}
 		if slices.IndexFunc(hubs[:i], func(o Hub) bool { return strings.EqualFold(o.HostName, h.HostName) }) >= 0 {
 			return nil, fmt.Errorf("hub %q linked twice", h.HostName)

@@ -53,7 +53,10 @@ func TestNodeServiceClientEnrollsWithLab(t *testing.T) {
 	if d.NamedErr != nil {
 		skipOrFail(t, "the lab's DPS cannot serve at its name: %v", d.NamedErr)
 	}
-	names := lab.Names(stateDir)
+	names, err := lab.Names(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	writeLabHosts(t, names)
 	nodeDir := installNodeClient(t)
 	for _, name := range names {
@@ -144,7 +147,11 @@ func writeLabHosts(t *testing.T, names []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	changed, err := lab.UpdateHosts(lab.HostsFile, lab.HostsLines(names))
+	block, err := lab.HostsLines(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed, err := lab.UpdateHosts(lab.HostsFile, block)
 	if err != nil {
 		skipOrFail(t, "cannot write the lab's names into %s: %v", lab.HostsFile, err)
 	}

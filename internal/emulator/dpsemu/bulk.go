@@ -118,7 +118,7 @@ func (s *Server) applyBulk(mode string, e *dpsservice.Enrollment) (int, string) 
 		s.removeEnrollment(k)
 		return 0, ""
 	}
-	if code, msg := validateEnrollment(e, e.RegistrationID); code != 0 {
+	if code, msg := validateEnrollment(e, e.RegistrationID, s.hubs); code != 0 {
 		return code, msg
 	}
 	switch mode {

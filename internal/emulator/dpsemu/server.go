@@ -264,10 +264,6 @@ func (l *lockedReader) Read(p []byte) (int, error) {
 	return l.r.Read(p)
 }
 
-func validHost(h string) bool {
-	return h != "" && len(h) <= 253 && !strings.ContainsAny(h, "/:@ \t\r\n?#%")
-}
-
 func validPolicy(p string) bool {
 	switch p {
 	case dpsservice.AllocationHashed, dpsservice.AllocationStatic, dpsservice.AllocationGeoLatency:

@@ -52,7 +52,9 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	res := dpsservice.BulkResult{IsSuccessful: true}
+	// errors is an array, empty when all succeeded, as Azure's Node.js SDK
+	// describes BulkEnrollmentOperationResult (interfaces.d.ts, 1.11.2).
+	res := dpsservice.BulkResult{IsSuccessful: true, Errors: []dpsservice.BulkError{}}
 	changed := false
 	for i := range op.Enrollments {
 		e := &op.Enrollments[i]

@@ -204,6 +204,10 @@ func New(cfg Config) (*Server, error) {
 	// POST /enrollments/query outranks /enrollments/{id}, which still
 	// serves the other methods on an enrollment named "query".
 	s.mux.HandleFunc("/enrollments", s.bulk)
+	// Azure's Node.js service client posts a bulk operation to
+	// /enrollments/ (azure-iot-provisioning-service 1.11.2,
+	// runBulkEnrollmentOperation), which DPS serves as /enrollments.
+	s.mux.HandleFunc("/enrollments/{$}", s.bulk)
 	s.mux.HandleFunc("POST /enrollments/query", s.query)
 	s.mux.HandleFunc("/enrollments/{id}", s.enrollment)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

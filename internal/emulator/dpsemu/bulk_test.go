@@ -336,6 +336,14 @@ func TestBulkAsNodeSends(t *testing.T) {
 	if n := len(p.srv.st.Enrollments); n != 2 {
 		t.Errorf("%d enrollments stored, want 2", n)
 	}
+	// The Node SDK's spelling of updateIfMatchETag.
+	upd := tpmEnrollments("dev", 1, ek)
+	upd[0].ETag = p.srv.st.Enrollments[regKey("dev-0")].ETag
+	upd[0].ProvisioningStatus = dpsservice.StatusDisabled
+	w = p.do("POST", "/enrollments/"+apiQuery, dpsservice.BulkOperation{Mode: "updateIfMatchEtag", Enrollments: upd})
+	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"isSuccessful":true`) || p.srv.st.Enrollments[regKey("dev-0")].ProvisioningStatus != dpsservice.StatusDisabled {
+		t.Errorf("mode updateIfMatchEtag = %d %s, want dev-0 updated", w.Code, w.Body)
+	}
 	if w := p.do("GET", "/enrollments/"+apiQuery, nil); w.Code != http.StatusMethodNotAllowed {
 		t.Errorf("GET /enrollments/ = %d, want 405", w.Code)
 	}

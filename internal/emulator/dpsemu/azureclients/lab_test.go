@@ -252,7 +252,8 @@ func TestLookupHelper(t *testing.T) {
 }
 
 // checkNodeBulkAndQuery drives Azure's Node.js service client through its
-// own bulk operation (create, create again, update, delete) and its paged
+// own bulk operation (create, create again, update, updateIfMatchEtag,
+// delete) and its paged
 // query, checking each result in the emulator with the lab's own client c.
 // other is an enrollment that exists throughout.
 func checkNodeBulkAndQuery(t *testing.T, nodeDir string, env []string, c *dpsservice.Client, other string) {
@@ -311,6 +312,17 @@ func checkNodeBulkAndQuery(t *testing.T, nodeDir string, env []string, c *dpsser
 	slices.Sort(want)
 	if wantPages := (len(want) + pageSize - 1) / pageSize; len(q.Pages) != wantPages || !slices.Equal(got, want) {
 		t.Errorf("query read %d pages of %q, want %d pages with %q each once", len(q.Pages), got, wantPages, want)
+	}
+
+	var ifMatch struct{ Updated dpsservice.BulkResult }
+	runNodeScript(t, nodeDir, env, "service.js", "bulk-update-if-match", &ifMatch)
+	if !ifMatch.Updated.IsSuccessful {
+		t.Errorf("bulk updateIfMatchEtag = %+v, want successful", ifMatch.Updated)
+	}
+	for _, id := range ids {
+		if e, err := c.GetEnrollment(t.Context(), id); err != nil || e.ProvisioningStatus != dpsservice.StatusEnabled {
+			t.Errorf("after bulk updateIfMatchEtag, GetEnrollment(%s) = %+v, %v; want it enabled", id, e, err)
+		}
 	}
 
 	var deleted struct{ Deleted dpsservice.BulkResult }

@@ -23,6 +23,10 @@
 //                            time, following the continuation the SDK keeps;
 //                            prints {"pages": [[registration IDs], …],
 //                            "continuations": [token after each page]}
+//   node service.js bulk-update-if-match
+//                            enables them again (mode updateIfMatchEtag, as
+//                            the SDK's BulkOperationMode spells it), each
+//                            with the etag a query read; prints {"updated": result}
 //   node service.js bulk-delete
 //                            deletes them (mode delete), each with the etag a
 //                            query read; prints {"deleted": result}
@@ -51,6 +55,21 @@ function runBulk(client, op) {
   return new Promise((resolve, reject) => {
     client.runBulkEnrollmentOperation(op, (err, result) => (err ? reject(err) : resolve(bulkResult(result))));
   });
+}
+
+// readBulk returns the enrollments bulkIDs names as a query reads them,
+// etags and all.
+async function readBulk(client) {
+  const wanted = new Set(bulkIDs());
+  const query = client.createIndividualEnrollmentQuery({ query: '*' });
+  const enrollments = [];
+  while (query.hasMoreResults) {
+    const page = await new Promise((resolve, reject) => {
+      query.next((err, result) => (err ? reject(err) : resolve(result)));
+    });
+    enrollments.push(...page.filter((e) => wanted.has(e.registrationId)));
+  }
+  return enrollments;
 }
 
 // bulkIDs returns BULK_PREFIX-0 … BULK_PREFIX-(BULK_COUNT-1).
@@ -140,19 +159,14 @@ async function main() {
       out = { pages, continuations };
       break;
     }
-    case 'bulk-delete': {
-      const wanted = new Set(bulkIDs());
-      const query = client.createIndividualEnrollmentQuery({ query: '*' });
-      const enrollments = [];
-      while (query.hasMoreResults) {
-        const page = await new Promise((resolve, reject) => {
-          query.next((err, result) => (err ? reject(err) : resolve(result)));
-        });
-        enrollments.push(...page.filter((e) => wanted.has(e.registrationId)));
-      }
-      out = { deleted: await runBulk(client, { mode: 'delete', enrollments }) };
+    case 'bulk-update-if-match': {
+      const enrollments = (await readBulk(client)).map((e) => Object.assign(e, { provisioningStatus: 'enabled' }));
+      out = { updated: await runBulk(client, { mode: 'updateIfMatchEtag', enrollments }) };
       break;
     }
+    case 'bulk-delete':
+      out = { deleted: await runBulk(client, { mode: 'delete', enrollments: await readBulk(client) }) };
+      break;
     default:
       throw new Error('unknown step ' + JSON.stringify(step));
   }

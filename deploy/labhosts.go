@@ -32,13 +32,19 @@ func labHosts(_ context.Context, args []string, stdout, _ io.Writer) error {
 	if *write && *remove {
 		return cli.Usagef("lab hosts: --write or --remove, not both")
 	}
-	block := lab.HostsLines(lab.Names(*dir))
+	var block string // empty takes the lab's lines out
+	if !*remove {
+		names, err := lab.Names(*dir)
+		if err != nil {
+			return fmt.Errorf("lab hosts: %w", err)
+		}
+		if block, err = lab.HostsLines(names); err != nil {
+			return fmt.Errorf("lab hosts: %w", err)
+		}
+	}
 	if !*write && !*remove {
 		fmt.Fprint(stdout, block)
 		return nil
-	}
-	if *remove {
-		block = ""
 	}
 	changed, err := lab.UpdateHosts(*file, block)
 	if errors.Is(err, os.ErrPermission) {

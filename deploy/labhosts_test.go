@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,5 +52,35 @@ func TestLabHosts(t *testing.T) {
 	}
 	if err := run(t.Context(), []string{"lab", "hosts", "--write", "--remove"}, &out, &out); !cli.IsUsage(err) {
 		t.Errorf("lab hosts --write --remove = %v, want a usage error", err)
+	}
+}
+
+// A connection string in the state folder naming a host that is not a lab
+// name stops lab hosts --write before it touches the hosts file; --remove,
+// which needs no names, still works.
+func TestLabHostsRefusesOtherNames(t *testing.T) {
+	dir := t.TempDir()
+	cs := "HostName=github.com;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=a2V5"
+	if err := os.WriteFile(filepath.Join(dir, lab.DPSConnFile), []byte(cs), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "hosts")
+	const orig = "127.0.0.1 localhost\n"
+	if err := os.WriteFile(file, []byte(orig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--write"}, {}} {
+		var out strings.Builder
+		err := run(t.Context(), append([]string{"lab", "hosts", "--state-dir", dir, "--file", file}, args...), &out, &out)
+		if !errors.Is(err, lab.ErrNotLabName) || !strings.Contains(err.Error(), "github.com") || strings.Contains(out.String(), "github.com") {
+			t.Errorf("lab hosts %q = %v, printed %q; want a not-a-lab-name error and nothing printed", args, err, out.String())
+		}
+	}
+	if b, _ := os.ReadFile(file); string(b) != orig {
+		t.Errorf("hosts file = %q, want %q untouched", b, orig)
+	}
+	var out strings.Builder
+	if err := run(t.Context(), []string{"lab", "hosts", "--state-dir", dir, "--file", file, "--remove"}, &out, &out); err != nil {
+		t.Errorf("lab hosts --remove = %v", err)
 	}
 }

@@ -54,33 +54,75 @@ func LoopbackAddr(name string) netip.Addr {
 	return netip.AddrFrom4([4]byte{127, 1 + h[0]%254, h[1], 1 + h[2]%254})
 }
 
-// Names returns the host names the lab's connection strings in stateDir
-// name: the DPS service host of service.connstr and the hub of
-// hub.connstr, or the lab's defaults for those not written yet.
-func Names(stateDir string) []string {
-	names := []string{dpsemu.DefaultServiceHostName, Hub}
-	for i, file := range []string{DPSConnFile, HubConnFile} {
-		b, err := os.ReadFile(filepath.Join(stateDir, file))
-		if err != nil {
-			continue
-		}
-		if p, err := sas.ParsePolicy(strings.TrimSpace(string(b))); err == nil && p.HostName != "" {
-			names[i] = strings.ToLower(p.HostName)
+// The suffixes of the lab's host names: a DPS instance's and an IoT hub's
+// (docs/lab.md#host-names).
+var labSuffixes = []string{".azure-devices-provisioning.net", ".azure-devices.net"}
+
+// ErrNotLabName is why a host name may not go into the hosts file: the
+// hosts file is written as root from connection strings in a state folder
+// a user may write, so only the lab's own kind of name passes.
+var ErrNotLabName = errors.New("not a lab host name (lower-case DNS labels of letters, digits and '-' ending in " + labSuffixes[0] + " or " + labSuffixes[1] + ")")
+
+// CheckName returns ErrNotLabName unless name is a lower-case DNS name
+// (sas.ValidDNSName, without capitals) with at least one label before one
+// of the lab's suffixes.
+func CheckName(name string) error {
+	if !sas.ValidDNSName(name) || name != strings.ToLower(name) {
+		return fmt.Errorf("host name %q: %w", name, ErrNotLabName)
+	}
+	for _, suffix := range labSuffixes {
+		if strings.HasSuffix(name, suffix) && len(name) > len(suffix) {
+			return nil
 		}
 	}
-	return slices.Compact(names)
+	return fmt.Errorf("host name %q: %w", name, ErrNotLabName)
+}
+
+// Names returns the host names the lab's connection strings in stateDir
+// name: the DPS service host of service.connstr and the hub of
+// hub.connstr, lower-cased, or the lab's defaults for those not written
+// yet. A file there that does not parse, or names a host that is not a lab
+// name (CheckName), is an error.
+func Names(stateDir string) ([]string, error) {
+	names := []string{dpsemu.DefaultServiceHostName, Hub}
+	for i, file := range []string{DPSConnFile, HubConnFile} {
+		path := filepath.Join(stateDir, file)
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		// sas errors never quote the connection string, key and all.
+		p, err := sas.ParsePolicy(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		name := strings.ToLower(p.HostName)
+		if err := CheckName(name); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		names[i] = name
+	}
+	return slices.Compact(names), nil
 }
 
 // HostsLines returns the lab's block of hosts file lines for names, each on
-// its LoopbackAddr, between the lab's markers.
-func HostsLines(names []string) string {
+// its LoopbackAddr, between the lab's markers. It refuses, before anything
+// is written, a name that is not a lab name (CheckName): a hosts line is
+// the name's whole meaning to every program on the machine.
+func HostsLines(names []string) (string, error) {
 	var b strings.Builder
 	b.WriteString(hostsBegin + "\n")
 	for _, n := range names {
-		fmt.Fprintf(&b, "%s\t%s\n", LoopbackAddr(n), strings.ToLower(n))
+		if err := CheckName(n); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "%s\t%s\n", LoopbackAddr(n), n)
 	}
 	b.WriteString(hostsEnd + "\n")
-	return b.String()
+	return b.String(), nil
 }
 
 // UpdateHosts puts block, as HostsLines makes it, into the hosts file at

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -63,7 +64,10 @@ func TestReplaceHostsBlock(t *testing.T) {
 				t.Fatalf("replaceHostsBlock(%q) = %q, %v; want %q", tt.in, got, err, want)
 			}
 			// The block is the lab's own: replacing it again changes nothing.
-			real := HostsLines([]string{Hub})
+			real, err := HostsLines([]string{Hub})
+			if err != nil {
+				t.Fatal(err)
+			}
 			once, _ := replaceHostsBlock([]byte(tt.in), real)
 			twice, err := replaceHostsBlock(once, real)
 			if err != nil || string(twice) != string(once) {
@@ -86,11 +90,98 @@ func TestReplaceHostsBlock(t *testing.T) {
 	}
 }
 
+// hostileNames are names a connection string in a state folder a user may
+// write could carry, none of which the root-run hosts writer may take.
+var hostileNames = []string{
+	"github.com",
+	"x\n1.2.3.4\vexample.com",
+	"x.azure-devices.net\n1.2.3.4 github.com",
+	"x.azure-devices.net#",
+	"x.azure-devices.net ",
+	"Lab-Hub.azure-devices.net",
+	"azure-devices.net",
+	".azure-devices.net",
+	"a..azure-devices.net",
+	"-a.azure-devices.net",
+	"a-.azure-devices.net",
+	"a_b.azure-devices.net",
+	"login.microsoftonline.com",
+	"evil.azure-devices.net.example.com",
+	"xazure-devices.net",
+	strings.Repeat("a", 64) + ".azure-devices.net",
+	strings.Repeat(strings.Repeat("a", 63)+".", 4) + "azure-devices.net",
+	"",
+}
+
+func TestHostsLinesRefusesOtherNames(t *testing.T) {
+	for _, name := range hostileNames {
+		if got, err := HostsLines([]string{Hub, name}); err == nil {
+			t.Errorf("HostsLines(%q) = %q, want an error", name, got)
+		}
+	}
+	got, err := HostsLines([]string{dpsemu.DefaultServiceHostName, "a-1.b2.azure-devices.net"})
+	want := hostsBegin + "\n" +
+		LoopbackAddr(dpsemu.DefaultServiceHostName).String() + "\t" + dpsemu.DefaultServiceHostName + "\n" +
+		LoopbackAddr("a-1.b2.azure-devices.net").String() + "\ta-1.b2.azure-devices.net\n" +
+		hostsEnd + "\n"
+	if err != nil || got != want {
+		t.Errorf("HostsLines = %q, %v; want %q", got, err, want)
+	}
+}
+
+// A connection string in the state folder naming another host makes Names
+// fail, rather than have root resolve that host to loopback.
+func TestNamesRefusesOtherHosts(t *testing.T) {
+	for _, host := range []string{"github.com", "x\n1.2.3.4\vexample.com", "a_b.azure-devices.net"} {
+		dir := t.TempDir()
+		cs := "HostName=" + host + ";SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
+		if err := os.WriteFile(filepath.Join(dir, HubConnFile), []byte(cs), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := Names(dir); err == nil {
+			t.Errorf("Names with HostName=%q = %q, want an error", host, got)
+		} else if strings.Contains(err.Error(), "a2V5") {
+			t.Errorf("Names error %q shows the key", err)
+		}
+	}
+}
+
+// Any name HostsLines takes yields exactly the one expected line between
+// the markers, and is a lab name by an independent check.
+func FuzzHostsLines(f *testing.F) {
+	for _, n := range hostileNames {
+		f.Add(n)
+	}
+	f.Add(dpsemu.DefaultServiceHostName)
+	f.Add(Hub)
+	f.Add("x.azure-devices-provisioning.net")
+	labName := regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+azure-devices(-provisioning)?\.net$`)
+	f.Fuzz(func(t *testing.T, name string) {
+		got, err := HostsLines([]string{name})
+		if err != nil {
+			return
+		}
+		if len(name) > 253 || !labName.MatchString(name) {
+			t.Fatalf("HostsLines took %q, not a lab name", name)
+		}
+		want := hostsBegin + "\n" + LoopbackAddr(name).String() + "\t" + name + "\n" + hostsEnd + "\n"
+		if got != want {
+			t.Fatalf("HostsLines(%q) = %q, want %q", name, got, want)
+		}
+		if n := strings.Count(got, "\n"); n != 3 || strings.ContainsAny(got, "\r\v\f\x00") || strings.Count(got, "#") != 2 {
+			t.Fatalf("HostsLines(%q) = %q: want 3 lines, no other line breaks or comments", name, got)
+		}
+	})
+}
+
 func FuzzReplaceHostsBlock(f *testing.F) {
 	for _, tt := range hostsCases {
 		f.Add(tt.in)
 	}
-	block := HostsLines([]string{dpsemu.DefaultServiceHostName, Hub})
+	block, err := HostsLines([]string{dpsemu.DefaultServiceHostName, Hub})
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, in string) {
 		once, err := replaceHostsBlock([]byte(in), block)
 		if err != nil {
@@ -121,7 +212,14 @@ func TestUpdateHosts(t *testing.T) {
 	if err := os.WriteFile(path, []byte(orig), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	block := HostsLines(Names(t.TempDir()))
+	names, err := Names(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := HostsLines(names)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i, want := range []bool{true, false} {
 		changed, err := UpdateHosts(path, block)
 		if err != nil || changed != want {
@@ -153,16 +251,16 @@ func TestNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := Names(dir); len(got) != 2 || got[0] != dpsemu.DefaultServiceHostName || got[1] != Hub {
-		t.Errorf("Names of an empty lab = %q, want the defaults", got)
+	if got, err := Names(dir); err != nil || len(got) != 2 || got[0] != dpsemu.DefaultServiceHostName || got[1] != Hub {
+		t.Errorf("Names of an empty lab = %q, %v; want the defaults", got, err)
 	}
 	h, err := StartHub(dir, ca, HubConfig{Hub: "Other-Hub.azure-devices.net", Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.Close()
-	if got := Names(dir); len(got) != 2 || got[1] != "other-hub.azure-devices.net" {
-		t.Errorf("Names = %q, want the hub of hub.connstr second", got)
+	if got, err := Names(dir); err != nil || len(got) != 2 || got[1] != "other-hub.azure-devices.net" {
+		t.Errorf("Names = %q, %v; want the hub of hub.connstr second", got, err)
 	}
 }
 
@@ -187,7 +285,10 @@ func TestNamesInCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := Names(dir)
+	names, err := Names(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct{ name, addr string }{
 		{names[0], strings.TrimPrefix(d.Endpoint, "https://")},
 		{names[1], strings.TrimPrefix(h.Service, "https://")},

@@ -37,7 +37,7 @@ type BulkOperation struct {
 // enrollment failed, and Errors names each.
 type BulkResult struct {
 	IsSuccessful bool        `json:"isSuccessful"`
-	Errors       []BulkError `json:"errors,omitempty"`
+	Errors       []BulkError `json:"errors"`
 }
 
 // BulkError is one enrollment's failure in a bulk operation

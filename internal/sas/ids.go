@@ -36,6 +36,28 @@ func ValidHostName(s string) bool {
 	return true
 }
 
+// ValidDNSName reports whether s is a DNS name as RFC 1123 writes host
+// names: dot-separated labels of 1 to 63 ASCII letters, digits and '-',
+// none starting or ending with '-', 253 characters at most, no final dot.
+// A service connection string's HostName must be one: it goes into URLs,
+// token audiences and, for the lab, the hosts file.
+func ValidDNSName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			if c := label[i]; !isAlnum(c) && c != '-' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func isAlnum(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }

@@ -56,8 +56,8 @@ func ParsePolicy(s string) (Policy, error) {
 		seen[name] = true
 		switch name {
 		case "HostName":
-			if value == "" || strings.ContainsAny(value, "/:@ \t,=") {
-				return Policy{}, fmt.Errorf("%w: HostName is not a host name (empty, or with one of / : @ , = or a space)", ErrPolicy)
+			if !ValidDNSName(value) {
+				return Policy{}, fmt.Errorf("%w: HostName is not a DNS name (dot-separated labels of letters, digits and '-')", ErrPolicy)
 			}
 			c.HostName = value
 		case "SharedAccessKeyName":

@@ -23,14 +23,23 @@ func TestParsePolicy(t *testing.T) {
 		{"HostName=h;SharedAccessKey=" + policyKey, "", "", "SharedAccessKeyName missing"},
 		{"HostName=h;HostName=i;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "given twice"},
 		{"HostName=h;SharedAccessKeyName=;SharedAccessKey=" + policyKey, "", "", "SharedAccessKeyName is empty"},
-		{"HostName=https://h/;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "not a host name"},
+		{"HostName=https://h/;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "not a DNS name"},
 		{"HostName=h;SharedAccessKeyName=p;SharedAccessKey=not*base64", "", "", "not standard base64"},
 		{"HostName=h;SharedAccessKeyName=p;SharedAccessKey=", "", "", "not standard base64"},
 		{"HostName=h;DeviceId=d;SharedAccessKey=" + policyKey, "", "", "a device or module connection string"},
 		{policyKey, "", "", "field 1 is not HostName"},
-		{"HostName=h,SharedAccessKeyName=p,SharedAccessKey=" + policyKey, "", "", "HostName is not a host name"},
+		{"HostName=h,SharedAccessKeyName=p,SharedAccessKey=" + policyKey, "", "", "HostName is not a DNS name"},
 		{"HostName=h;SharedAccessKeyName=p;SharedAccessKey=" + policyKey + ";junk", "", "", "field 4 has no '='"},
 		{"", "", "", "missing"},
+		{"HostName=Lab-Hub.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "Lab-Hub.azure-devices.net", "p", ""},
+		// HostName goes into hosts files, URLs and token audiences: only a
+		// DNS name passes.
+		{"HostName=x\n1.2.3.4\vexample.com;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "HostName is not a DNS name"},
+		{"HostName=h#x;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "HostName is not a DNS name"},
+		{"HostName=h_x.example;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "HostName is not a DNS name"},
+		{"HostName=-h.example;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "HostName is not a DNS name"},
+		{"HostName=h..example;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "HostName is not a DNS name"},
+		{"HostName=" + strings.Repeat("a", 64) + ".example;SharedAccessKeyName=p;SharedAccessKey=" + policyKey, "", "", "HostName is not a DNS name"},
 	} {
 		c, err := ParsePolicy(tc.in)
 		if tc.err != "" {
@@ -69,6 +78,7 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add("HostName=h;;SharedAccessKeyName=p=q;SharedAccessKey=AAAA")
 	f.Add("=;=;=")
 	f.Add(policyKey)
+	f.Add("HostName=x\n1.2.3.4\vexample.com;SharedAccessKeyName=p;SharedAccessKey=AAAA")
 	f.Fuzz(func(t *testing.T, s string) {
 		c, err := ParsePolicy(s)
 		if err != nil {
@@ -83,6 +93,9 @@ func FuzzParsePolicy(f *testing.F) {
 			}
 			return
 		}
+		if !ValidDNSName(c.HostName) {
+			t.Fatalf("ParsePolicy(%q) took HostName %q, not a DNS name", s, c.HostName)
+		}
 		again, err := ParsePolicy(c.ConnectionString())
 		if err != nil {
 			t.Fatalf("String() of a parsed string does not parse: %v", err)
@@ -91,4 +104,40 @@ func FuzzParsePolicy(f *testing.F) {
 			t.Fatalf("round trip changed %+v into %+v", c, again)
 		}
 	})
+}
+
+func TestValidDNSName(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"h", true},
+		{"lab-dps.azure-devices-provisioning.net", true},
+		{"Lab-Hub.Azure-Devices.net", true},
+		{"127.0.0.1", true},
+		{"a1-b2.c3", true},
+		{strings.Repeat("a", 63) + ".net", true},
+		{strings.Repeat(strings.Repeat("a", 63)+".", 3) + strings.Repeat("a", 61), true},  // 253
+		{strings.Repeat(strings.Repeat("a", 63)+".", 3) + strings.Repeat("a", 62), false}, // 254
+		{strings.Repeat("a", 64) + ".net", false},
+		{"", false},
+		{".", false},
+		{"h.", false},
+		{".h", false},
+		{"a..b", false},
+		{"-a.b", false},
+		{"a-.b", false},
+		{"a_b.c", false},
+		{"a b", false},
+		{"a#b", false},
+		{"a\nb", false},
+		{"a\vb", false},
+		{"h:443", false},
+		{"[::1]", false},
+		{"é.net", false},
+	} {
+		if got := ValidDNSName(tc.in); got != tc.want {
+			t.Errorf("ValidDNSName(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
 }

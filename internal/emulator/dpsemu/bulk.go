@@ -25,6 +25,10 @@ const (
 	maxPageSize     = 1000
 )
 
+// bulkUpdateIfMatchEtagNode is the Node.js SDK's spelling of
+// dpsservice.BulkUpdateIfMatchETag.
+const bulkUpdateIfMatchEtagNode = "updateIfMatchEtag"
+
 // bulk serves POST /enrollments, a BulkEnrollmentOperation
 // (docs/dps-protocol.md#bulk-operations-and-queries). A malformed
 // operation is refused whole with 400; otherwise each enrollment is
@@ -52,7 +56,9 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	res := dpsservice.BulkResult{IsSuccessful: true}
+	// errors is an array, empty when all succeeded, as Azure's Node.js SDK
+	// describes BulkEnrollmentOperationResult (interfaces.d.ts, 1.11.2).
+	res := dpsservice.BulkResult{IsSuccessful: true, Errors: []dpsservice.BulkError{}}
 	changed := false
 	for i := range op.Enrollments {
 		e := &op.Enrollments[i]
@@ -78,6 +84,14 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
 // its number of enrollments (1 to MaxBulk) and no registration ID twice
 // (run_bulk_operation.js: a duplicate fails the whole request).
 func checkBulk(op *dpsservice.BulkOperation) string {
+	// Azure's REST API spec spells the mode updateIfMatchETag; Azure's
+	// Node.js service client declares it updateIfMatchEtag
+	// (BulkOperationMode, interfaces.d.ts, 1.11.2) and sends what its
+	// caller gives. DPS takes both ([UNCONFIRMED]: what DPS does with
+	// other spellings; the emulator refuses them).
+	if op.Mode == bulkUpdateIfMatchEtagNode {
+		op.Mode = dpsservice.BulkUpdateIfMatchETag
+	}
 	switch op.Mode {
 	case dpsservice.BulkCreate, dpsservice.BulkUpdate, dpsservice.BulkUpdateIfMatchETag, dpsservice.BulkDelete:
 	default:
@@ -118,7 +132,7 @@ func (s *Server) applyBulk(mode string, e *dpsservice.Enrollment) (int, string) 
 		s.removeEnrollment(k)
 		return 0, ""
 	}
-	if code, msg := validateEnrollment(e, e.RegistrationID); code != 0 {
+	if code, msg := validateEnrollment(e, e.RegistrationID, s.hubs); code != 0 {
 		return code, msg
 	}
 	switch mode {

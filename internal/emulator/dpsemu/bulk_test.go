@@ -317,3 +317,34 @@ func TestQueryRequests(t *testing.T) {
 	// Other methods address an enrollment named "query".
 	wantError(t, "GET /enrollments/query", p.do("GET", "/enrollments/query"+apiQuery, nil), http.StatusNotFound, codeNoEnrollment)
 }
+
+// Azure's Node.js service client posts a bulk operation to /enrollments/
+// with a trailing slash (azure-iot-provisioning-service 1.11.2,
+// runBulkEnrollmentOperation: path '/enrollments/' + '?api-version=…'), and
+// its BulkEnrollmentOperationResult carries errors as an array, empty when
+// isSuccessful (interfaces.d.ts): a client reading errors.length must not
+// find it missing.
+func TestBulkAsNodeSends(t *testing.T) {
+	ek, _, _ := keys(t)
+	p := newInProcess(t, Config{})
+	w := p.do("POST", "/enrollments/"+apiQuery, dpsservice.BulkOperation{Mode: dpsservice.BulkCreate, Enrollments: tpmEnrollments("dev", 2, ek)},
+		"Content-Type", "application/json; charset=utf-8", "Accept", "application/json")
+	var res map[string]json.RawMessage
+	if w.Code != http.StatusOK || json.Unmarshal(w.Body.Bytes(), &res) != nil || string(res["isSuccessful"]) != "true" || string(res["errors"]) != "[]" {
+		t.Errorf("POST /enrollments/ = %d %s, want 200 with isSuccessful true and errors []", w.Code, w.Body)
+	}
+	if n := len(p.srv.st.Enrollments); n != 2 {
+		t.Errorf("%d enrollments stored, want 2", n)
+	}
+	// The Node SDK's spelling of updateIfMatchETag.
+	upd := tpmEnrollments("dev", 1, ek)
+	upd[0].ETag = p.srv.st.Enrollments[regKey("dev-0")].ETag
+	upd[0].ProvisioningStatus = dpsservice.StatusDisabled
+	w = p.do("POST", "/enrollments/"+apiQuery, dpsservice.BulkOperation{Mode: "updateIfMatchEtag", Enrollments: upd})
+	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"isSuccessful":true`) || p.srv.st.Enrollments[regKey("dev-0")].ProvisioningStatus != dpsservice.StatusDisabled {
+		t.Errorf("mode updateIfMatchEtag = %d %s, want dev-0 updated", w.Code, w.Body)
+	}
+	if w := p.do("GET", "/enrollments/"+apiQuery, nil); w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /enrollments/ = %d, want 405", w.Code)
+	}
+}

@@ -186,10 +186,8 @@ func TestAllocation(t *testing.T) {
 		{"static", "", hubs, dpsservice.Enrollment{AllocationPolicy: "static", IoTHubHostName: "hub-a.azure-devices.net"}, "hub-a.azure-devices.net", 0},
 		{"static by default", "static", hubs, dpsservice.Enrollment{IoTHubHostName: "HUB-C.azure-devices.net"}, "hub-c.azure-devices.net", 0},
 		{"static, one hub, no name", "static", hubs[:1], dpsservice.Enrollment{}, "hub-a.azure-devices.net", 0},
-		{"static to an unlinked hub", "", hubs, dpsservice.Enrollment{AllocationPolicy: "static", IoTHubHostName: "nowhere.azure-devices.net"}, "", codeHubNotLinked},
 		{"static without a name", "", hubs, dpsservice.Enrollment{AllocationPolicy: "static"}, "", codeHubNotLinked},
 		{"static outside iotHubs", "", hubs, dpsservice.Enrollment{AllocationPolicy: "static", IoTHubHostName: "hub-a.azure-devices.net", IoTHubs: []string{"hub-b.azure-devices.net"}}, "", codeHubNotLinked},
-		{"iotHubs with an unlinked hub", "", hubs, dpsservice.Enrollment{IoTHubs: []string{"hub-a.azure-devices.net", "nowhere.azure-devices.net"}}, "", codeHubNotLinked},
 		{"hashed among one", "", hubs, dpsservice.Enrollment{IoTHubs: []string{"hub-c.azure-devices.net"}}, "hub-c.azure-devices.net", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -218,6 +216,22 @@ func TestAllocation(t *testing.T) {
 				t.Errorf("no device dev-1 on %s", tc.wantHub)
 			}
 		})
+	}
+}
+
+// An enrollment written while its hub was linked, and kept in the state
+// file after Config.Hubs dropped the hub, fails allocation with 400208;
+// the service API refuses to write such an enrollment in the first place
+// (TestEnrollmentHubNotLinked).
+func TestAllocateUnlinked(t *testing.T) {
+	linked := []Hub{{HostName: "hub-a.azure-devices.net"}, {HostName: "hub-b.azure-devices.net"}}
+	for _, enr := range []dpsservice.Enrollment{
+		{RegistrationID: "dev-1", AllocationPolicy: "static", IoTHubHostName: "nowhere.azure-devices.net"},
+		{RegistrationID: "dev-1", IoTHubs: []string{"hub-a.azure-devices.net", "nowhere.azure-devices.net"}},
+	} {
+		if hub, err := allocate(&enr, linked, dpsservice.AllocationHashed, ""); err == nil || err.code != codeHubNotLinked {
+			t.Errorf("allocate(%+v) = %q, %v; want errorCode %d", enr, hub, err, codeHubNotLinked)
+		}
 	}
 }
 
@@ -458,12 +472,16 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, cfg := range map[string]Config{
-		"policy":     {Allocation: "custom"},
-		"hub":        {Hubs: []Hub{{HostName: "https://hub"}}},
-		"hub twice":  {Hubs: []Hub{{HostName: "a.net"}, {HostName: "A.net"}}},
-		"scope":      {IDScope: "0ne/1"},
-		"state file": {StateFile: bad},
-		"no folder":  {StateFile: filepath.Join(dir, "missing", "dps.json")},
+		"policy":    {Allocation: "custom"},
+		"hub":       {Hubs: []Hub{{HostName: "https://hub"}}},
+		"hub twice": {Hubs: []Hub{{HostName: "a.net"}, {HostName: "A.net"}}},
+		// Names go into connection strings, which sas.ParsePolicy reads
+		// back only with a DNS name in them.
+		"hub not DNS":     {Hubs: []Hub{{HostName: "x\n1.2.3.4\vexample.com"}}},
+		"service not DNS": {ServiceHostName: "lab_dps.example"},
+		"scope":           {IDScope: "0ne/1"},
+		"state file":      {StateFile: bad},
+		"no folder":       {StateFile: filepath.Join(dir, "missing", "dps.json")},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: New succeeded", name)

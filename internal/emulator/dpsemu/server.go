@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgetpm/edgetpm/internal/dpsservice"
 	"github.com/edgetpm/edgetpm/internal/emulator/registry"
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // Defaults of Config.
@@ -147,8 +148,8 @@ func New(cfg Config) (*Server, error) {
 	if s.serviceHost == "" {
 		s.serviceHost = DefaultServiceHostName
 	}
-	if !validHost(s.serviceHost) {
-		return nil, fmt.Errorf("service host name %q is not a host name", s.serviceHost)
+	if !sas.ValidDNSName(s.serviceHost) {
+		return nil, fmt.Errorf("service host name %q is not a DNS name", s.serviceHost)
 	}
 	if s.allocation == "" {
 		s.allocation = dpsservice.AllocationHashed
@@ -161,8 +162,8 @@ func New(cfg Config) (*Server, error) {
 		hubs = []Hub{{HostName: DefaultHub}}
 	}
 	for i, h := range hubs {
-		if !validHost(h.HostName) {
-			return nil, fmt.Errorf("hub %q is not a host name", h.HostName)
+		if !sas.ValidDNSName(h.HostName) {
+			return nil, fmt.Errorf("hub %q is not a DNS name", h.HostName)
 		}
 		if slices.IndexFunc(hubs[:i], func(o Hub) bool { return strings.EqualFold(o.HostName, h.HostName) }) >= 0 {
 			return nil, fmt.Errorf("hub %q linked twice", h.HostName)
@@ -203,6 +204,10 @@ func New(cfg Config) (*Server, error) {
 	// POST /enrollments/query outranks /enrollments/{id}, which still
 	// serves the other methods on an enrollment named "query".
 	s.mux.HandleFunc("/enrollments", s.bulk)
+	// Azure's Node.js service client posts a bulk operation to
+	// /enrollments/ (azure-iot-provisioning-service 1.11.2,
+	// runBulkEnrollmentOperation), which DPS serves as /enrollments.
+	s.mux.HandleFunc("/enrollments/{$}", s.bulk)
 	s.mux.HandleFunc("POST /enrollments/query", s.query)
 	s.mux.HandleFunc("/enrollments/{id}", s.enrollment)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -261,10 +266,6 @@ func (l *lockedReader) Read(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.r.Read(p)
-}
-
-func validHost(h string) bool {
-	return h != "" && len(h) <= 253 && !strings.ContainsAny(h, "/:@ \t\r\n?#%")
 }
 
 func validPolicy(p string) bool {

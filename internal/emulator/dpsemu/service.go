@@ -93,7 +93,7 @@ func (s *Server) putEnrollment(w http.ResponseWriter, r *http.Request, id string
 	if e.RegistrationID == "" {
 		e.RegistrationID = id
 	}
-	if code, msg := validateEnrollment(&e, id); code != 0 {
+	if code, msg := validateEnrollment(&e, id, s.hubs); code != 0 {
 		s.writeError(w, http.StatusBadRequest, code, msg)
 		return
 	}
@@ -178,8 +178,12 @@ func (s *Server) removeEnrollment(k string) {
 }
 
 // validateEnrollment checks a written enrollment and fills in defaults. It
-// returns the errorCode and message to answer with, or 0 and "".
-func validateEnrollment(e *dpsservice.Enrollment, pathID string) (int, string) {
+// returns the errorCode and message to answer with, or 0 and "". Every
+// IoT hub the enrollment names must be one of linked: DPS answers 400 to
+// an enrollment naming a hub not linked to the instance ([UNCONFIRMED]
+// errorCode 400001 and the message; no source gives DPS's own, and
+// iotHubHostName, deprecated, is held to the same rule).
+func validateEnrollment(e *dpsservice.Enrollment, pathID string, linked []Hub) (int, string) {
 	if e.RegistrationID != pathID {
 		return codeBadRequest, "registrationId in the body does not match the request path."
 	}
@@ -213,8 +217,14 @@ func validateEnrollment(e *dpsservice.Enrollment, pathID string) (int, string) {
 		return codeBadRequest, fmt.Sprintf("allocationPolicy %q is not supported; use hashed, static or geoLatency.", clip(e.AllocationPolicy))
 	}
 	for _, h := range append(slices.Clone(e.IoTHubs), e.IoTHubHostName) {
-		if h != "" && !validHost(h) {
+		if h == "" {
+			continue
+		}
+		if !sas.ValidDNSName(h) {
 			return codeBadRequest, fmt.Sprintf("IoT hub %q is not a host name.", clip(h))
+		}
+		if !slices.ContainsFunc(linked, func(l Hub) bool { return strings.EqualFold(l.HostName, h) }) {
+			return codeBadRequest, fmt.Sprintf("IoT hub %s is not linked to this provisioning service.", h)
 		}
 	}
 	if e.DeviceID != "" && registry.ValidateDeviceID(e.DeviceID) != nil {

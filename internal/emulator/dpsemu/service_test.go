@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -244,5 +245,67 @@ func TestServiceAuth(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("PATCH: %d, want 405", resp.StatusCode)
+	}
+}
+
+// An enrollment naming an IoT hub not linked to the DPS instance is
+// refused with 400 when written, by a single PUT and per enrollment in a
+// bulk operation, as DPS refuses it.
+func TestEnrollmentHubNotLinked(t *testing.T) {
+	ek, _, _ := keys(t)
+	p := newInProcess(t, Config{Hubs: []Hub{{HostName: "hub-a.azure-devices.net"}, {HostName: "hub-b.azure-devices.net"}}})
+	enr := func(id string, f func(*dpsservice.Enrollment)) dpsservice.Enrollment {
+		e := tpmEnrollments(id, 1, ek)[0]
+		e.RegistrationID = id
+		f(&e)
+		return e
+	}
+	for _, tc := range []struct {
+		name string
+		enr  dpsservice.Enrollment
+		want int
+	}{
+		{"iotHubs with an unlinked hub", enr("d1", func(e *dpsservice.Enrollment) {
+			e.IoTHubs = []string{"hub-a.azure-devices.net", "nowhere.azure-devices.net"}
+		}), http.StatusBadRequest},
+		{"iotHubHostName unlinked", enr("d2", func(e *dpsservice.Enrollment) {
+			e.AllocationPolicy, e.IoTHubHostName = "static", "nowhere.azure-devices.net"
+		}), http.StatusBadRequest},
+		{"linked, other case", enr("d3", func(e *dpsservice.Enrollment) {
+			e.IoTHubs = []string{"HUB-B.azure-devices.net"}
+		}), http.StatusOK},
+	} {
+		w := p.do("PUT", "/enrollments/"+tc.enr.RegistrationID+apiQuery, tc.enr)
+		if tc.want != http.StatusOK {
+			wantError(t, tc.name, w, tc.want, codeBadRequest)
+			if !strings.Contains(w.Body.String(), "nowhere.azure-devices.net") || !strings.Contains(w.Body.String(), "not linked") {
+				t.Errorf("%s: body %s, want the hub named as not linked", tc.name, w.Body)
+			}
+			if g := p.do("GET", "/enrollments/"+tc.enr.RegistrationID+apiQuery, nil); g.Code != http.StatusNotFound {
+				t.Errorf("%s: GET after the refusal = %d, want 404", tc.name, g.Code)
+			}
+		} else if w.Code != tc.want {
+			t.Errorf("%s: PUT = %d %s, want %d", tc.name, w.Code, w.Body, tc.want)
+		}
+	}
+
+	ops := []dpsservice.Enrollment{
+		enr("bulk-ok", func(e *dpsservice.Enrollment) { e.IoTHubs = []string{"hub-a.azure-devices.net"} }),
+		enr("bulk-bad", func(e *dpsservice.Enrollment) { e.IoTHubs = []string{"nowhere.azure-devices.net"} }),
+	}
+	w := p.do("POST", "/enrollments"+apiQuery, dpsservice.BulkOperation{Mode: dpsservice.BulkCreate, Enrollments: ops})
+	var res dpsservice.BulkResult
+	if w.Code != http.StatusOK || json.Unmarshal(w.Body.Bytes(), &res) != nil {
+		t.Fatalf("bulk create = %d %s, want 200 with a result", w.Code, w.Body)
+	}
+	if res.IsSuccessful || len(res.Errors) != 1 || res.Errors[0].RegistrationID != "bulk-bad" || res.Errors[0].ErrorCode != codeBadRequest ||
+		!strings.Contains(res.Errors[0].ErrorStatus, "not linked") {
+		t.Errorf("bulk create result %s, want one error, for bulk-bad, %d, not linked", w.Body, codeBadRequest)
+	}
+	if g := p.do("GET", "/enrollments/bulk-ok"+apiQuery, nil); g.Code != http.StatusOK {
+		t.Errorf("GET bulk-ok = %d, want 200", g.Code)
+	}
+	if g := p.do("GET", "/enrollments/bulk-bad"+apiQuery, nil); g.Code != http.StatusNotFound {
+		t.Errorf("GET bulk-bad = %d, want 404", g.Code)
 	}
 }

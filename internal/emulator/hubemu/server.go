@@ -18,6 +18,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/rs/zerolog"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // Defaults of Config.
@@ -226,10 +228,13 @@ func New(cfg Config) (*Server, error) {
 	if s.gateway == "" {
 		s.gateway = DefaultGatewayHostName
 	}
-	for _, h := range []string{s.hub, s.gateway} {
-		if strings.ContainsAny(h, "/:@ \t\r\n?#%") {
-			return nil, fmt.Errorf("hubemu: %q is not a host name", h)
-		}
+	// The hub's name goes into its service connection string, which
+	// sas.ParsePolicy reads back only with a DNS name in it.
+	if !sas.ValidDNSName(s.hub) {
+		return nil, fmt.Errorf("hubemu: hub %q is not a DNS name", s.hub)
+	}
+	if strings.ContainsAny(s.gateway, "/:@ \t\r\n?#%") {
+		return nil, fmt.Errorf("hubemu: gateway %q is not a host name", s.gateway)
 	}
 	if s.reauth <= 0 {
 		s.reauth = DefaultReauthInterval

@@ -53,7 +53,10 @@ func TestNodeServiceClientEnrollsWithLab(t *testing.T) {
 	if d.NamedErr != nil {
 		skipOrFail(t, "the lab's DPS cannot serve at its name: %v", d.NamedErr)
 	}
-	names := lab.Names(stateDir)
+	names, err := lab.Names(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	writeLabHosts(t, names)
 	nodeDir := installNodeClient(t)
 	for _, name := range names {
@@ -118,6 +121,8 @@ func TestNodeServiceClientEnrollsWithLab(t *testing.T) {
 		t.Errorf("the lab's registry has no %s on %s", deviceID, lab.Hub)
 	}
 
+	checkNodeBulkAndQuery(t, nodeDir, env, c, id.RegistrationID)
+
 	runNodeScript(t, nodeDir, env, "service.js", "delete", &struct{}{})
 	var se *dpsservice.ServiceError
 	if _, err := c.GetEnrollment(t.Context(), id.RegistrationID); !errors.As(err, &se) || se.HTTPStatus != http.StatusNotFound {
@@ -144,7 +149,11 @@ func writeLabHosts(t *testing.T, names []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	changed, err := lab.UpdateHosts(lab.HostsFile, lab.HostsLines(names))
+	block, err := lab.HostsLines(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed, err := lab.UpdateHosts(lab.HostsFile, block)
 	if err != nil {
 		skipOrFail(t, "cannot write the lab's names into %s: %v", lab.HostsFile, err)
 	}
@@ -240,4 +249,94 @@ func TestLookupHelper(t *testing.T) {
 	}
 	fmt.Println(strings.Join(addrs, " "))
 	os.Exit(0)
+}
+
+// checkNodeBulkAndQuery drives Azure's Node.js service client through its
+// own bulk operation (create, create again, update, updateIfMatchEtag,
+// delete) and its paged
+// query, checking each result in the emulator with the lab's own client c.
+// other is an enrollment that exists throughout.
+func checkNodeBulkAndQuery(t *testing.T, nodeDir string, env []string, c *dpsservice.Client, other string) {
+	t.Helper()
+	const prefix, count, pageSize = "node-bulk", 5, 2
+	env = append(env, "BULK_PREFIX="+prefix, "BULK_COUNT="+strconv.Itoa(count), "PAGE_SIZE="+strconv.Itoa(pageSize))
+	ids := make([]string, count)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s-%d", prefix, i)
+	}
+
+	var created struct{ Created, Again dpsservice.BulkResult }
+	runNodeScript(t, nodeDir, env, "service.js", "bulk-create", &created)
+	if !created.Created.IsSuccessful || len(created.Created.Errors) != 0 {
+		t.Errorf("bulk create = %+v, want successful", created.Created)
+	}
+	if a := created.Again; a.IsSuccessful || len(a.Errors) != 1 || a.Errors[0].RegistrationID != ids[0] || a.Errors[0].ErrorCode/1000 != 409 {
+		t.Errorf("bulk create of an existing enrollment = %+v, want one 409xxx error for %s", a, ids[0])
+	}
+	for _, id := range ids {
+		if e, err := c.GetEnrollment(t.Context(), id); err != nil || e.Attestation.TPM == nil || e.ProvisioningStatus != dpsservice.StatusEnabled {
+			t.Errorf("after bulk create, GetEnrollment(%s) = %+v, %v; want it enabled", id, e, err)
+		}
+	}
+
+	var updated struct{ Updated dpsservice.BulkResult }
+	runNodeScript(t, nodeDir, env, "service.js", "bulk-update", &updated)
+	if !updated.Updated.IsSuccessful {
+		t.Errorf("bulk update = %+v, want successful", updated.Updated)
+	}
+	for i, id := range ids {
+		e, err := c.GetEnrollment(t.Context(), id)
+		if want := fmt.Sprintf("%s-device-%d", prefix, i); err != nil || e.DeviceID != want || e.ProvisioningStatus != dpsservice.StatusDisabled {
+			t.Errorf("after bulk update, GetEnrollment(%s) = %+v, %v; want device %s, disabled", id, e, err, want)
+		}
+	}
+
+	var q struct {
+		Pages         [][]string
+		Continuations []*string
+	}
+	runNodeScript(t, nodeDir, env, "service.js", "query", &q)
+	want := append(slices.Clone(ids), other)
+	var got []string
+	for i, page := range q.Pages {
+		last := i == len(q.Pages)-1
+		if len(page) > pageSize || !last && len(page) != pageSize {
+			t.Errorf("query page %d holds %d enrollments, want %d", i, len(page), pageSize)
+		}
+		if c := q.Continuations[i]; last != (c == nil) || c != nil && *c == "" {
+			t.Errorf("query page %d of %d: continuation %v, want one on every page but the last", i+1, len(q.Pages), c)
+		}
+		got = append(got, page...)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if wantPages := (len(want) + pageSize - 1) / pageSize; len(q.Pages) != wantPages || !slices.Equal(got, want) {
+		t.Errorf("query read %d pages of %q, want %d pages with %q each once", len(q.Pages), got, wantPages, want)
+	}
+
+	var ifMatch struct{ Updated dpsservice.BulkResult }
+	runNodeScript(t, nodeDir, env, "service.js", "bulk-update-if-match", &ifMatch)
+	if !ifMatch.Updated.IsSuccessful {
+		t.Errorf("bulk updateIfMatchEtag = %+v, want successful", ifMatch.Updated)
+	}
+	for _, id := range ids {
+		if e, err := c.GetEnrollment(t.Context(), id); err != nil || e.ProvisioningStatus != dpsservice.StatusEnabled {
+			t.Errorf("after bulk updateIfMatchEtag, GetEnrollment(%s) = %+v, %v; want it enabled", id, e, err)
+		}
+	}
+
+	var deleted struct{ Deleted dpsservice.BulkResult }
+	runNodeScript(t, nodeDir, env, "service.js", "bulk-delete", &deleted)
+	if !deleted.Deleted.IsSuccessful {
+		t.Errorf("bulk delete = %+v, want successful", deleted.Deleted)
+	}
+	var se *dpsservice.ServiceError
+	for _, id := range ids {
+		if _, err := c.GetEnrollment(t.Context(), id); !errors.As(err, &se) || se.HTTPStatus != http.StatusNotFound {
+			t.Errorf("after bulk delete, GetEnrollment(%s) = %v, want 404", id, err)
+		}
+	}
+	if _, err := c.GetEnrollment(t.Context(), other); err != nil {
+		t.Errorf("bulk delete took %s too: %v", other, err)
+	}
 }

@@ -293,8 +293,11 @@ func (r *run) finish(items []*item) *Report {
 }
 
 // write sends items' enrollments with mode, in batches of MaxBulk on
-// Workers goroutines; one alone goes as a PUT or DELETE, as cheap and with
-// an exact error. A dry run only sets the outcomes.
+// Workers goroutines; one update or delete alone goes as a PUT or DELETE
+// with If-Match, as cheap and with an exact error. Creates always go in
+// bulk: a PUT without If-Match would overwrite an enrollment that appeared
+// after the read, where a bulk create answers 409. A dry run only sets the
+// outcomes.
 func (r *run) write(ctx context.Context, svc Service, mode string, items []*item) error {
 	if r.opts.DryRun {
 		for _, it := range items {
@@ -332,15 +335,13 @@ func (r *run) write(ctx context.Context, svc Service, mode string, items []*item
 
 // send writes one batch and sets its outcomes. Its error is only ctx's.
 func (r *run) send(ctx context.Context, svc Service, mode string, b []*item) error {
-	if len(b) == 1 {
+	if len(b) == 1 && mode != dpsservice.BulkCreate {
 		it := b[0]
 		var err error
 		switch mode {
 		case dpsservice.BulkDelete:
 			err = svc.DeleteEnrollment(ctx, it.want.RegistrationID, it.want.ETag)
-		default:
-			// A PUT's If-Match takes the place of the bulk mode; a create
-			// sends none.
+		default: // the PUT's If-Match takes the place of updateIfMatchETag
 			_, err = svc.PutEnrollment(ctx, it.want, it.want.ETag)
 		}
 		if ctx.Err() != nil {

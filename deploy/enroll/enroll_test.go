@@ -465,3 +465,28 @@ func TestEnrollFleet(t *testing.T) {
 	}
 	t.Logf("re-run: %d unchanged in %v, %d operations", n, rep.Duration.Round(time.Millisecond), rep.Operations)
 }
+
+// An enrollment that appears in DPS between the read and the create is a
+// conflict, never overwritten, even when it is the only one to create.
+func TestEnrollCreateAppeared(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	rec := record(t, "late", ca)
+	other := record(t, "late", ca)
+	svc := newSpy(d.svc)
+	svc.beforeWrite = func() {
+		if _, err := Enroll(t.Context(), d.svc, []Record{other}, Options{Verifier: verifier(t, ca)}); err != nil {
+			t.Error(err)
+		}
+	}
+	rep, err := Enroll(t.Context(), svc, []Record{rec}, Options{Verifier: verifier(t, ca)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := outcomes(rep)["late"]; got != Conflict {
+		t.Errorf("outcome %s, want conflict", got)
+	}
+	if e := d.all(t)["late"]; e.Attestation.TPM == nil || base64.StdEncoding.EncodeToString(e.Attestation.TPM.EndorsementKey) != other.EndorsementKey {
+		t.Error("the enrollment that appeared was overwritten")
+	}
+}

@@ -344,8 +344,8 @@ func (r *run) send(ctx context.Context, svc Service, mode string, b []*item) err
 		default: // the PUT's If-Match takes the place of updateIfMatchETag
 			_, err = svc.PutEnrollment(ctx, it.want, it.want.ETag)
 		}
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
+		if err != nil && ctx.Err() != nil {
+			return stopped(ctx, b, err)
 		}
 		it.settle(err)
 		return nil
@@ -355,8 +355,8 @@ func (r *run) send(ctx context.Context, svc Service, mode string, b []*item) err
 		es[i] = it.want
 	}
 	res, err := svc.Bulk(ctx, mode, es)
-	if ctx.Err() != nil {
-		return context.Cause(ctx)
+	if err != nil && ctx.Err() != nil {
+		return stopped(ctx, b, err)
 	}
 	if err != nil {
 		for _, it := range b {
@@ -380,6 +380,18 @@ func (r *run) send(ctx context.Context, svc Service, mode string, b []*item) err
 		}
 	}
 	return nil
+}
+
+// stopped settles a batch whose write ended with err because ctx ended,
+// and returns ctx's cause. A batch the meter held back was not sent, and
+// is left for finish to report so; any other may have reached DPS.
+func stopped(ctx context.Context, b []*item, err error) error {
+	if !errors.Is(err, errNotSent) {
+		for _, it := range b {
+			it.res.Outcome, it.res.Error = Failed, "sent, outcome unknown: the run was stopped; run again"
+		}
+	}
+	return context.Cause(ctx)
 }
 
 // settle sets the outcome of a write that ended with err.

@@ -490,3 +490,39 @@ func TestEnrollCreateAppeared(t *testing.T) {
 		t.Error("the enrollment that appeared was overwritten")
 	}
 }
+
+// cancelling is a Service whose Bulk reaches DPS and then sees the run
+// stopped, as when Ctrl-C comes while the answer is on its way.
+type cancelling struct {
+	Service
+	cancel context.CancelFunc
+}
+
+func (c cancelling) Bulk(ctx context.Context, mode string, es []dpsservice.Enrollment) (*dpsservice.BulkResult, error) {
+	if _, err := c.Service.Bulk(context.WithoutCancel(ctx), mode, es); err != nil {
+		return nil, err
+	}
+	c.cancel()
+	return nil, ctx.Err()
+}
+
+// A write the run was stopped during may have reached DPS: it is failed
+// with its outcome unknown, not reported as never sent.
+func TestEnrollStoppedDuringWrite(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	rep, err := Enroll(ctx, cancelling{d.svc, cancel}, []Record{record(t, "a", ca), record(t, "b", ca)}, Options{Verifier: verifier(t, ca), Workers: 1})
+	if err == nil {
+		t.Fatal("Enroll of a stopped run returned no error")
+	}
+	for _, r := range rep.Results {
+		if r.Outcome != Failed || !strings.Contains(r.Error, "outcome unknown") {
+			t.Errorf("%s: %s %q, want failed with the outcome unknown", r.RegistrationID, r.Outcome, r.Error)
+		}
+	}
+	if n := len(d.all(t)); n != 2 {
+		t.Errorf("DPS holds %d enrollments, want the 2 sent", n)
+	}
+}

@@ -2,6 +2,8 @@ package enroll
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -41,10 +43,14 @@ func NewMeter(opsPerMinute int) *Meter {
 	return &Meter{lim: rate.NewLimiter(rate.Limit(per), burst)}
 }
 
-// wait takes n operations from the budget, waiting for them.
+// errNotSent marks the error of a request the meter held back.
+var errNotSent = errors.New("not sent")
+
+// wait takes n operations from the budget, waiting for them; its error
+// is errNotSent's.
 func (m *Meter) wait(ctx context.Context, n int) error {
 	if err := m.lim.WaitN(ctx, n); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errNotSent, err)
 	}
 	m.ops.Add(int64(n))
 	return nil

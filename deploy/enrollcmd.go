@@ -42,10 +42,10 @@ func (d *dpsFlags) register(fs *flag.FlagSet) {
 // client builds the service client, as hubFlags.client does for IoT Hub,
 // with a Meter that paces its operations and counts 429s.
 func (d *dpsFlags) client(getenv func(string) string) (*dpsservice.Client, *enroll.Meter, error) {
-	if d.opsPerMinute < dpsservice.MaxBulk {
-		return nil, nil, cli.Usagef("--ops-per-minute %d: want at least %d, one bulk operation", d.opsPerMinute, dpsservice.MaxBulk)
+	m, err := enroll.NewMeter(d.opsPerMinute)
+	if err != nil {
+		return nil, nil, cli.Usagef("--ops-per-minute: %v", err)
 	}
-	m := enroll.NewMeter(d.opsPerMinute)
 	if d.lab != "" {
 		c, err := lab.DPSServiceClient(d.lab)
 		if err != nil {

@@ -252,7 +252,7 @@ func newRun(opts Options, n int) *run {
 		opts.Workers = 4
 	}
 	if opts.Meter == nil {
-		opts.Meter = NewMeter(0)
+		opts.Meter = unmetered()
 	}
 	r := &run{opts: opts, start: opts.Now(), rep: &Report{DryRun: opts.DryRun, Results: make([]Result, n)}}
 	r.ops0, r.thr0 = opts.Meter.Counts()

@@ -355,7 +355,10 @@ func TestDisableDelete(t *testing.T) {
 // The meter lets no minute hold more operations than its budget.
 func TestMeter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := NewMeter(600)
+		m, err := NewMeter(600)
+		if err != nil {
+			t.Fatal(err)
+		}
 		start := time.Now()
 		var times []time.Duration
 		for range 1300 / dpsservice.MaxBulk {
@@ -377,8 +380,9 @@ func TestMeter(t *testing.T) {
 			t.Errorf("counted %d operations", ops)
 		}
 		// A request sent again after a 429 is charged again.
-		m.OnRetry(429, time.Second)
-		m.OnRetry(503, time.Second)
+		ctx := withOps(t.Context(), dpsservice.MaxBulk)
+		m.OnRetry(ctx, 429, time.Second)
+		m.OnRetry(ctx, 503, time.Second)
 		before := time.Now()
 		if err := m.wait(t.Context(), 1); err != nil {
 			t.Fatal(err)
@@ -420,7 +424,10 @@ func TestEnrollFleet(t *testing.T) {
 	t.Logf("%d identities with EK certificates made in %v", n, time.Since(start).Round(time.Millisecond))
 	const injected = 5
 	d.srv.SetServiceFaults(dpsemu.Faults{Skip: 3, Throttle: injected, ThrottleRetryAfter: 1})
-	m := NewMeter(opm)
+	m, err := NewMeter(opm)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d.svc.OnRetry = m.OnRetry
 	svc := newSpy(d.svc)
 	var last int
@@ -524,5 +531,59 @@ func TestEnrollStoppedDuringWrite(t *testing.T) {
 	}
 	if n := len(d.all(t)); n != 2 {
 		t.Errorf("DPS holds %d enrollments, want the 2 sent", n)
+	}
+}
+
+// retrying is a Service that answers each call after one 429, telling the
+// meter as dpsservice.Client does.
+type retrying struct{ m *Meter }
+
+func (r retrying) GetEnrollment(ctx context.Context, id string) (*dpsservice.Enrollment, error) {
+	r.m.OnRetry(ctx, 429, 0)
+	return &dpsservice.Enrollment{RegistrationID: id}, nil
+}
+
+func (r retrying) QueryPage(context.Context, string, int, string) ([]dpsservice.Enrollment, string, error) {
+	return nil, "", nil
+}
+
+func (r retrying) PutEnrollment(context.Context, dpsservice.Enrollment, string) (*dpsservice.Enrollment, error) {
+	return nil, nil
+}
+func (r retrying) DeleteEnrollment(context.Context, string, string) error { return nil }
+
+func (r retrying) Bulk(ctx context.Context, _ string, _ []dpsservice.Enrollment) (*dpsservice.BulkResult, error) {
+	r.m.OnRetry(ctx, 429, 0)
+	return &dpsservice.BulkResult{IsSuccessful: true}, nil
+}
+
+// A request sent again is charged what it carries: one for a GET, the
+// enrollments of a bulk operation; a budget under one bulk operation is
+// refused.
+func TestMeterRetryCharges(t *testing.T) {
+	m, err := NewMeter(dpsservice.MaxBulk) // a bucket of 10, refilled at one a minute
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := metered{retrying{m}, m}
+	if _, err := svc.GetEnrollment(t.Context(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.lim.Tokens(); got < 7.9 || got > 8.1 {
+		t.Errorf("after a GET sent twice: %.2f operations left of 10, want 8", got)
+	}
+	if _, err := svc.Bulk(t.Context(), dpsservice.BulkCreate, make([]dpsservice.Enrollment, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.lim.Tokens(); got < 1.9 || got > 2.1 {
+		t.Errorf("after a bulk of 3 sent twice: %.2f operations left, want 2", got)
+	}
+	if ops, thr := m.Counts(); ops != 4 || thr != 2 {
+		t.Errorf("counts %d operations, %d throttled; want 4, 2", ops, thr)
+	}
+	for _, n := range []int{-1, 1, dpsservice.MaxBulk - 1} {
+		if _, err := NewMeter(n); err == nil || !strings.Contains(err.Error(), "bulk") {
+			t.Errorf("NewMeter(%d) = %v, want an error", n, err)
+		}
 	}
 }

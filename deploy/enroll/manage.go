@@ -14,7 +14,7 @@ import (
 // those it has none of, reading them within m's budget (nil: no pacing).
 func Show(ctx context.Context, svc Service, ids []string, m *Meter) ([]*dpsservice.Enrollment, error) {
 	if m == nil {
-		m = NewMeter(0)
+		m = unmetered()
 	}
 	held, err := fetch(ctx, metered{svc, m}, ids)
 	if err != nil {

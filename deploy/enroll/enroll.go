@@ -206,11 +206,15 @@ func Enroll(ctx context.Context, svc Service, recs []Record, opts Options) (*Rep
 			creates = append(creates, it)
 			continue
 		}
+		if err := tpmOnly(old); err != nil {
+			it.res.Outcome, it.res.Error, it.done = Conflict, err.Error()+"; not overwritten", true
+			continue
+		}
 		if it.res.Changes = diff(old, &it.want); len(it.res.Changes) == 0 {
 			it.res.Outcome, it.done = Unchanged, true
 			continue
 		}
-		it.want.ETag = old.ETag
+		it.want = update(old, &it.want)
 		it.success = Updated
 		updates = append(updates, it)
 	}
@@ -448,6 +452,46 @@ func fetch(ctx context.Context, svc Service, ids []string) (map[string]*dpsservi
 		}
 		cont = next
 	}
+}
+
+// tpmOnly refuses an enrollment of another attestation type than TPM:
+// this tool neither models nor manages them.
+func tpmOnly(e *dpsservice.Enrollment) error {
+	if e.Attestation.Type != "tpm" || e.Attestation.TPM == nil {
+		return fmt.Errorf("DPS holds an enrollment of attestation type %q under this registration ID, not a TPM one", clip(e.Attestation.Type))
+	}
+	return nil
+}
+
+// update returns the enrollment to send to change old to want: DPS
+// replaces the whole enrollment on a write, so it is old, with the fields
+// want asks for, and the fields old holds that want does not (allocation
+// and hubs not asked for, fields not modelled) kept; the service-owned
+// fields go back only as the ETag to match.
+func update(old, want *dpsservice.Enrollment) dpsservice.Enrollment {
+	e := *old
+	e.CreatedDateTimeUTC, e.LastUpdatedDateTimeUTC, e.RegistrationState = time.Time{}, time.Time{}, nil
+	e.DeviceID = want.DeviceID
+	if !bytes.Equal(old.Attestation.TPM.EndorsementKey, want.Attestation.TPM.EndorsementKey) {
+		e.Attestation = want.Attestation // another TPM: the old SRK is not its
+	}
+	if want.AllocationPolicy != "" {
+		e.AllocationPolicy = want.AllocationPolicy
+	}
+	if len(want.IoTHubs) > 0 {
+		e.IoTHubs = want.IoTHubs
+	}
+	if want.ProvisioningStatus != "" {
+		e.ProvisioningStatus = want.ProvisioningStatus
+	}
+	if want.Capabilities != nil {
+		e.Capabilities = want.Capabilities
+	}
+	if want.ReprovisionPolicy != nil {
+		e.ReprovisionPolicy = want.ReprovisionPolicy
+	}
+	e.InitialTwin = want.InitialTwin
+	return e
 }
 
 // diff names the fields where the enrollment DPS holds differs from the

@@ -587,3 +587,70 @@ func TestMeterRetryCharges(t *testing.T) {
 		}
 	}
 }
+
+// heldAs is a Service that holds enrollments DPS may hold and the
+// emulator cannot: other attestation types.
+type heldAs struct {
+	Service
+	held map[string]*dpsservice.Enrollment
+}
+
+func (h heldAs) GetEnrollment(ctx context.Context, id string) (*dpsservice.Enrollment, error) {
+	if e, ok := h.held[id]; ok {
+		c := *e
+		return &c, nil
+	}
+	return h.Service.GetEnrollment(ctx, id)
+}
+
+// An update keeps what the run did not ask for: the allocation, the hubs,
+// and the fields this tool does not model; an enrollment of another
+// attestation type is neither overwritten, disabled nor deleted.
+func TestEnrollKeepsWhatItDoesNotAsk(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	rec := record(t, "press-1", ca)
+	opts := Options{Verifier: verifier(t, ca), Settings: Settings{AllocationPolicy: dpsservice.AllocationStatic, IoTHubs: []string{"h1.x"}}}
+	if _, err := Enroll(t.Context(), d.svc, []Record{rec}, opts); err != nil {
+		t.Fatal(err)
+	}
+	e, err := d.svc.GetEnrollment(t.Context(), "press-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := json.RawMessage(`{"fields":{"line":"7"}}`)
+	e.Extra = map[string]json.RawMessage{"optionalDeviceInformation": info}
+	if _, err := d.svc.PutEnrollment(t.Context(), *e, e.ETag); err != nil {
+		t.Fatal(err)
+	}
+	kept := func(when string) {
+		t.Helper()
+		e := d.all(t)["press-1"]
+		if e.AllocationPolicy != dpsservice.AllocationStatic || strings.Join(e.IoTHubs, ",") != "h1.x" || string(e.Extra["optionalDeviceInformation"]) != string(info) {
+			t.Errorf("%s: allocation %q, hubs %v, extra %s; want static, h1.x, %s", when, e.AllocationPolicy, e.IoTHubs, e.Extra, info)
+		}
+	}
+	opts.Settings = Settings{Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}
+	rep, err := Enroll(t.Context(), d.svc, []Record{rec}, opts)
+	if got := outcomes(rep)["press-1"]; err != nil || got != Updated {
+		t.Fatalf("tag change: %s, %v", got, err)
+	}
+	kept("after a tag change")
+	if rep, err := Disable(t.Context(), d.svc, []string{"press-1"}, Options{}); err != nil || rep.Totals[Disabled] != 1 {
+		t.Fatalf("disable: %v, %v", rep.Totals, err)
+	}
+	kept("after disable")
+
+	x509 := &dpsservice.Enrollment{RegistrationID: "cam-1", ETag: `"1"`, Attestation: dpsservice.Attestation{Type: "x509"}}
+	svc := newSpy(heldAs{d.svc, map[string]*dpsservice.Enrollment{"cam-1": x509}})
+	rep, err = Enroll(t.Context(), svc, []Record{record(t, "cam-1", ca)}, opts)
+	if r := rep.Results[0]; err != nil || r.Outcome != Conflict || !strings.Contains(r.Error, "x509") || svc.calls != 0 {
+		t.Errorf("enroll over an x509 enrollment: %+v, %d writes, %v", r, svc.calls, err)
+	}
+	for name, f := range map[string]func(context.Context, Service, []string, Options) (*Report, error){"disable": Disable, "delete": Delete} {
+		rep, err := f(t.Context(), svc, []string{"cam-1"}, Options{})
+		if r := rep.Results[0]; err != nil || r.Outcome != Refused || !strings.Contains(r.Error, "x509") || svc.calls != 0 {
+			t.Errorf("%s of an x509 enrollment: %+v, %d writes, %v", name, r, svc.calls, err)
+		}
+	}
+}

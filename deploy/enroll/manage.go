@@ -87,6 +87,10 @@ func manage(ctx context.Context, svc Service, ids []string, opts Options, succes
 			continue
 		}
 		it.res.DeviceID = old.DeviceID
+		if err := tpmOnly(old); err != nil {
+			it.res.Outcome, it.res.Error, it.done = Refused, err.Error()+": manage it with the Azure portal or az iot dps", true
+			continue
+		}
 		e := *old
 		// What the service owns goes back only as the ETag to match.
 		e.CreatedDateTimeUTC, e.LastUpdatedDateTimeUTC, e.RegistrationState = time.Time{}, time.Time{}, nil

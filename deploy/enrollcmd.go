@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -76,6 +77,27 @@ func (d *dpsFlags) client(getenv func(string) string) (*dpsservice.Client, *enro
 	return &dpsservice.Client{Conn: conn, Endpoint: strings.TrimSuffix(d.endpoint, "/"), HTTP: tlsconfig.HTTPClient(roots, time.Minute), OnRetry: m.OnRetry}, m, nil
 }
 
+// optBool is a boolean flag that may be left unset (v nil).
+type optBool struct{ v *bool }
+
+func (b *optBool) IsBoolFlag() bool { return true }
+
+func (b *optBool) String() string {
+	if b == nil || b.v == nil {
+		return ""
+	}
+	return strconv.FormatBool(*b.v)
+}
+
+func (b *optBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	b.v = &v
+	return nil
+}
+
 // listFlag collects a repeated flag.
 type listFlag []string
 
@@ -111,15 +133,16 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	var (
 		from, deviceID, allocation, status, reprovision, desiredFile string
 		hubs, tags, anchors                                          listFlag
-		edge, allowUnverified, dryRun, asJSON                        bool
+		edge                                                         optBool
+		allowUnverified, dryRun, asJSON                              bool
 	)
 	fs.StringVar(&from, "from", "-", "identities `FILE`: JSON (lines) or CSV; - for stdin")
 	fs.StringVar(&deviceID, "device-id", "", "IoT hub device `ID` of a single identity (default: the registration ID)")
-	fs.BoolVar(&edge, "edge", true, "enroll IoT Edge devices")
+	fs.Var(&edge, "edge", "enroll IoT Edge devices, or not with --edge=false (default: IoT Edge on create, left alone on update)")
 	fs.Var(&hubs, "hub", "IoT hub `HOST` the devices may be assigned to (repeat; default: all linked hubs)")
 	fs.StringVar(&allocation, "allocation", "", "allocation `POLICY` over the hubs: hashed, static or geoLatency (default: DPS's)")
-	fs.StringVar(&status, "status", dpsservice.StatusEnabled, "provisioning `STATUS`: enabled or disabled")
-	fs.StringVar(&reprovision, "reprovision", enroll.ReprovisionMigrate, "on re-provisioning: migrate (move the twin), reset (initial twin) or never")
+	fs.StringVar(&status, "status", "", "provisioning `STATUS`: enabled or disabled (default: enabled on create, left alone on update)")
+	fs.StringVar(&reprovision, "reprovision", "", "on re-provisioning: migrate (move the twin), reset (initial twin) or never (default: DPS's, migrate, on create; left alone on update)")
 	fs.Var(&tags, "tag", "initial twin tag `NAME=VALUE` (repeat)")
 	fs.StringVar(&desiredFile, "desired", "", "initial twin desired properties, a JSON object in `FILE`")
 	fs.Var(&anchors, "ek-ca", "trust the TPM manufacturer CA certificates in `PEM` too (repeat)")
@@ -133,7 +156,7 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
-	s := enroll.Settings{DeviceID: deviceID, IoTEdge: edge, IoTHubs: hubs, AllocationPolicy: allocation, ProvisioningStatus: status, Reprovision: reprovision}
+	s := enroll.Settings{DeviceID: deviceID, IoTEdge: edge.v, IoTHubs: hubs, AllocationPolicy: allocation, ProvisioningStatus: status, Reprovision: reprovision}
 	for _, t := range tags {
 		name, value, ok := strings.Cut(t, "=")
 		if !ok || name == "" {

@@ -151,6 +151,15 @@ func TestEnrollCommand(t *testing.T) {
 	if err != nil || !strings.Contains(out, ids[0]+": disabled, device "+ids[0]+" (the registration ID), IoT Edge true, never registered") {
 		t.Errorf("show a disabled one: %v\n%s", err, out)
 	}
+	// Re-running the factory file leaves the disabled device disabled.
+	out, err = cmd("--from", file, "--allow-unverified", "--tag", "site=plant-7")
+	if err != nil || !strings.HasPrefix(out, "2 identities: 2 unchanged;") {
+		t.Errorf("re-run after disable: %v\n%s", err, out)
+	}
+	out, err = cmd("--from", file, "--allow-unverified", "--tag", "site=plant-7", "--edge=false", "--dry-run")
+	if err != nil || !strings.Contains(out, "would be updated   "+ids[0]+" (line 1): capabilities") {
+		t.Errorf("--edge=false: %v\n%s", err, out)
+	}
 	out, err = cmd("delete", "--from", file, "--dry-run")
 	if err != nil || !strings.Contains(out, "2 identities: would be 2 deleted") {
 		t.Errorf("delete --dry-run: %v\n%s", err, out)

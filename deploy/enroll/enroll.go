@@ -202,6 +202,7 @@ func Enroll(ctx context.Context, svc Service, recs []Record, opts Options) (*Rep
 		}
 		old := held[strings.ToLower(it.want.RegistrationID)]
 		if old == nil {
+			it.want = created(it.want)
 			it.success = Created
 			creates = append(creates, it)
 			continue
@@ -495,8 +496,8 @@ func update(old, want *dpsservice.Enrollment) dpsservice.Enrollment {
 }
 
 // diff names the fields where the enrollment DPS holds differs from the
-// one asked for. Fields DPS fills when left out (allocation, hubs) count
-// only when asked for; the twin is compared as JSON, without the $version
+// one asked for. Only the fields asked for count, but for the device ID,
+// the EK and the twin, which a run always gives; the twin is compared as JSON, without the $version
 // and $metadata DPS adds.
 func diff(old, want *dpsservice.Enrollment) []string {
 	var d []string
@@ -512,17 +513,17 @@ func diff(old, want *dpsservice.Enrollment) []string {
 	if len(want.IoTHubs) > 0 && !sameHubs(old.IoTHubs, want.IoTHubs) {
 		d = append(d, "iotHubs")
 	}
-	if orDefault(old.ProvisioningStatus, dpsservice.StatusEnabled) != want.ProvisioningStatus {
+	if want.ProvisioningStatus != "" && orDefault(old.ProvisioningStatus, dpsservice.StatusEnabled) != want.ProvisioningStatus {
 		d = append(d, "provisioningStatus")
 	}
-	if (old.Capabilities != nil && old.Capabilities.IoTEdge) != want.Capabilities.IoTEdge {
+	if want.Capabilities != nil && (old.Capabilities != nil && old.Capabilities.IoTEdge) != want.Capabilities.IoTEdge {
 		d = append(d, "capabilities")
 	}
 	oldRP := old.ReprovisionPolicy
 	if oldRP == nil {
 		oldRP = reprovisionPolicy("")
 	}
-	if *oldRP != *want.ReprovisionPolicy {
+	if want.ReprovisionPolicy != nil && *oldRP != *want.ReprovisionPolicy {
 		d = append(d, "reprovisionPolicy")
 	}
 	if !sameTwin(old.InitialTwin, want.InitialTwin) {

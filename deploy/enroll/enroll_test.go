@@ -45,7 +45,7 @@ func TestSettingsValidate(t *testing.T) {
 
 func TestDiff(t *testing.T) {
 	ek, _ := fakeEK(t)
-	want := Settings{IoTEdge: true, Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}.enrollment("dev1", ek, &Check{Verified: true})
+	want := Settings{IoTEdge: new(true), ProvisioningStatus: dpsservice.StatusEnabled, Reprovision: ReprovisionMigrate, Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}.enrollment("dev1", ek, &Check{Verified: true})
 	held := func(f func(e *dpsservice.Enrollment)) *dpsservice.Enrollment {
 		e := want
 		e.ETag, e.AllocationPolicy, e.IoTHubs = `"1"`, "hashed", []string{"h.x"} // DPS's defaults
@@ -183,7 +183,7 @@ func TestEnrollVerifies(t *testing.T) {
 		Record{RegistrationID: "bad id", EndorsementKey: good[0].EndorsementKey},
 	)
 	svc := newSpy(d.svc)
-	rep, err := Enroll(t.Context(), svc, recs, Options{Verifier: verifier(t, ca), Settings: Settings{IoTEdge: true}})
+	rep, err := Enroll(t.Context(), svc, recs, Options{Verifier: verifier(t, ca), Settings: Settings{IoTEdge: new(true)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestEnrollVerifies(t *testing.T) {
 	// refused, and so does an EK paired with another EK's certificate (a
 	// line mixed up on the way); the genuine ones are left alone.
 	svc.writes = map[string]int{}
-	rep, err = Enroll(t.Context(), svc, recs, Options{Verifier: verifier(t, ca), AllowUnverified: true, Settings: Settings{IoTEdge: true}})
+	rep, err = Enroll(t.Context(), svc, recs, Options{Verifier: verifier(t, ca), AllowUnverified: true, Settings: Settings{IoTEdge: new(true)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestEnrollRerun(t *testing.T) {
 	for i := range 12 {
 		recs = append(recs, record(t, fmt.Sprintf("dev-%02d", i), ca))
 	}
-	opts := Options{Verifier: verifier(t, ca), Settings: Settings{IoTEdge: true, Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}}
+	opts := Options{Verifier: verifier(t, ca), Settings: Settings{IoTEdge: new(true), Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}}
 	svc := newSpy(d.svc)
 	if rep, err := Enroll(t.Context(), svc, recs, opts); err != nil || rep.Totals[Created] != 12 {
 		t.Fatalf("first run: %v, %v", rep, err)
@@ -307,7 +307,8 @@ func TestEnrollRerun(t *testing.T) {
 		t.Errorf("after the conflict: %v, %v", got, err)
 	}
 	e := d.all(t)["dev-03"]
-	if e.DeviceID != "press-3" || e.ProvisioningStatus != dpsservice.StatusEnabled {
+	// The status disabled by hand is left alone: the run does not ask one.
+	if e.DeviceID != "press-3" || e.ProvisioningStatus != dpsservice.StatusDisabled {
 		t.Errorf("dev-03 = %+v", e)
 	}
 }
@@ -652,5 +653,54 @@ func TestEnrollKeepsWhatItDoesNotAsk(t *testing.T) {
 		if r := rep.Results[0]; err != nil || r.Outcome != Refused || !strings.Contains(r.Error, "x509") || svc.calls != 0 {
 			t.Errorf("%s of an x509 enrollment: %+v, %d writes, %v", name, r, svc.calls, err)
 		}
+	}
+}
+
+// A re-run that does not give the status, IoT Edge or the re-provisioning
+// policy leaves them as they are: a device disabled since stays disabled.
+// A new enrollment is an enabled IoT Edge device with DPS's re-provisioning
+// policy.
+func TestEnrollRerunLeavesStatus(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	recs := []Record{record(t, "a", ca), record(t, "b", ca)}
+	opts := Options{Verifier: verifier(t, ca)}
+	if _, err := Enroll(t.Context(), d.svc, recs, opts); err != nil {
+		t.Fatal(err)
+	}
+	e := d.all(t)["a"]
+	if e.ProvisioningStatus != dpsservice.StatusEnabled || e.Capabilities == nil || !e.Capabilities.IoTEdge {
+		t.Errorf("created: status %q, capabilities %+v; want enabled, IoT Edge", e.ProvisioningStatus, e.Capabilities)
+	}
+	if _, err := Disable(t.Context(), d.svc, []string{"a"}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.svc.GetEnrollment(t.Context(), "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Capabilities, b.ReprovisionPolicy = &dpsservice.Capabilities{IoTEdge: false}, &dpsservice.ReprovisionPolicy{}
+	if _, err := d.svc.PutEnrollment(t.Context(), *b, b.ETag); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Enroll(t.Context(), d.svc, recs, opts)
+	if err != nil || rep.Totals[Unchanged] != 2 {
+		t.Fatalf("re-run: %v, %v", rep.Totals, err)
+	}
+	held := d.all(t)
+	if held["a"].ProvisioningStatus != dpsservice.StatusDisabled {
+		t.Error("a re-run re-enabled a disabled device")
+	}
+	if hb := held["b"]; hb.Capabilities.IoTEdge || *hb.ReprovisionPolicy != (dpsservice.ReprovisionPolicy{}) {
+		t.Errorf("a re-run reset b: %+v, %+v", hb.Capabilities, hb.ReprovisionPolicy)
+	}
+	opts.Settings = Settings{ProvisioningStatus: dpsservice.StatusEnabled, IoTEdge: new(true)}
+	rep, err = Enroll(t.Context(), d.svc, recs, opts)
+	if err != nil || rep.Totals[Updated] != 2 {
+		t.Fatalf("asking enabled and IoT Edge: %v, %v", rep.Totals, err)
+	}
+	held = d.all(t)
+	if held["a"].ProvisioningStatus != dpsservice.StatusEnabled || !held["b"].Capabilities.IoTEdge || *held["b"].ReprovisionPolicy != (dpsservice.ReprovisionPolicy{}) {
+		t.Errorf("after asking: a %s, b %+v %+v", held["a"].ProvisioningStatus, held["b"].Capabilities, held["b"].ReprovisionPolicy)
 	}
 }

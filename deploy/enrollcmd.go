@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -36,7 +39,7 @@ func (d *dpsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&d.lab, "lab", "", "use the running lab DPS of state `folder` (its connection string, CA and service URL)")
 	fs.StringVar(&d.connFile, "connection-string-file", "", "read the DPS service connection string from `FILE` (default: $"+envDPSConnectionString+")")
 	fs.StringVar(&d.caFile, "ca-file", "", "trust the CA certificates in `PEM` too (the lab's DPS)")
-	fs.StringVar(&d.endpoint, "endpoint", "", "service API base `URL` (default: https:// and the connection string's HostName)")
+	fs.StringVar(&d.endpoint, "endpoint", "", "service API base `URL`: https, the connection string's HostName or a loopback address (default: https:// and the HostName)")
 	fs.IntVar(&d.opsPerMinute, "ops-per-minute", enroll.DefaultOpsPerMinute, "DPS operations a minute to stay within (1,000 per unit of an S1 instance)")
 }
 
@@ -70,6 +73,9 @@ func (d *dpsFlags) client(getenv func(string) string) (*dpsservice.Client, *enro
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkEndpoint(d.endpoint, conn.HostName); err != nil {
+		return nil, nil, cli.Usagef("--endpoint %q: %v", d.endpoint, err)
+	}
 	roots, err := tlsconfig.TrustFile(d.caFile)
 	if err != nil {
 		return nil, nil, err
@@ -96,6 +102,36 @@ func (b *optBool) Set(s string) error {
 	}
 	b.v = &v
 	return nil
+}
+
+// checkEndpoint refuses a service endpoint the SAS token must not go to:
+// each request carries a token of the connection string's policy, valid
+// an hour, whose sr is its HostName. Plain HTTP would show it to the
+// network, another host would get it; a loopback host is the lab or an
+// emulator on this machine. Empty is https:// and the HostName.
+func checkEndpoint(endpoint, hostName string) error {
+	if endpoint == "" {
+		return nil
+	}
+	u, err := url.Parse(endpoint)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme != "https":
+		return errors.New("want an https:// URL: the service token never goes in clear")
+	case u.User != nil:
+		return errors.New("a URL with user information")
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return errors.New("a URL with a query or fragment: give the service's base URL")
+	}
+	h := u.Hostname()
+	if strings.EqualFold(h, hostName) || h == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("host %q is not the connection string's HostName %q (nor a loopback address): the service token is for that DPS alone", h, hostName)
 }
 
 // listFlag collects a repeated flag.

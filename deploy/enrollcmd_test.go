@@ -202,3 +202,33 @@ func TestEnrollCommand(t *testing.T) {
 		t.Errorf("CSV --dry-run: %v\n%s", err, out)
 	}
 }
+
+// The service SAS token, valid an hour with the full policy's rights,
+// goes only over TLS to the DPS the connection string names, or to a
+// loopback address (the lab, an emulator).
+func TestCheckEndpoint(t *testing.T) {
+	const host = "plant7.azure-devices-provisioning.net"
+	for _, tc := range []struct {
+		endpoint, err string
+	}{
+		{"", ""},
+		{"https://plant7.azure-devices-provisioning.net", ""},
+		{"https://PLANT7.azure-devices-provisioning.net:443/", ""},
+		{"https://127.0.0.1:8443", ""},
+		{"https://localhost:8443", ""},
+		{"https://[::1]:8443", ""},
+		{"http://plant7.azure-devices-provisioning.net", "https"},
+		{"http://127.0.0.1:8080", "https"},
+		{"plant7.azure-devices-provisioning.net", "https"},
+		{"https://other.azure-devices-provisioning.net", "not the connection string's"},
+		{"https://plant7.azure-devices-provisioning.net.evil.example", "not the connection string's"},
+		{"https://10.0.0.5", "not the connection string's"},
+		{"https://user@plant7.azure-devices-provisioning.net", "user"},
+		{"https://plant7.azure-devices-provisioning.net/?x=1", "query"},
+	} {
+		err := checkEndpoint(tc.endpoint, host)
+		if (tc.err == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("checkEndpoint(%q) = %v, want %q", tc.endpoint, err, tc.err)
+		}
+	}
+}

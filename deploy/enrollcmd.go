@@ -374,7 +374,9 @@ func printEnrollReport(w io.Writer, rep *enroll.Report, asJSON bool) {
 			line += ": " + r.Error
 		}
 		if r.EK != nil && r.Error == "" {
-			if r.EK.Verified {
+			if r.EK.Verified && r.EK.OperatorAnchor {
+				line += fmt.Sprintf(" [%s %s, operator CA %s]", r.EK.Manufacturer, r.EK.Model, r.EK.Anchor)
+			} else if r.EK.Verified {
 				line += fmt.Sprintf(" [%s %s]", r.EK.Manufacturer, r.EK.Model)
 			} else {
 				line += " [EK NOT VERIFIED: " + r.EK.Problem + "]"

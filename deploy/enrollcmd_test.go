@@ -190,7 +190,7 @@ func TestEnrollCommand(t *testing.T) {
 		t.Errorf("an untrusted manufacturer: %v\n%s", err, out)
 	}
 	out, err = cmd("--from", genuine, "--ek-ca", root)
-	if err != nil || !strings.Contains(out, "created   "+tpm.RegistrationID(ek)+" (line 1) [Infineon SLB9672]") {
+	if err != nil || !strings.Contains(out, "created   "+tpm.RegistrationID(ek)+" (line 1) [Infineon SLB9672, operator CA "+ca.Root.Subject.String()+"]") {
 		t.Errorf("--ek-ca: %v\n%s", err, out)
 	}
 	// The same from a CSV, with a device ID: an update, in a dry run.
@@ -198,7 +198,7 @@ func TestEnrollCommand(t *testing.T) {
 	os.WriteFile(csv, []byte("registrationId,endorsementKey,endorsementKeyCertificate,endorsementKeyCertificateChain,deviceId\n"+
 		tpm.RegistrationID(ek)+","+base64.StdEncoding.EncodeToString(ek)+","+base64.StdEncoding.EncodeToString(cert)+",\""+pemOf(ca.Intermediate.Raw)+"\",press-9\n"), 0o600)
 	out, err = cmd("--from", csv, "--ek-ca", root, "--dry-run")
-	if err != nil || !strings.Contains(out, "would be updated   "+tpm.RegistrationID(ek)+" (line 2): deviceId [Infineon SLB9672]") {
+	if err != nil || !strings.Contains(out, "would be updated   "+tpm.RegistrationID(ek)+" (line 2): deviceId [Infineon SLB9672, operator CA "+ca.Root.Subject.String()+"]") {
 		t.Errorf("CSV --dry-run: %v\n%s", err, out)
 	}
 }

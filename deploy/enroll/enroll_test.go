@@ -49,7 +49,7 @@ func TestDiff(t *testing.T) {
 	held := func(f func(e *dpsservice.Enrollment)) *dpsservice.Enrollment {
 		e := want
 		e.ETag, e.AllocationPolicy, e.IoTHubs = `"1"`, "hashed", []string{"h.x"} // DPS's defaults
-		e.InitialTwin = json.RawMessage(`{"tags":{"site":"p7","tpm":{"ekVerified":true}},"properties":{"desired":{"$metadata":{},"$version":1}}}`)
+		e.InitialTwin = json.RawMessage(`{"tags":{"site":"p7","tpm":{"ekVerified":true,"ekAnchor":"manufacturer"}},"properties":{"desired":{"$metadata":{},"$version":1}}}`)
 		e.ReprovisionPolicy = nil
 		f(&e)
 		return &e
@@ -68,7 +68,7 @@ func TestDiff(t *testing.T) {
 		{"disabled", func(e *dpsservice.Enrollment) { e.ProvisioningStatus = "disabled" }, "provisioningStatus"},
 		{"reprovision", func(e *dpsservice.Enrollment) { e.ReprovisionPolicy = &dpsservice.ReprovisionPolicy{} }, "reprovisionPolicy"},
 		{"tag", func(e *dpsservice.Enrollment) {
-			e.InitialTwin = json.RawMessage(`{"tags":{"site":"p8","tpm":{"ekVerified":true}}}`)
+			e.InitialTwin = json.RawMessage(`{"tags":{"site":"p8","tpm":{"ekVerified":true,"ekAnchor":"manufacturer"}}}`)
 		}, "initialTwin"},
 		{"no twin", func(e *dpsservice.Enrollment) { e.InitialTwin = nil }, "initialTwin"},
 	} {
@@ -207,8 +207,14 @@ func TestEnrollVerifies(t *testing.T) {
 	if len(held) != 3 {
 		t.Errorf("DPS holds %d enrollments, want the 3 genuine", len(held))
 	}
-	if tag := twinTag(t, held["good-2"]); tag["ekVerified"] != true || tag["manufacturer"] != "Infineon" || tag["model"] != "SLB9672" {
+	// The test CA is the operator's anchor, not a bundled manufacturer's.
+	if tag := twinTag(t, held["good-2"]); tag["ekVerified"] != true || tag["ekAnchor"] != "operator" || tag["manufacturer"] != "Infineon" || tag["model"] != "SLB9672" {
 		t.Errorf("good-2 tag %v", tag)
+	}
+	for _, r := range rep.Results {
+		if r.RegistrationID == "good-2" && (!r.EK.OperatorAnchor || r.EK.Anchor != ca.Root.Subject.String()) {
+			t.Errorf("good-2 check %+v, want the operator's anchor named", r.EK)
+		}
 	}
 
 	// Unverified EKs are enrolled when allowed, marked; bad records stay
@@ -702,5 +708,21 @@ func TestEnrollRerunLeavesStatus(t *testing.T) {
 	held = d.all(t)
 	if held["a"].ProvisioningStatus != dpsservice.StatusEnabled || !held["b"].Capabilities.IoTEdge || *held["b"].ReprovisionPolicy != (dpsservice.ReprovisionPolicy{}) {
 		t.Errorf("after asking: a %s, b %+v %+v", held["a"].ProvisioningStatus, held["b"].Capabilities, held["b"].ReprovisionPolicy)
+	}
+}
+
+// The tag tells a manufacturer's anchor from the operator's.
+func TestCheckTag(t *testing.T) {
+	for _, tc := range []struct {
+		c    Check
+		want string
+	}{
+		{Check{Verified: true, Manufacturer: "Infineon", Anchor: "Infineon_RSA_Root.pem"}, `{"ekVerified":true,"ekAnchor":"manufacturer","manufacturer":"Infineon"}`},
+		{Check{Verified: true, Anchor: "CN=Plant CA", OperatorAnchor: true}, `{"ekVerified":true,"ekAnchor":"operator"}`},
+		{Check{Problem: "no EK certificate"}, `{"ekVerified":false}`},
+	} {
+		if got := string(tc.c.tag()); got != tc.want {
+			t.Errorf("tag of %+v = %s, want %s", tc.c, got, tc.want)
+		}
 	}
 }

@@ -24,8 +24,9 @@ const (
 )
 
 // TagKey is the initial twin tag Enroll owns: {"ekVerified": bool} and,
-// for a verified EK, "manufacturer", "model" and "firmware" from its
-// certificate. A fleet query like "tags.tpm.ekVerified = false" finds the
+// for a verified EK, "ekAnchor" ("manufacturer" for a bundled root,
+// "operator" for an --ek-ca one) and "manufacturer", "model" and
+// "firmware" from its certificate. A fleet query like "tags.tpm.ekVerified = false" finds the
 // devices enrolled with --allow-unverified.
 const TagKey = "tpm"
 

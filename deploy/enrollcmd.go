@@ -235,12 +235,9 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	recs, err := readIdentities(from, stdin)
+	recs, err := readList(from, stdin, enroll.Read)
 	if err != nil {
 		return err
-	}
-	if deviceID != "" && len(recs) > 1 {
-		return cli.Usagef("--device-id names one device, and %s holds %d identities: give each its deviceId in the file", from, len(recs))
 	}
 	bar := newProgress(stderr)
 	rep, err := enroll.Enroll(ctx, c, recs, enroll.Options{
@@ -264,7 +261,7 @@ func manageCmd(ctx context.Context, verb string, args []string, stdin io.Reader,
 	d.register(fs)
 	var from string
 	var asJSON, dryRun bool
-	fs.StringVar(&from, "from", "", "take the registration IDs of the identities in `FILE` (as enroll reads it; - for stdin) too")
+	fs.StringVar(&from, "from", "", "take the registration IDs in `FILE` too: one a line, or an identity file as enroll reads it (- for stdin)")
 	fs.BoolVar(&asJSON, "json", false, "print JSON")
 	if verb != "show" {
 		fs.BoolVar(&dryRun, "dry-run", false, "report what would change, write nothing")
@@ -283,13 +280,11 @@ func manageCmd(ctx context.Context, verb string, args []string, stdin io.Reader,
 	}
 	ids := fs.Args()
 	if from != "" {
-		recs, err := readIdentities(from, stdin)
+		more, err := readList(from, stdin, enroll.ReadIDs)
 		if err != nil {
 			return err
 		}
-		for _, r := range recs {
-			ids = append(ids, r.RegistrationID)
-		}
+		ids = append(ids, more...)
 	}
 	if len(ids) == 0 {
 		return cli.Usagef("enroll %s: give registration IDs or --from", verb)
@@ -322,7 +317,8 @@ func manageCmd(ctx context.Context, verb string, args []string, stdin io.Reader,
 	return reportError(rep)
 }
 
-func readIdentities(from string, stdin io.Reader) ([]enroll.Record, error) {
+// readList reads the file from (stdin for -) with read.
+func readList[T any](from string, stdin io.Reader, read func(io.Reader) ([]T, error)) ([]T, error) {
 	in, name := stdin, "stdin"
 	if from != "-" {
 		f, err := os.Open(from)
@@ -332,11 +328,11 @@ func readIdentities(from string, stdin io.Reader) ([]enroll.Record, error) {
 		defer f.Close()
 		in, name = f, from
 	}
-	recs, err := enroll.Read(in)
+	out, err := read(in)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return recs, nil
+	return out, nil
 }
 
 // reportError is the error of a run that left identities not as asked.

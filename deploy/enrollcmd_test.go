@@ -160,6 +160,17 @@ func TestEnrollCommand(t *testing.T) {
 	if err != nil || !strings.Contains(out, "would be updated   "+ids[0]+" (line 1): capabilities") {
 		t.Errorf("--edge=false: %v\n%s", err, out)
 	}
+	// A plain list of registration IDs serves show, disable and delete.
+	list := filepath.Join(t.TempDir(), "ids.txt")
+	os.WriteFile(list, []byte(ids[1]+"\n"), 0o600)
+	out, err = cmd("disable", "--from", list, "--dry-run")
+	if err != nil || !strings.Contains(out, "would be disabled  "+ids[1]) {
+		t.Errorf("disable --from a list: %v\n%s", err, out)
+	}
+	out, err = cmd("--from", file, "--device-id", "press-1", "--allow-unverified")
+	if err == nil || !strings.Contains(err.Error(), "one device ID for 2 identities") {
+		t.Errorf("--device-id with 2 identities: %v\n%s", err, out)
+	}
 	out, err = cmd("delete", "--from", file, "--dry-run")
 	if err != nil || !strings.Contains(out, "2 identities: would be 2 deleted") {
 		t.Errorf("delete --dry-run: %v\n%s", err, out)

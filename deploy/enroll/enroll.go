@@ -103,7 +103,8 @@ type Options struct {
 	// Meter paces and counts the operations; nil means no pacing, and
 	// no count of 429s, which needs Meter.OnRetry on the client.
 	Meter *Meter
-	// Progress, when set, is told how many identities are done.
+	// Progress, when set, is told how many identities are done; calls
+	// come one at a time, in order.
 	Progress func(done, total int)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -140,7 +141,7 @@ func Enroll(ctx context.Context, svc Service, recs []Record, opts Options) (*Rep
 		return nil, err
 	}
 	if opts.Settings.DeviceID != "" && len(recs) > 1 {
-		return nil, errors.New("one device ID for many identities: give each its own in the file")
+		return nil, fmt.Errorf("one device ID for %d identities: give each its deviceId in the file", len(recs))
 	}
 	items := make([]*item, len(recs))
 	seen := map[string]int{}
@@ -266,14 +267,14 @@ func newRun(opts Options, n int) *run {
 
 func (r *run) metered(svc Service) Service { return metered{svc, r.opts.Meter} }
 
-// done counts n more identities done and tells Progress.
+// done counts n more identities done and tells Progress, under the lock
+// so that the counts it is told never go backwards.
 func (r *run) done(n int) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.finished += n
-	f := r.finished
-	r.mu.Unlock()
 	if r.opts.Progress != nil && n > 0 {
-		r.opts.Progress(f, len(r.rep.Results))
+		r.opts.Progress(r.finished, len(r.rep.Results))
 	}
 }
 

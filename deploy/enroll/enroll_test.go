@@ -726,3 +726,32 @@ func TestCheckTag(t *testing.T) {
 		}
 	}
 }
+
+// Progress never goes backwards, however the workers' reports interleave.
+func TestEnrollProgressInOrder(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	var recs []Record
+	for i := range 8 * dpsservice.MaxBulk {
+		recs = append(recs, record(t, fmt.Sprintf("dev-%02d", i), nil))
+	}
+	var (
+		mu   sync.Mutex
+		seen []int
+	)
+	_, err := Enroll(t.Context(), d.svc, recs, Options{AllowUnverified: true, Workers: 8, Progress: func(done, total int) {
+		if done%20 == 10 { // a slow terminal now and then
+			time.Sleep(50 * time.Millisecond)
+		}
+		mu.Lock()
+		seen = append(seen, done)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(seen); i++ {
+		if seen[i] < seen[i-1] {
+			t.Fatalf("progress went %v", seen)
+		}
+	}
+}

@@ -146,7 +146,9 @@ CSV with a header row (registrationId, endorsementKey and optional
 endorsementKeyCertificate, deviceId, iotEdge, iotHubs, allocationPolicy,
 provisioningStatus, reprovision, tags, desiredProperties, tag.NAME columns).
 Each EK certificate must verify up to a TPM manufacturer's root. Only what
-differs from DPS is written; a re-run changes nothing.
+differs from DPS is written; a re-run changes nothing, and a setting no flag
+or column gives (status, IoT Edge, re-provisioning, allocation, hubs) is
+left as DPS holds it.
 
   edge-deploy enroll [--from FILE] [flags]
   edge-deploy enroll show|disable|delete [--from FILE] [flags] [REGISTRATION-ID...]

@@ -477,8 +477,11 @@ func update(old, want *dpsservice.Enrollment) dpsservice.Enrollment {
 	if !bytes.Equal(old.Attestation.TPM.EndorsementKey, want.Attestation.TPM.EndorsementKey) {
 		e.Attestation = want.Attestation // another TPM: the old SRK is not its
 	}
-	if want.AllocationPolicy != "" {
+	switch {
+	case want.AllocationPolicy != "":
 		e.AllocationPolicy = want.AllocationPolicy
+	case e.AllocationPolicy == dpsservice.AllocationStatic && len(want.IoTHubs) > 1:
+		e.AllocationPolicy = dpsservice.AllocationHashed // static takes one hub
 	}
 	if len(want.IoTHubs) > 0 {
 		e.IoTHubs = want.IoTHubs

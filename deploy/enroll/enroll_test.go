@@ -37,9 +37,8 @@ func TestSettingsValidate(t *testing.T) {
 			t.Errorf("Validate(%+v) = %v, want %q", tc.s, err, tc.err)
 		}
 	}
-	s := Settings{IoTHubs: []string{"a.x"}}
-	if s.Validate(); s.AllocationPolicy != dpsservice.AllocationHashed {
-		t.Errorf("hubs without a policy: policy %q, want hashed said", s.AllocationPolicy)
+	if e := created(Settings{IoTHubs: []string{"a.x"}}.enrollment("a", nil, &Check{})); e.AllocationPolicy != dpsservice.AllocationHashed {
+		t.Errorf("created with hubs and no policy: policy %q, want hashed said", e.AllocationPolicy)
 	}
 }
 
@@ -753,5 +752,38 @@ func TestEnrollProgressInOrder(t *testing.T) {
 		if seen[i] < seen[i-1] {
 			t.Fatalf("progress went %v", seen)
 		}
+	}
+}
+
+// Hubs given without a policy leave the policy DPS holds when it fits
+// them: a static assignment made by hand survives a re-run of the file
+// that named the hub; more hubs than static takes make it hashed.
+func TestEnrollHubsWithoutPolicy(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	rec := record(t, "press-1", ca)
+	opts := Options{Verifier: verifier(t, ca), Settings: Settings{IoTHubs: []string{"h1.x"}}}
+	if _, err := Enroll(t.Context(), d.svc, []Record{rec}, opts); err != nil {
+		t.Fatal(err)
+	}
+	if e := d.all(t)["press-1"]; e.AllocationPolicy != dpsservice.AllocationHashed {
+		t.Errorf("created with a hub: policy %q, want hashed", e.AllocationPolicy)
+	}
+	e, err := d.svc.GetEnrollment(t.Context(), "press-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.AllocationPolicy = dpsservice.AllocationStatic
+	if _, err := d.svc.PutEnrollment(t.Context(), *e, e.ETag); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Enroll(t.Context(), d.svc, []Record{rec}, opts)
+	if err != nil || rep.Totals[Unchanged] != 1 || d.all(t)["press-1"].AllocationPolicy != dpsservice.AllocationStatic {
+		t.Errorf("re-run: %v, %v, policy %q; want unchanged static", rep.Totals, err, d.all(t)["press-1"].AllocationPolicy)
+	}
+	opts.Settings.IoTHubs = []string{"h1.x", "h2.x"}
+	rep, err = Enroll(t.Context(), d.svc, []Record{rec}, opts)
+	if got := d.all(t)["press-1"]; err != nil || rep.Totals[Updated] != 1 || got.AllocationPolicy != dpsservice.AllocationHashed || len(got.IoTHubs) != 2 {
+		t.Errorf("two hubs over static: %v, %v, policy %q, hubs %v; want hashed over both", rep.Totals, err, got.AllocationPolicy, got.IoTHubs)
 	}
 }

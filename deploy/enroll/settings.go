@@ -48,7 +48,9 @@ type Settings struct {
 	// means all of DPS's.
 	IoTHubs []string
 	// AllocationPolicy is hashed, static (one hub) or geoLatency; empty
-	// means DPS's default.
+	// means DPS's default, hashed, on create, and on update the policy DPS
+	// holds, unless it is static and IoTHubs names more hubs than one:
+	// then hashed.
 	AllocationPolicy string
 	// ProvisioningStatus is enabled or disabled; empty means DPS's
 	// default, enabled, on create.
@@ -71,10 +73,6 @@ func (s *Settings) Validate() error {
 		}
 	default:
 		return fmt.Errorf("allocation policy %q, want hashed, static or geoLatency", clip(s.AllocationPolicy))
-	}
-	if len(s.IoTHubs) > 0 && s.AllocationPolicy == "" {
-		// DPS applies its default policy over the listed hubs; say it.
-		s.AllocationPolicy = dpsservice.AllocationHashed
 	}
 	for _, h := range s.IoTHubs {
 		if h == "" || len(h) > 253 || strings.ContainsAny(h, "/:@ \t\r\n?#%") {
@@ -163,6 +161,10 @@ func (s Settings) enrollment(regID string, ek []byte, check *Check) dpsservice.E
 func created(e dpsservice.Enrollment) dpsservice.Enrollment {
 	if e.Capabilities == nil {
 		e.Capabilities = &dpsservice.Capabilities{IoTEdge: true}
+	}
+	if len(e.IoTHubs) > 0 && e.AllocationPolicy == "" {
+		// DPS applies its default policy over the listed hubs; say it.
+		e.AllocationPolicy = dpsservice.AllocationHashed
 	}
 	return e
 }

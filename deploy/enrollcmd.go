@@ -4,10 +4,14 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -35,17 +39,17 @@ func (d *dpsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&d.lab, "lab", "", "use the running lab DPS of state `folder` (its connection string, CA and service URL)")
 	fs.StringVar(&d.connFile, "connection-string-file", "", "read the DPS service connection string from `FILE` (default: $"+envDPSConnectionString+")")
 	fs.StringVar(&d.caFile, "ca-file", "", "trust the CA certificates in `PEM` too (the lab's DPS)")
-	fs.StringVar(&d.endpoint, "endpoint", "", "service API base `URL` (default: https:// and the connection string's HostName)")
+	fs.StringVar(&d.endpoint, "endpoint", "", "service API base `URL`: https, the connection string's HostName or a loopback address (default: https:// and the HostName)")
 	fs.IntVar(&d.opsPerMinute, "ops-per-minute", enroll.DefaultOpsPerMinute, "DPS operations a minute to stay within (1,000 per unit of an S1 instance)")
 }
 
 // client builds the service client, as hubFlags.client does for IoT Hub,
 // with a Meter that paces its operations and counts 429s.
 func (d *dpsFlags) client(getenv func(string) string) (*dpsservice.Client, *enroll.Meter, error) {
-	if d.opsPerMinute < dpsservice.MaxBulk {
-		return nil, nil, cli.Usagef("--ops-per-minute %d: want at least %d, one bulk operation", d.opsPerMinute, dpsservice.MaxBulk)
+	m, err := enroll.NewMeter(d.opsPerMinute)
+	if err != nil {
+		return nil, nil, cli.Usagef("--ops-per-minute: %v", err)
 	}
-	m := enroll.NewMeter(d.opsPerMinute)
 	if d.lab != "" {
 		c, err := lab.DPSServiceClient(d.lab)
 		if err != nil {
@@ -69,11 +73,65 @@ func (d *dpsFlags) client(getenv func(string) string) (*dpsservice.Client, *enro
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkEndpoint(d.endpoint, conn.HostName); err != nil {
+		return nil, nil, cli.Usagef("--endpoint %q: %v", d.endpoint, err)
+	}
 	roots, err := tlsconfig.TrustFile(d.caFile)
 	if err != nil {
 		return nil, nil, err
 	}
 	return &dpsservice.Client{Conn: conn, Endpoint: strings.TrimSuffix(d.endpoint, "/"), HTTP: tlsconfig.HTTPClient(roots, time.Minute), OnRetry: m.OnRetry}, m, nil
+}
+
+// optBool is a boolean flag that may be left unset (v nil).
+type optBool struct{ v *bool }
+
+func (b *optBool) IsBoolFlag() bool { return true }
+
+func (b *optBool) String() string {
+	if b == nil || b.v == nil {
+		return ""
+	}
+	return strconv.FormatBool(*b.v)
+}
+
+func (b *optBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	b.v = &v
+	return nil
+}
+
+// checkEndpoint refuses a service endpoint the SAS token must not go to:
+// each request carries a token of the connection string's policy, valid
+// an hour, whose sr is its HostName. Plain HTTP would show it to the
+// network, another host would get it; a loopback host is the lab or an
+// emulator on this machine. Empty is https:// and the HostName.
+func checkEndpoint(endpoint, hostName string) error {
+	if endpoint == "" {
+		return nil
+	}
+	u, err := url.Parse(endpoint)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme != "https":
+		return errors.New("want an https:// URL: the service token never goes in clear")
+	case u.User != nil:
+		return errors.New("a URL with user information")
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return errors.New("a URL with a query or fragment: give the service's base URL")
+	}
+	h := u.Hostname()
+	if strings.EqualFold(h, hostName) || h == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("host %q is not the connection string's HostName %q (nor a loopback address): the service token is for that DPS alone", h, hostName)
 }
 
 // listFlag collects a repeated flag.
@@ -88,7 +146,9 @@ CSV with a header row (registrationId, endorsementKey and optional
 endorsementKeyCertificate, deviceId, iotEdge, iotHubs, allocationPolicy,
 provisioningStatus, reprovision, tags, desiredProperties, tag.NAME columns).
 Each EK certificate must verify up to a TPM manufacturer's root. Only what
-differs from DPS is written; a re-run changes nothing.
+differs from DPS is written; a re-run changes nothing, and a setting no flag
+or column gives (status, IoT Edge, re-provisioning, allocation, hubs) is
+left as DPS holds it.
 
   edge-deploy enroll [--from FILE] [flags]
   edge-deploy enroll show|disable|delete [--from FILE] [flags] [REGISTRATION-ID...]
@@ -111,15 +171,16 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	var (
 		from, deviceID, allocation, status, reprovision, desiredFile string
 		hubs, tags, anchors                                          listFlag
-		edge, allowUnverified, dryRun, asJSON                        bool
+		edge                                                         optBool
+		allowUnverified, dryRun, asJSON                              bool
 	)
 	fs.StringVar(&from, "from", "-", "identities `FILE`: JSON (lines) or CSV; - for stdin")
 	fs.StringVar(&deviceID, "device-id", "", "IoT hub device `ID` of a single identity (default: the registration ID)")
-	fs.BoolVar(&edge, "edge", true, "enroll IoT Edge devices")
+	fs.Var(&edge, "edge", "enroll IoT Edge devices, or not with --edge=false (default: IoT Edge on create, left alone on update)")
 	fs.Var(&hubs, "hub", "IoT hub `HOST` the devices may be assigned to (repeat; default: all linked hubs)")
 	fs.StringVar(&allocation, "allocation", "", "allocation `POLICY` over the hubs: hashed, static or geoLatency (default: DPS's)")
-	fs.StringVar(&status, "status", dpsservice.StatusEnabled, "provisioning `STATUS`: enabled or disabled")
-	fs.StringVar(&reprovision, "reprovision", enroll.ReprovisionMigrate, "on re-provisioning: migrate (move the twin), reset (initial twin) or never")
+	fs.StringVar(&status, "status", "", "provisioning `STATUS`: enabled or disabled (default: enabled on create, left alone on update)")
+	fs.StringVar(&reprovision, "reprovision", "", "on re-provisioning: migrate (move the twin), reset (initial twin) or never (default: DPS's, migrate, on create; left alone on update)")
 	fs.Var(&tags, "tag", "initial twin tag `NAME=VALUE` (repeat)")
 	fs.StringVar(&desiredFile, "desired", "", "initial twin desired properties, a JSON object in `FILE`")
 	fs.Var(&anchors, "ek-ca", "trust the TPM manufacturer CA certificates in `PEM` too (repeat)")
@@ -133,7 +194,7 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err := cli.Parse(fs, args, stdout); err != nil {
 		return err
 	}
-	s := enroll.Settings{DeviceID: deviceID, IoTEdge: edge, IoTHubs: hubs, AllocationPolicy: allocation, ProvisioningStatus: status, Reprovision: reprovision}
+	s := enroll.Settings{DeviceID: deviceID, IoTEdge: edge.v, IoTHubs: hubs, AllocationPolicy: allocation, ProvisioningStatus: status, Reprovision: reprovision}
 	for _, t := range tags {
 		name, value, ok := strings.Cut(t, "=")
 		if !ok || name == "" {
@@ -176,12 +237,9 @@ func enrollCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	recs, err := readIdentities(from, stdin)
+	recs, err := readList(from, stdin, enroll.Read)
 	if err != nil {
 		return err
-	}
-	if deviceID != "" && len(recs) > 1 {
-		return cli.Usagef("--device-id names one device, and %s holds %d identities: give each its deviceId in the file", from, len(recs))
 	}
 	bar := newProgress(stderr)
 	rep, err := enroll.Enroll(ctx, c, recs, enroll.Options{
@@ -205,7 +263,7 @@ func manageCmd(ctx context.Context, verb string, args []string, stdin io.Reader,
 	d.register(fs)
 	var from string
 	var asJSON, dryRun bool
-	fs.StringVar(&from, "from", "", "take the registration IDs of the identities in `FILE` (as enroll reads it; - for stdin) too")
+	fs.StringVar(&from, "from", "", "take the registration IDs in `FILE` too: one a line, or an identity file as enroll reads it (- for stdin)")
 	fs.BoolVar(&asJSON, "json", false, "print JSON")
 	if verb != "show" {
 		fs.BoolVar(&dryRun, "dry-run", false, "report what would change, write nothing")
@@ -224,13 +282,11 @@ func manageCmd(ctx context.Context, verb string, args []string, stdin io.Reader,
 	}
 	ids := fs.Args()
 	if from != "" {
-		recs, err := readIdentities(from, stdin)
+		more, err := readList(from, stdin, enroll.ReadIDs)
 		if err != nil {
 			return err
 		}
-		for _, r := range recs {
-			ids = append(ids, r.RegistrationID)
-		}
+		ids = append(ids, more...)
 	}
 	if len(ids) == 0 {
 		return cli.Usagef("enroll %s: give registration IDs or --from", verb)
@@ -263,7 +319,8 @@ func manageCmd(ctx context.Context, verb string, args []string, stdin io.Reader,
 	return reportError(rep)
 }
 
-func readIdentities(from string, stdin io.Reader) ([]enroll.Record, error) {
+// readList reads the file from (stdin for -) with read.
+func readList[T any](from string, stdin io.Reader, read func(io.Reader) ([]T, error)) ([]T, error) {
 	in, name := stdin, "stdin"
 	if from != "-" {
 		f, err := os.Open(from)
@@ -273,11 +330,11 @@ func readIdentities(from string, stdin io.Reader) ([]enroll.Record, error) {
 		defer f.Close()
 		in, name = f, from
 	}
-	recs, err := enroll.Read(in)
+	out, err := read(in)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return recs, nil
+	return out, nil
 }
 
 // reportError is the error of a run that left identities not as asked.
@@ -315,7 +372,9 @@ func printEnrollReport(w io.Writer, rep *enroll.Report, asJSON bool) {
 			line += ": " + r.Error
 		}
 		if r.EK != nil && r.Error == "" {
-			if r.EK.Verified {
+			if r.EK.Verified && r.EK.OperatorAnchor {
+				line += fmt.Sprintf(" [%s %s, operator CA %s]", r.EK.Manufacturer, r.EK.Model, r.EK.Anchor)
+			} else if r.EK.Verified {
 				line += fmt.Sprintf(" [%s %s]", r.EK.Manufacturer, r.EK.Model)
 			} else {
 				line += " [EK NOT VERIFIED: " + r.EK.Problem + "]"

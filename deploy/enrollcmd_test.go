@@ -151,6 +151,26 @@ func TestEnrollCommand(t *testing.T) {
 	if err != nil || !strings.Contains(out, ids[0]+": disabled, device "+ids[0]+" (the registration ID), IoT Edge true, never registered") {
 		t.Errorf("show a disabled one: %v\n%s", err, out)
 	}
+	// Re-running the factory file leaves the disabled device disabled.
+	out, err = cmd("--from", file, "--allow-unverified", "--tag", "site=plant-7")
+	if err != nil || !strings.HasPrefix(out, "2 identities: 2 unchanged;") {
+		t.Errorf("re-run after disable: %v\n%s", err, out)
+	}
+	out, err = cmd("--from", file, "--allow-unverified", "--tag", "site=plant-7", "--edge=false", "--dry-run")
+	if err != nil || !strings.Contains(out, "would be updated   "+ids[0]+" (line 1): capabilities") {
+		t.Errorf("--edge=false: %v\n%s", err, out)
+	}
+	// A plain list of registration IDs serves show, disable and delete.
+	list := filepath.Join(t.TempDir(), "ids.txt")
+	os.WriteFile(list, []byte(ids[1]+"\n"), 0o600)
+	out, err = cmd("disable", "--from", list, "--dry-run")
+	if err != nil || !strings.Contains(out, "would be disabled  "+ids[1]) {
+		t.Errorf("disable --from a list: %v\n%s", err, out)
+	}
+	out, err = cmd("--from", file, "--device-id", "press-1", "--allow-unverified")
+	if err == nil || !strings.Contains(err.Error(), "one device ID for 2 identities") {
+		t.Errorf("--device-id with 2 identities: %v\n%s", err, out)
+	}
 	out, err = cmd("delete", "--from", file, "--dry-run")
 	if err != nil || !strings.Contains(out, "2 identities: would be 2 deleted") {
 		t.Errorf("delete --dry-run: %v\n%s", err, out)
@@ -181,7 +201,7 @@ func TestEnrollCommand(t *testing.T) {
 		t.Errorf("an untrusted manufacturer: %v\n%s", err, out)
 	}
 	out, err = cmd("--from", genuine, "--ek-ca", root)
-	if err != nil || !strings.Contains(out, "created   "+tpm.RegistrationID(ek)+" (line 1) [Infineon SLB9672]") {
+	if err != nil || !strings.Contains(out, "created   "+tpm.RegistrationID(ek)+" (line 1) [Infineon SLB9672, operator CA "+ca.Root.Subject.String()+"]") {
 		t.Errorf("--ek-ca: %v\n%s", err, out)
 	}
 	// The same from a CSV, with a device ID: an update, in a dry run.
@@ -189,7 +209,37 @@ func TestEnrollCommand(t *testing.T) {
 	os.WriteFile(csv, []byte("registrationId,endorsementKey,endorsementKeyCertificate,endorsementKeyCertificateChain,deviceId\n"+
 		tpm.RegistrationID(ek)+","+base64.StdEncoding.EncodeToString(ek)+","+base64.StdEncoding.EncodeToString(cert)+",\""+pemOf(ca.Intermediate.Raw)+"\",press-9\n"), 0o600)
 	out, err = cmd("--from", csv, "--ek-ca", root, "--dry-run")
-	if err != nil || !strings.Contains(out, "would be updated   "+tpm.RegistrationID(ek)+" (line 2): deviceId [Infineon SLB9672]") {
+	if err != nil || !strings.Contains(out, "would be updated   "+tpm.RegistrationID(ek)+" (line 2): deviceId [Infineon SLB9672, operator CA "+ca.Root.Subject.String()+"]") {
 		t.Errorf("CSV --dry-run: %v\n%s", err, out)
+	}
+}
+
+// The service SAS token, valid an hour with the full policy's rights,
+// goes only over TLS to the DPS the connection string names, or to a
+// loopback address (the lab, an emulator).
+func TestCheckEndpoint(t *testing.T) {
+	const host = "plant7.azure-devices-provisioning.net"
+	for _, tc := range []struct {
+		endpoint, err string
+	}{
+		{"", ""},
+		{"https://plant7.azure-devices-provisioning.net", ""},
+		{"https://PLANT7.azure-devices-provisioning.net:443/", ""},
+		{"https://127.0.0.1:8443", ""},
+		{"https://localhost:8443", ""},
+		{"https://[::1]:8443", ""},
+		{"http://plant7.azure-devices-provisioning.net", "https"},
+		{"http://127.0.0.1:8080", "https"},
+		{"plant7.azure-devices-provisioning.net", "https"},
+		{"https://other.azure-devices-provisioning.net", "not the connection string's"},
+		{"https://plant7.azure-devices-provisioning.net.evil.example", "not the connection string's"},
+		{"https://10.0.0.5", "not the connection string's"},
+		{"https://user@plant7.azure-devices-provisioning.net", "user"},
+		{"https://plant7.azure-devices-provisioning.net/?x=1", "query"},
+	} {
+		err := checkEndpoint(tc.endpoint, host)
+		if (tc.err == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("checkEndpoint(%q) = %v, want %q", tc.endpoint, err, tc.err)
+		}
 	}
 }

@@ -217,7 +217,7 @@ func (w *walk) identity(t *testing.T, args []string) {
 	}
 	rep, err := fleet.Enroll(t.Context(), w.dps.Service, recs, fleet.Options{
 		Verifier: v,
-		Settings: fleet.Settings{DeviceID: "press-7", IoTEdge: true},
+		Settings: fleet.Settings{DeviceID: "press-7", IoTEdge: new(true)},
 	})
 	if err != nil {
 		t.Fatal(err)

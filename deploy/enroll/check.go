@@ -20,8 +20,13 @@ type Verifier interface {
 // Check is what the EK check found for one identity.
 type Check struct {
 	// Verified: the EK certificate certifies this EK and chains to a
-	// manufacturer root.
+	// trust anchor: a bundled manufacturer root, or one the operator gave
+	// (OperatorAnchor).
 	Verified bool `json:"verified"`
+	// Anchor names that anchor: the bundled file, or the operator's
+	// certificate's subject.
+	Anchor         string `json:"anchor,omitempty"`
+	OperatorAnchor bool   `json:"operatorAnchor,omitempty"`
 	// Manufacturer, Model and Firmware are the certificate's TPM
 	// attributes, when verified.
 	Manufacturer string `json:"manufacturer,omitempty"`
@@ -40,10 +45,17 @@ type Check struct {
 func (c *Check) tag() json.RawMessage {
 	t := struct {
 		Verified     bool   `json:"ekVerified"`
+		Anchor       string `json:"ekAnchor,omitempty"`
 		Manufacturer string `json:"manufacturer,omitempty"`
 		Model        string `json:"model,omitempty"`
 		Firmware     string `json:"firmware,omitempty"`
-	}{c.Verified, c.Manufacturer, c.Model, c.Firmware}
+	}{Verified: c.Verified, Manufacturer: c.Manufacturer, Model: c.Model, Firmware: c.Firmware}
+	switch {
+	case c.Verified && c.OperatorAnchor:
+		t.Anchor = "operator"
+	case c.Verified:
+		t.Anchor = "manufacturer"
+	}
 	b, _ := json.Marshal(t)
 	return b
 }
@@ -97,7 +109,8 @@ func check(v Verifier, rec *Record, ek []byte) *Check {
 	if err != nil {
 		return &Check{Problem: err.Error(), WrongKey: errors.Is(err, ekcert.ErrWrongKey)}
 	}
-	return &Check{Verified: true, Manufacturer: res.Manufacturer, Model: res.Model, Firmware: res.Version, Warnings: res.Warnings}
+	return &Check{Verified: true, Anchor: res.Anchor, OperatorAnchor: res.OperatorAnchor,
+		Manufacturer: res.Manufacturer, Model: res.Model, Firmware: res.Version, Warnings: res.Warnings}
 }
 
 // decodeCerts returns the DER of the PEM certificates in s, or of s as

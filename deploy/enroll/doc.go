@@ -5,7 +5,9 @@
 // certificate up to a manufacturer root, builds the enrollment each device
 // should have, compares it with what DPS holds, and sends only the
 // differences through DPS's bulk operation, within DPS's operations budget.
-// A second run with the same input changes nothing.
+// A second run with the same input changes nothing, and an update changes
+// only what the run asks for: what DPS holds otherwise (a status set since,
+// fields this package does not model) stays.
 //
 // Enroll, Show, Disable and Delete are safe for concurrent use as far as
 // the service they are given is.

@@ -103,7 +103,8 @@ type Options struct {
 	// Meter paces and counts the operations; nil means no pacing, and
 	// no count of 429s, which needs Meter.OnRetry on the client.
 	Meter *Meter
-	// Progress, when set, is told how many identities are done.
+	// Progress, when set, is told how many identities are done; calls
+	// come one at a time, in order.
 	Progress func(done, total int)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -140,7 +141,7 @@ func Enroll(ctx context.Context, svc Service, recs []Record, opts Options) (*Rep
 		return nil, err
 	}
 	if opts.Settings.DeviceID != "" && len(recs) > 1 {
-		return nil, errors.New("one device ID for many identities: give each its own in the file")
+		return nil, fmt.Errorf("one device ID for %d identities: give each its deviceId in the file", len(recs))
 	}
 	items := make([]*item, len(recs))
 	seen := map[string]int{}
@@ -202,15 +203,20 @@ func Enroll(ctx context.Context, svc Service, recs []Record, opts Options) (*Rep
 		}
 		old := held[strings.ToLower(it.want.RegistrationID)]
 		if old == nil {
+			it.want = created(it.want)
 			it.success = Created
 			creates = append(creates, it)
+			continue
+		}
+		if err := tpmOnly(old); err != nil {
+			it.res.Outcome, it.res.Error, it.done = Conflict, err.Error()+"; not overwritten", true
 			continue
 		}
 		if it.res.Changes = diff(old, &it.want); len(it.res.Changes) == 0 {
 			it.res.Outcome, it.done = Unchanged, true
 			continue
 		}
-		it.want.ETag = old.ETag
+		it.want = update(old, &it.want)
 		it.success = Updated
 		updates = append(updates, it)
 	}
@@ -252,7 +258,7 @@ func newRun(opts Options, n int) *run {
 		opts.Workers = 4
 	}
 	if opts.Meter == nil {
-		opts.Meter = NewMeter(0)
+		opts.Meter = unmetered()
 	}
 	r := &run{opts: opts, start: opts.Now(), rep: &Report{DryRun: opts.DryRun, Results: make([]Result, n)}}
 	r.ops0, r.thr0 = opts.Meter.Counts()
@@ -261,14 +267,14 @@ func newRun(opts Options, n int) *run {
 
 func (r *run) metered(svc Service) Service { return metered{svc, r.opts.Meter} }
 
-// done counts n more identities done and tells Progress.
+// done counts n more identities done and tells Progress, under the lock
+// so that the counts it is told never go backwards.
 func (r *run) done(n int) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.finished += n
-	f := r.finished
-	r.mu.Unlock()
 	if r.opts.Progress != nil && n > 0 {
-		r.opts.Progress(f, len(r.rep.Results))
+		r.opts.Progress(r.finished, len(r.rep.Results))
 	}
 }
 
@@ -293,8 +299,11 @@ func (r *run) finish(items []*item) *Report {
 }
 
 // write sends items' enrollments with mode, in batches of MaxBulk on
-// Workers goroutines; one alone goes as a PUT or DELETE, as cheap and with
-// an exact error. A dry run only sets the outcomes.
+// Workers goroutines; one update or delete alone goes as a PUT or DELETE
+// with If-Match, as cheap and with an exact error. Creates always go in
+// bulk: a PUT without If-Match would overwrite an enrollment that appeared
+// after the read, where a bulk create answers 409. A dry run only sets the
+// outcomes.
 func (r *run) write(ctx context.Context, svc Service, mode string, items []*item) error {
 	if r.opts.DryRun {
 		for _, it := range items {
@@ -332,19 +341,17 @@ func (r *run) write(ctx context.Context, svc Service, mode string, items []*item
 
 // send writes one batch and sets its outcomes. Its error is only ctx's.
 func (r *run) send(ctx context.Context, svc Service, mode string, b []*item) error {
-	if len(b) == 1 {
+	if len(b) == 1 && mode != dpsservice.BulkCreate {
 		it := b[0]
 		var err error
 		switch mode {
 		case dpsservice.BulkDelete:
 			err = svc.DeleteEnrollment(ctx, it.want.RegistrationID, it.want.ETag)
-		default:
-			// A PUT's If-Match takes the place of the bulk mode; a create
-			// sends none.
+		default: // the PUT's If-Match takes the place of updateIfMatchETag
 			_, err = svc.PutEnrollment(ctx, it.want, it.want.ETag)
 		}
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
+		if err != nil && ctx.Err() != nil {
+			return stopped(ctx, b, err)
 		}
 		it.settle(err)
 		return nil
@@ -354,8 +361,8 @@ func (r *run) send(ctx context.Context, svc Service, mode string, b []*item) err
 		es[i] = it.want
 	}
 	res, err := svc.Bulk(ctx, mode, es)
-	if ctx.Err() != nil {
-		return context.Cause(ctx)
+	if err != nil && ctx.Err() != nil {
+		return stopped(ctx, b, err)
 	}
 	if err != nil {
 		for _, it := range b {
@@ -379,6 +386,18 @@ func (r *run) send(ctx context.Context, svc Service, mode string, b []*item) err
 		}
 	}
 	return nil
+}
+
+// stopped settles a batch whose write ended with err because ctx ended,
+// and returns ctx's cause. A batch the meter held back was not sent, and
+// is left for finish to report so; any other may have reached DPS.
+func stopped(ctx context.Context, b []*item, err error) error {
+	if !errors.Is(err, errNotSent) {
+		for _, it := range b {
+			it.res.Outcome, it.res.Error = Failed, "sent, outcome unknown: the run was stopped; run again"
+		}
+	}
+	return context.Cause(ctx)
 }
 
 // settle sets the outcome of a write that ended with err.
@@ -437,9 +456,52 @@ func fetch(ctx context.Context, svc Service, ids []string) (map[string]*dpsservi
 	}
 }
 
+// tpmOnly refuses an enrollment of another attestation type than TPM:
+// this tool neither models nor manages them.
+func tpmOnly(e *dpsservice.Enrollment) error {
+	if e.Attestation.Type != "tpm" || e.Attestation.TPM == nil {
+		return fmt.Errorf("DPS holds an enrollment of attestation type %q under this registration ID, not a TPM one", clip(e.Attestation.Type))
+	}
+	return nil
+}
+
+// update returns the enrollment to send to change old to want: DPS
+// replaces the whole enrollment on a write, so it is old, with the fields
+// want asks for, and the fields old holds that want does not (allocation
+// and hubs not asked for, fields not modelled) kept; the service-owned
+// fields go back only as the ETag to match.
+func update(old, want *dpsservice.Enrollment) dpsservice.Enrollment {
+	e := *old
+	e.CreatedDateTimeUTC, e.LastUpdatedDateTimeUTC, e.RegistrationState = time.Time{}, time.Time{}, nil
+	e.DeviceID = want.DeviceID
+	if !bytes.Equal(old.Attestation.TPM.EndorsementKey, want.Attestation.TPM.EndorsementKey) {
+		e.Attestation = want.Attestation // another TPM: the old SRK is not its
+	}
+	switch {
+	case want.AllocationPolicy != "":
+		e.AllocationPolicy = want.AllocationPolicy
+	case e.AllocationPolicy == dpsservice.AllocationStatic && len(want.IoTHubs) > 1:
+		e.AllocationPolicy = dpsservice.AllocationHashed // static takes one hub
+	}
+	if len(want.IoTHubs) > 0 {
+		e.IoTHubs = want.IoTHubs
+	}
+	if want.ProvisioningStatus != "" {
+		e.ProvisioningStatus = want.ProvisioningStatus
+	}
+	if want.Capabilities != nil {
+		e.Capabilities = want.Capabilities
+	}
+	if want.ReprovisionPolicy != nil {
+		e.ReprovisionPolicy = want.ReprovisionPolicy
+	}
+	e.InitialTwin = want.InitialTwin
+	return e
+}
+
 // diff names the fields where the enrollment DPS holds differs from the
-// one asked for. Fields DPS fills when left out (allocation, hubs) count
-// only when asked for; the twin is compared as JSON, without the $version
+// one asked for. Only the fields asked for count, but for the device ID,
+// the EK and the twin, which a run always gives; the twin is compared as JSON, without the $version
 // and $metadata DPS adds.
 func diff(old, want *dpsservice.Enrollment) []string {
 	var d []string
@@ -455,17 +517,17 @@ func diff(old, want *dpsservice.Enrollment) []string {
 	if len(want.IoTHubs) > 0 && !sameHubs(old.IoTHubs, want.IoTHubs) {
 		d = append(d, "iotHubs")
 	}
-	if orDefault(old.ProvisioningStatus, dpsservice.StatusEnabled) != want.ProvisioningStatus {
+	if want.ProvisioningStatus != "" && orDefault(old.ProvisioningStatus, dpsservice.StatusEnabled) != want.ProvisioningStatus {
 		d = append(d, "provisioningStatus")
 	}
-	if (old.Capabilities != nil && old.Capabilities.IoTEdge) != want.Capabilities.IoTEdge {
+	if want.Capabilities != nil && (old.Capabilities != nil && old.Capabilities.IoTEdge) != want.Capabilities.IoTEdge {
 		d = append(d, "capabilities")
 	}
 	oldRP := old.ReprovisionPolicy
 	if oldRP == nil {
 		oldRP = reprovisionPolicy("")
 	}
-	if *oldRP != *want.ReprovisionPolicy {
+	if want.ReprovisionPolicy != nil && *oldRP != *want.ReprovisionPolicy {
 		d = append(d, "reprovisionPolicy")
 	}
 	if !sameTwin(old.InitialTwin, want.InitialTwin) {

@@ -37,19 +37,18 @@ func TestSettingsValidate(t *testing.T) {
 			t.Errorf("Validate(%+v) = %v, want %q", tc.s, err, tc.err)
 		}
 	}
-	s := Settings{IoTHubs: []string{"a.x"}}
-	if s.Validate(); s.AllocationPolicy != dpsservice.AllocationHashed {
-		t.Errorf("hubs without a policy: policy %q, want hashed said", s.AllocationPolicy)
+	if e := created(Settings{IoTHubs: []string{"a.x"}}.enrollment("a", nil, &Check{})); e.AllocationPolicy != dpsservice.AllocationHashed {
+		t.Errorf("created with hubs and no policy: policy %q, want hashed said", e.AllocationPolicy)
 	}
 }
 
 func TestDiff(t *testing.T) {
 	ek, _ := fakeEK(t)
-	want := Settings{IoTEdge: true, Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}.enrollment("dev1", ek, &Check{Verified: true})
+	want := Settings{IoTEdge: new(true), ProvisioningStatus: dpsservice.StatusEnabled, Reprovision: ReprovisionMigrate, Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}.enrollment("dev1", ek, &Check{Verified: true})
 	held := func(f func(e *dpsservice.Enrollment)) *dpsservice.Enrollment {
 		e := want
 		e.ETag, e.AllocationPolicy, e.IoTHubs = `"1"`, "hashed", []string{"h.x"} // DPS's defaults
-		e.InitialTwin = json.RawMessage(`{"tags":{"site":"p7","tpm":{"ekVerified":true}},"properties":{"desired":{"$metadata":{},"$version":1}}}`)
+		e.InitialTwin = json.RawMessage(`{"tags":{"site":"p7","tpm":{"ekVerified":true,"ekAnchor":"manufacturer"}},"properties":{"desired":{"$metadata":{},"$version":1}}}`)
 		e.ReprovisionPolicy = nil
 		f(&e)
 		return &e
@@ -68,7 +67,7 @@ func TestDiff(t *testing.T) {
 		{"disabled", func(e *dpsservice.Enrollment) { e.ProvisioningStatus = "disabled" }, "provisioningStatus"},
 		{"reprovision", func(e *dpsservice.Enrollment) { e.ReprovisionPolicy = &dpsservice.ReprovisionPolicy{} }, "reprovisionPolicy"},
 		{"tag", func(e *dpsservice.Enrollment) {
-			e.InitialTwin = json.RawMessage(`{"tags":{"site":"p8","tpm":{"ekVerified":true}}}`)
+			e.InitialTwin = json.RawMessage(`{"tags":{"site":"p8","tpm":{"ekVerified":true,"ekAnchor":"manufacturer"}}}`)
 		}, "initialTwin"},
 		{"no twin", func(e *dpsservice.Enrollment) { e.InitialTwin = nil }, "initialTwin"},
 	} {
@@ -183,7 +182,7 @@ func TestEnrollVerifies(t *testing.T) {
 		Record{RegistrationID: "bad id", EndorsementKey: good[0].EndorsementKey},
 	)
 	svc := newSpy(d.svc)
-	rep, err := Enroll(t.Context(), svc, recs, Options{Verifier: verifier(t, ca), Settings: Settings{IoTEdge: true}})
+	rep, err := Enroll(t.Context(), svc, recs, Options{Verifier: verifier(t, ca), Settings: Settings{IoTEdge: new(true)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,15 +206,21 @@ func TestEnrollVerifies(t *testing.T) {
 	if len(held) != 3 {
 		t.Errorf("DPS holds %d enrollments, want the 3 genuine", len(held))
 	}
-	if tag := twinTag(t, held["good-2"]); tag["ekVerified"] != true || tag["manufacturer"] != "Infineon" || tag["model"] != "SLB9672" {
+	// The test CA is the operator's anchor, not a bundled manufacturer's.
+	if tag := twinTag(t, held["good-2"]); tag["ekVerified"] != true || tag["ekAnchor"] != "operator" || tag["manufacturer"] != "Infineon" || tag["model"] != "SLB9672" {
 		t.Errorf("good-2 tag %v", tag)
+	}
+	for _, r := range rep.Results {
+		if r.RegistrationID == "good-2" && (!r.EK.OperatorAnchor || r.EK.Anchor != ca.Root.Subject.String()) {
+			t.Errorf("good-2 check %+v, want the operator's anchor named", r.EK)
+		}
 	}
 
 	// Unverified EKs are enrolled when allowed, marked; bad records stay
 	// refused, and so does an EK paired with another EK's certificate (a
 	// line mixed up on the way); the genuine ones are left alone.
 	svc.writes = map[string]int{}
-	rep, err = Enroll(t.Context(), svc, recs, Options{Verifier: verifier(t, ca), AllowUnverified: true, Settings: Settings{IoTEdge: true}})
+	rep, err = Enroll(t.Context(), svc, recs, Options{Verifier: verifier(t, ca), AllowUnverified: true, Settings: Settings{IoTEdge: new(true)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +258,7 @@ func TestEnrollRerun(t *testing.T) {
 	for i := range 12 {
 		recs = append(recs, record(t, fmt.Sprintf("dev-%02d", i), ca))
 	}
-	opts := Options{Verifier: verifier(t, ca), Settings: Settings{IoTEdge: true, Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}}
+	opts := Options{Verifier: verifier(t, ca), Settings: Settings{IoTEdge: new(true), Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}}
 	svc := newSpy(d.svc)
 	if rep, err := Enroll(t.Context(), svc, recs, opts); err != nil || rep.Totals[Created] != 12 {
 		t.Fatalf("first run: %v, %v", rep, err)
@@ -307,7 +312,8 @@ func TestEnrollRerun(t *testing.T) {
 		t.Errorf("after the conflict: %v, %v", got, err)
 	}
 	e := d.all(t)["dev-03"]
-	if e.DeviceID != "press-3" || e.ProvisioningStatus != dpsservice.StatusEnabled {
+	// The status disabled by hand is left alone: the run does not ask one.
+	if e.DeviceID != "press-3" || e.ProvisioningStatus != dpsservice.StatusDisabled {
 		t.Errorf("dev-03 = %+v", e)
 	}
 }
@@ -355,7 +361,10 @@ func TestDisableDelete(t *testing.T) {
 // The meter lets no minute hold more operations than its budget.
 func TestMeter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := NewMeter(600)
+		m, err := NewMeter(600)
+		if err != nil {
+			t.Fatal(err)
+		}
 		start := time.Now()
 		var times []time.Duration
 		for range 1300 / dpsservice.MaxBulk {
@@ -377,8 +386,9 @@ func TestMeter(t *testing.T) {
 			t.Errorf("counted %d operations", ops)
 		}
 		// A request sent again after a 429 is charged again.
-		m.OnRetry(429, time.Second)
-		m.OnRetry(503, time.Second)
+		ctx := withOps(t.Context(), dpsservice.MaxBulk)
+		m.OnRetry(ctx, 429, time.Second)
+		m.OnRetry(ctx, 503, time.Second)
 		before := time.Now()
 		if err := m.wait(t.Context(), 1); err != nil {
 			t.Fatal(err)
@@ -420,7 +430,10 @@ func TestEnrollFleet(t *testing.T) {
 	t.Logf("%d identities with EK certificates made in %v", n, time.Since(start).Round(time.Millisecond))
 	const injected = 5
 	d.srv.SetServiceFaults(dpsemu.Faults{Skip: 3, Throttle: injected, ThrottleRetryAfter: 1})
-	m := NewMeter(opm)
+	m, err := NewMeter(opm)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d.svc.OnRetry = m.OnRetry
 	svc := newSpy(d.svc)
 	var last int
@@ -464,4 +477,313 @@ func TestEnrollFleet(t *testing.T) {
 		t.Errorf("re-run: %d operations, want %d query pages", rep.Operations, pages)
 	}
 	t.Logf("re-run: %d unchanged in %v, %d operations", n, rep.Duration.Round(time.Millisecond), rep.Operations)
+}
+
+// An enrollment that appears in DPS between the read and the create is a
+// conflict, never overwritten, even when it is the only one to create.
+func TestEnrollCreateAppeared(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	rec := record(t, "late", ca)
+	other := record(t, "late", ca)
+	svc := newSpy(d.svc)
+	svc.beforeWrite = func() {
+		if _, err := Enroll(t.Context(), d.svc, []Record{other}, Options{Verifier: verifier(t, ca)}); err != nil {
+			t.Error(err)
+		}
+	}
+	rep, err := Enroll(t.Context(), svc, []Record{rec}, Options{Verifier: verifier(t, ca)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := outcomes(rep)["late"]; got != Conflict {
+		t.Errorf("outcome %s, want conflict", got)
+	}
+	if e := d.all(t)["late"]; e.Attestation.TPM == nil || base64.StdEncoding.EncodeToString(e.Attestation.TPM.EndorsementKey) != other.EndorsementKey {
+		t.Error("the enrollment that appeared was overwritten")
+	}
+}
+
+// cancelling is a Service whose Bulk reaches DPS and then sees the run
+// stopped, as when Ctrl-C comes while the answer is on its way.
+type cancelling struct {
+	Service
+	cancel context.CancelFunc
+}
+
+func (c cancelling) Bulk(ctx context.Context, mode string, es []dpsservice.Enrollment) (*dpsservice.BulkResult, error) {
+	if _, err := c.Service.Bulk(context.WithoutCancel(ctx), mode, es); err != nil {
+		return nil, err
+	}
+	c.cancel()
+	return nil, ctx.Err()
+}
+
+// A write the run was stopped during may have reached DPS: it is failed
+// with its outcome unknown, not reported as never sent.
+func TestEnrollStoppedDuringWrite(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	rep, err := Enroll(ctx, cancelling{d.svc, cancel}, []Record{record(t, "a", ca), record(t, "b", ca)}, Options{Verifier: verifier(t, ca), Workers: 1})
+	if err == nil {
+		t.Fatal("Enroll of a stopped run returned no error")
+	}
+	for _, r := range rep.Results {
+		if r.Outcome != Failed || !strings.Contains(r.Error, "outcome unknown") {
+			t.Errorf("%s: %s %q, want failed with the outcome unknown", r.RegistrationID, r.Outcome, r.Error)
+		}
+	}
+	if n := len(d.all(t)); n != 2 {
+		t.Errorf("DPS holds %d enrollments, want the 2 sent", n)
+	}
+}
+
+// retrying is a Service that answers each call after one 429, telling the
+// meter as dpsservice.Client does.
+type retrying struct{ m *Meter }
+
+func (r retrying) GetEnrollment(ctx context.Context, id string) (*dpsservice.Enrollment, error) {
+	r.m.OnRetry(ctx, 429, 0)
+	return &dpsservice.Enrollment{RegistrationID: id}, nil
+}
+
+func (r retrying) QueryPage(context.Context, string, int, string) ([]dpsservice.Enrollment, string, error) {
+	return nil, "", nil
+}
+
+func (r retrying) PutEnrollment(context.Context, dpsservice.Enrollment, string) (*dpsservice.Enrollment, error) {
+	return nil, nil
+}
+func (r retrying) DeleteEnrollment(context.Context, string, string) error { return nil }
+
+func (r retrying) Bulk(ctx context.Context, _ string, _ []dpsservice.Enrollment) (*dpsservice.BulkResult, error) {
+	r.m.OnRetry(ctx, 429, 0)
+	return &dpsservice.BulkResult{IsSuccessful: true}, nil
+}
+
+// A request sent again is charged what it carries: one for a GET, the
+// enrollments of a bulk operation; a budget under one bulk operation is
+// refused.
+func TestMeterRetryCharges(t *testing.T) {
+	m, err := NewMeter(dpsservice.MaxBulk) // a bucket of 10, refilled at one a minute
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := metered{retrying{m}, m}
+	if _, err := svc.GetEnrollment(t.Context(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.lim.Tokens(); got < 7.9 || got > 8.1 {
+		t.Errorf("after a GET sent twice: %.2f operations left of 10, want 8", got)
+	}
+	if _, err := svc.Bulk(t.Context(), dpsservice.BulkCreate, make([]dpsservice.Enrollment, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.lim.Tokens(); got < 1.9 || got > 2.1 {
+		t.Errorf("after a bulk of 3 sent twice: %.2f operations left, want 2", got)
+	}
+	if ops, thr := m.Counts(); ops != 4 || thr != 2 {
+		t.Errorf("counts %d operations, %d throttled; want 4, 2", ops, thr)
+	}
+	for _, n := range []int{-1, 1, dpsservice.MaxBulk - 1} {
+		if _, err := NewMeter(n); err == nil || !strings.Contains(err.Error(), "bulk") {
+			t.Errorf("NewMeter(%d) = %v, want an error", n, err)
+		}
+	}
+}
+
+// heldAs is a Service that holds enrollments DPS may hold and the
+// emulator cannot: other attestation types.
+type heldAs struct {
+	Service
+	held map[string]*dpsservice.Enrollment
+}
+
+func (h heldAs) GetEnrollment(ctx context.Context, id string) (*dpsservice.Enrollment, error) {
+	if e, ok := h.held[id]; ok {
+		c := *e
+		return &c, nil
+	}
+	return h.Service.GetEnrollment(ctx, id)
+}
+
+// An update keeps what the run did not ask for: the allocation, the hubs,
+// and the fields this tool does not model; an enrollment of another
+// attestation type is neither overwritten, disabled nor deleted.
+func TestEnrollKeepsWhatItDoesNotAsk(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	rec := record(t, "press-1", ca)
+	opts := Options{Verifier: verifier(t, ca), Settings: Settings{AllocationPolicy: dpsservice.AllocationStatic, IoTHubs: []string{"h1.x"}}}
+	if _, err := Enroll(t.Context(), d.svc, []Record{rec}, opts); err != nil {
+		t.Fatal(err)
+	}
+	e, err := d.svc.GetEnrollment(t.Context(), "press-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := json.RawMessage(`{"fields":{"line":"7"}}`)
+	e.Extra = map[string]json.RawMessage{"optionalDeviceInformation": info}
+	if _, err := d.svc.PutEnrollment(t.Context(), *e, e.ETag); err != nil {
+		t.Fatal(err)
+	}
+	kept := func(when string) {
+		t.Helper()
+		e := d.all(t)["press-1"]
+		if e.AllocationPolicy != dpsservice.AllocationStatic || strings.Join(e.IoTHubs, ",") != "h1.x" || string(e.Extra["optionalDeviceInformation"]) != string(info) {
+			t.Errorf("%s: allocation %q, hubs %v, extra %s; want static, h1.x, %s", when, e.AllocationPolicy, e.IoTHubs, e.Extra, info)
+		}
+	}
+	opts.Settings = Settings{Tags: map[string]json.RawMessage{"site": []byte(`"p7"`)}}
+	rep, err := Enroll(t.Context(), d.svc, []Record{rec}, opts)
+	if got := outcomes(rep)["press-1"]; err != nil || got != Updated {
+		t.Fatalf("tag change: %s, %v", got, err)
+	}
+	kept("after a tag change")
+	if rep, err := Disable(t.Context(), d.svc, []string{"press-1"}, Options{}); err != nil || rep.Totals[Disabled] != 1 {
+		t.Fatalf("disable: %v, %v", rep.Totals, err)
+	}
+	kept("after disable")
+
+	x509 := &dpsservice.Enrollment{RegistrationID: "cam-1", ETag: `"1"`, Attestation: dpsservice.Attestation{Type: "x509"}}
+	svc := newSpy(heldAs{d.svc, map[string]*dpsservice.Enrollment{"cam-1": x509}})
+	rep, err = Enroll(t.Context(), svc, []Record{record(t, "cam-1", ca)}, opts)
+	if r := rep.Results[0]; err != nil || r.Outcome != Conflict || !strings.Contains(r.Error, "x509") || svc.calls != 0 {
+		t.Errorf("enroll over an x509 enrollment: %+v, %d writes, %v", r, svc.calls, err)
+	}
+	for name, f := range map[string]func(context.Context, Service, []string, Options) (*Report, error){"disable": Disable, "delete": Delete} {
+		rep, err := f(t.Context(), svc, []string{"cam-1"}, Options{})
+		if r := rep.Results[0]; err != nil || r.Outcome != Refused || !strings.Contains(r.Error, "x509") || svc.calls != 0 {
+			t.Errorf("%s of an x509 enrollment: %+v, %d writes, %v", name, r, svc.calls, err)
+		}
+	}
+}
+
+// A re-run that does not give the status, IoT Edge or the re-provisioning
+// policy leaves them as they are: a device disabled since stays disabled.
+// A new enrollment is an enabled IoT Edge device with DPS's re-provisioning
+// policy.
+func TestEnrollRerunLeavesStatus(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	recs := []Record{record(t, "a", ca), record(t, "b", ca)}
+	opts := Options{Verifier: verifier(t, ca)}
+	if _, err := Enroll(t.Context(), d.svc, recs, opts); err != nil {
+		t.Fatal(err)
+	}
+	e := d.all(t)["a"]
+	if e.ProvisioningStatus != dpsservice.StatusEnabled || e.Capabilities == nil || !e.Capabilities.IoTEdge {
+		t.Errorf("created: status %q, capabilities %+v; want enabled, IoT Edge", e.ProvisioningStatus, e.Capabilities)
+	}
+	if _, err := Disable(t.Context(), d.svc, []string{"a"}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.svc.GetEnrollment(t.Context(), "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Capabilities, b.ReprovisionPolicy = &dpsservice.Capabilities{IoTEdge: false}, &dpsservice.ReprovisionPolicy{}
+	if _, err := d.svc.PutEnrollment(t.Context(), *b, b.ETag); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Enroll(t.Context(), d.svc, recs, opts)
+	if err != nil || rep.Totals[Unchanged] != 2 {
+		t.Fatalf("re-run: %v, %v", rep.Totals, err)
+	}
+	held := d.all(t)
+	if held["a"].ProvisioningStatus != dpsservice.StatusDisabled {
+		t.Error("a re-run re-enabled a disabled device")
+	}
+	if hb := held["b"]; hb.Capabilities.IoTEdge || *hb.ReprovisionPolicy != (dpsservice.ReprovisionPolicy{}) {
+		t.Errorf("a re-run reset b: %+v, %+v", hb.Capabilities, hb.ReprovisionPolicy)
+	}
+	opts.Settings = Settings{ProvisioningStatus: dpsservice.StatusEnabled, IoTEdge: new(true)}
+	rep, err = Enroll(t.Context(), d.svc, recs, opts)
+	if err != nil || rep.Totals[Updated] != 2 {
+		t.Fatalf("asking enabled and IoT Edge: %v, %v", rep.Totals, err)
+	}
+	held = d.all(t)
+	if held["a"].ProvisioningStatus != dpsservice.StatusEnabled || !held["b"].Capabilities.IoTEdge || *held["b"].ReprovisionPolicy != (dpsservice.ReprovisionPolicy{}) {
+		t.Errorf("after asking: a %s, b %+v %+v", held["a"].ProvisioningStatus, held["b"].Capabilities, held["b"].ReprovisionPolicy)
+	}
+}
+
+// The tag tells a manufacturer's anchor from the operator's.
+func TestCheckTag(t *testing.T) {
+	for _, tc := range []struct {
+		c    Check
+		want string
+	}{
+		{Check{Verified: true, Manufacturer: "Infineon", Anchor: "Infineon_RSA_Root.pem"}, `{"ekVerified":true,"ekAnchor":"manufacturer","manufacturer":"Infineon"}`},
+		{Check{Verified: true, Anchor: "CN=Plant CA", OperatorAnchor: true}, `{"ekVerified":true,"ekAnchor":"operator"}`},
+		{Check{Problem: "no EK certificate"}, `{"ekVerified":false}`},
+	} {
+		if got := string(tc.c.tag()); got != tc.want {
+			t.Errorf("tag of %+v = %s, want %s", tc.c, got, tc.want)
+		}
+	}
+}
+
+// Progress never goes backwards, however the workers' reports interleave.
+func TestEnrollProgressInOrder(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	var recs []Record
+	for i := range 8 * dpsservice.MaxBulk {
+		recs = append(recs, record(t, fmt.Sprintf("dev-%02d", i), nil))
+	}
+	var (
+		mu   sync.Mutex
+		seen []int
+	)
+	_, err := Enroll(t.Context(), d.svc, recs, Options{AllowUnverified: true, Workers: 8, Progress: func(done, total int) {
+		if done%20 == 10 { // a slow terminal now and then
+			time.Sleep(50 * time.Millisecond)
+		}
+		mu.Lock()
+		seen = append(seen, done)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(seen); i++ {
+		if seen[i] < seen[i-1] {
+			t.Fatalf("progress went %v", seen)
+		}
+	}
+}
+
+// Hubs given without a policy leave the policy DPS holds when it fits
+// them: a static assignment made by hand survives a re-run of the file
+// that named the hub; more hubs than static takes make it hashed.
+func TestEnrollHubsWithoutPolicy(t *testing.T) {
+	d := startDPS(t, dpsemu.Config{})
+	ca := ekcerttest.NewCA(t)
+	rec := record(t, "press-1", ca)
+	opts := Options{Verifier: verifier(t, ca), Settings: Settings{IoTHubs: []string{"h1.x"}}}
+	if _, err := Enroll(t.Context(), d.svc, []Record{rec}, opts); err != nil {
+		t.Fatal(err)
+	}
+	if e := d.all(t)["press-1"]; e.AllocationPolicy != dpsservice.AllocationHashed {
+		t.Errorf("created with a hub: policy %q, want hashed", e.AllocationPolicy)
+	}
+	e, err := d.svc.GetEnrollment(t.Context(), "press-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.AllocationPolicy = dpsservice.AllocationStatic
+	if _, err := d.svc.PutEnrollment(t.Context(), *e, e.ETag); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Enroll(t.Context(), d.svc, []Record{rec}, opts)
+	if err != nil || rep.Totals[Unchanged] != 1 || d.all(t)["press-1"].AllocationPolicy != dpsservice.AllocationStatic {
+		t.Errorf("re-run: %v, %v, policy %q; want unchanged static", rep.Totals, err, d.all(t)["press-1"].AllocationPolicy)
+	}
+	opts.Settings.IoTHubs = []string{"h1.x", "h2.x"}
+	rep, err = Enroll(t.Context(), d.svc, []Record{rec}, opts)
+	if got := d.all(t)["press-1"]; err != nil || rep.Totals[Updated] != 1 || got.AllocationPolicy != dpsservice.AllocationHashed || len(got.IoTHubs) != 2 {
+		t.Errorf("two hubs over static: %v, %v, policy %q, hubs %v; want hashed over both", rep.Totals, err, got.AllocationPolicy, got.IoTHubs)
+	}
 }

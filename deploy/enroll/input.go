@@ -68,9 +68,9 @@ func Read(r io.Reader) ([]Record, error) {
 	}
 	var recs []Record
 	if trimmed[0] == '{' {
-		recs, err = readJSON(data)
+		recs, err = readJSON(data, true)
 	} else {
-		recs, err = readCSV(data)
+		recs, err = readCSV(data, true)
 	}
 	if err != nil {
 		return nil, err
@@ -81,7 +81,56 @@ func Read(r io.Reader) ([]Record, error) {
 	return recs, nil
 }
 
-func readJSON(data []byte) ([]Record, error) {
+// ReadIDs reads the registration IDs of show, disable and delete: a file
+// as Read takes it, from which only registrationId is needed (an identity
+// file the devices were enrolled from, or a CSV with a registrationId
+// column), or a list of registration IDs, one a line. Blank lines are
+// skipped; a line of the list with a comma, or a record without a
+// registration ID, is an error naming its line.
+func ReadIDs(r io.Reader) ([]string, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxInput+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxInput {
+		return nil, fmt.Errorf("registration ID file over %d MB", MaxInput>>20)
+	}
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	var ids []string
+	switch first, _, _ := bytes.Cut(trimmed, []byte("\n")); {
+	case len(trimmed) == 0:
+	case trimmed[0] == '{' || bytes.Contains(first, []byte("registrationId")):
+		read := readCSV
+		if trimmed[0] == '{' {
+			read = readJSON
+		}
+		recs, err := read(data, false)
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range recs {
+			ids = append(ids, rec.RegistrationID)
+		}
+	default:
+		for i, line := range strings.Split(string(data), "\n") {
+			id := strings.TrimSpace(line)
+			if strings.ContainsAny(id, ",;\t\"") {
+				return nil, fmt.Errorf("line %d: %q is not a registration ID: give one a line, or a CSV with a registrationId column", i+1, clip(id))
+			}
+			if id != "" {
+				ids = append(ids, id)
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return nil, errors.New("no registration IDs")
+	}
+	return ids, nil
+}
+
+// readJSON reads records; withEK requires an endorsementKey in each.
+func readJSON(data []byte, withEK bool) ([]Record, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var recs []Record
@@ -105,16 +154,19 @@ func readJSON(data []byte) ([]Record, error) {
 			return nil, fmt.Errorf("line %d: %w", line, err)
 		}
 		rec.Line = line
-		if err := rec.check(); err != nil {
+		if err := rec.check(withEK); err != nil {
 			return nil, fmt.Errorf("line %d: %w", line, err)
 		}
 		recs = append(recs, rec)
 	}
 }
 
-func (r *Record) check() error {
-	if r.RegistrationID == "" || r.EndorsementKey == "" {
+func (r *Record) check(withEK bool) error {
+	switch {
+	case withEK && (r.RegistrationID == "" || r.EndorsementKey == ""):
 		return errors.New("no registrationId and endorsementKey: give the output of 'edge-provisioner identity --json'")
+	case r.RegistrationID == "":
+		return errors.New("no registrationId")
 	}
 	return nil
 }
@@ -134,7 +186,9 @@ var Columns = []string{
 
 const tagColumn = "tag."
 
-func readCSV(data []byte) ([]Record, error) {
+// readCSV reads records; withEK requires an endorsementKey column and
+// value.
+func readCSV(data []byte, withEK bool) ([]Record, error) {
 	cr := csv.NewReader(bytes.NewReader(data))
 	cr.TrimLeadingSpace = true
 	header, err := cr.Read()
@@ -157,8 +211,11 @@ func readCSV(data []byte) ([]Record, error) {
 		}
 		seen[h] = true
 	}
-	if !seen["registrationId"] || !seen["endorsementKey"] {
+	switch {
+	case withEK && (!seen["registrationId"] || !seen["endorsementKey"]):
 		return nil, errors.New("CSV header: want at least the columns registrationId and endorsementKey")
+	case !seen["registrationId"]:
+		return nil, errors.New("CSV header: want a registrationId column")
 	}
 	var recs []Record
 	for {
@@ -177,7 +234,7 @@ func readCSV(data []byte) ([]Record, error) {
 				return nil, fmt.Errorf("line %d: column %s: %w", line, header[i], err)
 			}
 		}
-		if err := rec.check(); err != nil {
+		if err := rec.check(withEK); err != nil {
 			return nil, fmt.Errorf("line %d: %w", line, err)
 		}
 		recs = append(recs, rec)

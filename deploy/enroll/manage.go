@@ -14,7 +14,7 @@ import (
 // those it has none of, reading them within m's budget (nil: no pacing).
 func Show(ctx context.Context, svc Service, ids []string, m *Meter) ([]*dpsservice.Enrollment, error) {
 	if m == nil {
-		m = NewMeter(0)
+		m = unmetered()
 	}
 	held, err := fetch(ctx, metered{svc, m}, ids)
 	if err != nil {
@@ -87,6 +87,10 @@ func manage(ctx context.Context, svc Service, ids []string, opts Options, succes
 			continue
 		}
 		it.res.DeviceID = old.DeviceID
+		if err := tpmOnly(old); err != nil {
+			it.res.Outcome, it.res.Error, it.done = Refused, err.Error()+": manage it with the Azure portal or az iot dps", true
+			continue
+		}
 		e := *old
 		// What the service owns goes back only as the ETag to match.
 		e.CreatedDateTimeUTC, e.LastUpdatedDateTimeUTC, e.RegistrationState = time.Time{}, time.Time{}, nil

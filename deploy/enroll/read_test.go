@@ -91,3 +91,55 @@ func FuzzRead(f *testing.F) {
 		}
 	})
 }
+
+var readIDsCases = []struct {
+	name, in string
+	want     []string
+	err      string
+}{
+	{"plain list", "dev-1\n\n  dev-2  \r\ndev-3", []string{"dev-1", "dev-2", "dev-3"}, ""},
+	{"identity file", `{"registrationId":"a","endorsementKey":"AA=="}` + "\n" + `{"registrationId":"b"}`, []string{"a", "b"}, ""},
+	{"csv of IDs", "registrationId,deviceId\na,press-1\nb,\n", []string{"a", "b"}, ""},
+	{"csv identity file", "registrationId,endorsementKey\na,AA==\n", []string{"a"}, ""},
+	{"json without ID", `{"deviceId":"x"}`, nil, "line 1: no registrationId"},
+	{"csv without ID column", "deviceId,iotEdge\n", nil, "registrationId"},
+	{"empty", "\n \n", nil, "no registration IDs"},
+	{"list with a comma", "dev-1\ndev-2,dev-3\n", nil, "line 2"},
+}
+
+// Show, disable and delete take a file of registration IDs alone, or the
+// identity file the devices were enrolled from.
+func TestReadIDs(t *testing.T) {
+	for _, tc := range readIDsCases {
+		got, err := ReadIDs(strings.NewReader(tc.in))
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: ReadIDs = %v, %v; want an error with %q", tc.name, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: ReadIDs = %q, %v; want %q", tc.name, got, err, tc.want)
+		}
+	}
+}
+
+func FuzzReadIDs(f *testing.F) {
+	for _, tc := range readIDsCases {
+		f.Add(tc.in)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		ids, err := ReadIDs(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		if len(ids) == 0 {
+			t.Fatal("no IDs and no error")
+		}
+		for _, id := range ids {
+			if id == "" {
+				t.Fatalf("an empty ID from %q", in)
+			}
+		}
+	})
+}

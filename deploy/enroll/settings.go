@@ -24,30 +24,39 @@ const (
 )
 
 // TagKey is the initial twin tag Enroll owns: {"ekVerified": bool} and,
-// for a verified EK, "manufacturer", "model" and "firmware" from its
-// certificate. A fleet query like "tags.tpm.ekVerified = false" finds the
+// for a verified EK, "ekAnchor" ("manufacturer" for a bundled root,
+// "operator" for an --ek-ca one) and "manufacturer", "model" and
+// "firmware" from its certificate. A fleet query like "tags.tpm.ekVerified = false" finds the
 // devices enrolled with --allow-unverified.
 const TagKey = "tpm"
 
 // Settings are the enrollment settings of every device, which a file's
-// columns override one device at a time. The zero value enrolls enabled,
-// non-Edge devices with DPS's allocation and re-provisioning defaults.
+// columns override one device at a time. A setting left empty is not
+// asked for: a new enrollment takes the default named below, and an
+// update leaves what DPS holds as it is, so that a re-run of a factory
+// file does not undo later changes (a device disabled since). The zero
+// value creates enabled IoT Edge devices with DPS's allocation and
+// re-provisioning defaults.
 type Settings struct {
 	// DeviceID is the IoT hub device ID; empty means the registration ID.
 	// It fits one identity only.
 	DeviceID string
-	// IoTEdge makes the devices IoT Edge devices.
-	IoTEdge bool
+	// IoTEdge says whether the devices are IoT Edge devices; nil means
+	// true on create.
+	IoTEdge *bool
 	// IoTHubs are the linked hubs the devices may be assigned to; empty
 	// means all of DPS's.
 	IoTHubs []string
 	// AllocationPolicy is hashed, static (one hub) or geoLatency; empty
-	// means DPS's default.
+	// means DPS's default, hashed, on create, and on update the policy DPS
+	// holds, unless it is static and IoTHubs names more hubs than one:
+	// then hashed.
 	AllocationPolicy string
-	// ProvisioningStatus is enabled (empty) or disabled.
+	// ProvisioningStatus is enabled or disabled; empty means DPS's
+	// default, enabled, on create.
 	ProvisioningStatus string
-	// Reprovision is ReprovisionMigrate (empty), ReprovisionReset or
-	// ReprovisionNever.
+	// Reprovision is ReprovisionMigrate, ReprovisionReset or
+	// ReprovisionNever; empty means DPS's default, migrate, on create.
 	Reprovision string
 	// Tags and Desired are the initial twin's tags and desired properties.
 	Tags    map[string]json.RawMessage
@@ -64,10 +73,6 @@ func (s *Settings) Validate() error {
 		}
 	default:
 		return fmt.Errorf("allocation policy %q, want hashed, static or geoLatency", clip(s.AllocationPolicy))
-	}
-	if len(s.IoTHubs) > 0 && s.AllocationPolicy == "" {
-		// DPS applies its default policy over the listed hubs; say it.
-		s.AllocationPolicy = dpsservice.AllocationHashed
 	}
 	for _, h := range s.IoTHubs {
 		if h == "" || len(h) > 253 || strings.ContainsAny(h, "/:@ \t\r\n?#%") {
@@ -99,7 +104,7 @@ func (s Settings) over(rec *Record) (Settings, error) {
 		s.DeviceID = rec.DeviceID
 	}
 	if rec.IoTEdge != nil {
-		s.IoTEdge = *rec.IoTEdge
+		s.IoTEdge = rec.IoTEdge
 	}
 	if len(rec.IoTHubs) > 0 {
 		s.IoTHubs = rec.IoTHubs
@@ -130,9 +135,13 @@ func (s Settings) enrollment(regID string, ek []byte, check *Check) dpsservice.E
 		Attestation:        dpsservice.Attestation{Type: "tpm", TPM: &dpsservice.TPMAttestation{EndorsementKey: ek}},
 		IoTHubs:            slices.Clone(s.IoTHubs),
 		AllocationPolicy:   s.AllocationPolicy,
-		ProvisioningStatus: orDefault(s.ProvisioningStatus, dpsservice.StatusEnabled),
-		Capabilities:       &dpsservice.Capabilities{IoTEdge: s.IoTEdge},
-		ReprovisionPolicy:  reprovisionPolicy(s.Reprovision),
+		ProvisioningStatus: s.ProvisioningStatus,
+	}
+	if s.IoTEdge != nil {
+		e.Capabilities = &dpsservice.Capabilities{IoTEdge: *s.IoTEdge}
+	}
+	if s.Reprovision != "" {
+		e.ReprovisionPolicy = reprovisionPolicy(s.Reprovision)
 	}
 	tags := mergeRaw(nil, s.Tags)
 	if tags == nil {
@@ -144,6 +153,19 @@ func (s Settings) enrollment(regID string, ek []byte, check *Check) dpsservice.E
 		twin["properties"] = map[string]any{"desired": s.Desired}
 	}
 	e.InitialTwin, _ = json.Marshal(twin) // RawMessages that were decoded, maps of strings
+	return e
+}
+
+// created returns e as created: the settings not asked for that DPS has
+// no default for take enroll's.
+func created(e dpsservice.Enrollment) dpsservice.Enrollment {
+	if e.Capabilities == nil {
+		e.Capabilities = &dpsservice.Capabilities{IoTEdge: true}
+	}
+	if len(e.IoTHubs) > 0 && e.AllocationPolicy == "" {
+		// DPS applies its default policy over the listed hubs; say it.
+		e.AllocationPolicy = dpsservice.AllocationHashed
+	}
 	return e
 }
 

@@ -232,7 +232,7 @@ func DPSServiceClient(stateDir string) (*dpsservice.Client, error) {
 func Enroll(ctx context.Context, c *dpsservice.Client, registrationID, deviceID string, ek []byte, edge bool) error {
 	rec := enroll.Record{RegistrationID: registrationID, EndorsementKey: base64.StdEncoding.EncodeToString(ek)}
 	rep, err := enroll.Enroll(ctx, c, []enroll.Record{rec}, enroll.Options{
-		Settings:        enroll.Settings{DeviceID: deviceID, IoTEdge: edge},
+		Settings:        enroll.Settings{DeviceID: deviceID, IoTEdge: &edge},
 		AllowUnverified: true,
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package dpsservice_test
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"errors"
@@ -205,7 +206,7 @@ func TestRetryAfter(t *testing.T) {
 		retries []retry
 	)
 	c := *s.Service
-	c.OnRetry = func(status int, wait time.Duration) {
+	c.OnRetry = func(_ context.Context, status int, wait time.Duration) {
 		mu.Lock()
 		retries = append(retries, retry{status, wait})
 		mu.Unlock()

@@ -36,8 +36,8 @@ type Client struct {
 	// Now is the clock for token expiry; nil means time.Now.
 	Now func() time.Time
 	// OnRetry, when set, is told of each throttled answer and the wait
-	// before the request is sent again.
-	OnRetry func(status int, wait time.Duration)
+	// before the request is sent again; ctx is the call's.
+	OnRetry func(ctx context.Context, status int, wait time.Duration)
 }
 
 // PutEnrollment creates or replaces the enrollment e.RegistrationID and
@@ -127,7 +127,7 @@ func (c *Client) call(ctx context.Context, r azrest.Request, out any) (*azrest.R
 			wait = min(time.Duration(s)*time.Second, maxRetryAfter)
 		}
 		if c.OnRetry != nil {
-			c.OnRetry(resp.Status, wait)
+			c.OnRetry(ctx, resp.Status, wait)
 		}
 		if err := backoff.Sleep(ctx, wait); err != nil {
 			return nil, err

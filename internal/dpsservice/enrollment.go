@@ -5,6 +5,8 @@ package dpsservice
 
 import (
 	"encoding/json"
+	"reflect"
+	"strings"
 	"time"
 )
 
@@ -46,6 +48,69 @@ type Enrollment struct {
 	CreatedDateTimeUTC     time.Time          `json:"createdDateTimeUtc,omitzero"`
 	LastUpdatedDateTimeUTC time.Time          `json:"lastUpdatedDateTimeUtc,omitzero"`
 	RegistrationState      *RegistrationState `json:"registrationState,omitempty"`
+	// Extra holds the fields of DPS's enrollment this type does not model
+	// (customAllocationDefinition, optionalDeviceInformation, …), as read,
+	// so that writing back an enrollment read keeps them: DPS replaces
+	// the whole enrollment on a write.
+	Extra map[string]json.RawMessage `json:"-"`
+}
+
+// modelled are the JSON names of Enrollment's fields, lowercased (JSON
+// decoding matches names case-insensitively).
+var modelled = func() map[string]bool {
+	m := map[string]bool{}
+	t := reflect.TypeFor[Enrollment]()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "-" {
+			m[strings.ToLower(name)] = true
+		}
+	}
+	return m
+}()
+
+// enrollmentJSON is Enrollment without its JSON methods.
+type enrollmentJSON Enrollment
+
+// UnmarshalJSON decodes an enrollment, keeping the fields it does not
+// model in Extra.
+func (e *Enrollment) UnmarshalJSON(b []byte) error {
+	if err := json.Unmarshal(b, (*enrollmentJSON)(e)); err != nil {
+		return err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(b, &all); err != nil {
+		return err
+	}
+	e.Extra = nil
+	for k, v := range all {
+		if modelled[strings.ToLower(k)] {
+			continue
+		}
+		if e.Extra == nil {
+			e.Extra = map[string]json.RawMessage{}
+		}
+		e.Extra[k] = v
+	}
+	return nil
+}
+
+// MarshalJSON encodes an enrollment with its Extra fields; a modelled
+// field is never taken from Extra.
+func (e Enrollment) MarshalJSON() ([]byte, error) {
+	b, err := json.Marshal(enrollmentJSON(e))
+	if err != nil || len(e.Extra) == 0 {
+		return b, err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(b, &all); err != nil {
+		return nil, err
+	}
+	for k, v := range e.Extra {
+		if !modelled[strings.ToLower(k)] {
+			all[k] = v
+		}
+	}
+	return json.Marshal(all)
 }
 
 // Attestation is the attestation mechanism; only "tpm" is used here.

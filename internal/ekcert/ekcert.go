@@ -87,6 +87,14 @@ type Result struct {
 	// Chain is the verified chain, the EK certificate first and the anchor
 	// last.
 	Chain []*x509.Certificate
+	// Anchor names the trust anchor the chain ends at: the embedded file
+	// (ca/NAME) of a manufacturer CA, or the subject of an anchor the
+	// operator gave (Config.Anchors). OperatorAnchor says it is the
+	// latter: the operator vouches for the EK, not a bundled
+	// manufacturer root. A chain to either is preferred to the other only
+	// when it has fewer warnings; else the manufacturer's wins.
+	Anchor         string
+	OperatorAnchor bool
 	// Warnings are what the policy accepted but a reader should know (an
 	// expired intermediate, …).
 	Warnings []string
@@ -99,24 +107,40 @@ type Verifier struct {
 	// each copy back.
 	roots, intermediates *x509.CertPool
 	orig                 map[*x509.Certificate]*x509.Certificate
+	// anchors names each anchor by its DER.
+	anchors map[string]anchor
+}
+
+// anchor is what a Result says of a trust anchor.
+type anchor struct {
+	name     string
+	operator bool
 }
 
 // New returns a Verifier trusting the embedded manufacturer CAs and
 // cfg.Anchors.
 func New(cfg Config) (*Verifier, error) {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	cas, err := embedded()
 	if err != nil {
 		return nil, fmt.Errorf("embedded manufacturer CAs: %w", err)
 	}
-	v := &Verifier{cfg: cfg, roots: x509.NewCertPool(), intermediates: x509.NewCertPool(), orig: map[*x509.Certificate]*x509.Certificate{}}
+	return newVerifier(cfg, cas)
+}
+
+// newVerifier returns a Verifier trusting the embedded certificates cas
+// and cfg.Anchors.
+func newVerifier(cfg Config, cas []embeddedCA) (*Verifier, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	v := &Verifier{cfg: cfg, roots: x509.NewCertPool(), intermediates: x509.NewCertPool(),
+		orig: map[*x509.Certificate]*x509.Certificate{}, anchors: map[string]anchor{}}
 	for _, c := range cas {
 		l := lift(c.cert)
 		v.orig[l] = c.cert
 		if c.anchor {
 			v.roots.AddCert(l)
+			v.anchors[string(c.cert.Raw)] = anchor{name: c.file}
 		} else {
 			v.intermediates.AddCert(l)
 		}
@@ -125,9 +149,13 @@ func New(cfg Config) (*Verifier, error) {
 		if a == nil || !a.BasicConstraintsValid || !a.IsCA {
 			return nil, fmt.Errorf("EK CA %s is not a CA certificate", subject(a))
 		}
+		if _, ok := v.anchors[string(a.Raw)]; ok {
+			continue // embedded already: the manufacturer's
+		}
 		l := lift(a)
 		v.orig[l] = a
 		v.roots.AddCert(l)
+		v.anchors[string(a.Raw)] = anchor{name: a.Subject.String(), operator: true}
 	}
 	return v, nil
 }
@@ -238,8 +266,10 @@ func (v *Verifier) Verify(ek, cert []byte, chain [][]byte) (*Result, error) {
 			refusal = err
 			continue
 		}
-		if res.Chain == nil || len(warnings) < len(res.Warnings) {
-			res.Chain, res.Warnings = c, warnings
+		a := v.anchors[string(c[len(c)-1].Raw)]
+		if res.Chain == nil || len(warnings) < len(res.Warnings) ||
+			len(warnings) == len(res.Warnings) && res.OperatorAnchor && !a.operator {
+			res.Chain, res.Warnings, res.Anchor, res.OperatorAnchor = c, warnings, a.name, a.operator
 		}
 	}
 	if res.Chain == nil {

@@ -609,11 +609,14 @@ func (h heldAs) GetEnrollment(ctx context.Context, id string) (*dpsservice.Enrol
 	return h.Service.GetEnrollment(ctx, id)
 }
 
+// linked is a DPS linked to the hubs the tests name.
+var linked = dpsemu.Config{Hubs: []dpsemu.Hub{{HostName: "h1.x"}, {HostName: "h2.x"}}}
+
 // An update keeps what the run did not ask for: the allocation, the hubs,
 // and the fields this tool does not model; an enrollment of another
 // attestation type is neither overwritten, disabled nor deleted.
 func TestEnrollKeepsWhatItDoesNotAsk(t *testing.T) {
-	d := startDPS(t, dpsemu.Config{})
+	d := startDPS(t, linked)
 	ca := ekcerttest.NewCA(t)
 	rec := record(t, "press-1", ca)
 	opts := Options{Verifier: verifier(t, ca), Settings: Settings{AllocationPolicy: dpsservice.AllocationStatic, IoTHubs: []string{"h1.x"}}}
@@ -759,7 +762,7 @@ func TestEnrollProgressInOrder(t *testing.T) {
 // them: a static assignment made by hand survives a re-run of the file
 // that named the hub; more hubs than static takes make it hashed.
 func TestEnrollHubsWithoutPolicy(t *testing.T) {
-	d := startDPS(t, dpsemu.Config{})
+	d := startDPS(t, linked)
 	ca := ekcerttest.NewCA(t)
 	rec := record(t, "press-1", ca)
 	opts := Options{Verifier: verifier(t, ca), Settings: Settings{IoTHubs: []string{"h1.x"}}}

@@ -200,17 +200,24 @@ var hubKeyTemplate = tpm2.TPMTPublic{
 // fixedTPM and fixedParent clear (Part 3 TPM2_Import), so the key is
 // created instead; the command's first parameter, the TPM2B_SENSITIVE_CREATE
 // holding k, is AES-128-CFB encrypted with a key from a session salted to
-// the SRK's public key (Part 1 §21 parameter encryption): only this TPM can
-// read it. The caller holds t.mu and flushes the key.
+// saltKey's public key (Part 1 §21 parameter encryption): someone who only
+// listens on the bus cannot read it, and someone who alters the TPM's
+// answers can only when no EK certificate authenticates the salt key
+// (docs/hub-identity.md#in-the-tpm). The caller holds t.mu and flushes the
+// key.
 func (t *TPM) createHubKey(srk *key, k []byte) (*key, error) {
-	srkPub, err := srk.pub.Contents()
+	salt, _, err := t.saltKey()
 	if err != nil {
-		return nil, fmt.Errorf("storage root key: %w", err)
+		return nil, err
+	}
+	saltPub, err := salt.pub.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("salt key: %w", err)
 	}
 	sess, _, err := tpm2.HMACSession(t.t, tpm2.TPMAlgSHA256, 16,
-		tpm2.Salted(srk.handle, *srkPub), tpm2.AESEncryption(128, tpm2.EncryptIn))
+		tpm2.Salted(salt.handle, *saltPub), tpm2.AESEncryption(128, tpm2.EncryptIn))
 	if err != nil {
-		return nil, fmt.Errorf("start a session salted with the storage root key: %w", err)
+		return nil, fmt.Errorf("start a session salted with the key at %#x: %w", uint32(salt.handle), err)
 	}
 	defer t.flush(sess.Handle())
 	cr, err := tpm2.Create{

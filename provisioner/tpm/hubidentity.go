@@ -9,13 +9,9 @@ import (
 	"github.com/google/go-tpm/tpm2"
 )
 
-// HubIdentityIndex is the NV index that holds the hub identity record: the
-// host name and device ID of a manually set identity
-// (docs/hub-identity.md#in-the-tpm). It is in the owner range
-// 0x01000000-0x013FFFFF of the TCG Registry of Reserved TPM 2.0 Handles and
-// Localities (v1.1 §2.2), at its top end, away from the low indices tools
-// and examples use and from the staging index of any auth key handle but
-// 0x813fff00 and 0x817fff00, which Config refuses.
+// HubIdentityIndex is the NV index that holds the hub identity record of
+// the default auth key handle: HubRecordIndex(DefaultAuthKeyHandle)
+// (docs/hub-identity.md#in-the-tpm).
 const HubIdentityIndex tpm2.TPMHandle = 0x013FFF00
 
 // Errors of the hub identity.
@@ -319,7 +315,7 @@ func (t *TPM) dropHubRecord() error {
 
 func (t *TPM) undefineHubRecord(rec *hubRecord) error {
 	if _, err := (tpm2.NVUndefineSpace{AuthHandle: t.owner(), NVIndex: rec.nv}).Execute(t.t); err != nil {
-		return fmt.Errorf("undefine the hub identity record at NV index %#x: %w", uint32(HubIdentityIndex), explain(err, "owner"))
+		return fmt.Errorf("undefine the hub identity record at NV index %#x: %w", uint32(rec.idx), explain(err, "owner"))
 	}
 	return nil
 }

@@ -239,7 +239,7 @@ func TestHubIdentityCrossCheck(t *testing.T) {
 	if len(rec) != hubRecordSize || !bytes.HasPrefix(rec, []byte(hubMagic)) {
 		t.Fatalf("tpm2_nvread %s = %d bytes %q..., want %d starting with the magic", idx, len(rec), rec[:min(len(rec), 16)], hubRecordSize)
 	}
-	e, ok := parseHubEntry(rec[len(hubMagic)+hubEntrySize:])
+	e, ok := parseHubEntry(rec[hubHeaderSize+hubEntrySize:])
 	if !ok || e.id != hubA {
 		t.Errorf("entry 1 read with tpm2_nvread = %+v, %v; want %v", e.id, ok, hubA)
 	}
@@ -796,5 +796,66 @@ func TestHubKeyNotOnDisk(t *testing.T) {
 	m.Write([]byte("data"))
 	if !hmac.Equal(got, m.Sum(nil)) {
 		t.Error("after a restart of the encrypted swtpm the hub key signs otherwise")
+	}
+}
+
+// Two auth key handles keep two hub identities: setting, clearing or
+// replacing one with a DPS key leaves the other as it was.
+func TestHubIdentityTwoHandles(t *testing.T) {
+	uri := tpmtest.StartSim(t)
+	a := withIdentity(t, uri)
+	b := open(t, uri, Config{AuthKeyHandle: 0x81000005})
+	keyA, keyB := randBytes(t, 32), randBytes(t, 32)
+	if err := a.SetHubIdentity(t.Context(), hubA, keyA, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetHubIdentity(t.Context(), hubB, keyB, false); err != nil {
+		t.Fatal(err)
+	}
+	checkHubIdentity(t, a, hubA)
+	checkHubIdentity(t, b, hubB)
+	checkSigns(t, a, keyA)
+	checkSigns(t, b, keyB)
+
+	if err := b.ClearHubIdentity(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	checkHubIdentity(t, a, hubA)
+	checkSigns(t, a, keyA)
+
+	if err := b.SetHubIdentity(t.Context(), hubB, keyB, false); err != nil {
+		t.Fatal(err)
+	}
+	id, err := a.Identity(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ImportKey(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, randBytes(t, 32))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.HubIdentity(t.Context()); !errors.Is(err, ErrNoHubIdentity) {
+		t.Errorf("HubIdentity at 0x81000005 after a DPS registration there = %v, want ErrNoHubIdentity", err)
+	}
+	checkHubIdentity(t, a, hubA)
+	checkSigns(t, a, keyA)
+}
+
+// HubRecordIndex maps the default auth key handle to HubIdentityIndex and
+// never to a staging index of an auth key handle Config accepts.
+func TestHubRecordIndex(t *testing.T) {
+	if got := HubRecordIndex(DefaultAuthKeyHandle); got != HubIdentityIndex {
+		t.Errorf("HubRecordIndex(default) = %#x, want %#x", uint32(got), uint32(HubIdentityIndex))
+	}
+	for h := tpm2.TPMHandle(0x81000000); h <= 0x817FFFFF; h += 0x100 {
+		c := Config{AuthKeyHandle: h}
+		if c.validate() != nil {
+			continue
+		}
+		if s := StagingIndex(h); s >= 0x013F0000 && s <= 0x013FFFFF {
+			t.Fatalf("auth key handle %#x is accepted and stages at %#x, among the hub records", uint32(h), uint32(s))
+		}
+		if r := HubRecordIndex(h); r < 0x013F0000 || r > 0x013FFFFF {
+			t.Fatalf("HubRecordIndex(%#x) = %#x, outside the hub records' range", uint32(h), uint32(r))
+		}
 	}
 }

@@ -37,10 +37,14 @@ func (t *TPM) ImportKey(ctx context.Context, blob []byte) error {
 	if err := t.persist(k); err != nil {
 		return err
 	}
-	// A hub identity record names the manual key just replaced; a crash
-	// before it is gone leaves a record that names no key, which readers
-	// ignore.
-	return t.dropHubRecord()
+	// The key is swapped: the registration succeeded. The auth key
+	// handle's hub identity record names the manual key just replaced;
+	// one left behind (a crash, a failure to undefine it) names no key,
+	// which every reader ignores, as it matches entries against the key
+	// at the handle. An index that is not this handle's record is
+	// nothing to drop.
+	t.dropHubRecord()
+	return nil
 }
 
 // SignChallenge activates the challenge blob of DPS's first answer and

@@ -303,14 +303,16 @@ func (t *TPM) ClearHubIdentity(ctx context.Context) error {
 	return t.undefineHubRecord(rec)
 }
 
-// dropHubRecord undefines the hub identity record, if there is one of
-// ours: after DPS provisioned a key, the record names a key that is gone.
-func (t *TPM) dropHubRecord() error {
+// dropHubRecord undefines the auth key handle's hub identity record, if
+// there is one of ours: after DPS provisioned a key, the record names a
+// key that is gone. It reports nothing: a record it could not drop names
+// no key, and readers ignore it.
+func (t *TPM) dropHubRecord() {
 	rec, err := t.readHubRecord()
 	if err != nil || !rec.defined {
-		return err
+		return
 	}
-	return t.undefineHubRecord(rec)
+	_ = t.undefineHubRecord(rec)
 }
 
 func (t *TPM) undefineHubRecord(rec *hubRecord) error {

@@ -859,3 +859,27 @@ func TestHubRecordIndex(t *testing.T) {
 		}
 	}
 }
+
+// A DPS registration succeeds once the key is swapped, whatever holds the
+// hub record index: an index that is not a hub identity record is left
+// as it is.
+func TestImportKeyLeavesForeignRecordIndex(t *testing.T) {
+	tp := withIdentity(t, tpmtest.StartSim(t))
+	id, err := tp.Identity(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := tpm2.TPMSNVPublic{NVIndex: HubIdentityIndex, NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{OwnerWrite: true, AuthRead: true, NT: tpm2.TPMNTOrdinary}, DataSize: 8}
+	if _, err := (tpm2.NVDefineSpace{AuthHandle: tp.owner(), PublicInfo: tpm2.New2B(foreign)}).Execute(tp.t); err != nil {
+		t.Fatal(err)
+	}
+	key := randBytes(t, 32)
+	if err := tp.ImportKey(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, key)); err != nil {
+		t.Fatalf("ImportKey with a foreign index at %#x: %v", uint32(HubIdentityIndex), err)
+	}
+	checkSigns(t, tp, key)
+	if _, err := (tpm2.NVReadPublic{NVIndex: HubIdentityIndex}).Execute(tp.t); err != nil {
+		t.Errorf("the foreign index at %#x: %v, want it left as it was", uint32(HubIdentityIndex), err)
+	}
+}

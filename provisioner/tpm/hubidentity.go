@@ -7,6 +7,8 @@ import (
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
 // HubIdentityIndex is the NV index that holds the hub identity record of
@@ -36,9 +38,9 @@ type HubIdentity struct {
 }
 
 // Limits of a hub identity. IoT Hub device IDs are at most 128 ASCII
-// characters from a fixed set, and its registry takes symmetric keys of 16
-// to 64 bytes (docs/hub-identity.md#in-the-tpm). A host name is a DNS name,
-// at most 253 characters.
+// characters from a fixed set (sas.ValidID), and its registry takes
+// symmetric keys of 16 to 64 bytes (docs/hub-identity.md#in-the-tpm). A
+// host name is a DNS name, at most 253 characters.
 const (
 	maxHostName = 253
 	maxDeviceID = 128
@@ -46,48 +48,15 @@ const (
 	maxHubKey   = 64
 )
 
-// Validate checks id's host name and device ID; errors wrap
-// ErrHubIdentity.
+// Validate checks id's host name (an IoT hub's, sas.CheckHubHostName) and
+// device ID (sas.ValidID): the rules provisioner/hubcred and the relay
+// check. Errors wrap ErrHubIdentity.
 func (id HubIdentity) Validate() error {
-	if err := checkHostName(id.HostName); err != nil {
+	if err := sas.CheckHubHostName(id.HostName); err != nil {
 		return fmt.Errorf("%w: host name %q: %w", ErrHubIdentity, id.HostName, err)
 	}
-	if err := checkDeviceID(id.DeviceID); err != nil {
-		return fmt.Errorf("%w: device ID %q: %w", ErrHubIdentity, id.DeviceID, err)
-	}
-	return nil
-}
-
-func checkHostName(h string) error {
-	if h == "" || len(h) > maxHostName {
-		return fmt.Errorf("want 1 to %d characters", maxHostName)
-	}
-	for _, label := range bytes.Split([]byte(h), []byte(".")) {
-		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return errors.New("want dot-separated labels of 1 to 63 characters, not starting or ending with '-'")
-		}
-		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return fmt.Errorf("character %q is not allowed in a host name", c)
-			}
-		}
-	}
-	return nil
-}
-
-// deviceIDChars are the characters IoT Hub allows in a device ID besides
-// ASCII letters and digits.
-const deviceIDChars = "-.+%_#*?!(),:=@$'"
-
-func checkDeviceID(d string) error {
-	if d == "" || len(d) > maxDeviceID {
-		return fmt.Errorf("want 1 to %d characters", maxDeviceID)
-	}
-	for i := 0; i < len(d); i++ {
-		c := d[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || bytes.IndexByte([]byte(deviceIDChars), c) >= 0) {
-			return fmt.Errorf("character %q is not allowed in a device ID", c)
-		}
+	if !sas.ValidID(id.DeviceID) {
+		return fmt.Errorf("%w: device ID %q: want 1 to %d ASCII letters, digits or - : . + %% _ # * ? ! ( ) , = @ ; $ '", ErrHubIdentity, id.DeviceID, maxDeviceID)
 	}
 	return nil
 }

@@ -468,10 +468,12 @@ func TestSetHubIdentityRefuses(t *testing.T) {
 			{"host with an empty label", HubIdentity{HostName: "hub..example", DeviceID: "d"}, key},
 			{"host label of 64", HubIdentity{HostName: strings.Repeat("a", 64) + ".net", DeviceID: "d"}, key},
 			{"host of 254", HubIdentity{HostName: strings.Repeat(long, 4)[:254], DeviceID: "d"}, key},
-			{"empty device", HubIdentity{HostName: "hub.example"}, key},
-			{"device with a slash", HubIdentity{HostName: "hub.example", DeviceID: "a/b"}, key},
-			{"device with a space", HubIdentity{HostName: "hub.example", DeviceID: "a b"}, key},
-			{"device of 129", HubIdentity{HostName: "hub.example", DeviceID: strings.Repeat("d", 129)}, key},
+			{"host not an IoT hub's", HubIdentity{HostName: "hub.example", DeviceID: "d"}, key},
+			{"hub name of 2", HubIdentity{HostName: "ab.azure-devices.net", DeviceID: "d"}, key},
+			{"empty device", HubIdentity{HostName: hubA.HostName}, key},
+			{"device with a slash", HubIdentity{HostName: hubA.HostName, DeviceID: "a/b"}, key},
+			{"device with a space", HubIdentity{HostName: hubA.HostName, DeviceID: "a b"}, key},
+			{"device of 129", HubIdentity{HostName: hubA.HostName, DeviceID: strings.Repeat("d", 129)}, key},
 			{"no key", hubA, nil},
 			{"key of 15", hubA, key[:15]},
 			{"key of 65", hubA, randBytes(t, 65)},
@@ -489,7 +491,7 @@ func TestSetHubIdentityRefuses(t *testing.T) {
 			}
 		}
 		// The longest identity fits.
-		longest := HubIdentity{HostName: strings.Repeat(long, 4)[:253], DeviceID: strings.Repeat("d", 127) + "'"}
+		longest := HubIdentity{HostName: strings.Repeat("a", 50) + ".azure-devices.net", DeviceID: strings.Repeat("d", 127) + "'"}
 		if err := longest.Validate(); err != nil {
 			t.Errorf("Validate(longest) = %v", err)
 		}
@@ -601,7 +603,7 @@ func TestSetHubIdentitySurvivesFailureAtEveryCommand(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s: New: %v", name, err)
 				}
-				next, nextID := randBytes(t, 32), HubIdentity{HostName: "hub.example", DeviceID: fmt.Sprintf("dev-%d-%d", n, len(mode.name))}
+				next, nextID := randBytes(t, 32), HubIdentity{HostName: "hub-x.azure-devices.net", DeviceID: fmt.Sprintf("dev-%d-%d", n, len(mode.name))}
 				if nextID.DeviceID == currentID.DeviceID {
 					nextID.DeviceID += "x"
 				}
@@ -881,5 +883,25 @@ func TestImportKeyLeavesForeignRecordIndex(t *testing.T) {
 	checkSigns(t, tp, key)
 	if _, err := (tpm2.NVReadPublic{NVIndex: HubIdentityIndex}).Execute(tp.t); err != nil {
 		t.Errorf("the foreign index at %#x: %v, want it left as it was", uint32(HubIdentityIndex), err)
+	}
+}
+
+// Validate takes what provisioner/hubcred and the relay take: the device
+// ID rule is sas.ValidID, the host name rule sas.CheckHubHostName.
+func TestHubIdentityValidateAgrees(t *testing.T) {
+	for _, id := range []string{"press;7", "a:b", "x'y", strings.Repeat("d", 128)} {
+		if err := (HubIdentity{HostName: hubA.HostName, DeviceID: id}).Validate(); err != nil {
+			t.Errorf("Validate(device %q) = %v, want nil as sas.ValidID", id, err)
+		}
+	}
+	for _, h := range []string{"lab-hub.azure-devices.net", "PLANT-A.azure-devices.us", "abc.azure-devices.cn"} {
+		if err := (HubIdentity{HostName: h, DeviceID: "d"}).Validate(); err != nil {
+			t.Errorf("Validate(host %q) = %v, want nil", h, err)
+		}
+	}
+	for _, h := range []string{"hub.example", "localhost", "-ab.azure-devices.net", "a_b.azure-devices.net"} {
+		if err := (HubIdentity{HostName: h, DeviceID: "d"}).Validate(); !errors.Is(err, ErrHubIdentity) {
+			t.Errorf("Validate(host %q) = %v, want ErrHubIdentity", h, err)
+		}
 	}
 }

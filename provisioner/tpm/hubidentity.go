@@ -1,7 +1,6 @@
 package tpm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -61,75 +60,66 @@ func (id HubIdentity) Validate() error {
 	return nil
 }
 
-// SetHubIdentity puts id in NV and key (the device's primary key, decoded)
-// in the TPM at the auth key handle, as a keyed-hash key that signs and is
-// never read back or duplicated. The previous key keeps working until the
-// new one is persisted. It refuses with ErrReplacesDPS to replace a key
-// without a hub identity record (one DPS provisioned) unless force.
+// SetHubIdentity puts id in NV and primaryKey (the device's primary key,
+// base64-decoded) in the TPM at the auth key handle, as a keyed-hash key
+// that signs and is never read back or duplicated. The previous key keeps
+// working until the new one is persisted, through the same staged swap as
+// ImportKey. It refuses with ErrReplacesDPS to replace a key without a hub
+// identity record (one DPS provisioned) unless force.
 //
-// The key crosses the TPM bus only encrypted: TPM2_Create runs in a session
-// salted with the SRK, with parameter encryption. SetHubIdentity zeroes its
-// own copy of key; the caller owns key and zeroes it. Errors never hold key
-// bytes. Malformed input gives ErrHubIdentity before any TPM command.
-func (t *TPM) SetHubIdentity(ctx context.Context, id HubIdentity, key []byte, force bool) error {
+// The key crosses the TPM bus only encrypted: TPM2_Create runs in a salted
+// session with parameter encryption (createHubKey). SetHubIdentity makes
+// no copy of primaryKey; the caller owns it and zeroes it. Zeroing is
+// best-effort: go-tpm's command buffers hold copies that only the garbage
+// collector reclaims. Errors never hold key bytes. Malformed input gives
+// ErrHubIdentity before any TPM command.
+func (t *TPM) SetHubIdentity(ctx context.Context, id HubIdentity, primaryKey []byte, force bool) error {
 	if err := id.Validate(); err != nil {
 		return err
 	}
-	if len(key) < minHubKey || len(key) > maxHubKey {
-		return fmt.Errorf("%w: the key is %d bytes, want %d to %d (the portal's primary key, base64-decoded)", ErrHubIdentity, len(key), minHubKey, maxHubKey)
+	if len(primaryKey) < minHubKey || len(primaryKey) > maxHubKey {
+		return fmt.Errorf("%w: the key is %d bytes, want %d to %d (the portal's primary key, base64-decoded)", ErrHubIdentity, len(primaryKey), minHubKey, maxHubKey)
 	}
-	k := bytes.Clone(key)
-	defer clear(k)
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	h := t.cfg.AuthKeyHandle
-	if err := t.finishSwap(); err != nil {
-		return err
-	}
-	cur, err := t.readPersistent(h)
-	switch {
-	case err == nil:
-		if !isHMACKey(cur.pub) {
-			return fmt.Errorf("the object at auth key handle %#x is not an HMAC key; it was left as it is: choose another auth key index or evict it", uint32(h))
+	var nk *key
+	defer func() {
+		if nk != nil {
+			t.flush(nk.handle)
 		}
-	case errors.Is(err, tpm2.TPMRCHandle):
-		cur = nil
-	default:
-		return fmt.Errorf("read auth key handle %#x: %w", uint32(h), err)
-	}
-	rec, err := t.readHubRecord()
-	if err != nil {
-		return err
-	}
-	slot := -1
-	if cur != nil {
-		slot = rec.match(cur.name)
-		if slot < 0 && !force {
-			return fmt.Errorf("%w: auth key handle %#x holds a key without a hub identity; replace it with force", ErrReplacesDPS, uint32(h))
+	}()
+	return t.persist(func(cur *key) (*key, error) {
+		rec, err := t.readHubRecord()
+		if err != nil {
+			return nil, err
 		}
-	}
-	srk, err := t.readPersistent(SRKHandle)
-	if err != nil {
-		return fmt.Errorf("read storage root key at %#x (run identity first): %w", uint32(SRKHandle), err)
-	}
-	nk, err := t.createHubKey(srk, k)
-	clear(k)
-	if err != nil {
-		return err
-	}
-	defer t.flush(nk.handle)
-	// The record first, in the entry the current key does not use: from
-	// here on the record names both keys, so whichever the slot holds after
-	// a failure or a crash (persist leaves the old or the new one) has its
-	// host name and device ID.
-	if err := t.writeHubEntry(rec, 1-max(slot, 0), hubEntry{key: keyDigest(nk.name), id: id}); err != nil {
-		return err
-	}
-	return t.persist(nk)
+		slot := -1
+		if cur != nil {
+			slot = rec.match(cur.name)
+			if slot < 0 && !force {
+				return nil, fmt.Errorf("%w: auth key handle %#x holds a key without a hub identity; replace it with force", ErrReplacesDPS, uint32(t.cfg.AuthKeyHandle))
+			}
+		}
+		srk, err := t.readPersistent(SRKHandle)
+		if err != nil {
+			return nil, fmt.Errorf("read storage root key at %#x (run identity first): %w", uint32(SRKHandle), err)
+		}
+		if nk, err = t.createHubKey(srk, primaryKey); err != nil {
+			return nil, err
+		}
+		// The record first, in the entry the current key does not use:
+		// from here on the record names both keys, so whichever the slot
+		// holds after a failure or a crash (persist leaves the old or the
+		// new one) has its host name and device ID.
+		if err := t.writeHubEntry(rec, 1-max(slot, 0), hubEntry{key: keyDigest(nk.name), id: id}); err != nil {
+			return nil, err
+		}
+		return nk, nil
+	})
 }
 
 // hubKeyTemplate is the public area of a hub identity key. Like the key

@@ -171,8 +171,8 @@ func TestHubIdentity(t *testing.T) {
 		if _, err := tp.HubIdentity(t.Context()); !errors.Is(err, ErrNoHubIdentity) {
 			t.Errorf("HubIdentity after Clear = %v, want ErrNoHubIdentity", err)
 		}
-		if _, err := tp.Sign(t.Context(), []byte("x")); !errors.Is(err, ErrNoAuthKey) {
-			t.Errorf("Sign after Clear = %v, want ErrNoAuthKey", err)
+		if _, err := tp.Sign(t.Context(), []byte("x")); !errors.Is(err, ErrNoAuthKey) || !strings.Contains(err.Error(), "identity set") {
+			t.Errorf("Sign after Clear = %v, want ErrNoAuthKey with a hint at identity set", err)
 		}
 		s = stateOf(t, tp)
 		if want := []tpm2.TPMHandle{SRKHandle, EKHandle}; !slices.Equal(s.persistent, want) || len(s.nv) != 0 {

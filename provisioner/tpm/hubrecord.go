@@ -47,8 +47,9 @@ const hubRecordBase tpm2.TPMHandle = 0x013F0000
 
 // hubAttributes: anyone may read the record with the index's empty
 // password (the relay and token run without owner rights); only the owner
-// may write or undefine it. noDA: reading with an empty password never
-// counts towards the dictionary-attack lockout.
+// may write or undefine it; with an empty owner password, the usual one,
+// that is anyone with access to the TPM. noDA: reading with an empty
+// password never counts towards the dictionary-attack lockout.
 var hubAttributes = tpm2.TPMANV{OwnerWrite: true, OwnerRead: true, AuthRead: true, NoDA: true, NT: tpm2.TPMNTOrdinary}
 
 type hubEntry struct {

@@ -65,7 +65,7 @@ func (t *TPM) saltKey() (*key, saltTrust, error) {
 		for i, c := range id.EKCertificateChain {
 			chain[i] = c.Raw
 		}
-		if v, err := ekcert.New(ekcert.Config{}); err == nil {
+		if v, err := ekcert.New(ekcert.Config{Anchors: t.ekAnchors}); err == nil {
 			if _, err := v.Verify(tpm2.Marshal(ek.pub), id.EKCertificate.Raw, chain); err == nil {
 				return ek, saltVerified, nil
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/edgetpm/edgetpm/internal/ekcert"
 	"github.com/edgetpm/edgetpm/internal/testharness/tpmtest"
 )
 
@@ -165,6 +166,20 @@ func TestSaltKeyCertified(t *testing.T) {
 	}
 	if err := tp.SetHubIdentity(t.Context(), hubA, randBytes(t, 32), false); err != nil {
 		t.Fatal(err)
+	}
+
+	// With the harness's CA as a trust anchor, as a manufacturer's root
+	// embedded in internal/ekcert, the certificate is verified.
+	roots, err := ekcert.ParsePEM(append(append([]byte{}, sw.RootCA...), sw.IssuerCA...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.ekAnchors = roots
+	tp.mu.Lock()
+	k, trust, err = tp.saltKey()
+	tp.mu.Unlock()
+	if err != nil || k.handle != EKHandle || trust != saltVerified {
+		t.Fatalf("saltKey with the harness's CA: %v, %d, %v; want the EK, verified", k, trust, err)
 	}
 }
 

@@ -56,6 +56,9 @@ type TPM struct {
 	t        transport.TPMCloser
 	cfg      Config
 	maxInput int // TPM_PT_INPUT_BUFFER, read once
+	// ekAnchors are trust anchors for the EK certificate besides the
+	// manufacturer CAs internal/ekcert embeds; tests set them.
+	ekAnchors []*x509.Certificate
 }
 
 // Open opens the TPM at uri (see OpenTransport) and, like New, finishes an

@@ -1,6 +1,10 @@
 package sas
 
-import "strings"
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
 
 // idSpecials are the characters besides ASCII letters and digits that IoT
 // Hub allows in device and module IDs (docs/edge-protocol.md#module-environment).
@@ -60,4 +64,38 @@ func ValidDNSName(s string) bool {
 
 func isAlnum(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+// hubSuffixes are the domains of IoT hubs, one per Azure cloud: the public
+// cloud's "{your iot hub name}.azure-devices.net" (IoT Hub endpoints,
+// learn.microsoft.com/azure/iot-hub/iot-hub-devguide-endpoints), Azure
+// Government's *.azure-devices.us (Azure Government IoT, "Variations") and
+// Azure operated by 21Vianet's *.azure-devices.cn (docs.azure.cn IoT Hub
+// endpoints). Azure Germany's *.azure-devices.de closed in 2021.
+var hubSuffixes = []string{".azure-devices.net", ".azure-devices.us", ".azure-devices.cn"}
+
+// CheckHubHostName returns why host is not an IoT hub's host name, or nil:
+// a hub name of 3 to 50 letters, digits and hyphens, neither first nor
+// last a hyphen (the portal's rule for the IoT hub name), followed by one
+// of the clouds' domains. The lab's and the emulators' hubs
+// (lab-hub.azure-devices.net) are named the same way. It is the one rule
+// for a hub identity's host name, wherever it is checked.
+func CheckHubHostName(host string) error {
+	lower := strings.ToLower(host)
+	for _, suffix := range hubSuffixes {
+		name, ok := strings.CutSuffix(lower, suffix)
+		if !ok {
+			continue
+		}
+		if len(name) < 3 || len(name) > 50 || name[0] == '-' || name[len(name)-1] == '-' {
+			return fmt.Errorf("the hub name before %s must be 3 to 50 letters, digits or hyphens, not starting or ending with a hyphen", suffix)
+		}
+		for i := 0; i < len(name); i++ {
+			if c := name[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+				return fmt.Errorf("the hub name before %s must be 3 to 50 letters, digits or hyphens", suffix)
+			}
+		}
+		return nil
+	}
+	return errors.New("the host name is not an IoT hub's: want NAME.azure-devices.net (or .azure-devices.us, .azure-devices.cn), the host name on the hub's overview page")
 }

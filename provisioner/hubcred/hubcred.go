@@ -14,7 +14,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/edgetpm/edgetpm/internal/sas"
 )
@@ -52,37 +51,13 @@ const (
 	MaxKeyLen = 64
 )
 
-// hubSuffixes are the domains of IoT hubs, one per Azure cloud: the public
-// cloud's "{your iot hub name}.azure-devices.net" (IoT Hub endpoints,
-// learn.microsoft.com/azure/iot-hub/iot-hub-devguide-endpoints), Azure
-// Government's *.azure-devices.us (Azure Government IoT, "Variations") and
-// Azure operated by 21Vianet's *.azure-devices.cn (docs.azure.cn IoT Hub
-// endpoints). Azure Germany's *.azure-devices.de closed in 2021.
-var hubSuffixes = []string{".azure-devices.net", ".azure-devices.us", ".azure-devices.cn"}
-
 // CheckHostName returns why host is not an IoT hub's host name, or nil:
-// a hub name of 3 to 50 letters, digits and hyphens, neither first nor
-// last a hyphen (the portal's rule for the IoT hub name), followed by one
-// of the clouds' domains. The lab's and the emulators' hubs
-// (lab-hub.azure-devices.net) are named the same way.
+// sas.CheckHubHostName, the rule provisioner/tpm checks too.
 func CheckHostName(host string) error {
-	lower := strings.ToLower(host)
-	for _, suffix := range hubSuffixes {
-		name, ok := strings.CutSuffix(lower, suffix)
-		if !ok {
-			continue
-		}
-		if len(name) < 3 || len(name) > 50 || name[0] == '-' || name[len(name)-1] == '-' {
-			return fmt.Errorf("%w: the hub name before %s must be 3 to 50 letters, digits or hyphens, not starting or ending with a hyphen", ErrInput, suffix)
-		}
-		for i := 0; i < len(name); i++ {
-			if c := name[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-				return fmt.Errorf("%w: the hub name before %s must be 3 to 50 letters, digits or hyphens", ErrInput, suffix)
-			}
-		}
-		return nil
+	if err := sas.CheckHubHostName(host); err != nil {
+		return fmt.Errorf("%w: %w", ErrInput, err)
 	}
-	return fmt.Errorf("%w: the host name is not an IoT hub's: want NAME.azure-devices.net (or .azure-devices.us, .azure-devices.cn), the host name on the hub's overview page", ErrInput)
+	return nil
 }
 
 // CheckDeviceID returns why id is not a device ID IoT Hub issues, or nil.

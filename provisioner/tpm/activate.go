@@ -34,13 +34,17 @@ func (t *TPM) ImportKey(ctx context.Context, blob []byte) error {
 		return err
 	}
 	defer t.flush(k.handle)
-	if err := t.persist(k); err != nil {
+	if err := t.persist(func(*key) (*key, error) { return k, nil }); err != nil {
 		return err
 	}
-	// A hub identity record names the manual key just replaced; a crash
-	// before it is gone leaves a record that names no key, which readers
-	// ignore.
-	return t.dropHubRecord()
+	// The key is swapped: the registration succeeded. The auth key
+	// handle's hub identity record names the manual key just replaced;
+	// one left behind (a crash, a failure to undefine it) names no key,
+	// which every reader ignores, as it matches entries against the key
+	// at the handle. An index that is not this handle's record is
+	// nothing to drop.
+	t.dropHubRecord()
+	return nil
 }
 
 // SignChallenge activates the challenge blob of DPS's first answer and
@@ -133,14 +137,20 @@ func (t *TPM) activate(blob []byte) (*key, error) {
 	return &key{handle: ld.ObjectHandle, name: ld.Name, pub: pub, priv: imp.OutPrivate}, nil
 }
 
-// persist makes the loaded key k the auth key, replacing the previous one.
+// persist makes the loaded key that next returns the auth key, replacing
+// the previous one. It first finishes a swap cut short and checks the
+// slot; then next gets the key the slot holds (nil when empty) and
+// returns the new key, or an error that leaves the slot as it is (next may
+// refuse to replace old, or prepare for the swap, as SetHubIdentity writes
+// its record). The caller flushes the returned key.
+//
 // A persistent handle holds one object and a persistent object cannot be
 // copied to another handle (TPM 2.0 Part 3 §28.5, EvictControl), so the
 // key's loadable form, its public area and its private area wrapped by the
 // SRK, is staged in an NV index first: from there it can be loaded and
 // persisted again after a crash. Then the swap: evict the old key, persist
 // the new one, undefine the staging index.
-func (t *TPM) persist(k *key) error {
+func (t *TPM) persist(next func(old *key) (*key, error)) error {
 	h := t.cfg.AuthKeyHandle
 	if err := t.finishSwap(); err != nil {
 		return err
@@ -155,6 +165,10 @@ func (t *TPM) persist(k *key) error {
 		old = nil
 	default:
 		return fmt.Errorf("read auth key handle %#x: %w", uint32(h), err)
+	}
+	k, err := next(old)
+	if err != nil {
+		return err
 	}
 	nv, err := t.stage(k)
 	if err != nil {

@@ -257,6 +257,9 @@ func parseCertificateChain(data []byte) ([]*x509.Certificate, int, error) {
 	}
 }
 
+// errOtherKey: an EK certificate certifies another key than the EK.
+var errOtherKey = errors.New("does not certify the EK")
+
 // certifies checks that cert's public key is the EK's.
 func certifies(cert *x509.Certificate, ek *key) error {
 	tp, err := ek.pub.Contents()
@@ -269,7 +272,7 @@ func certifies(cert *x509.Certificate, ek *key) error {
 	}
 	cp, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !cp.Equal(ekPub) {
-		return fmt.Errorf("it (subject %q) does not certify the EK at %#x", cert.Subject.String(), uint32(ek.handle))
+		return fmt.Errorf("it (subject %q) %w at %#x", cert.Subject.String(), errOtherKey, uint32(ek.handle))
 	}
 	return nil
 }

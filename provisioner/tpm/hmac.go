@@ -20,7 +20,7 @@ func (t *TPM) Sign(ctx context.Context, data []byte) ([]byte, error) {
 	h := t.cfg.AuthKeyHandle
 	k, err := t.readPersistent(h)
 	if errors.Is(err, tpm2.TPMRCHandle) {
-		return nil, fmt.Errorf("%w at %#x: register with DPS first", ErrNoAuthKey, uint32(h))
+		return nil, fmt.Errorf("%w at %#x: register with DPS or set a hub identity (edge-provisioner identity set) first", ErrNoAuthKey, uint32(h))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read auth key at %#x: %w", uint32(h), err)

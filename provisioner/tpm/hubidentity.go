@@ -1,21 +1,18 @@
 package tpm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/edgetpm/edgetpm/internal/sas"
 )
 
-// HubIdentityIndex is the NV index that holds the hub identity record: the
-// host name and device ID of a manually set identity
-// (docs/hub-identity.md#in-the-tpm). It is in the owner range
-// 0x01000000-0x013FFFFF of the TCG Registry of Reserved TPM 2.0 Handles and
-// Localities (v1.1 §2.2), at its top end, away from the low indices tools
-// and examples use and from the staging index of any auth key handle but
-// 0x813fff00 and 0x817fff00, which Config refuses.
+// HubIdentityIndex is the NV index that holds the hub identity record of
+// the default auth key handle: HubRecordIndex(DefaultAuthKeyHandle)
+// (docs/hub-identity.md#in-the-tpm).
 const HubIdentityIndex tpm2.TPMHandle = 0x013FFF00
 
 // Errors of the hub identity.
@@ -40,9 +37,9 @@ type HubIdentity struct {
 }
 
 // Limits of a hub identity. IoT Hub device IDs are at most 128 ASCII
-// characters from a fixed set, and its registry takes symmetric keys of 16
-// to 64 bytes (docs/hub-identity.md#in-the-tpm). A host name is a DNS name,
-// at most 253 characters.
+// characters from a fixed set (sas.ValidID), and its registry takes
+// symmetric keys of 16 to 64 bytes (docs/hub-identity.md#in-the-tpm). A
+// host name is a DNS name, at most 253 characters.
 const (
 	maxHostName = 253
 	maxDeviceID = 128
@@ -50,121 +47,79 @@ const (
 	maxHubKey   = 64
 )
 
-// Validate checks id's host name and device ID; errors wrap
-// ErrHubIdentity.
+// Validate checks id's host name (an IoT hub's, sas.CheckHubHostName) and
+// device ID (sas.ValidID): the rules provisioner/hubcred and the relay
+// check. Errors wrap ErrHubIdentity.
 func (id HubIdentity) Validate() error {
-	if err := checkHostName(id.HostName); err != nil {
+	if err := sas.CheckHubHostName(id.HostName); err != nil {
 		return fmt.Errorf("%w: host name %q: %w", ErrHubIdentity, id.HostName, err)
 	}
-	if err := checkDeviceID(id.DeviceID); err != nil {
-		return fmt.Errorf("%w: device ID %q: %w", ErrHubIdentity, id.DeviceID, err)
+	if !sas.ValidID(id.DeviceID) {
+		return fmt.Errorf("%w: device ID %q: want 1 to %d ASCII letters, digits or - : . + %% _ # * ? ! ( ) , = @ ; $ '", ErrHubIdentity, id.DeviceID, maxDeviceID)
 	}
 	return nil
 }
 
-func checkHostName(h string) error {
-	if h == "" || len(h) > maxHostName {
-		return fmt.Errorf("want 1 to %d characters", maxHostName)
-	}
-	for _, label := range bytes.Split([]byte(h), []byte(".")) {
-		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return errors.New("want dot-separated labels of 1 to 63 characters, not starting or ending with '-'")
-		}
-		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return fmt.Errorf("character %q is not allowed in a host name", c)
-			}
-		}
-	}
-	return nil
-}
-
-// deviceIDChars are the characters IoT Hub allows in a device ID besides
-// ASCII letters and digits.
-const deviceIDChars = "-.+%_#*?!(),:=@$'"
-
-func checkDeviceID(d string) error {
-	if d == "" || len(d) > maxDeviceID {
-		return fmt.Errorf("want 1 to %d characters", maxDeviceID)
-	}
-	for i := 0; i < len(d); i++ {
-		c := d[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || bytes.IndexByte([]byte(deviceIDChars), c) >= 0) {
-			return fmt.Errorf("character %q is not allowed in a device ID", c)
-		}
-	}
-	return nil
-}
-
-// SetHubIdentity puts id in NV and key (the device's primary key, decoded)
-// in the TPM at the auth key handle, as a keyed-hash key that signs and is
-// never read back or duplicated. The previous key keeps working until the
-// new one is persisted. It refuses with ErrReplacesDPS to replace a key
-// without a hub identity record (one DPS provisioned) unless force.
+// SetHubIdentity puts id in NV and primaryKey (the device's primary key,
+// base64-decoded) in the TPM at the auth key handle, as a keyed-hash key
+// that signs and is never read back or duplicated. The previous key keeps
+// working until the new one is persisted, through the same staged swap as
+// ImportKey. It refuses with ErrReplacesDPS to replace a key without a hub
+// identity record (one DPS provisioned) unless force.
 //
-// The key crosses the TPM bus only encrypted: TPM2_Create runs in a session
-// salted with the SRK, with parameter encryption. SetHubIdentity zeroes its
-// own copy of key; the caller owns key and zeroes it. Errors never hold key
-// bytes. Malformed input gives ErrHubIdentity before any TPM command.
-func (t *TPM) SetHubIdentity(ctx context.Context, id HubIdentity, key []byte, force bool) error {
+// The key crosses the TPM bus only encrypted: TPM2_Create runs in a salted
+// session with parameter encryption (createHubKey). SetHubIdentity makes
+// no copy of primaryKey; the caller owns it and zeroes it. Zeroing is
+// best-effort: go-tpm's command buffers hold copies that only the garbage
+// collector reclaims. Errors never hold key bytes. Malformed input gives
+// ErrHubIdentity before any TPM command.
+func (t *TPM) SetHubIdentity(ctx context.Context, id HubIdentity, primaryKey []byte, force bool) error {
 	if err := id.Validate(); err != nil {
 		return err
 	}
-	if len(key) < minHubKey || len(key) > maxHubKey {
-		return fmt.Errorf("%w: the key is %d bytes, want %d to %d (the portal's primary key, base64-decoded)", ErrHubIdentity, len(key), minHubKey, maxHubKey)
+	if len(primaryKey) < minHubKey || len(primaryKey) > maxHubKey {
+		return fmt.Errorf("%w: the key is %d bytes, want %d to %d (the portal's primary key, base64-decoded)", ErrHubIdentity, len(primaryKey), minHubKey, maxHubKey)
 	}
-	k := bytes.Clone(key)
-	defer clear(k)
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	h := t.cfg.AuthKeyHandle
-	if err := t.finishSwap(); err != nil {
-		return err
-	}
-	cur, err := t.readPersistent(h)
-	switch {
-	case err == nil:
-		if !isHMACKey(cur.pub) {
-			return fmt.Errorf("the object at auth key handle %#x is not an HMAC key; it was left as it is: choose another auth key index or evict it", uint32(h))
+	var nk *key
+	defer func() {
+		if nk != nil {
+			t.flush(nk.handle)
 		}
-	case errors.Is(err, tpm2.TPMRCHandle):
-		cur = nil
-	default:
-		return fmt.Errorf("read auth key handle %#x: %w", uint32(h), err)
-	}
-	rec, err := t.readHubRecord()
-	if err != nil {
-		return err
-	}
-	slot := -1
-	if cur != nil {
-		slot = rec.match(cur.name)
-		if slot < 0 && !force {
-			return fmt.Errorf("%w: auth key handle %#x holds a key without a hub identity; replace it with force", ErrReplacesDPS, uint32(h))
+	}()
+	return t.persist(func(cur *key) (*key, error) {
+		rec, err := t.readHubRecord()
+		if err != nil {
+			return nil, err
 		}
-	}
-	srk, err := t.readPersistent(SRKHandle)
-	if err != nil {
-		return fmt.Errorf("read storage root key at %#x (run identity first): %w", uint32(SRKHandle), err)
-	}
-	nk, err := t.createHubKey(srk, k)
-	clear(k)
-	if err != nil {
-		return err
-	}
-	defer t.flush(nk.handle)
-	// The record first, in the entry the current key does not use: from
-	// here on the record names both keys, so whichever the slot holds after
-	// a failure or a crash (persist leaves the old or the new one) has its
-	// host name and device ID.
-	if err := t.writeHubEntry(rec, 1-max(slot, 0), hubEntry{key: keyDigest(nk.name), id: id}); err != nil {
-		return err
-	}
-	return t.persist(nk)
+		slot := -1
+		if cur != nil {
+			slot = rec.match(cur.name)
+			if slot < 0 && !force {
+				return nil, fmt.Errorf("%w: auth key handle %#x holds a key without a hub identity; replace it with force", ErrReplacesDPS, uint32(t.cfg.AuthKeyHandle))
+			}
+		}
+		srk, err := t.readPersistent(SRKHandle)
+		if err != nil {
+			return nil, fmt.Errorf("read storage root key at %#x (run identity first): %w", uint32(SRKHandle), err)
+		}
+		if nk, err = t.createHubKey(srk, primaryKey); err != nil {
+			return nil, err
+		}
+		// The record first, in the entry the current key does not use:
+		// from here on the record names both keys, so whichever the slot
+		// holds after a failure or a crash (persist leaves the old or the
+		// new one) has its host name and device ID.
+		if err := t.writeHubEntry(rec, 1-max(slot, 0), hubEntry{key: keyDigest(nk.name), id: id}); err != nil {
+			return nil, err
+		}
+		return nk, nil
+	})
 }
 
 // hubKeyTemplate is the public area of a hub identity key. Like the key
@@ -200,17 +155,24 @@ var hubKeyTemplate = tpm2.TPMTPublic{
 // fixedTPM and fixedParent clear (Part 3 TPM2_Import), so the key is
 // created instead; the command's first parameter, the TPM2B_SENSITIVE_CREATE
 // holding k, is AES-128-CFB encrypted with a key from a session salted to
-// the SRK's public key (Part 1 §21 parameter encryption): only this TPM can
-// read it. The caller holds t.mu and flushes the key.
+// saltKey's public key (Part 1 §21 parameter encryption): someone who only
+// listens on the bus cannot read it, and someone who alters the TPM's
+// answers can only when no EK certificate authenticates the salt key
+// (docs/hub-identity.md#in-the-tpm). The caller holds t.mu and flushes the
+// key.
 func (t *TPM) createHubKey(srk *key, k []byte) (*key, error) {
-	srkPub, err := srk.pub.Contents()
+	salt, _, err := t.saltKey()
 	if err != nil {
-		return nil, fmt.Errorf("storage root key: %w", err)
+		return nil, err
+	}
+	saltPub, err := salt.pub.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("salt key: %w", err)
 	}
 	sess, _, err := tpm2.HMACSession(t.t, tpm2.TPMAlgSHA256, 16,
-		tpm2.Salted(srk.handle, *srkPub), tpm2.AESEncryption(128, tpm2.EncryptIn))
+		tpm2.Salted(salt.handle, *saltPub), tpm2.AESEncryption(128, tpm2.EncryptIn))
 	if err != nil {
-		return nil, fmt.Errorf("start a session salted with the storage root key: %w", err)
+		return nil, fmt.Errorf("start a session salted with the key at %#x: %w", uint32(salt.handle), err)
 	}
 	defer t.flush(sess.Handle())
 	cr, err := tpm2.Create{
@@ -300,19 +262,21 @@ func (t *TPM) ClearHubIdentity(ctx context.Context) error {
 	return t.undefineHubRecord(rec)
 }
 
-// dropHubRecord undefines the hub identity record, if there is one of
-// ours: after DPS provisioned a key, the record names a key that is gone.
-func (t *TPM) dropHubRecord() error {
+// dropHubRecord undefines the auth key handle's hub identity record, if
+// there is one of ours: after DPS provisioned a key, the record names a
+// key that is gone. It reports nothing: a record it could not drop names
+// no key, and readers ignore it.
+func (t *TPM) dropHubRecord() {
 	rec, err := t.readHubRecord()
 	if err != nil || !rec.defined {
-		return err
+		return
 	}
-	return t.undefineHubRecord(rec)
+	_ = t.undefineHubRecord(rec)
 }
 
 func (t *TPM) undefineHubRecord(rec *hubRecord) error {
 	if _, err := (tpm2.NVUndefineSpace{AuthHandle: t.owner(), NVIndex: rec.nv}).Execute(t.t); err != nil {
-		return fmt.Errorf("undefine the hub identity record at NV index %#x: %w", uint32(HubIdentityIndex), explain(err, "owner"))
+		return fmt.Errorf("undefine the hub identity record at NV index %#x: %w", uint32(rec.idx), explain(err, "owner"))
 	}
 	return nil
 }

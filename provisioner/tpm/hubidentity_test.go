@@ -171,8 +171,8 @@ func TestHubIdentity(t *testing.T) {
 		if _, err := tp.HubIdentity(t.Context()); !errors.Is(err, ErrNoHubIdentity) {
 			t.Errorf("HubIdentity after Clear = %v, want ErrNoHubIdentity", err)
 		}
-		if _, err := tp.Sign(t.Context(), []byte("x")); !errors.Is(err, ErrNoAuthKey) {
-			t.Errorf("Sign after Clear = %v, want ErrNoAuthKey", err)
+		if _, err := tp.Sign(t.Context(), []byte("x")); !errors.Is(err, ErrNoAuthKey) || !strings.Contains(err.Error(), "identity set") {
+			t.Errorf("Sign after Clear = %v, want ErrNoAuthKey with a hint at identity set", err)
 		}
 		s = stateOf(t, tp)
 		if want := []tpm2.TPMHandle{SRKHandle, EKHandle}; !slices.Equal(s.persistent, want) || len(s.nv) != 0 {
@@ -239,7 +239,7 @@ func TestHubIdentityCrossCheck(t *testing.T) {
 	if len(rec) != hubRecordSize || !bytes.HasPrefix(rec, []byte(hubMagic)) {
 		t.Fatalf("tpm2_nvread %s = %d bytes %q..., want %d starting with the magic", idx, len(rec), rec[:min(len(rec), 16)], hubRecordSize)
 	}
-	e, ok := parseHubEntry(rec[len(hubMagic)+hubEntrySize:])
+	e, ok := parseHubEntry(rec[hubHeaderSize+hubEntrySize:])
 	if !ok || e.id != hubA {
 		t.Errorf("entry 1 read with tpm2_nvread = %+v, %v; want %v", e.id, ok, hubA)
 	}
@@ -468,10 +468,12 @@ func TestSetHubIdentityRefuses(t *testing.T) {
 			{"host with an empty label", HubIdentity{HostName: "hub..example", DeviceID: "d"}, key},
 			{"host label of 64", HubIdentity{HostName: strings.Repeat("a", 64) + ".net", DeviceID: "d"}, key},
 			{"host of 254", HubIdentity{HostName: strings.Repeat(long, 4)[:254], DeviceID: "d"}, key},
-			{"empty device", HubIdentity{HostName: "hub.example"}, key},
-			{"device with a slash", HubIdentity{HostName: "hub.example", DeviceID: "a/b"}, key},
-			{"device with a space", HubIdentity{HostName: "hub.example", DeviceID: "a b"}, key},
-			{"device of 129", HubIdentity{HostName: "hub.example", DeviceID: strings.Repeat("d", 129)}, key},
+			{"host not an IoT hub's", HubIdentity{HostName: "hub.example", DeviceID: "d"}, key},
+			{"hub name of 2", HubIdentity{HostName: "ab.azure-devices.net", DeviceID: "d"}, key},
+			{"empty device", HubIdentity{HostName: hubA.HostName}, key},
+			{"device with a slash", HubIdentity{HostName: hubA.HostName, DeviceID: "a/b"}, key},
+			{"device with a space", HubIdentity{HostName: hubA.HostName, DeviceID: "a b"}, key},
+			{"device of 129", HubIdentity{HostName: hubA.HostName, DeviceID: strings.Repeat("d", 129)}, key},
 			{"no key", hubA, nil},
 			{"key of 15", hubA, key[:15]},
 			{"key of 65", hubA, randBytes(t, 65)},
@@ -489,7 +491,7 @@ func TestSetHubIdentityRefuses(t *testing.T) {
 			}
 		}
 		// The longest identity fits.
-		longest := HubIdentity{HostName: strings.Repeat(long, 4)[:253], DeviceID: strings.Repeat("d", 127) + "'"}
+		longest := HubIdentity{HostName: strings.Repeat("a", 50) + ".azure-devices.net", DeviceID: strings.Repeat("d", 127) + "'"}
 		if err := longest.Validate(); err != nil {
 			t.Errorf("Validate(longest) = %v", err)
 		}
@@ -601,7 +603,7 @@ func TestSetHubIdentitySurvivesFailureAtEveryCommand(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s: New: %v", name, err)
 				}
-				next, nextID := randBytes(t, 32), HubIdentity{HostName: "hub.example", DeviceID: fmt.Sprintf("dev-%d-%d", n, len(mode.name))}
+				next, nextID := randBytes(t, 32), HubIdentity{HostName: "hub-x.azure-devices.net", DeviceID: fmt.Sprintf("dev-%d-%d", n, len(mode.name))}
 				if nextID.DeviceID == currentID.DeviceID {
 					nextID.DeviceID += "x"
 				}
@@ -796,5 +798,110 @@ func TestHubKeyNotOnDisk(t *testing.T) {
 	m.Write([]byte("data"))
 	if !hmac.Equal(got, m.Sum(nil)) {
 		t.Error("after a restart of the encrypted swtpm the hub key signs otherwise")
+	}
+}
+
+// Two auth key handles keep two hub identities: setting, clearing or
+// replacing one with a DPS key leaves the other as it was.
+func TestHubIdentityTwoHandles(t *testing.T) {
+	uri := tpmtest.StartSim(t)
+	a := withIdentity(t, uri)
+	b := open(t, uri, Config{AuthKeyHandle: 0x81000005})
+	keyA, keyB := randBytes(t, 32), randBytes(t, 32)
+	if err := a.SetHubIdentity(t.Context(), hubA, keyA, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetHubIdentity(t.Context(), hubB, keyB, false); err != nil {
+		t.Fatal(err)
+	}
+	checkHubIdentity(t, a, hubA)
+	checkHubIdentity(t, b, hubB)
+	checkSigns(t, a, keyA)
+	checkSigns(t, b, keyB)
+
+	if err := b.ClearHubIdentity(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	checkHubIdentity(t, a, hubA)
+	checkSigns(t, a, keyA)
+
+	if err := b.SetHubIdentity(t.Context(), hubB, keyB, false); err != nil {
+		t.Fatal(err)
+	}
+	id, err := a.Identity(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ImportKey(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, randBytes(t, 32))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.HubIdentity(t.Context()); !errors.Is(err, ErrNoHubIdentity) {
+		t.Errorf("HubIdentity at 0x81000005 after a DPS registration there = %v, want ErrNoHubIdentity", err)
+	}
+	checkHubIdentity(t, a, hubA)
+	checkSigns(t, a, keyA)
+}
+
+// HubRecordIndex maps the default auth key handle to HubIdentityIndex and
+// never to a staging index of an auth key handle Config accepts.
+func TestHubRecordIndex(t *testing.T) {
+	if got := HubRecordIndex(DefaultAuthKeyHandle); got != HubIdentityIndex {
+		t.Errorf("HubRecordIndex(default) = %#x, want %#x", uint32(got), uint32(HubIdentityIndex))
+	}
+	for h := tpm2.TPMHandle(0x81000000); h <= 0x817FFFFF; h += 0x100 {
+		c := Config{AuthKeyHandle: h}
+		if c.validate() != nil {
+			continue
+		}
+		if s := StagingIndex(h); s >= 0x013F0000 && s <= 0x013FFFFF {
+			t.Fatalf("auth key handle %#x is accepted and stages at %#x, among the hub records", uint32(h), uint32(s))
+		}
+		if r := HubRecordIndex(h); r < 0x013F0000 || r > 0x013FFFFF {
+			t.Fatalf("HubRecordIndex(%#x) = %#x, outside the hub records' range", uint32(h), uint32(r))
+		}
+	}
+}
+
+// A DPS registration succeeds once the key is swapped, whatever holds the
+// hub record index: an index that is not a hub identity record is left
+// as it is.
+func TestImportKeyLeavesForeignRecordIndex(t *testing.T) {
+	tp := withIdentity(t, tpmtest.StartSim(t))
+	id, err := tp.Identity(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := tpm2.TPMSNVPublic{NVIndex: HubIdentityIndex, NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{OwnerWrite: true, AuthRead: true, NT: tpm2.TPMNTOrdinary}, DataSize: 8}
+	if _, err := (tpm2.NVDefineSpace{AuthHandle: tp.owner(), PublicInfo: tpm2.New2B(foreign)}).Execute(tp.t); err != nil {
+		t.Fatal(err)
+	}
+	key := randBytes(t, 32)
+	if err := tp.ImportKey(t.Context(), blobFor(t, id.EndorsementKey, id.StorageRootKey, key)); err != nil {
+		t.Fatalf("ImportKey with a foreign index at %#x: %v", uint32(HubIdentityIndex), err)
+	}
+	checkSigns(t, tp, key)
+	if _, err := (tpm2.NVReadPublic{NVIndex: HubIdentityIndex}).Execute(tp.t); err != nil {
+		t.Errorf("the foreign index at %#x: %v, want it left as it was", uint32(HubIdentityIndex), err)
+	}
+}
+
+// Validate takes what provisioner/hubcred and the relay take: the device
+// ID rule is sas.ValidID, the host name rule sas.CheckHubHostName.
+func TestHubIdentityValidateAgrees(t *testing.T) {
+	for _, id := range []string{"press;7", "a:b", "x'y", strings.Repeat("d", 128)} {
+		if err := (HubIdentity{HostName: hubA.HostName, DeviceID: id}).Validate(); err != nil {
+			t.Errorf("Validate(device %q) = %v, want nil as sas.ValidID", id, err)
+		}
+	}
+	for _, h := range []string{"lab-hub.azure-devices.net", "PLANT-A.azure-devices.us", "abc.azure-devices.cn"} {
+		if err := (HubIdentity{HostName: h, DeviceID: "d"}).Validate(); err != nil {
+			t.Errorf("Validate(host %q) = %v, want nil", h, err)
+		}
+	}
+	for _, h := range []string{"hub.example", "localhost", "-ab.azure-devices.net", "a_b.azure-devices.net"} {
+		if err := (HubIdentity{HostName: h, DeviceID: "d"}).Validate(); !errors.Is(err, ErrHubIdentity) {
+			t.Errorf("Validate(host %q) = %v, want ErrHubIdentity", h, err)
+		}
 	}
 }

@@ -56,6 +56,9 @@ type TPM struct {
 	t        transport.TPMCloser
 	cfg      Config
 	maxInput int // TPM_PT_INPUT_BUFFER, read once
+	// ekAnchors are trust anchors for the EK certificate besides the
+	// manufacturer CAs internal/ekcert embeds; tests set them.
+	ekAnchors []*x509.Certificate
 }
 
 // Open opens the TPM at uri (see OpenTransport) and, like New, finishes an
@@ -102,8 +105,8 @@ func (c *Config) validate() error {
 	if c.AuthKeyHandle == EKHandle || c.AuthKeyHandle == SRKHandle {
 		return fmt.Errorf("auth key handle %#x is taken by the EK or SRK", uint32(c.AuthKeyHandle))
 	}
-	if StagingIndex(c.AuthKeyHandle) == HubIdentityIndex {
-		return fmt.Errorf("auth key handle %#x would stage its keys at the hub identity record's NV index %#x; choose another", uint32(c.AuthKeyHandle), uint32(HubIdentityIndex))
+	if StagingIndex(c.AuthKeyHandle)&^0xFFFF == hubRecordBase {
+		return fmt.Errorf("auth key handle %#x would stage its keys at NV index %#x, among the hub identity records (%#x-%#x); choose another", uint32(c.AuthKeyHandle), uint32(StagingIndex(c.AuthKeyHandle)), uint32(hubRecordBase), uint32(hubRecordBase|0xFFFF))
 	}
 	return nil
 }

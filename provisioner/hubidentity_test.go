@@ -557,3 +557,48 @@ func readAvailable(t *testing.T, ctl *os.File) string {
 		b.Write(buf[:n])
 	}
 }
+
+// token and status take the TPM's hub identity over a DPS assignment that
+// outlived its key: identity set --force interrupted before it removed the
+// assignment, or an assignment naming the TPM by another URI.
+func TestHubIdentityOverStaleAssignment(t *testing.T) {
+	f := newHubFixture(t)
+	key := f.createDevice(t, "press-7")
+	if _, err := f.cli(t, f.connectionString("press-7", key), nil, "identity", "set", "--connection-string-file", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if err := assignment.Save(f.state, &assignment.Assignment{
+		IDScope: "0ne00000001", Endpoint: "https://global.azure-devices-provisioning.net", RegistrationID: "reg-1",
+		AssignedHub: f.hub.HubHostName(), DeviceID: "dps-device", Substatus: "initialAssignment", AssignedAt: time.Now().UTC(),
+		TPM: f.sw.URI, AuthKeyHandle: uint32(tpm.DefaultAuthKeyHandle),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f.createDevice(t, "dps-device")
+	out, err := f.cli(t, "", nil, "token", "--ttl", "10m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := sas.Parse(strings.TrimSpace(out))
+	if err != nil || tok.MatchAudience(sas.DeviceResource(f.hub.HubHostName(), "press-7")) != nil || tok.Verify(key, time.Now()) != nil {
+		t.Errorf("token with a stale assignment = %q (%v): not press-7's, signed with its key", out, err)
+	}
+	if code := f.connectWithToken(t, "press-7"); code != 0 {
+		t.Errorf("CONNECT as press-7 with a stale assignment: CONNACK %d, want 0", code)
+	}
+
+	dir := t.TempDir()
+	environ := map[string]string{"EDGE_AZIOT_CONFIG": filepath.Join(dir, "config.toml"), "EDGE_CONTAINERD_ADDRESS": filepath.Join(dir, "none.sock")}
+	js, err := f.cli(t, "", environ, "status", "--json")
+	var r statusReport
+	if err != nil || json.Unmarshal([]byte(js), &r) != nil {
+		t.Fatalf("status --json = %v\n%s", err, js)
+	}
+	if r.Assignment.Assignment == nil || !strings.Contains(r.Assignment.Superseded, "press-7") {
+		t.Errorf("status --json assignment = %+v, want it superseded by the hub identity", r.Assignment)
+	}
+	human, err := f.cli(t, "", environ, "status")
+	if err != nil || !strings.Contains(human, "superseded by the TPM's hub identity") {
+		t.Errorf("status = %v, want the assignment marked superseded\n%s", err, human)
+	}
+}

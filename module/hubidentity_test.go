@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -114,5 +115,22 @@ func TestDeviceModeHubIdentityMissing(t *testing.T) {
 	err = run(t.Context(), []string{"--data", filepath.Join(dir, "data"), "--tpm", sw.URI, "--device-state", filepath.Join(dir, "a.json")}, nil, &syncBuffer{}, func(string) string { return "" })
 	if cli.ExitCode(err) != 2 || !strings.Contains(err.Error(), "device_state") {
 		t.Errorf("edge-relay --tpm --device-state = %v, want a usage error", err)
+	}
+}
+
+// A connection string in the environment does not silently win over
+// --tpm: the two name different identities, so together they are a usage
+// error, as --tpm with --device-state is.
+func TestDeviceModeTPMWithConnectionString(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"EdgeHubConnectionString", "IotHubConnectionString"} {
+		environ := map[string]string{name: "HostName=" + hubemu.DefaultHubHostName + ";DeviceId=dev;SharedAccessKey=" + base64.StdEncoding.EncodeToString(make([]byte, 32))}
+		// Bounded: before the fix the relay ran in development mode.
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		err := run(ctx, []string{"--metrics-addr", "127.0.0.1:0", "--data", filepath.Join(dir, "data"), "--tpm", "mssim://127.0.0.1:1"}, nil, &syncBuffer{}, func(k string) string { return environ[k] })
+		cancel()
+		if cli.ExitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), name) || !strings.Contains(fmt.Sprint(err), "--tpm") {
+			t.Errorf("edge-relay --tpm with $%s = %v (exit %d), want a usage error naming both", name, err, cli.ExitCode(err))
+		}
 	}
 }

@@ -46,7 +46,8 @@ environment, then flags. The identity comes, first found first, from
 $EdgeHubConnectionString (or $IotHubConnectionString) in development; in
 device mode from --device-state (the DPS assignment) or from --tpm (the hub
 identity 'edge-provisioner identity set' put in the TPM), which exclude each
-other; else from IoT Edge's IOTEDGE_* variables.
+other; else from IoT Edge's IOTEDGE_* variables. A connection string with
+--tpm is refused too.
 
 ` + cli.ExitStatus + `
 
@@ -270,6 +271,13 @@ func pickConnection(ctx context.Context, getenv env, s *settings.Settings) (*con
 	}
 	nothing := func() {}
 	if cs := envOr(getenv, "EdgeHubConnectionString", getenv("IotHubConnectionString")); cs != "" {
+		if s.TPM != "" {
+			name := "EdgeHubConnectionString"
+			if getenv(name) == "" {
+				name = "IotHubConnectionString"
+			}
+			return nil, cli.Usagef("$%s is set and so is --tpm (tpm, $EDGE_RELAY_TPM): the identity comes from the connection string or from the TPM's hub identity, not both", name)
+		}
 		id, key, err := edgehub.ParseConnectionString(cs)
 		if err != nil {
 			return nil, cli.Usage(err)

@@ -101,7 +101,8 @@ func runIdentitySet(ctx context.Context, args []string, stdin io.Reader, stdout,
 	err = t.SetHubIdentity(ctx, tpm.HubIdentity{HostName: cred.HostName, DeviceID: cred.DeviceID}, cred.Key, *force)
 	cred.Zero()
 	if errors.Is(err, tpm.ErrReplacesDPS) {
-		return fmt.Errorf("%w at %#x: this device was provisioned by DPS; --force replaces its key with this identity's", err, st.AuthKeyHandle)
+		// The sentinel says what; the TPM's detail repeats it.
+		return fmt.Errorf("%w (the key at %#x): 'identity set --force' replaces it with this identity's key and removes the DPS assignment", tpm.ErrReplacesDPS, st.AuthKeyHandle)
 	}
 	if errors.Is(err, tpm.ErrHubIdentity) {
 		// What hubcred let through and the TPM's own check refuses; the
@@ -281,7 +282,19 @@ func runIdentityClear(ctx context.Context, args []string, stdin io.Reader, stdou
 		return err
 	}
 	if id == nil {
-		fmt.Fprintln(stdout, "The TPM holds no hub identity: nothing to clear.")
+		// A record can outlive its key (a crash between evicting the
+		// key and removing the record, a key evicted by other tools):
+		// readers ignore it, and clear removes it, leaving any other
+		// key at the auth key handle in place.
+		err := t.ClearHubIdentity(ctx)
+		if errors.Is(err, tpm.ErrNoHubIdentity) {
+			fmt.Fprintln(stdout, "The TPM holds no hub identity: nothing to clear.")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "Removed the hub identity record, which names no key in the TPM.")
 		return nil
 	}
 	if !*yes {

@@ -376,8 +376,8 @@ func TestHubIdentityReplacesDPS(t *testing.T) {
 	key := f.createDevice(t, "press-7")
 	cs := f.connectionString("press-7", key)
 	_, err = f.cli(t, cs, nil, "identity", "set", "--connection-string-file", "-")
-	if !errors.Is(err, tpm.ErrReplacesDPS) || cli.ExitCode(err) != 1 || !strings.Contains(err.Error(), "--force") {
-		t.Errorf("identity set over a DPS key = %v, want ErrReplacesDPS naming --force", err)
+	if !errors.Is(err, tpm.ErrReplacesDPS) || cli.ExitCode(err) != 1 || strings.Count(err.Error(), "--force") != 1 || strings.Count(err.Error(), "provisioned by DPS") != 1 {
+		t.Errorf("identity set over a DPS key = %v, want ErrReplacesDPS once, naming --force once", err)
 	}
 	if after := f.snapshot(t); after != before {
 		t.Errorf("the refused identity set changed the TPM:\nbefore %s\nafter  %s", before, after)
@@ -600,5 +600,45 @@ func TestHubIdentityOverStaleAssignment(t *testing.T) {
 	human, err := f.cli(t, "", environ, "status")
 	if err != nil || !strings.Contains(human, "superseded by the TPM's hub identity") {
 		t.Errorf("status = %v, want the assignment marked superseded\n%s", err, human)
+	}
+}
+
+// A record that names no key (a crash between evicting the key and
+// removing the record, or a key evicted by other tools) is removed by
+// identity clear, not reported as nothing to clear.
+func TestHubIdentityClearStaleRecord(t *testing.T) {
+	f := newHubFixture(t)
+	key := f.createDevice(t, "press-7")
+	if _, err := f.cli(t, f.connectionString("press-7", key), nil, "identity", "set", "--connection-string-file", "-"); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := tpm.OpenTransport(f.sw.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := tpm.DefaultAuthKeyHandle
+	rp, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(tr)
+	if err == nil {
+		_, err = tpm2.EvictControl{Auth: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}, ObjectHandle: tpm2.NamedHandle{Handle: h, Name: rp.Name}, PersistentHandle: h}.Execute(tr)
+	}
+	tr.Close()
+	if err != nil {
+		t.Fatalf("evict the hub key: %v", err)
+	}
+	if !strings.Contains(f.snapshot(t), fmt.Sprintf("nv %#x", uint32(tpm.HubIdentityIndex))) {
+		t.Fatal("no hub identity record left to test with")
+	}
+	if got := f.hubIdentity(t); got != nil {
+		t.Fatalf("hub identity without its key = %+v, want none", got)
+	}
+	out, err := f.cli(t, "", nil, "identity", "clear", "--yes")
+	if err != nil || strings.Contains(out, "nothing to clear") || !strings.Contains(out, "names no key") {
+		t.Errorf("identity clear --yes with a record naming no key = %v\n%s", err, out)
+	}
+	if strings.Contains(f.snapshot(t), fmt.Sprintf("nv %#x", uint32(tpm.HubIdentityIndex))) {
+		t.Error("identity clear left the record that names no key")
+	}
+	if out, err := f.cli(t, "", nil, "identity", "clear", "--yes"); err != nil || !strings.Contains(out, "nothing to clear") {
+		t.Errorf("identity clear again = %v\n%s", err, out)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/provisioner/childenv"
+	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/hubcred"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -33,12 +34,19 @@ $` + childenv.EnvConnectionString + `, or, with none of them and a terminal on s
 pasted at a prompt that does not echo it. The host name and device ID come
 from the connection string, or from --hub and --device ($EDGE_HUB_HOSTNAME,
 $EDGE_HUB_DEVICE_ID). An identity already in the TPM is replaced; a key DPS
-provisioned only with --force, which also removes the DPS assignment.`
+provisioned only with --force, which also removes the DPS assignment.
+Refused, even with --force, while IoT Edge's config.toml (aziot.config)
+provisions through DPS with the TPM: aziot would put DPS's key back.`
 
 const identityClearSynopsis = `identity clear [--yes] [--tpm URI]
 
 Removes the hub identity from the TPM: its key and its NV record. Asks
 first on a terminal; without one, --yes is required.`
+
+// errAziotDPS: IoT Edge's config.toml provisions the device through DPS
+// with the TPM, so aziot would register again and put DPS's key over the
+// hub identity's.
+var errAziotDPS = errors.New("IoT Edge provisions this device through DPS with the TPM")
 
 // maxSecretInput bounds what is read as a key or connection string: a
 // connection string is some 200 bytes.
@@ -72,6 +80,10 @@ func runIdentitySet(ctx context.Context, args []string, stdin io.Reader, stdout,
 	force := fs.Bool("force", false, "replace a hub key DPS provisioned, and remove its DPS assignment")
 	s, help, err := loadSettings(fs, l, args, stdout, getenv)
 	if help || err != nil {
+		return err
+	}
+	// Before the key is read: no point pasting it for nothing.
+	if err := checkAziotDPS(s.Aziot.Config); err != nil {
 		return err
 	}
 	cred, err := readCredential(stdin, stderr, getenv, *hub, *device, *keyFile, *csFile)
@@ -128,6 +140,22 @@ func runIdentitySet(ctx context.Context, args []string, stdin io.Reader, stdout,
 		}
 	}
 	fmt.Fprintf(stdout, "Run the relay with it: edge-relay --tpm %s (docs/hub-identity.md).\n", s.TPM.URI)
+	return nil
+}
+
+// checkAziotDPS refuses when IoT Edge's config.toml at path provisions
+// through DPS with the TPM: aziot-identityd registers again whenever it
+// reprovisions (auto_reprovisioning_mode), and aziot-tpmd imports DPS's
+// key at the auth key handle, over the hub identity's. --force does not override this: the remedy is in
+// config.toml, not in the TPM.
+func checkAziotDPS(path string) error {
+	doc, err := edgeconfig.Load(path)
+	if err != nil {
+		return fmt.Errorf("IoT Edge's config: %w", err)
+	}
+	if p := doc.Provisioning(); p.Source == "dps" && p.Method == "tpm" {
+		return fmt.Errorf("%w (%s): remove its [provisioning] section and run 'sudo iotedge config apply', or remove IoT Edge, before 'identity set'", errAziotDPS, path)
+	}
 	return nil
 }
 

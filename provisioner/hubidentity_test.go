@@ -94,7 +94,7 @@ func (f *hubFixture) connectionString(device string, key []byte) string {
 // environ, and records what it printed.
 func (f *hubFixture) cli(t *testing.T, stdin string, environ map[string]string, args ...string) (string, error) {
 	t.Helper()
-	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state}
+	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state, "EDGE_AZIOT_CONFIG": filepath.Join(filepath.Dir(f.state), "aziot-config.toml")}
 	for k, v := range environ {
 		env[k] = v
 	}
@@ -493,7 +493,7 @@ func TestHubIdentityTerminal(t *testing.T) {
 	ctl, tty := openPTY(t)
 	key := f.createDevice(t, "press-7")
 	cs := f.connectionString("press-7", key)
-	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state}
+	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state, "EDGE_AZIOT_CONFIG": filepath.Join(filepath.Dir(f.state), "aziot-config.toml")}
 	type result struct {
 		out, errOut string
 		err         error
@@ -640,5 +640,39 @@ func TestHubIdentityClearStaleRecord(t *testing.T) {
 	}
 	if out, err := f.cli(t, "", nil, "identity", "clear", "--yes"); err != nil || !strings.Contains(out, "nothing to clear") {
 		t.Errorf("identity clear again = %v\n%s", err, out)
+	}
+}
+
+// On an IoT Edge device that config.toml provisions through DPS with the
+// TPM, identity set refuses even with --force: aziot would register again
+// and put DPS's key over the hub identity's. Without the provisioning
+// section it proceeds.
+func TestHubIdentitySetRefusesAziotDPS(t *testing.T) {
+	f := newHubFixture(t)
+	if _, err := f.cli(t, "", nil, "identity"); err != nil {
+		t.Fatal(err)
+	}
+	before := f.snapshot(t)
+	config := filepath.Join(t.TempDir(), "config.toml")
+	dpsTPM := "hostname = \"press-7\"\n\n[provisioning]\nsource = \"dps\"\nglobal_endpoint = \"https://global.azure-devices-provisioning.net\"\nid_scope = \"0ne00000001\"\n\n[provisioning.attestation]\nmethod = \"tpm\"\nregistration_id = \"press-7\"\n"
+	if err := os.WriteFile(config, []byte(dpsTPM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := f.createDevice(t, "press-7")
+	environ := map[string]string{"EDGE_AZIOT_CONFIG": config}
+	for _, args := range [][]string{{"identity", "set", "--connection-string-file", "-"}, {"identity", "set", "--force", "--connection-string-file", "-"}} {
+		_, err := f.cli(t, f.connectionString("press-7", key), environ, args...)
+		if !errors.Is(err, errAziotDPS) || !strings.Contains(err.Error(), config) || !strings.Contains(err.Error(), "[provisioning]") {
+			t.Errorf("%q with config.toml provisioning by DPS with the TPM = %v, want errAziotDPS naming the file and its [provisioning] section", args, err)
+		}
+		if after := f.snapshot(t); after != before {
+			t.Errorf("the refused %q changed the TPM:\nbefore %s\nafter  %s", args, before, after)
+		}
+	}
+	if err := os.WriteFile(config, []byte("hostname = \"press-7\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.cli(t, f.connectionString("press-7", key), environ, "identity", "set", "--connection-string-file", "-"); err != nil {
+		t.Errorf("identity set with config.toml provisioning nothing = %v", err)
 	}
 }

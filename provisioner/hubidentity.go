@@ -154,7 +154,7 @@ func checkAziotDPS(path string) error {
 		return fmt.Errorf("IoT Edge's config: %w", err)
 	}
 	if p := doc.Provisioning(); p.Source == "dps" && p.Method == "tpm" {
-		return fmt.Errorf("%w (%s): remove its [provisioning] section and run 'sudo iotedge config apply', or remove IoT Edge, before 'identity set'", errAziotDPS, path)
+		return fmt.Errorf("%w (%s): remove its [provisioning] section, or remove IoT Edge, before 'identity set'", errAziotDPS, path)
 	}
 	return nil
 }

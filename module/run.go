@@ -46,7 +46,8 @@ environment, then flags. The identity comes, first found first, from
 $EdgeHubConnectionString (or $IotHubConnectionString) in development; in
 device mode from --device-state (the DPS assignment) or from --tpm (the hub
 identity 'edge-provisioner identity set' put in the TPM), which exclude each
-other; else from IoT Edge's IOTEDGE_* variables.
+other; else from IoT Edge's IOTEDGE_* variables. A connection string with
+--tpm is refused too.
 
 ` + cli.ExitStatus + `
 
@@ -128,7 +129,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv en
 			}
 		},
 		Connected: rec.Connected,
-		Log:       log,
+		Refused: func(ctx context.Context) error {
+			if conn.refused == nil {
+				return nil
+			}
+			err := conn.refused(ctx)
+			if errors.Is(err, errHubIdentityChanged) {
+				return err
+			}
+			if err != nil {
+				// Read again at the next refusal.
+				log.Warn().Err(err).Msg("hub identity")
+			}
+			return nil
+		},
+		Log: log,
 	})
 	if err != nil {
 		return err
@@ -246,7 +261,16 @@ type conn struct {
 	signer sas.Signer
 	roots  *x509.CertPool
 	close  func()
+	// refused, when set, checks the identity after the hub refused a
+	// token: errHubIdentityChanged when it is no longer this one.
+	refused func(ctx context.Context) error
 }
+
+// errHubIdentityChanged: the TPM's hub identity is no longer the one the
+// relay started with ('identity set' replaced or 'identity clear' removed
+// it). The relay exits with it (exit 1); its unit's Restart=on-failure
+// starts it again with the new identity.
+var errHubIdentityChanged = errors.New("the TPM's hub identity changed")
 
 // connection picks the mode from the environment: a connection string
 // (development), a device assignment or the TPM's hub identity (device
@@ -270,11 +294,18 @@ func pickConnection(ctx context.Context, getenv env, s *settings.Settings) (*con
 	}
 	nothing := func() {}
 	if cs := envOr(getenv, "EdgeHubConnectionString", getenv("IotHubConnectionString")); cs != "" {
+		if s.TPM != "" {
+			name := "EdgeHubConnectionString"
+			if getenv(name) == "" {
+				name = "IotHubConnectionString"
+			}
+			return nil, cli.Usagef("$%s is set and so is --tpm (tpm, $EDGE_RELAY_TPM): the identity comes from the connection string or from the TPM's hub identity, not both", name)
+		}
 		id, key, err := edgehub.ParseConnectionString(cs)
 		if err != nil {
 			return nil, cli.Usage(err)
 		}
-		return &conn{"development", id, sas.Key(key), roots, nothing}, nil
+		return &conn{mode: "development", id: id, signer: sas.Key(key), roots: roots, close: nothing}, nil
 	}
 	if s.TPM != "" {
 		return hubIdentityConnection(ctx, s.TPM, s.AuthKeyIndex, roots)
@@ -292,7 +323,7 @@ func pickConnection(ctx context.Context, getenv env, s *settings.Settings) (*con
 			return nil, err
 		}
 		id := edgehub.Identity{HubHostName: a.AssignedHub, DeviceID: a.DeviceID, Host: a.AssignedHub}
-		return &conn{"device", id, t, roots, func() { t.Close() }}, nil
+		return &conn{mode: "device", id: id, signer: t, roots: roots, close: func() { t.Close() }}, nil
 	}
 	e, err := edgehub.EnvironmentFrom(getenv)
 	if err != nil {
@@ -310,7 +341,7 @@ func pickConnection(ctx context.Context, getenv env, s *settings.Settings) (*con
 	if err != nil {
 		return nil, fmt.Errorf("workload API: %w", err)
 	}
-	return &conn{"module", e.Identity(), w, pool, nothing}, nil
+	return &conn{mode: "module", id: e.Identity(), signer: w, roots: pool, close: nothing}, nil
 }
 
 // hubIdentityConnection is device mode as the hub identity in the TPM at
@@ -337,7 +368,23 @@ func hubIdentityConnection(ctx context.Context, uri string, index uint32, roots 
 		return nil, err
 	}
 	id := edgehub.Identity{HubHostName: h.HostName, DeviceID: h.DeviceID, Host: h.HostName}
-	return &conn{"device", id, t, roots, func() { t.Close() }}, nil
+	// The key at the auth key handle is whatever 'identity set' last put
+	// there, so a replaced identity signs with the new key for the old
+	// device, which the hub refuses: then the record tells what changed.
+	refused := func(ctx context.Context) error {
+		cur, err := t.HubIdentity(ctx)
+		if errors.Is(err, tpm.ErrNoHubIdentity) {
+			return fmt.Errorf("%w: the TPM at %s holds none now (it was device %s at %s); exiting", errHubIdentityChanged, uri, h.DeviceID, h.HostName)
+		}
+		if err != nil {
+			return err
+		}
+		if *cur != *h {
+			return fmt.Errorf("%w: device %s at %s now, not device %s at %s as at start; exiting to be started again with it", errHubIdentityChanged, cur.DeviceID, cur.HostName, h.DeviceID, h.HostName)
+		}
+		return nil
+	}
+	return &conn{mode: "device", id: id, signer: t, roots: roots, close: func() { t.Close() }, refused: refused}, nil
 }
 
 // logLevel is the level setLogLevel changes while logs are written.

@@ -239,8 +239,8 @@ func certPEM(c *x509.Certificate) *string {
 func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv env) error {
 	fs := newFlagSet("token", "token [--hub HOST --device ID] [--module ID] [--ttl 1h] [--tpm URI]")
 	l := settings.NewLoader(fs, settings.TPMGroup|settings.StateGroup)
-	hub := fs.String("hub", "", "IoT hub `HOST` name, e.g. myhub.azure-devices.net (default: the DPS assignment's, else the TPM's hub identity's)")
-	device := fs.String("device", "", "device `ID` (default: the DPS assignment's, else the TPM's hub identity's)")
+	hub := fs.String("hub", "", "IoT hub `HOST` name, e.g. myhub.azure-devices.net (default: the TPM's hub identity's, else the DPS assignment's)")
+	device := fs.String("device", "", "device `ID` (default: the TPM's hub identity's, else the DPS assignment's)")
 	module := fs.String("module", "", "module `ID`, for a module token")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
 	s, help, err := loadSettings(fs, l, args, stdout, getenv)
@@ -251,32 +251,34 @@ func runToken(ctx context.Context, args []string, stdout, _ io.Writer, getenv en
 		return cli.Usagef("--ttl must be positive")
 	}
 	if (*hub == "") != (*device == "") {
-		return cli.Usagef("token needs both --hub and --device, or neither to use the DPS assignment or the TPM's hub identity")
+		return cli.Usagef("token needs both --hub and --device, or neither to use the TPM's hub identity or the DPS assignment")
 	}
 	t, err := openTPM(s)
 	if err != nil {
 		return err
 	}
 	defer t.Close()
-	// Who signs: the flags, else the DPS assignment, else the hub identity
-	// in the TPM ('identity set' removes an assignment whose key it
-	// replaced).
+	// Who signs: the flags, else the hub identity in the TPM, else the DPS
+	// assignment. Only the hub identity record is tied to the key at the
+	// auth key handle; an assignment can outlive its key ('identity set
+	// --force' interrupted before it removed it, or naming the TPM by
+	// another URI).
 	if *hub == "" {
-		a, err := assignment.Load(s.State)
+		id, herr := t.HubIdentity(ctx)
 		switch {
-		case err == nil:
-			*hub, *device = a.AssignedHub, a.DeviceID
-		case errors.Is(err, os.ErrNotExist):
-			id, herr := t.HubIdentity(ctx)
-			if errors.Is(herr, tpm.ErrNoHubIdentity) {
-				return cli.Usagef("token needs --hub and --device: no DPS assignment (%w) and no hub identity in the TPM", err)
-			}
-			if herr != nil {
-				return herr
-			}
+		case herr == nil:
 			*hub, *device = id.HostName, id.DeviceID
+		case !errors.Is(herr, tpm.ErrNoHubIdentity):
+			return fmt.Errorf("hub identity: %w", herr)
 		default:
-			return err
+			a, err := assignment.Load(s.State)
+			if errors.Is(err, os.ErrNotExist) {
+				return cli.Usagef("token needs --hub and --device: no hub identity in the TPM and no DPS assignment (%w)", err)
+			}
+			if err != nil {
+				return err
+			}
+			*hub, *device = a.AssignedHub, a.DeviceID
 		}
 	}
 	resource := sas.DeviceResource(*hub, *device)

@@ -14,6 +14,7 @@ import (
 	"github.com/edgetpm/edgetpm/internal/assignment"
 	"github.com/edgetpm/edgetpm/internal/cli"
 	"github.com/edgetpm/edgetpm/provisioner/childenv"
+	"github.com/edgetpm/edgetpm/provisioner/edgeconfig"
 	"github.com/edgetpm/edgetpm/provisioner/hubcred"
 	"github.com/edgetpm/edgetpm/provisioner/settings"
 	"github.com/edgetpm/edgetpm/provisioner/tpm"
@@ -33,12 +34,19 @@ $` + childenv.EnvConnectionString + `, or, with none of them and a terminal on s
 pasted at a prompt that does not echo it. The host name and device ID come
 from the connection string, or from --hub and --device ($EDGE_HUB_HOSTNAME,
 $EDGE_HUB_DEVICE_ID). An identity already in the TPM is replaced; a key DPS
-provisioned only with --force, which also removes the DPS assignment.`
+provisioned only with --force, which also removes the DPS assignment.
+Refused, even with --force, while IoT Edge's config.toml (aziot.config)
+provisions through DPS with the TPM: aziot would put DPS's key back.`
 
 const identityClearSynopsis = `identity clear [--yes] [--tpm URI]
 
 Removes the hub identity from the TPM: its key and its NV record. Asks
 first on a terminal; without one, --yes is required.`
+
+// errAziotDPS: IoT Edge's config.toml provisions the device through DPS
+// with the TPM, so aziot would register again and put DPS's key over the
+// hub identity's.
+var errAziotDPS = errors.New("IoT Edge provisions this device through DPS with the TPM")
 
 // maxSecretInput bounds what is read as a key or connection string: a
 // connection string is some 200 bytes.
@@ -74,6 +82,10 @@ func runIdentitySet(ctx context.Context, args []string, stdin io.Reader, stdout,
 	if help || err != nil {
 		return err
 	}
+	// Before the key is read: no point pasting it for nothing.
+	if err := checkAziotDPS(s.Aziot.Config); err != nil {
+		return err
+	}
 	cred, err := readCredential(stdin, stderr, getenv, *hub, *device, *keyFile, *csFile)
 	if err != nil {
 		return err
@@ -101,7 +113,8 @@ func runIdentitySet(ctx context.Context, args []string, stdin io.Reader, stdout,
 	err = t.SetHubIdentity(ctx, tpm.HubIdentity{HostName: cred.HostName, DeviceID: cred.DeviceID}, cred.Key, *force)
 	cred.Zero()
 	if errors.Is(err, tpm.ErrReplacesDPS) {
-		return fmt.Errorf("%w at %#x: this device was provisioned by DPS; --force replaces its key with this identity's", err, st.AuthKeyHandle)
+		// The sentinel says what; the TPM's detail repeats it.
+		return fmt.Errorf("%w (the key at %#x): 'identity set --force' replaces it with this identity's key and removes the DPS assignment", tpm.ErrReplacesDPS, st.AuthKeyHandle)
 	}
 	if errors.Is(err, tpm.ErrHubIdentity) {
 		// What hubcred let through and the TPM's own check refuses; the
@@ -127,6 +140,22 @@ func runIdentitySet(ctx context.Context, args []string, stdin io.Reader, stdout,
 		}
 	}
 	fmt.Fprintf(stdout, "Run the relay with it: edge-relay --tpm %s (docs/hub-identity.md).\n", s.TPM.URI)
+	return nil
+}
+
+// checkAziotDPS refuses when IoT Edge's config.toml at path provisions
+// through DPS with the TPM: aziot-identityd registers again whenever it
+// reprovisions (auto_reprovisioning_mode), and aziot-tpmd imports DPS's
+// key at the auth key handle, over the hub identity's. --force does not override this: the remedy is in
+// config.toml, not in the TPM.
+func checkAziotDPS(path string) error {
+	doc, err := edgeconfig.Load(path)
+	if err != nil {
+		return fmt.Errorf("IoT Edge's config: %w", err)
+	}
+	if p := doc.Provisioning(); p.Source == "dps" && p.Method == "tpm" {
+		return fmt.Errorf("%w (%s): remove its [provisioning] section, or remove IoT Edge, before 'identity set'", errAziotDPS, path)
+	}
 	return nil
 }
 
@@ -281,7 +310,19 @@ func runIdentityClear(ctx context.Context, args []string, stdin io.Reader, stdou
 		return err
 	}
 	if id == nil {
-		fmt.Fprintln(stdout, "The TPM holds no hub identity: nothing to clear.")
+		// A record can outlive its key (a crash between evicting the
+		// key and removing the record, a key evicted by other tools):
+		// readers ignore it, and clear removes it, leaving any other
+		// key at the auth key handle in place.
+		err := t.ClearHubIdentity(ctx)
+		if errors.Is(err, tpm.ErrNoHubIdentity) {
+			fmt.Fprintln(stdout, "The TPM holds no hub identity: nothing to clear.")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "Removed the hub identity record, which names no key in the TPM.")
 		return nil
 	}
 	if !*yes {

@@ -94,7 +94,7 @@ func (f *hubFixture) connectionString(device string, key []byte) string {
 // environ, and records what it printed.
 func (f *hubFixture) cli(t *testing.T, stdin string, environ map[string]string, args ...string) (string, error) {
 	t.Helper()
-	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state}
+	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state, "EDGE_AZIOT_CONFIG": filepath.Join(filepath.Dir(f.state), "aziot-config.toml")}
 	for k, v := range environ {
 		env[k] = v
 	}
@@ -376,8 +376,8 @@ func TestHubIdentityReplacesDPS(t *testing.T) {
 	key := f.createDevice(t, "press-7")
 	cs := f.connectionString("press-7", key)
 	_, err = f.cli(t, cs, nil, "identity", "set", "--connection-string-file", "-")
-	if !errors.Is(err, tpm.ErrReplacesDPS) || cli.ExitCode(err) != 1 || !strings.Contains(err.Error(), "--force") {
-		t.Errorf("identity set over a DPS key = %v, want ErrReplacesDPS naming --force", err)
+	if !errors.Is(err, tpm.ErrReplacesDPS) || cli.ExitCode(err) != 1 || strings.Count(err.Error(), "--force") != 1 || strings.Count(err.Error(), "provisioned by DPS") != 1 {
+		t.Errorf("identity set over a DPS key = %v, want ErrReplacesDPS once, naming --force once", err)
 	}
 	if after := f.snapshot(t); after != before {
 		t.Errorf("the refused identity set changed the TPM:\nbefore %s\nafter  %s", before, after)
@@ -493,7 +493,7 @@ func TestHubIdentityTerminal(t *testing.T) {
 	ctl, tty := openPTY(t)
 	key := f.createDevice(t, "press-7")
 	cs := f.connectionString("press-7", key)
-	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state}
+	env := map[string]string{"EDGE_TPM": f.sw.URI, "EDGE_PROVISIONER_STATE": f.state, "EDGE_AZIOT_CONFIG": filepath.Join(filepath.Dir(f.state), "aziot-config.toml")}
 	type result struct {
 		out, errOut string
 		err         error
@@ -555,5 +555,124 @@ func readAvailable(t *testing.T, ctl *os.File) string {
 			return b.String()
 		}
 		b.Write(buf[:n])
+	}
+}
+
+// token and status take the TPM's hub identity over a DPS assignment that
+// outlived its key: identity set --force interrupted before it removed the
+// assignment, or an assignment naming the TPM by another URI.
+func TestHubIdentityOverStaleAssignment(t *testing.T) {
+	f := newHubFixture(t)
+	key := f.createDevice(t, "press-7")
+	if _, err := f.cli(t, f.connectionString("press-7", key), nil, "identity", "set", "--connection-string-file", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if err := assignment.Save(f.state, &assignment.Assignment{
+		IDScope: "0ne00000001", Endpoint: "https://global.azure-devices-provisioning.net", RegistrationID: "reg-1",
+		AssignedHub: f.hub.HubHostName(), DeviceID: "dps-device", Substatus: "initialAssignment", AssignedAt: time.Now().UTC(),
+		TPM: f.sw.URI, AuthKeyHandle: uint32(tpm.DefaultAuthKeyHandle),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f.createDevice(t, "dps-device")
+	out, err := f.cli(t, "", nil, "token", "--ttl", "10m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := sas.Parse(strings.TrimSpace(out))
+	if err != nil || tok.MatchAudience(sas.DeviceResource(f.hub.HubHostName(), "press-7")) != nil || tok.Verify(key, time.Now()) != nil {
+		t.Errorf("token with a stale assignment = %q (%v): not press-7's, signed with its key", out, err)
+	}
+	if code := f.connectWithToken(t, "press-7"); code != 0 {
+		t.Errorf("CONNECT as press-7 with a stale assignment: CONNACK %d, want 0", code)
+	}
+
+	dir := t.TempDir()
+	environ := map[string]string{"EDGE_AZIOT_CONFIG": filepath.Join(dir, "config.toml"), "EDGE_CONTAINERD_ADDRESS": filepath.Join(dir, "none.sock")}
+	js, err := f.cli(t, "", environ, "status", "--json")
+	var r statusReport
+	if err != nil || json.Unmarshal([]byte(js), &r) != nil {
+		t.Fatalf("status --json = %v\n%s", err, js)
+	}
+	if r.Assignment.Assignment == nil || !strings.Contains(r.Assignment.Superseded, "press-7") {
+		t.Errorf("status --json assignment = %+v, want it superseded by the hub identity", r.Assignment)
+	}
+	human, err := f.cli(t, "", environ, "status")
+	if err != nil || !strings.Contains(human, "superseded by the TPM's hub identity") {
+		t.Errorf("status = %v, want the assignment marked superseded\n%s", err, human)
+	}
+}
+
+// A record that names no key (a crash between evicting the key and
+// removing the record, or a key evicted by other tools) is removed by
+// identity clear, not reported as nothing to clear.
+func TestHubIdentityClearStaleRecord(t *testing.T) {
+	f := newHubFixture(t)
+	key := f.createDevice(t, "press-7")
+	if _, err := f.cli(t, f.connectionString("press-7", key), nil, "identity", "set", "--connection-string-file", "-"); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := tpm.OpenTransport(f.sw.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := tpm.DefaultAuthKeyHandle
+	rp, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(tr)
+	if err == nil {
+		_, err = tpm2.EvictControl{Auth: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}, ObjectHandle: tpm2.NamedHandle{Handle: h, Name: rp.Name}, PersistentHandle: h}.Execute(tr)
+	}
+	tr.Close()
+	if err != nil {
+		t.Fatalf("evict the hub key: %v", err)
+	}
+	if !strings.Contains(f.snapshot(t), fmt.Sprintf("nv %#x", uint32(tpm.HubIdentityIndex))) {
+		t.Fatal("no hub identity record left to test with")
+	}
+	if got := f.hubIdentity(t); got != nil {
+		t.Fatalf("hub identity without its key = %+v, want none", got)
+	}
+	out, err := f.cli(t, "", nil, "identity", "clear", "--yes")
+	if err != nil || strings.Contains(out, "nothing to clear") || !strings.Contains(out, "names no key") {
+		t.Errorf("identity clear --yes with a record naming no key = %v\n%s", err, out)
+	}
+	if strings.Contains(f.snapshot(t), fmt.Sprintf("nv %#x", uint32(tpm.HubIdentityIndex))) {
+		t.Error("identity clear left the record that names no key")
+	}
+	if out, err := f.cli(t, "", nil, "identity", "clear", "--yes"); err != nil || !strings.Contains(out, "nothing to clear") {
+		t.Errorf("identity clear again = %v\n%s", err, out)
+	}
+}
+
+// On an IoT Edge device that config.toml provisions through DPS with the
+// TPM, identity set refuses even with --force: aziot would register again
+// and put DPS's key over the hub identity's. Without the provisioning
+// section it proceeds.
+func TestHubIdentitySetRefusesAziotDPS(t *testing.T) {
+	f := newHubFixture(t)
+	if _, err := f.cli(t, "", nil, "identity"); err != nil {
+		t.Fatal(err)
+	}
+	before := f.snapshot(t)
+	config := filepath.Join(t.TempDir(), "config.toml")
+	dpsTPM := "hostname = \"press-7\"\n\n[provisioning]\nsource = \"dps\"\nglobal_endpoint = \"https://global.azure-devices-provisioning.net\"\nid_scope = \"0ne00000001\"\n\n[provisioning.attestation]\nmethod = \"tpm\"\nregistration_id = \"press-7\"\n"
+	if err := os.WriteFile(config, []byte(dpsTPM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := f.createDevice(t, "press-7")
+	environ := map[string]string{"EDGE_AZIOT_CONFIG": config}
+	for _, args := range [][]string{{"identity", "set", "--connection-string-file", "-"}, {"identity", "set", "--force", "--connection-string-file", "-"}} {
+		_, err := f.cli(t, f.connectionString("press-7", key), environ, args...)
+		if !errors.Is(err, errAziotDPS) || !strings.Contains(err.Error(), config) || !strings.Contains(err.Error(), "[provisioning]") {
+			t.Errorf("%q with config.toml provisioning by DPS with the TPM = %v, want errAziotDPS naming the file and its [provisioning] section", args, err)
+		}
+		if after := f.snapshot(t); after != before {
+			t.Errorf("the refused %q changed the TPM:\nbefore %s\nafter  %s", args, before, after)
+		}
+	}
+	if err := os.WriteFile(config, []byte("hostname = \"press-7\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.cli(t, f.connectionString("press-7", key), environ, "identity", "set", "--connection-string-file", "-"); err != nil {
+		t.Errorf("identity set with config.toml provisioning nothing = %v", err)
 	}
 }

@@ -20,9 +20,10 @@ import (
 )
 
 func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, getenv env) error {
-	fs := newFlagSet("register", "register --id-scope SCOPE [--endpoint URL] [--registration-id ID] [--payload FILE] [--ca-file PEM] [--tpm URI] [--json]")
+	fs := newFlagSet("register", "register --id-scope SCOPE [--endpoint URL] [--registration-id ID] [--payload FILE] [--ca-file PEM] [--tpm URI] [--force] [--json]")
 	l := settings.NewLoader(fs, settings.TPMGroup|settings.DPSGroup|settings.StateGroup)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	force := fs.Bool("force", false, "replace a hub identity set by 'identity set' with the key DPS provisions")
 	s, help, err := loadSettings(fs, l, args, stdout, getenv)
 	if help || err != nil {
 		return err
@@ -39,6 +40,18 @@ func runRegister(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		return err
 	}
 	defer t.Close()
+	// The key DPS provisions replaces the one at the auth key handle, as
+	// 'identity set' replaces a DPS key: only with --force either way.
+	if !*force {
+		hub, err := readHubIdentity(ctx, t)
+		if err != nil {
+			return err
+		}
+		if hub != nil {
+			return fmt.Errorf("%w: device %s at %s; registering with DPS replaces its key. "+
+				"Run 'edge-provisioner identity clear' first, or register --force (docs/hub-identity.md)", errHubIdentity, hub.DeviceID, hub.HostName)
+		}
+	}
 	res, err := register(ctx, s, t, id, progressLog(stderr))
 	if err != nil {
 		return err

@@ -153,3 +153,40 @@ func TestRegisterRefusesPlainHTTP(t *testing.T) {
 		}
 	}
 }
+
+// register leaves a hub identity set by hand alone without --force, as
+// identity set leaves a DPS key alone; with --force DPS's key replaces it.
+func TestRegisterRefusesHubIdentity(t *testing.T) {
+	f := newHubFixture(t)
+	key := f.createDevice(t, "press-7")
+	if _, err := f.cli(t, f.connectionString("press-7", key), nil, "identity", "set", "--connection-string-file", "-"); err != nil {
+		t.Fatal(err)
+	}
+	emu := dpstest.Start(t, dpsemu.Config{RetryAfter: 1}, nil)
+	enroll(t, emu, f.sw.URI, "line-3")
+	register := []string{"register", "--id-scope", emu.IDScope(), "--endpoint", emu.URL, "--ca-file", emu.CAFile(t)}
+	before := f.snapshot(t)
+	_, err := f.cli(t, "", nil, register...)
+	if !errors.Is(err, errHubIdentity) || !strings.Contains(err.Error(), "identity clear") || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("register over a hub identity = %v, want errHubIdentity naming identity clear and --force", err)
+	}
+	if after := f.snapshot(t); after != before {
+		t.Errorf("the refused register changed the TPM:\nbefore %s\nafter  %s", before, after)
+	}
+	if _, err := os.Stat(f.state); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused register saved an assignment: %v", err)
+	}
+	if code := f.connectWithToken(t, "press-7"); code != 0 {
+		t.Errorf("CONNECT with the hub identity after the refused register: CONNACK %d, want 0", code)
+	}
+
+	if _, err := f.cli(t, "", nil, append(register, "--force")...); err != nil {
+		t.Fatalf("register --force: %v", err)
+	}
+	if got := f.hubIdentity(t); got != nil {
+		t.Errorf("hub identity after register --force = %+v, want none", got)
+	}
+	if a, err := assignment.Load(f.state); err != nil || a.DeviceID != "line-3" {
+		t.Errorf("assignment after register --force = %+v, %v", a, err)
+	}
+}

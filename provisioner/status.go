@@ -37,7 +37,10 @@ type statusReport struct {
 	Assignment struct {
 		Path string `json:"path"`
 		*assignment.Assignment
-		Error string `json:"error,omitempty"`
+		// Superseded: the TPM holds a hub identity, which token and
+		// the relay use instead of this assignment.
+		Superseded string `json:"superseded,omitempty"`
+		Error      string `json:"error,omitempty"`
 	} `json:"assignment"`
 	Config struct {
 		Path string `json:"path"`
@@ -86,6 +89,9 @@ func runStatus(ctx context.Context, args []string, stdout, _ io.Writer, getenv e
 	r.Assignment.Path = s.State
 	if r.Assignment.Assignment, err = assignment.Load(s.State); err != nil {
 		r.Assignment.Error = err.Error()
+	}
+	if h := r.TPM.HubIdentity; h != nil && r.Assignment.Assignment != nil {
+		r.Assignment.Superseded = fmt.Sprintf("the TPM's hub identity, device %s at %s, signs instead", h.DeviceID, h.HostName)
 	}
 
 	r.Config.Path = s.Aziot.Config
@@ -144,6 +150,9 @@ func printStatus(out io.Writer, r *statusReport) {
 	fmt.Fprintf(w, "Identity\t%s\n", r.Assignment.Path)
 	if a := r.Assignment.Assignment; a != nil {
 		fmt.Fprintf(w, "\tassigned to %s as %s (%s) at %s, ID scope %s\n", a.AssignedHub, a.DeviceID, a.Substatus, a.AssignedAt.Format("2006-01-02 15:04:05Z07:00"), a.IDScope)
+		if r.Assignment.Superseded != "" {
+			fmt.Fprintf(w, "\tsuperseded by the TPM's hub identity: device %s at %s signs instead\n", r.TPM.HubIdentity.DeviceID, r.TPM.HubIdentity.HostName)
+		}
 	} else {
 		fmt.Fprintf(w, "\t%s\n", r.Assignment.Error)
 	}

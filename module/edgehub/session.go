@@ -68,6 +68,10 @@ type Config struct {
 	// Connected runs after every connect, once subscriptions are in place
 	// (a twin GET belongs there: patches are not queued while away).
 	Connected func(ctx context.Context)
+	// Refused, when set, runs each time the hub refuses the token
+	// (ErrNotAuthorized), before the retry: the identity itself may be
+	// stale. An error from it ends Run with that error.
+	Refused func(ctx context.Context) error
 
 	Log zerolog.Logger
 	Now func() time.Time
@@ -137,7 +141,8 @@ var ErrNotAuthorized = errors.New("not authorized (CONNACK 5)")
 
 // Run connects and keeps the session connected until ctx ends: tokens are
 // renewed at 80% of their life by reconnecting, and every failure is
-// retried with jittered backoff, without giving up.
+// retried with jittered backoff, without giving up unless Config.Refused
+// says so.
 func (s *Session) Run(ctx context.Context) error {
 	log := s.cfg.Log
 	// The gateway's name, whatever address is dialled (Identity.Address).
@@ -206,6 +211,11 @@ func (s *Session) Run(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, ErrNotAuthorized) && s.cfg.Refused != nil {
+			if err := s.cfg.Refused(ctx); err != nil {
+				return err
+			}
 		}
 		wait := b.Next()
 		log.Warn().Err(err).Dur("retry_in", wait).Msg("edgehub connection")

@@ -278,3 +278,31 @@ func TestRefusedTokenIsNotAuthorized(t *testing.T) {
 		t.Errorf("the refused connection is logged as\n%s\nwant %q", log.String(), ErrNotAuthorized)
 	}
 }
+
+// Config.Refused runs after each refused token; its error ends Run, and
+// nil keeps retrying.
+func TestRefusedHookEndsRun(t *testing.T) {
+	hub := bench(t, hubemu.Config{})
+	stale := errors.New("identity changed")
+	var calls atomic.Int32
+	s, err := New(Config{
+		Identity: Identity{HubHostName: hub.HubHostName(), DeviceID: "edge1", ModuleID: "relay", Host: hub.GatewayHostName(), Address: hub.Addr},
+		Signer:   sas.Key([]byte("another key, not the module's....")),
+		RootCAs:  hub.Pool,
+		Backoff:  backoff.Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond},
+		Refused: func(context.Context) error {
+			if calls.Add(1) < 3 {
+				return nil
+			}
+			return stale
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := s.Run(ctx); !errors.Is(err, stale) || calls.Load() != 3 {
+		t.Errorf("Run = %v after %d calls of Refused, want its error after 3", err, calls.Load())
+	}
+}

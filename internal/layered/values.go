@@ -119,3 +119,20 @@ func (d *Duration) UnmarshalText(b []byte) error {
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
 func (d Duration) String() string { return time.Duration(d).String() }
+
+// IndexVar is a persistent handle's index, 0 to 0x7fffff, in any base
+// strconv reads (aziot's auth_key_index is added to 0x81000000).
+func IndexVar(p *uint32) flag.Value { return (*indexValue)(p) }
+
+type indexValue uint32
+
+func (v *indexValue) Set(s string) error {
+	n, err := strconv.ParseUint(s, 0, 32)
+	if err != nil || n > 0x7FFFFF {
+		return fmt.Errorf("want a number from 0 to 0x7fffff")
+	}
+	*v = indexValue(n)
+	return nil
+}
+
+func (v *indexValue) String() string { return fmt.Sprintf("%#x", uint32(*v)) }

@@ -8,9 +8,7 @@ package settings
 import (
 	"errors"
 	"flag"
-	"fmt"
 	"net"
-	"strconv"
 	"time"
 
 	"github.com/edgetpm/edgetpm/internal/layered"
@@ -82,7 +80,7 @@ func (s *Settings) fields() []layered.Field {
 		{Key: "token_ttl", Env: "EDGE_RELAY_TOKEN_TTL", Flag: "token-ttl", Usage: "`LIFETIME` of each SAS token; a new one replaces it at 80%", Value: layered.DurationVar(&s.TokenTTL)},
 		{Key: "hub_address", Env: "EDGE_RELAY_HUB_ADDRESS", Flag: "hub-address", Usage: "dial `HOST:PORT` instead of the hub's host name, still checking the certificate against the name", Value: layered.StringVar(&s.HubAddress)},
 		{Key: "tpm", Env: "EDGE_RELAY_TPM", Flag: "tpm", Usage: "run as the device whose hub identity 'edge-provisioner identity set' put in the TPM at `URI` (device:/dev/tpmrm0), signing there", Value: layered.StringVar(&s.TPM)},
-		{Key: "auth_key_index", Env: "EDGE_RELAY_AUTH_KEY_INDEX", Flag: "auth-key-index", Usage: "with --tpm, the hub key's persistent handle as an `INDEX` added to 0x81000000", Value: (*indexValue)(&s.AuthKeyIndex)},
+		{Key: "auth_key_index", Env: "EDGE_RELAY_AUTH_KEY_INDEX", Flag: "auth-key-index", Usage: "with --tpm, the hub key's persistent handle as an `INDEX` added to 0x81000000", Value: layered.IndexVar(&s.AuthKeyIndex)},
 	}
 }
 
@@ -139,17 +137,3 @@ func (l *Loader) Load(getenv func(string) string) (*Settings, error) {
 	}
 	return &l.s, nil
 }
-
-// indexValue is a persistent handle's index, in any base strconv reads.
-type indexValue uint32
-
-func (v *indexValue) Set(s string) error {
-	n, err := strconv.ParseUint(s, 0, 32)
-	if err != nil || n > 0x7FFFFF {
-		return fmt.Errorf("want a number from 0 to 0x7fffff")
-	}
-	*v = indexValue(n)
-	return nil
-}
-
-func (v *indexValue) String() string { return fmt.Sprintf("%#x", uint32(*v)) }

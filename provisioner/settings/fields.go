@@ -1,9 +1,6 @@
 package settings
 
 import (
-	"fmt"
-	"strconv"
-
 	"github.com/edgetpm/edgetpm/internal/layered"
 )
 
@@ -43,7 +40,7 @@ func (s *Settings) fields() []field {
 		{layered.Field{Key: "dps.register", Env: "EDGE_DPS_REGISTER", Flag: "skip-register", Usage: "do not register with DPS; leave it to the IoT Edge runtime", Value: layered.NegatedBoolVar(&s.DPS.Register)}, ProvisionGroup},
 
 		{layered.Field{Key: "tpm.uri", Env: "EDGE_TPM", Flag: "tpm", Usage: "TPM `URI`: device:/dev/tpmrm0, swtpm://HOST:PORT, or mssim://HOST:PORT (the reference simulator)", Value: layered.StringVar(&s.TPM.URI)}, TPMGroup},
-		{layered.Field{Key: "tpm.auth_key_index", Env: "EDGE_TPM_AUTH_KEY_INDEX", Flag: "auth-key-index", Usage: "persistent handle of the hub key, as an `INDEX` added to 0x81000000 like aziot's auth_key_index", Value: (*indexValue)(&s.TPM.AuthKeyIndex)}, TPMGroup},
+		{layered.Field{Key: "tpm.auth_key_index", Env: "EDGE_TPM_AUTH_KEY_INDEX", Flag: "auth-key-index", Usage: "persistent handle of the hub key, as an `INDEX` added to 0x81000000 like aziot's auth_key_index", Value: layered.IndexVar(&s.TPM.AuthKeyIndex)}, TPMGroup},
 		{layered.Field{Key: "tpm.tcti", Env: "EDGE_TPM_TCTI", Flag: "tcti", Usage: "`TCTI` written for aziot-tpmd (default: derived from --tpm)", Value: layered.StringVar(&s.TPM.TCTI)}, AziotGroup},
 		// The passwords' own variables hold the password, not a file name:
 		// see Load.
@@ -68,15 +65,3 @@ func (s *Settings) fields() []field {
 		{layered.Field{Key: "state", Env: "EDGE_PROVISIONER_STATE", Flag: "state", Usage: "the DPS assignment `FILE`", Value: layered.StringVar(&s.State)}, StateGroup},
 	}
 }
-
-type indexValue uint32
-
-func (v *indexValue) Set(s string) error {
-	n, err := strconv.ParseUint(s, 0, 32)
-	if err != nil || n > 0x7FFFFF {
-		return fmt.Errorf("want a number from 0 to 0x7fffff")
-	}
-	*v = indexValue(n)
-	return nil
-}
-func (v *indexValue) String() string { return fmt.Sprintf("%#x", uint32(*v)) }

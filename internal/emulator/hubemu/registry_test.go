@@ -287,3 +287,47 @@ func TestModuleRegistryConnect(t *testing.T) {
 		t.Errorf("CONNECT of b = %d %v, want 0", rc, err)
 	}
 }
+
+// With a Config.Key that knows devices only, as the lab's registry, a
+// module exists only once created in the module registry, as in IoT Hub:
+// a module name without an identity (a typo) is refused with CONNACK 5,
+// and so is a module signing with another module's key or with its
+// device's key.
+func TestModuleWithoutIdentityRefused(t *testing.T) {
+	s := start(t, func(c *hubemu.Config) { c.Key = hubtest.Keys(map[string][]byte{dev: keyDev}) })
+	connect := func(module string, key []byte) byte {
+		t.Helper()
+		rc, err := hubtest.ConnectCode(s.ClientOptions(dev, module, s.ModuleToken(t, dev, module, key, time.Hour)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rc
+	}
+	a := moduleCall(t, s, "PUT", "/devices/edge1/modules/a", `{"moduleId":"a","deviceId":"edge1"}`, nil)
+	b := moduleCall(t, s, "PUT", "/devices/edge1/modules/b", `{"moduleId":"b","deviceId":"edge1"}`, nil)
+	keyOf := func(m module) []byte {
+		k, err := base64.StdEncoding.DecodeString(m.Authentication.SymmetricKey.PrimaryKey)
+		if err != nil || len(k) != 32 {
+			t.Fatalf("module %s: generated primary key %q, want 32 bytes of base64", m.ModuleID, m.Authentication.SymmetricKey.PrimaryKey)
+		}
+		return k
+	}
+	ka, kb := keyOf(a), keyOf(b)
+	for _, tc := range []struct {
+		what, module string
+		key          []byte
+		want         byte
+	}{
+		{"a with its own key", "a", ka, 0},
+		{"b with its own key", "b", kb, 0},
+		{"a typo of a, signed with a's key", "a2", ka, 5},
+		{"a module without identity, signed with the device's key", "filter", keyDev, 5},
+		{"a signing with b's key", "a", kb, 5},
+		{"b signing with a's key", "b", ka, 5},
+		{"a signing with the device's key", "a", keyDev, 5},
+	} {
+		if rc := connect(tc.module, tc.key); rc != tc.want {
+			t.Errorf("CONNECT as %s = %d, want %d", tc.what, rc, tc.want)
+		}
+	}
+}

@@ -24,13 +24,24 @@ import (
 // function and cannot be listed. A module it holds is authenticated with
 // its primary key, whatever Config.Key says; a module deleted through it is
 // unknown everywhere until it is created again.
+//
+// The devices of Config.Devices are IoT Edge devices, and IoT Hub creates
+// the module identities $edgeAgent and $edgeHub with an IoT Edge device,
+// without keys (authentication null in an export, azure-iot-sdk-csharp
+// issue 1146; "the system modules $edgeHub and $edgeAgent are not
+// automatically initialized, and lack the connection string",
+// ridomin/aziotedge-modinit README): aziot-identityd gives them keys with
+// an update. The registry makes them, keyless, the first time it is asked
+// about such a device; a keyless module cannot connect.
 
 // moduleIdentity is a module identity created through the registry API. It
 // is not changed once stored: an update stores a new one.
 type moduleIdentity struct {
-	managedBy          string
-	generationID       string
-	etag               string
+	managedBy    string
+	generationID string
+	etag         string
+	// primary and secondary are nil for a system module not given keys
+	// yet: its authentication type is "none".
 	primary, secondary []byte
 }
 
@@ -52,8 +63,8 @@ type moduleView struct {
 // authMechanism is IoT Hub's AuthenticationMechanism; only sas is served.
 type authMechanism struct {
 	SymmetricKey struct {
-		PrimaryKey   string `json:"primaryKey"`
-		SecondaryKey string `json:"secondaryKey"`
+		PrimaryKey   *string `json:"primaryKey"`
+		SecondaryKey *string `json:"secondaryKey"`
 	} `json:"symmetricKey"`
 	X509Thumbprint struct {
 		PrimaryThumbprint   *string `json:"primaryThumbprint"`
@@ -93,11 +104,14 @@ const (
 func (s *Server) identityKey(device, module string) ([]byte, bool) {
 	if module != "" {
 		id := identity{device, module}
+		if module == edgeAgent || module == edgeHub {
+			s.systemModules(device)
+		}
 		s.regMu.Lock()
 		m, removed := s.modules[id], s.removed[id]
 		s.regMu.Unlock()
 		if m != nil {
-			return m.primary, true
+			return m.primary, m.primary != nil
 		}
 		if removed {
 			return nil, false
@@ -105,6 +119,30 @@ func (s *Server) identityKey(device, module string) ([]byte, bool) {
 	}
 	return s.cfgKey(device, module)
 }
+
+// systemModules makes the keyless $edgeAgent and $edgeHub identities of an
+// IoT Edge device (one of Config.Devices) that the registry has not held
+// yet. It must not be called with s.regMu held.
+func (s *Server) systemModules(device string) {
+	if !s.isDevice(device) {
+		return
+	}
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	for _, module := range []string{edgeAgent, edgeHub} {
+		id := identity{device, module}
+		if s.modules[id] != nil || s.removed[id] {
+			continue
+		}
+		s.regSeq++
+		s.modules[id] = &moduleIdentity{generationID: newGenerationID(), etag: etagOf(s.regSeq)}
+	}
+}
+
+// newGenerationID returns the generation of a module created anew: another
+// generation tells a re-created module from the deleted one, and
+// aziot-identityd derives module keys from moduleId:generationId.
+func newGenerationID() string { return strconv.FormatUint(mrand.Uint64(), 10) }
 
 // registryDevice returns the device of a module registry request,
 // /devices/{d}/modules[/{m}], its path split and unescaped segment by
@@ -153,7 +191,12 @@ func moduleKeys(a *authMechanism) (primary, secondary []byte, err error) {
 		if a.Type != "" && a.Type != "sas" {
 			return nil, nil, fmt.Errorf("%w: authentication type %q is not supported by the emulator: only \"sas\"", ErrInvalidArgument, a.Type)
 		}
-		p, sec = a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey
+		if a.SymmetricKey.PrimaryKey != nil {
+			p = *a.SymmetricKey.PrimaryKey
+		}
+		if a.SymmetricKey.SecondaryKey != nil {
+			sec = *a.SymmetricKey.SecondaryKey
+		}
 	}
 	if strings.TrimSpace(p) == "" && strings.TrimSpace(sec) == "" {
 		return randomKey(), randomKey(), nil
@@ -183,11 +226,13 @@ func randomKey() []byte {
 
 // registryDeviceKnown refuses requests about a device Config.Key does not
 // know (404 DeviceNotFound).
+// It makes the device's system modules when it is an IoT Edge device.
 func (s *Server) registryDeviceKnown(w http.ResponseWriter, device string) bool {
 	if _, ok := s.cfgKey(device, ""); !ok {
 		writeServiceError(w, fmt.Errorf("device %q: %w", device, ErrUnknownIdentity))
 		return false
 	}
+	s.systemModules(device)
 	return true
 }
 
@@ -209,9 +254,16 @@ func (s *Server) viewModule(id identity, m *moduleIdentity) moduleView {
 		v.ConnectionState = "Connected"
 	}
 	s.mu.Unlock()
+	if m.primary == nil {
+		// A system module not given keys yet [UNCONFIRMED: how IoT Hub's
+		// GET shows it; its export shows authentication null].
+		v.Authentication.Type = "none"
+		return v
+	}
+	p, sec := base64.StdEncoding.EncodeToString(m.primary), base64.StdEncoding.EncodeToString(m.secondary)
 	v.Authentication.Type = "sas"
-	v.Authentication.SymmetricKey.PrimaryKey = base64.StdEncoding.EncodeToString(m.primary)
-	v.Authentication.SymmetricKey.SecondaryKey = base64.StdEncoding.EncodeToString(m.secondary)
+	v.Authentication.SymmetricKey.PrimaryKey = &p
+	v.Authentication.SymmetricKey.SecondaryKey = &sec
 	return v
 }
 
@@ -272,9 +324,7 @@ func (s *Server) servePutModule(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusPreconditionFailed, fmt.Sprintf("ErrorCode:PreconditionFailed;module %q of device %q has another ETag", id.module, id.device))
 		return
 	case old == nil:
-		// A new generation tells a re-created module from the deleted one:
-		// aziot-identityd derives module keys from moduleId:generationId.
-		m.generationID = strconv.FormatUint(mrand.Uint64(), 10)
+		m.generationID = newGenerationID()
 	default:
 		m.generationID = old.generationID
 	}

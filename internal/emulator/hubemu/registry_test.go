@@ -331,3 +331,63 @@ func TestModuleWithoutIdentityRefused(t *testing.T) {
 		}
 	}
 }
+
+// IoT Hub creates the $edgeAgent and $edgeHub identities of an IoT Edge
+// device with it, without keys; aziot-identityd gives them keys with an
+// update. Devices that are not IoT Edge devices have no such modules.
+func TestEdgeDeviceSystemModules(t *testing.T) {
+	s := start(t, func(c *hubemu.Config) {
+		c.Key = hubtest.Keys(map[string][]byte{dev: keyDev, "plain": keyB})
+		c.Devices = func() []string { return []string{dev} }
+	})
+	connect := func(module string, key []byte) byte {
+		t.Helper()
+		rc, err := hubtest.ConnectCode(s.ClientOptions(dev, module, s.ModuleToken(t, dev, module, key, time.Hour)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rc
+	}
+	// A CONNECT is the first thing to ask about the device: the keyless
+	// identity refuses it.
+	if rc := connect("$edgeAgent", keyDev); rc != 5 {
+		t.Errorf("CONNECT as the keyless $edgeAgent = %d, want 5", rc)
+	}
+	code, body, _ := request(t, s, "GET", "/devices/edge1/modules"+api, "", nil)
+	var list []module
+	if code != 200 || json.Unmarshal(body, &list) != nil {
+		t.Fatalf("list = %d %s", code, body)
+	}
+	if len(list) != 2 || list[0].ModuleID != "$edgeAgent" || list[1].ModuleID != "$edgeHub" {
+		t.Fatalf("modules of the IoT Edge device = %s, want $edgeAgent and $edgeHub", body)
+	}
+	for _, m := range list {
+		if m.Authentication.Type != "none" || m.Authentication.SymmetricKey.PrimaryKey != "" || m.GenerationID == "" || m.Etag == "" {
+			t.Errorf("system module %+v, want authentication none without keys, a generation and an etag", m)
+		}
+	}
+	code, body, _ = request(t, s, "PUT", "/devices/edge1/modules/$edgeHub"+api, `{"moduleId":"$edgeHub","deviceId":"edge1"}`, nil)
+	wantError(t, code, body, 409, "ModuleAlreadyExistsOnDevice", "create of $edgeHub")
+
+	key := []byte("edgehub-primary-key-0123456789ab")
+	m := moduleCall(t, s, "PUT", "/devices/edge1/modules/$edgeHub", sasBody(dev, "$edgeHub", key, keyB), map[string]string{"If-Match": "*"})
+	if m.GenerationID != list[1].GenerationID || m.Authentication.Type != "sas" {
+		t.Errorf("$edgeHub given keys: %+v, want generation %s kept and type sas", m, list[1].GenerationID)
+	}
+	if rc := connect("$edgeHub", key); rc != 0 {
+		t.Errorf("CONNECT as $edgeHub with its key = %d, want 0", rc)
+	}
+	if rc := connect("$edgeAgent", key); rc != 5 {
+		t.Errorf("CONNECT as $edgeAgent with $edgeHub's key = %d, want 5", rc)
+	}
+	// Deleted, a system module stays deleted.
+	if code, _, _ := request(t, s, "DELETE", "/devices/edge1/modules/$edgeAgent"+api, "", nil); code != 204 {
+		t.Fatalf("DELETE $edgeAgent = %d", code)
+	}
+	code, body, _ = request(t, s, "GET", "/devices/edge1/modules/$edgeAgent"+api, "", nil)
+	wantError(t, code, body, 404, "ModuleNotFound", "GET of the deleted $edgeAgent")
+
+	if code, body, _ := request(t, s, "GET", "/devices/plain/modules"+api, "", nil); code != 200 || strings.TrimSpace(string(body)) != "[]" {
+		t.Errorf("modules of a device that is not an IoT Edge device = %d %s, want 200 []", code, body)
+	}
+}

@@ -59,6 +59,25 @@ func (c *Client) GetModule(ctx context.Context, deviceID, moduleID string) (*Mod
 	return &out, nil
 }
 
+// ListModules returns the module identities of a device; IoT Hub lists
+// an IoT Edge device's $edgeAgent and $edgeHub with the others.
+func (c *Client) ListModules(ctx context.Context, deviceID string) ([]Module, error) {
+	var out []Module
+	if err := c.doVersion(ctx, ModuleAPIVersion, http.MethodGet, "/devices/"+url.PathEscape(deviceID)+"/modules", "", nil, &out); err != nil {
+		return nil, fmt.Errorf("list the module identities of %s: %w", deviceID, err)
+	}
+	return out, nil
+}
+
+// DeleteModule deletes a module identity (ifMatch "" or "*": whatever its
+// ETag; 404 ModuleNotFound when it does not exist).
+func (c *Client) DeleteModule(ctx context.Context, deviceID, moduleID, ifMatch string) error {
+	if err := c.doVersion(ctx, ModuleAPIVersion, http.MethodDelete, modulePath(deviceID, moduleID), ifMatch, nil, nil); err != nil {
+		return fmt.Errorf("delete module identity %s: %w", identity(deviceID, moduleID), err)
+	}
+	return nil
+}
+
 func modulePath(deviceID, moduleID string) string {
 	return "/devices/" + url.PathEscape(deviceID) + "/modules/" + url.PathEscape(moduleID)
 }

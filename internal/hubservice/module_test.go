@@ -62,3 +62,40 @@ func TestModulesAsDevice(t *testing.T) {
 		t.Errorf("GetModule with a wrong device key = %v, want 401", err)
 	}
 }
+
+// An operator lists and deletes module identities with a service policy;
+// a deleted module is not found again.
+func TestListDeleteModules(t *testing.T) {
+	ownerKey := bytes.Repeat([]byte{4}, 32)
+	hub := hubtest.Start(t, hubemu.Config{
+		Key:             hubtest.Keys(map[string][]byte{"edge-1": bytes.Repeat([]byte{3}, 32)}),
+		ServicePolicies: map[string][]byte{"iothubowner": ownerKey},
+		Devices:         func() []string { return []string{"edge-1"} },
+	})
+	c := &hubservice.Client{Conn: hub.Policy("iothubowner", ownerKey), Endpoint: hub.URL, HTTP: hub.HTTP}
+	ctx := t.Context()
+	if _, err := c.PutModule(ctx, hubservice.Module{DeviceID: "edge-1", ModuleID: "filter"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	list, err := c.ListModules(ctx, "edge-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, m := range list {
+		ids = append(ids, m.ModuleID)
+	}
+	if len(ids) != 3 || ids[0] != "$edgeAgent" || ids[1] != "$edgeHub" || ids[2] != "filter" {
+		t.Errorf("ListModules = %v, want $edgeAgent, $edgeHub and filter", ids)
+	}
+	if err := c.DeleteModule(ctx, "edge-1", "filter", "*"); err != nil {
+		t.Fatal(err)
+	}
+	var se *hubservice.ServiceError
+	if err := c.DeleteModule(ctx, "edge-1", "filter", "*"); !errors.As(err, &se) || se.HTTPStatus != http.StatusNotFound || se.Code != "ModuleNotFound" {
+		t.Errorf("a second delete = %v, want 404 ModuleNotFound", err)
+	}
+	if _, err := c.GetModule(ctx, "edge-1", "filter"); !errors.As(err, &se) || se.HTTPStatus != http.StatusNotFound {
+		t.Errorf("GetModule after delete = %v, want 404", err)
+	}
+}

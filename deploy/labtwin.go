@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -52,16 +50,11 @@ func labTwinSet(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return cli.Usagef("lab twin set: %v", err)
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(*dir, lab.DeviceFile)); *device == "" && err == nil {
-		*device = strings.TrimSpace(string(b)) // lab up's
+	d, err := labDevice(*dir, *hub, *device, "lab twin set")
+	if err != nil {
+		return err
 	}
-	if *device == "" {
-		devs := lab.RegisteredDevices(*dir, *hub)
-		if len(devs) != 1 {
-			return cli.Usagef("lab twin set: the lab has %d devices of %s: give --device", len(devs), *hub)
-		}
-		*device = devs[0]
-	}
+	*device = d
 	c, err := lab.ServiceClient(*dir)
 	if err != nil {
 		return err

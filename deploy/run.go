@@ -22,6 +22,8 @@ commands:
   lab hub     serve an edgeHub and IoT Hub emulator (MQTT over TLS and a
               service API) for the devices lab dps assigns
   lab workload serve the IoT Edge workload API for a device's modules
+  lab module  add, remove or list a lab device's module identities: the
+              hub refuses a module without one, as IoT Hub does
   lab twin set change a lab module's desired properties and show it applying them
   lab hosts   print, or write into /etc/hosts, the lines that resolve the
               lab's host names to where it serves them
@@ -69,10 +71,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return labWorkload(ctx, args[2:], stdout, stderr)
 		case len(args) > 1 && args[1] == "hosts":
 			return labHosts(ctx, args[2:], stdout, stderr)
+		case len(args) > 1 && args[1] == "module":
+			return labModule(ctx, args[2:], stdout)
 		case len(args) > 2 && args[1] == "twin" && args[2] == "set":
 			return labTwinSet(ctx, args[3:], stdout, stderr)
 		}
-		return cli.Usagef("lab: want up, dps, enroll, hub, workload, hosts or twin set")
+		return cli.Usagef("lab: want up, dps, enroll, hub, workload, module, hosts or twin set")
 	case "image":
 		return runImage(ctx, args[1:], stdout, stderr)
 	case "package":

@@ -113,7 +113,7 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, *sa
 	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 {
 		return identity{}, nil, notAuthorized("%s: no password (client certificates are not supported)", id)
 	}
-	key, ok := s.key(id.device, id.module)
+	keys, ok := s.keys(id.device, id.module)
 	if !ok {
 		return identity{}, nil, notAuthorized("%s: unknown identity", id)
 	}
@@ -121,25 +121,52 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (identity, *sa
 	if err != nil {
 		return identity{}, nil, notAuthorized("%s: %v", id, err)
 	}
-	if err := s.checkToken(id, tok, key); err != nil {
+	if err := s.checkToken(id, tok, keys); err != nil {
 		return identity{}, nil, notAuthorized("%s: %v", id, err)
 	}
 	return id, tok, nil
 }
 
 // checkToken verifies the audience, expiry and signature of a token for id
-// (docs/edge-protocol.md#sas-tokens-for-edgehub): audience {host}/devices/{d}[/modules/{m}] with
-// host the hub or the gateway, case-insensitive; expired past se + 5 min;
-// HMAC over the raw sr with the identity key.
-func (s *Server) checkToken(id identity, tok *sas.Token, key []byte) error {
-	aud := tok.MatchAudience(id.resource(s.hub))
-	if aud != nil {
-		aud = tok.MatchAudience(id.resource(s.gateway))
+// (docs/edge-protocol.md#sas-tokens-for-edgehub): audience
+// {host}/devices/{d}[/modules/{m}] with host the hub or the gateway,
+// case-insensitive; expired past se + 5 min; HMAC over the raw sr with one
+// of the identity's keys. As edgeHub does, a module's token may also have
+// its device's audience, and be signed with its device's key
+// (DeviceScopeTokenAuthenticator.ValidateAudience takes {host}/devices/{d}
+// for a module of d; edgeHub builds it with allowDeviceAuthForModule, and
+// DeviceScopeAuthenticator then tries the device's keys "the module could
+// have used the Device key to sign its token"). The module itself must
+// still have an identity: authenticate looks it up first.
+func (s *Server) checkToken(id identity, tok *sas.Token, keys [][]byte) error {
+	aud := s.matchAudience(tok, id)
+	if aud != nil && id.module != "" && s.matchAudience(tok, identity{device: id.device}) == nil {
+		aud = nil
 	}
 	if aud != nil {
 		return aud
 	}
-	return tok.Verify(key, s.now())
+	if id.module != "" {
+		if k, ok := s.cfgKey(id.device, ""); ok {
+			keys = append(keys[:len(keys):len(keys)], k)
+		}
+	}
+	err := sas.ErrSignature
+	for _, k := range keys {
+		if err = tok.Verify(k, s.now()); !errors.Is(err, sas.ErrSignature) {
+			return err
+		}
+	}
+	return err
+}
+
+// matchAudience checks a token's audience against id's resource at the hub
+// or at the gateway.
+func (s *Server) matchAudience(tok *sas.Token, id identity) error {
+	if err := tok.MatchAudience(id.resource(s.hub)); err == nil {
+		return nil
+	}
+	return tok.MatchAudience(id.resource(s.gateway))
 }
 
 // parseUsername reads the identity from a CONNECT username the way
@@ -209,12 +236,12 @@ func (s *Server) reauthLoop() {
 		}
 		s.mu.Unlock()
 		for _, c := range conns {
-			key, ok := s.key(c.id.device, c.id.module)
+			keys, ok := s.keys(c.id.device, c.id.module)
 			if !ok {
 				c.close("re-authentication: identity removed")
 				continue
 			}
-			if err := s.checkToken(c.id, c.token, key); err != nil {
+			if err := s.checkToken(c.id, c.token, keys); err != nil {
 				c.close("re-authentication: " + err.Error())
 			}
 		}

@@ -65,8 +65,19 @@ func TestConnectCodes(t *testing.T) {
 		{"audience of another host", func() *paho.ClientOptions {
 			return s.ClientOptions(dev, "a", hubtest.Token(t, modRes("other-hub.azure-devices.net"), keyA, now.Add(time.Hour)))
 		}, 5},
+		// edgeHub takes a module's token signed with its device's key, for
+		// the device's audience or the module's (allowDeviceAuthForModule).
 		{"device token for a module", func() *paho.ClientOptions {
 			return s.ClientOptions(dev, "a", s.ModuleToken(t, dev, "", keyDev, time.Hour))
+		}, 0},
+		{"module audience, device key", func() *paho.ClientOptions {
+			return s.ClientOptions(dev, "a", s.ModuleToken(t, dev, "a", keyDev, time.Hour))
+		}, 0},
+		{"another device's audience, device key", func() *paho.ClientOptions {
+			return s.ClientOptions(dev, "a", hubtest.Token(t, sas.DeviceResource(s.HubHostName(), "edge2"), keyDev, now.Add(time.Hour)))
+		}, 5},
+		{"device audience, another module's key", func() *paho.ClientOptions {
+			return s.ClientOptions(dev, "a", s.ModuleToken(t, dev, "", keyB, time.Hour))
 		}, 5},
 		{"client id differs from username", func() *paho.ClientOptions {
 			return s.ClientOptions(dev, "a", s.ModuleToken(t, dev, "a", keyA, time.Hour)).SetClientID(dev + "/b")

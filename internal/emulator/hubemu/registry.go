@@ -97,11 +97,14 @@ const (
 	generatedKeyLen = 32
 )
 
-// identityKey is Server.key: the key a token of the identity must be signed
-// with. Modules of the registry take precedence over Config.Key, and a
-// module deleted through the registry is unknown even when Config.Key
-// would give it a key.
-func (s *Server) identityKey(device, module string) ([]byte, bool) {
+// identityKeys is Server.keys: the keys a token of the identity may be
+// signed with. A module of the registry has its primary and secondary
+// keys, which edgeHub both takes (DeviceScopeTokenAuthenticator: "the token
+// did not match the primary or the secondary key"), none while it is a
+// keyless system module; the registry takes precedence over Config.Key,
+// and a module deleted through the registry is unknown even when
+// Config.Key would give it a key.
+func (s *Server) identityKeys(device, module string) ([][]byte, bool) {
 	if module != "" {
 		id := identity{device, module}
 		if module == edgeAgent || module == edgeHub {
@@ -111,13 +114,20 @@ func (s *Server) identityKey(device, module string) ([]byte, bool) {
 		m, removed := s.modules[id], s.removed[id]
 		s.regMu.Unlock()
 		if m != nil {
-			return m.primary, m.primary != nil
+			if m.primary == nil {
+				return nil, false
+			}
+			return [][]byte{m.primary, m.secondary}, true
 		}
 		if removed {
 			return nil, false
 		}
 	}
-	return s.cfgKey(device, module)
+	k, ok := s.cfgKey(device, module)
+	if !ok {
+		return nil, false
+	}
+	return [][]byte{k}, true
 }
 
 // systemModules makes the keyless $edgeAgent and $edgeHub identities of an

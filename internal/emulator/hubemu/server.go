@@ -138,8 +138,8 @@ type Config struct {
 // Server is the emulator. Create it with New and run it with Serve.
 type Server struct {
 	hub, gateway string
-	cfgKey       func(deviceID, moduleID string) ([]byte, bool) // Config.Key
-	key          func(deviceID, moduleID string) ([]byte, bool) // identityKey: the registry, then Config.Key
+	cfgKey       func(deviceID, moduleID string) ([]byte, bool)   // Config.Key
+	keys         func(deviceID, moduleID string) ([][]byte, bool) // identityKeys: the registry, then Config.Key
 	routes       []route
 	reauth       time.Duration
 	ackTimeout   time.Duration
@@ -180,7 +180,7 @@ type Server struct {
 	agentMu sync.Mutex
 
 	// regMu guards the module registry of the service API. It is a leaf:
-	// no other lock is taken while it is held, so identityKey may be
+	// no other lock is taken while it is held, so identityKeys may be
 	// called under any lock.
 	regMu   sync.Mutex
 	modules map[identity]*moduleIdentity // created through the registry
@@ -221,7 +221,7 @@ func New(cfg Config) (*Server, error) {
 	if s.cfgKey == nil {
 		return nil, errors.New("hubemu: Config.Key is required")
 	}
-	s.key = s.identityKey
+	s.keys = s.identityKeys
 	if s.hub == "" {
 		s.hub = DefaultHubHostName
 	}

@@ -203,7 +203,7 @@ func (s *Server) serveMethod(w http.ResponseWriter, r *http.Request) {
 		timeout = time.Duration(body.Timeout) * time.Second
 	}
 	d, m := r.PathValue("d"), r.PathValue("m")
-	if _, ok := s.key(d, m); !ok {
+	if _, ok := s.keys(d, m); !ok {
 		writeServiceError(w, fmt.Errorf("%s: %w", identity{d, m}, ErrUnknownIdentity))
 		return
 	}

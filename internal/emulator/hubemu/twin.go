@@ -57,7 +57,7 @@ func (s *Server) twinLocked(id identity) *twinState {
 // $edgeHub, or a module whose twin a deployment created. It must not be
 // called with s.twinMu held.
 func (s *Server) known(id identity) bool {
-	if _, ok := s.key(id.device, id.module); ok {
+	if _, ok := s.keys(id.device, id.module); ok {
 		return true
 	}
 	if !s.isDevice(id.device) {

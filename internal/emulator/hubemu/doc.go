@@ -4,7 +4,8 @@
 //
 //   - MQTT 3.1.1 over TLS only; CONNECT checked like edgeHub: client id
 //     equal to the identity, the username rules of MqttUsernameParser, a SAS
-//     token verified with the identity key for the hub or gateway host, and
+//     token verified with the identity's keys (a module's also with its
+//     device's key, as edgeHub does) for the hub or gateway host, and
 //     CONNACK 5 or 3 as edgeHub answers; a second connection of an identity
 //     closes the first; connections whose token has expired are closed at
 //     the next re-authentication;
@@ -33,7 +34,8 @@
 //     the devices of Config.Devices, applyConfigurationContent, the module
 //     identity registry aziot-identityd uses (create, update with
 //     If-Match, get, list, delete; sas keys given or generated, which then
-//     authenticate the module instead of Config.Key), and, with
+//     authenticate the module instead of Config.Key; keyless $edgeAgent and
+//     $edgeHub for the IoT Edge devices of Config.Devices), and, with
 //     Config.ServicePolicies, service SAS authentication, or a device's
 //     own SAS token on its module registry;
 //   - simulated edgeAgents for fleets (Config.Agent) that report

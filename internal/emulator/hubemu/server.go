@@ -84,8 +84,9 @@ type Config struct {
 	// It is called at every CONNECT and re-authentication, so a removed
 	// identity loses its connection at the next re-authentication. A module
 	// created through the service API's module registry is authenticated
-	// with its registry key instead, and one deleted there is unknown even
-	// if Key knows it.
+	// with its registry keys instead, and one deleted there is unknown even
+	// if Key knows it. A module's token may also be signed with its
+	// device's key, as edgeHub takes it.
 	Key func(deviceID, moduleID string) (key []byte, ok bool)
 	// Routes maps a route name to an edgeHub route (docs/edge-protocol.md#deployments):
 	// "FROM <source> INTO <sink>", sources /messages/*,

@@ -19,6 +19,8 @@ func FuzzPutModule(f *testing.F) {
 		`{"moduleId":"relay","authentication":{"type":"sas","symmetricKey":{"primaryKey":"AAAAAAAAAAAAAAAAAAAAAA==","secondaryKey":"AAAAAAAAAAAAAAAAAAAAAA=="}}}`,
 		`{"authentication":{"type":"selfSigned"}}`,
 		`{"authentication":{"symmetricKey":{"primaryKey":"x"}}}`,
+		`{"authentication":{"type":"none","symmetricKey":{"primaryKey":null,"secondaryKey":null}}}`,
+		`{"authentication":{"symmetricKey":{"primaryKey":null,"secondaryKey":"AAAAAAAAAAAAAAAAAAAAAA=="}}}`,
 		`{"moduleId":"other"}`, `[]`, `null`, `{`, ``,
 	} {
 		f.Add(seed, "")

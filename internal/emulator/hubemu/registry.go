@@ -132,14 +132,21 @@ func (s *Server) identityKeys(device, module string) ([][]byte, bool) {
 
 // systemModules makes the keyless $edgeAgent and $edgeHub identities of an
 // IoT Edge device (one of Config.Devices) that the registry has not held
-// yet. It must not be called with s.regMu held.
+// yet, unless Config.Key gives it a key. It must not be called with
+// s.regMu held.
 func (s *Server) systemModules(device string) {
 	if !s.isDevice(device) {
 		return
 	}
+	var missing []string
+	for _, module := range []string{edgeAgent, edgeHub} {
+		if _, ok := s.cfgKey(device, module); !ok {
+			missing = append(missing, module)
+		}
+	}
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
-	for _, module := range []string{edgeAgent, edgeHub} {
+	for _, module := range missing {
 		id := identity{device, module}
 		if s.modules[id] != nil || s.removed[id] {
 			continue

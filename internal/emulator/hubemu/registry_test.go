@@ -393,4 +393,13 @@ func TestEdgeDeviceSystemModules(t *testing.T) {
 	if code, body, _ := request(t, s, "GET", "/devices/plain/modules"+api, "", nil); code != 200 || strings.TrimSpace(string(body)) != "[]" {
 		t.Errorf("modules of a device that is not an IoT Edge device = %d %s, want 200 []", code, body)
 	}
+
+	// A system module Config.Key gives a key keeps it.
+	withKey := start(t, func(c *hubemu.Config) {
+		c.Key = hubtest.Keys(map[string][]byte{dev: keyDev, dev + "/$edgeAgent": keyA})
+		c.Devices = func() []string { return []string{dev} }
+	})
+	if rc, err := hubtest.ConnectCode(withKey.ClientOptions(dev, "$edgeAgent", withKey.ModuleToken(t, dev, "$edgeAgent", keyA, time.Hour))); err != nil || rc != 0 {
+		t.Errorf("CONNECT as $edgeAgent with Config.Key's key = %d %v, want 0", rc, err)
+	}
 }

@@ -25,7 +25,7 @@ import (
 //	PUT   /devices/{d}/modules/{m}        module identity: create (no If-Match) or update (If-Match) → 200
 //	GET   /devices/{d}/modules/{m}, GET /devices/{d}/modules
 //	DELETE /devices/{d}/modules/{m}       204, If-Match optional
-//	GET   /messages/upstream              (emulator only) messages routed to $upstream
+//	GET   /messages/upstream?from=N&wait=D  (emulator only) messages routed to $upstream (upstream.go)
 //
 // Twins are {"deviceId","moduleId","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}},
 // device twins with "tags" too. Module identities are {"moduleId",
@@ -58,9 +58,7 @@ func (s *Server) ServiceHandler() http.Handler {
 	mux.HandleFunc("GET /devices/{d}/modules/{m}", s.serveGetModule)
 	mux.HandleFunc("GET /devices/{d}/modules", s.serveListModules)
 	mux.HandleFunc("DELETE /devices/{d}/modules/{m}", s.serveDeleteModule)
-	mux.HandleFunc("GET /messages/upstream", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, s.Upstream())
-	})
+	mux.HandleFunc("GET /messages/upstream", s.serveUpstream)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if reason := s.authorizeService(r); reason != "" {
 			s.log.Info().Str("method", r.Method).Str("path", r.URL.Path).Str("reason", reason).Msg("service request unauthorized")

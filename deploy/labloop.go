@@ -82,7 +82,7 @@ func labMethod(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	r, err := c.InvokeMethod(ctx, dev, module, name, payload, *timeout, *connect)
 	var se *hubservice.ServiceError
-	if errors.As(err, &se) && se.HTTPStatus == 404 && se.Code == "DeviceNotOnline" {
+	if errors.As(err, &se) && se.HTTPStatus == 404 && (se.Code == "DeviceNotOnline" || se.Number == 404103) {
 		return fmt.Errorf("%s is not connected to the lab hub (or does not handle methods): %w", hubIdentity(dev, module), err)
 	}
 	if err != nil {

@@ -236,7 +236,7 @@ func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatc
 	}
 	status, data := resp.Status, resp.Body
 	if status < 200 || status > 299 {
-		return parseError(status, data)
+		return parseError(status, resp.Header.Get("iothub-errorcode"), data)
 	}
 	if out == nil || len(bytes.TrimSpace(data)) == 0 {
 		return nil
@@ -251,8 +251,12 @@ func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatc
 type ServiceError struct {
 	HTTPStatus int
 	// Code is the ErrorCode of the message ("IotHubUnauthorizedAccess",
-	// "PreconditionFailed", …), empty when it had none.
-	Code    string
+	// "PreconditionFailed", …), or the iothub-errorcode header's; empty
+	// when it had none.
+	Code string
+	// Number is the numeric errorCode of the newer JSON form (404103 for
+	// DeviceNotOnline), 0 when it had none.
+	Number  int
 	Message string
 }
 
@@ -261,15 +265,22 @@ func (e *ServiceError) Error() string {
 	if e.Code != "" {
 		s += " " + e.Code
 	}
+	if e.Number != 0 {
+		s += fmt.Sprintf(" (%d)", e.Number)
+	}
 	if e.Message != "" {
 		s += ": " + e.Message
 	}
 	return s
 }
 
-// parseError reads IoT Hub's error body, {"Message":"ErrorCode:<code>;<text>", ...}.
-func parseError(status int, data []byte) *ServiceError {
-	e := &ServiceError{HTTPStatus: status}
+// parseError reads IoT Hub's error body, {"Message":"ErrorCode:<code>;<text>", ...}
+// or, as direct methods answer, a Message that is itself JSON:
+// {"errorCode":404103,"trackingId":…,"message":<text>,"info":{…},"timestampUtc":…}
+// (azure-iot-cli-extension issue 54, azure-iot-sdk-java issue 640).
+// code is the iothub-errorcode header ("DeviceNotOnline"), "" when none.
+func parseError(status int, code string, data []byte) *ServiceError {
+	e := &ServiceError{HTTPStatus: status, Code: code}
 	var body struct {
 		Message string `json:"Message"`
 	}
@@ -278,8 +289,14 @@ func parseError(status int, data []byte) *ServiceError {
 		return e
 	}
 	msg := body.Message
+	var inner struct {
+		ErrorCode int    `json:"errorCode"`
+		Message   string `json:"message"`
+	}
 	if rest, ok := strings.CutPrefix(msg, "ErrorCode:"); ok {
 		e.Code, msg, _ = strings.Cut(rest, ";")
+	} else if json.Unmarshal([]byte(msg), &inner) == nil && inner.ErrorCode != 0 {
+		e.Number, msg = inner.ErrorCode, inner.Message
 	}
 	e.Message = clip(msg)
 	return e

@@ -15,7 +15,7 @@ import (
 //
 //	GET   /twins/{d}/modules/{m}          module twin
 //	PATCH /twins/{d}/modules/{m}          {"properties":{"desired":{...}}} → twin
-//	POST  /twins/{d}/modules/{m}/methods  {"methodName","payload","responseTimeoutInSeconds"} → {"status","payload"}
+//	POST  /twins/{d}/modules/{m}/methods  {"methodName","payload","responseTimeoutInSeconds","connectTimeoutInSeconds"} → {"status","payload"}
 //	GET   /twins/{d}, POST /twins/{d}/methods  the same for devices
 //	PATCH /twins/{d}                      {"tags":{...},"properties":{"desired":{...}}} → twin
 //	PUT   /configurations/{id}            create (201) or, with If-Match, update (200)
@@ -35,8 +35,11 @@ import (
 // wants it (the JSON "etag" has none; the ETag header has them). Errors
 // are {"Message":"ErrorCode:<code>;..."}: 400 bad request, 401
 // unauthorized (with Config.ServicePolicies), 404 unknown device or
-// identity, configuration, module identity, or module not connected, 409
-// module identity exists, 412 ETag mismatch, 504 method timeout.
+// identity, configuration, module identity, 409 module identity exists,
+// 412 ETag mismatch. A direct method answers as IoT Hub does
+// (methodstatus.go): 404 DeviceNotOnline (404103) when the module is not
+// connected within connectTimeoutInSeconds, 504 GatewayTimeout (504101)
+// when it does not answer in time.
 //
 // With Config.ServicePolicies, requests need a service SAS token; the
 // module identity routes of a device also take a token of that device
@@ -187,26 +190,38 @@ func (s *Server) serveMethod(w http.ResponseWriter, r *http.Request) {
 		MethodName string          `json:"methodName"`
 		Payload    json.RawMessage `json:"payload"`
 		Timeout    int             `json:"responseTimeoutInSeconds"`
+		Connect    int             `json:"connectTimeoutInSeconds"`
 	}
 	if err := readJSON(r, &body); err != nil {
 		writeServiceError(w, err)
 		return
 	}
-	if body.Timeout < 0 || body.Timeout > 300 {
-		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;responseTimeoutInSeconds must be within 0..300")
+	if body.Timeout < 0 || body.Timeout > 300 || body.Connect < 0 || body.Connect > 300 {
+		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;responseTimeoutInSeconds and connectTimeoutInSeconds must be within 0..300")
 		return
 	}
 	timeout := 30 * time.Second // IoT Hub's default
 	if body.Timeout > 0 {
 		timeout = time.Duration(body.Timeout) * time.Second
 	}
+	connect := time.Duration(body.Connect) * time.Second // IoT Hub's default: 0
 	d, m := r.PathValue("d"), r.PathValue("m")
 	if _, ok := s.key(d, m); !ok {
 		writeServiceError(w, fmt.Errorf("%s: %w", identity{d, m}, ErrUnknownIdentity))
 		return
 	}
 	status, resp, err := s.InvokeMethod(r.Context(), d, m, body.MethodName, body.Payload, timeout)
-	if err != nil {
+	if errors.Is(err, ErrNotConnected) && connect > 0 && s.waitConnected(r.Context(), identity{d, m}, connect) {
+		status, resp, err = s.InvokeMethod(r.Context(), d, m, body.MethodName, body.Payload, timeout)
+	}
+	switch {
+	case errors.Is(err, ErrNotConnected):
+		s.writeMethodError(w, codeDeviceNotOnline, connect)
+		return
+	case errors.Is(err, ErrMethodTimeout):
+		s.writeMethodError(w, codeGatewayTimeout, connect)
+		return
+	case err != nil:
 		writeServiceError(w, err)
 		return
 	}

@@ -24,7 +24,7 @@ import (
 func loopLab(t *testing.T) (string, *hubtest.Server) {
 	t.Helper()
 	hub := hubtest.Start(t, hubemu.Config{
-		Key:             hubtest.Keys(map[string][]byte{"edge1/relay": loopModuleKey}),
+		Key:             hubtest.Keys(map[string][]byte{"edge1/relay": loopModuleKey, "edge1": make([]byte, 32)}),
 		ServicePolicies: map[string][]byte{"iothubowner": ownerKey},
 		Routes:          map[string]string{"up": `FROM /messages/modules/relay/outputs/telemetry INTO $upstream`},
 	})
@@ -256,5 +256,64 @@ func TestLabLogs(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil || buf.String() != "<6> one\n<6> two\n<6> three\n<4> four\n" {
 		t.Errorf("lab logs --follow = %q, %v", buf.String(), err)
+	}
+}
+
+// lab twin set takes the patch as JSON, a FILE or standard input too, and
+// sets device twins with --module ""; lab twin show prints the twin.
+func TestLabTwinPatchAndShow(t *testing.T) {
+	dir, hub := loopLab(t)
+	base := []string{"--state-dir", dir, "--hub", hub.HubHostName()}
+	set := func(a ...string) (string, error) {
+		return cmd(t, append(append([]string{"lab", "twin", "set", "--wait", "0"}, base...), a...)...)
+	}
+	if out, err := set(`{"logLevel":"debug","batching":{"enabled":true}}`); err != nil || !strings.Contains(out, "edge1/relay at version 2") {
+		t.Errorf("lab twin set JSON: %v\n%s", err, out)
+	}
+	file := filepath.Join(t.TempDir(), "patch.json")
+	if err := os.WriteFile(file, []byte(`{"batching":{"enabled":null},"inFlight":8}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := set(file); err != nil || !strings.Contains(out, "version 3") {
+		t.Errorf("lab twin set FILE: %v\n%s", err, out)
+	}
+	if out, err := set("--module", "", `{"site":"lab"}`); err != nil || !strings.Contains(out, "desired properties of edge1 at version") {
+		t.Errorf("lab twin set --module '' (the device twin): %v\n%s", err, out)
+	}
+
+	out, err := cmd(t, append([]string{"lab", "twin", "show"}, base...)...)
+	var tw struct {
+		DeviceID   string `json:"deviceId"`
+		ModuleID   string `json:"moduleId"`
+		Properties struct {
+			Desired map[string]any `json:"desired"`
+		} `json:"properties"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &tw) != nil || tw.ModuleID != "relay" || tw.Properties.Desired["logLevel"] != "debug" ||
+		tw.Properties.Desired["inFlight"] != 8.0 || strings.Contains(out, "enabled") {
+		t.Errorf("lab twin show: %v %+v\n%s", err, tw, out)
+	}
+	noSecrets(t, "lab twin show", out)
+	out, err = cmd(t, append([]string{"lab", "twin", "show", "--module", ""}, base...)...)
+	if err != nil || !strings.Contains(out, `"site": "lab"`) || strings.Contains(out, "moduleId") {
+		t.Errorf("lab twin show --module '': %v\n%s", err, out)
+	}
+
+	for _, bad := range [][]string{{`{"a":1}`, "b=2"}, {`[1,2]`}, {`{nope`}, {"=x"}} {
+		if _, err := set(bad...); !cli.IsUsage(err) {
+			t.Errorf("lab twin set %q: %v, want a usage error", bad, err)
+		}
+	}
+	if _, err := set(filepath.Join(t.TempDir(), "missing.json")); !cli.IsUsage(err) {
+		t.Errorf("lab twin set of a missing FILE: %v, want a usage error", err)
+	}
+	if _, err := set(t.TempDir()); err == nil || cli.IsUsage(err) {
+		t.Errorf("lab twin set of a folder: %v, want a read error", err)
+	}
+	if p, err := desiredPatch([]string{"-"}, strings.NewReader(`{"x":{"y":1}}`)); err != nil || p["x"].(map[string]any)["y"] != 1.0 {
+		t.Errorf("desiredPatch(-) = %v, %v", p, err)
+	}
+	if _, err := desiredPatch([]string{"-"}, strings.NewReader(`{"x":"`+strings.Repeat("a", maxPatch)+`"}`)); !cli.IsUsage(err) {
+		t.Errorf("desiredPatch of a patch over 32 KB: %v, want a usage error", err)
 	}
 }

@@ -74,7 +74,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case len(args) > 1 && args[1] == "hosts":
 			return labHosts(ctx, args[2:], stdout, stderr)
 		case len(args) > 2 && args[1] == "twin" && args[2] == "set":
-			return labTwinSet(ctx, args[3:], stdout, stderr)
+			return labTwinSet(ctx, args[3:], os.Stdin, stdout, stderr)
+		case len(args) > 2 && args[1] == "twin" && args[2] == "show":
+			return labTwinShow(ctx, args[3:], stdout, stderr)
 		case len(args) > 1 && args[1] == "method":
 			return labMethod(ctx, args[2:], stdout, stderr)
 		case len(args) > 1 && args[1] == "messages":
@@ -82,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case len(args) > 1 && args[1] == "logs":
 			return labLogs(ctx, args[2:], stdout, stderr)
 		}
-		return cli.Usagef("lab: want up, dps, enroll, hub, workload, hosts, twin set, method, messages or logs")
+		return cli.Usagef("lab: want up, dps, enroll, hub, workload, hosts, twin set, twin show, method, messages or logs")
 	case "image":
 		return runImage(ctx, args[1:], stdout, stderr)
 	case "package":

@@ -155,7 +155,7 @@ func labLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	path := filepath.Join(*dir, "logs", module+".log")
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("no log of module %q in %s (modules the lab ran: %s)", module, filepath.Join(*dir, "logs"), strings.Join(labLogNames(*dir), ", "))
+		return fmt.Errorf("no log of module %q in %s (logs there: %s)", module, filepath.Join(*dir, "logs"), strings.Join(labLogNames(*dir), ", "))
 	}
 	if err != nil {
 		return err

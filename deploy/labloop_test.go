@@ -294,6 +294,23 @@ func TestLabTwinPatchAndShow(t *testing.T) {
 		t.Errorf("lab twin show: %v %+v\n%s", err, tw, out)
 	}
 	noSecrets(t, "lab twin show", out)
+	// --etag: If-Match with the twin's ETag; a stale one is refused.
+	var shown struct {
+		ETag string `json:"etag"`
+	}
+	if json.Unmarshal([]byte(out), &shown); shown.ETag == "" {
+		t.Fatalf("lab twin show has no etag:\n%s", out)
+	}
+	if out, err := set("--etag", shown.ETag, "logLevel=info"); err != nil || !strings.Contains(out, "version 4") {
+		t.Errorf("lab twin set --etag (current): %v\n%s", err, out)
+	}
+	if out, err := set("--etag", shown.ETag, "logLevel=warn"); err == nil || !strings.Contains(err.Error(), "changed since ETag") || !strings.Contains(err.Error(), "412") {
+		t.Errorf("lab twin set --etag (stale): %v\n%s", err, out)
+	}
+	if tw, err := hub.Twin("edge1", "relay"); err != nil || !strings.Contains(string(tw.Desired), `"logLevel":"info"`) {
+		t.Errorf("desired after a stale --etag = %s, %v", tw.Desired, err)
+	}
+
 	out, err = cmd(t, append([]string{"lab", "twin", "show", "--module", ""}, base...)...)
 	if err != nil || !strings.Contains(out, `"site": "lab"`) || strings.Contains(out, "moduleId") {
 		t.Errorf("lab twin show --module '': %v\n%s", err, out)

@@ -14,6 +14,7 @@ import (
 	"github.com/edgetpm/edgetpm/deploy/lab"
 	"github.com/edgetpm/edgetpm/deploy/manifest"
 	"github.com/edgetpm/edgetpm/internal/cli"
+	"github.com/edgetpm/edgetpm/internal/hubservice"
 	"github.com/edgetpm/edgetpm/module/twin"
 )
 
@@ -27,6 +28,7 @@ func labTwinSet(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	module := fs.String("module", "relay", "module `ID` (\"\": the device twin)")
 	hub := fs.String("hub", "lab-hub.azure-devices.net", "IoT hub `host` name, for the default device")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the module's report (0: do not wait)")
+	etag := fs.String("etag", "", "patch only while the twin's ETag (lab twin show's \"etag\") is `ETAG` (If-Match)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab twin set [flags] (KEY=VALUE...|JSON|FILE|-)\n\nChange desired properties of a module (--module \"\": the device) in the running lab and show it\napplying them. Dotted keys nest (batching.enabled=true); a VALUE that is JSON is taken as JSON,\nnull deletes, anything else is a string. A JSON object, a FILE holding one, or - (standard input)\nis the desired properties patch itself.\n\n")
 		fs.PrintDefaults()
@@ -47,7 +49,11 @@ func labTwinSet(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
-	version, err := lab.SetDesired(ctx, c, *device, *module, desired)
+	version, err := lab.SetDesired(ctx, c, *device, *module, desired, *etag)
+	var se *hubservice.ServiceError
+	if errors.As(err, &se) && se.HTTPStatus == 412 {
+		return fmt.Errorf("the twin of %s changed since ETag %s: %w", hubIdentity(*device, *module), *etag, err)
+	}
 	if err != nil {
 		return err
 	}

@@ -134,8 +134,15 @@ func (c *Client) Twin(ctx context.Context, deviceID, moduleID string) (json.RawM
 // UpdateTwin patches a twin's tags (devices) or desired properties, as
 // JSON merge, and returns the twin.
 func (c *Client) UpdateTwin(ctx context.Context, deviceID, moduleID string, patch json.RawMessage) (json.RawMessage, error) {
+	return c.UpdateTwinIf(ctx, deviceID, moduleID, patch, "")
+}
+
+// UpdateTwinIf is UpdateTwin only while the twin's ETag (its JSON
+// "etag") is ifMatch; "" or "*" update any. IoT Hub answers a twin
+// changed since with 412 PreconditionFailed.
+func (c *Client) UpdateTwinIf(ctx context.Context, deviceID, moduleID string, patch json.RawMessage, ifMatch string) (json.RawMessage, error) {
 	var out json.RawMessage
-	if err := c.do(ctx, http.MethodPatch, twinPath(deviceID, moduleID), "", patch, &out); err != nil {
+	if err := c.do(ctx, http.MethodPatch, twinPath(deviceID, moduleID), ifMatch, patch, &out); err != nil {
 		return nil, fmt.Errorf("update twin of %s: %w", identity(deviceID, moduleID), err)
 	}
 	return out, nil

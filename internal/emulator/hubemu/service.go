@@ -27,12 +27,13 @@ import (
 //	DELETE /devices/{d}/modules/{m}       204, If-Match optional
 //	GET   /messages/upstream?from=N&wait=D  (emulator only) messages routed to $upstream (upstream.go)
 //
-// Twins are {"deviceId","moduleId","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}},
+// Twins are {"deviceId","moduleId","etag","version","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}},
 // device twins with "tags" too. Module identities are {"moduleId",
 // "deviceId","managedBy","generationId","etag","connectionState",...,
 // "authentication":{"symmetricKey":{"primaryKey","secondaryKey"},"type":"sas"}}
-// (registry.go). If-Match is "*" or the ETag in double quotes, as IoT Hub
-// wants it (the JSON "etag" has none; the ETag header has them). Errors
+// (registry.go). A twin PATCH takes If-Match too (twinetag.go). If-Match
+// is "*" or the ETag in double quotes, as IoT Hub wants it (the JSON
+// "etag" has none; the ETag header has them). Errors
 // are {"Message":"ErrorCode:<code>;..."}: 400 bad request, 401
 // unauthorized (with Config.ServicePolicies), 404 unknown device or
 // identity, configuration, module identity, 409 module identity exists,
@@ -124,6 +125,8 @@ type serviceTwin struct {
 	DeviceID   string `json:"deviceId"`
 	ModuleID   string `json:"moduleId,omitempty"`
 	Tags       any    `json:"tags,omitempty"` // device twins only
+	ETag       string `json:"etag"`
+	Version    int64  `json:"version"`
 	Properties struct {
 		Desired  map[string]any `json:"desired"`
 		Reported map[string]any `json:"reported"`
@@ -138,6 +141,7 @@ func (s *Server) writeTwin(w http.ResponseWriter, device, module string) {
 	}
 	var out serviceTwin
 	out.DeviceID, out.ModuleID = device, module
+	out.ETag, out.Version = tw.ETag, tw.Version
 	for _, p := range []struct {
 		raw json.RawMessage
 		v   int64
@@ -168,7 +172,7 @@ func (s *Server) servePatchTwin(w http.ResponseWriter, r *http.Request) {
 	}
 	id := identity{r.PathValue("d"), r.PathValue("m")}
 	err := readJSON(r, &body)
-	var p twinPatch
+	p := twinPatch{ifMatch: r.Header.Get("If-Match")}
 	if err == nil && len(body.Tags) > 0 {
 		p.tags, err = decodePatch(body.Tags)
 	}
@@ -244,6 +248,8 @@ func writeServiceError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "ErrorCode:DeviceNotOnline;"+err.Error())
 	case errors.Is(err, ErrMethodTimeout):
 		writeError(w, http.StatusGatewayTimeout, "ErrorCode:GatewayTimeout;"+err.Error())
+	case errors.Is(err, ErrPreconditionFailed):
+		writeError(w, http.StatusPreconditionFailed, "ErrorCode:PreconditionFailed;"+err.Error())
 	case errors.Is(err, ErrInvalidTwin), errors.Is(err, ErrInvalidArgument):
 		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;"+err.Error())
 	default:

@@ -25,6 +25,10 @@ commands:
   lab module  add, remove or list a lab device's module identities: the
               hub refuses a module without one, as IoT Hub does
   lab twin set change a lab module's desired properties and show it applying them
+  lab twin show print a lab module's twin
+  lab method  invoke a direct method on a lab module and print its answer
+  lab messages print (--follow) the device-to-cloud messages reaching the lab hub
+  lab logs    print (--follow) the log of a module the lab runs
   lab hosts   print, or write into /etc/hosts, the lines that resolve the
               lab's host names to where it serves them
   image build build the edge-relay module image without Docker
@@ -74,9 +78,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case len(args) > 1 && args[1] == "module":
 			return labModule(ctx, args[2:], stdout)
 		case len(args) > 2 && args[1] == "twin" && args[2] == "set":
-			return labTwinSet(ctx, args[3:], stdout, stderr)
+			return labTwinSet(ctx, args[3:], os.Stdin, stdout, stderr)
+		case len(args) > 2 && args[1] == "twin" && args[2] == "show":
+			return labTwinShow(ctx, args[3:], stdout, stderr)
+		case len(args) > 1 && args[1] == "method":
+			return labMethod(ctx, args[2:], stdout, stderr)
+		case len(args) > 1 && args[1] == "messages":
+			return labMessages(ctx, args[2:], stdout, stderr)
+		case len(args) > 1 && args[1] == "logs":
+			return labLogs(ctx, args[2:], stdout, stderr)
 		}
-		return cli.Usagef("lab: want up, dps, enroll, hub, workload, module, hosts or twin set")
+		return cli.Usagef("lab: want up, dps, enroll, hub, workload, module, hosts, twin set, twin show, method, messages or logs")
 	case "image":
 		return runImage(ctx, args[1:], stdout, stderr)
 	case "package":

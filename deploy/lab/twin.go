@@ -14,7 +14,7 @@ import (
 // (internal/hubservice).
 type twinService interface {
 	Twin(ctx context.Context, deviceID, moduleID string) (json.RawMessage, error)
-	UpdateTwin(ctx context.Context, deviceID, moduleID string, patch json.RawMessage) (json.RawMessage, error)
+	UpdateTwinIf(ctx context.Context, deviceID, moduleID string, patch json.RawMessage, ifMatch string) (json.RawMessage, error)
 }
 
 // twinReader is the reading half of twinService.
@@ -24,13 +24,14 @@ type twinReader interface {
 
 // SetDesired merges patch into the desired properties of a module twin
 // through the service API, as an operator does in IoT Hub, and returns
-// the desired version it made.
-func SetDesired(ctx context.Context, c twinService, device, module string, patch map[string]any) (int64, error) {
+// the desired version it made. ifMatch, when not "" or "*", is the twin
+// ETag the patch applies to.
+func SetDesired(ctx context.Context, c twinService, device, module string, patch map[string]any, ifMatch string) (int64, error) {
 	body, err := json.Marshal(map[string]any{"properties": map[string]any{"desired": patch}})
 	if err != nil {
 		return 0, fmt.Errorf("desired properties of %s/%s: %w", device, module, err)
 	}
-	tw, err := c.UpdateTwin(ctx, device, module, body)
+	tw, err := c.UpdateTwinIf(ctx, device, module, body, ifMatch)
 	if err != nil {
 		return 0, err
 	}
@@ -108,7 +109,7 @@ func (l *Lab) configureRelay(ctx context.Context, brokerURL string) error {
 				"topics": map[string]any{"temperature": map[string]any{"filter": "lab/+/temperature", "qos": 1}},
 			},
 		},
-	})
+	}, "")
 	if err != nil {
 		return fmt.Errorf("twin: %w", err)
 	}

@@ -134,8 +134,15 @@ func (c *Client) Twin(ctx context.Context, deviceID, moduleID string) (json.RawM
 // UpdateTwin patches a twin's tags (devices) or desired properties, as
 // JSON merge, and returns the twin.
 func (c *Client) UpdateTwin(ctx context.Context, deviceID, moduleID string, patch json.RawMessage) (json.RawMessage, error) {
+	return c.UpdateTwinIf(ctx, deviceID, moduleID, patch, "")
+}
+
+// UpdateTwinIf is UpdateTwin only while the twin's ETag (its JSON
+// "etag") is ifMatch; "" or "*" update any. IoT Hub answers a twin
+// changed since with 412 PreconditionFailed.
+func (c *Client) UpdateTwinIf(ctx context.Context, deviceID, moduleID string, patch json.RawMessage, ifMatch string) (json.RawMessage, error) {
 	var out json.RawMessage
-	if err := c.do(ctx, http.MethodPatch, twinPath(deviceID, moduleID), "", patch, &out); err != nil {
+	if err := c.do(ctx, http.MethodPatch, twinPath(deviceID, moduleID), ifMatch, patch, &out); err != nil {
 		return nil, fmt.Errorf("update twin of %s: %w", identity(deviceID, moduleID), err)
 	}
 	return out, nil
@@ -236,7 +243,7 @@ func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatc
 	}
 	status, data := resp.Status, resp.Body
 	if status < 200 || status > 299 {
-		return parseError(status, data)
+		return parseError(status, resp.Header.Get("iothub-errorcode"), data)
 	}
 	if out == nil || len(bytes.TrimSpace(data)) == 0 {
 		return nil
@@ -251,8 +258,12 @@ func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatc
 type ServiceError struct {
 	HTTPStatus int
 	// Code is the ErrorCode of the message ("IotHubUnauthorizedAccess",
-	// "PreconditionFailed", …), empty when it had none.
-	Code    string
+	// "PreconditionFailed", …), or the iothub-errorcode header's; empty
+	// when it had none.
+	Code string
+	// Number is the numeric errorCode of the newer JSON form (404103 for
+	// DeviceNotOnline), 0 when it had none.
+	Number  int
 	Message string
 }
 
@@ -261,15 +272,22 @@ func (e *ServiceError) Error() string {
 	if e.Code != "" {
 		s += " " + e.Code
 	}
+	if e.Number != 0 {
+		s += fmt.Sprintf(" (%d)", e.Number)
+	}
 	if e.Message != "" {
 		s += ": " + e.Message
 	}
 	return s
 }
 
-// parseError reads IoT Hub's error body, {"Message":"ErrorCode:<code>;<text>", ...}.
-func parseError(status int, data []byte) *ServiceError {
-	e := &ServiceError{HTTPStatus: status}
+// parseError reads IoT Hub's error body, {"Message":"ErrorCode:<code>;<text>", ...}
+// or, as direct methods answer, a Message that is itself JSON:
+// {"errorCode":404103,"trackingId":…,"message":<text>,"info":{…},"timestampUtc":…}
+// (azure-iot-cli-extension issue 54, azure-iot-sdk-java issue 640).
+// code is the iothub-errorcode header ("DeviceNotOnline"), "" when none.
+func parseError(status int, code string, data []byte) *ServiceError {
+	e := &ServiceError{HTTPStatus: status, Code: code}
 	var body struct {
 		Message string `json:"Message"`
 	}
@@ -278,8 +296,14 @@ func parseError(status int, data []byte) *ServiceError {
 		return e
 	}
 	msg := body.Message
+	var inner struct {
+		ErrorCode int    `json:"errorCode"`
+		Message   string `json:"message"`
+	}
 	if rest, ok := strings.CutPrefix(msg, "ErrorCode:"); ok {
 		e.Code, msg, _ = strings.Cut(rest, ";")
+	} else if json.Unmarshal([]byte(msg), &inner) == nil && inner.ErrorCode != 0 {
+		e.Number, msg = inner.ErrorCode, inner.Message
 	}
 	e.Message = clip(msg)
 	return e

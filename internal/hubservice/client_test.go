@@ -122,25 +122,32 @@ func TestApplyAndTwins(t *testing.T) {
 }
 
 func TestErrors(t *testing.T) {
-	status, body := 0, ""
+	status, body, header := 0, "", ""
 	c := serve(t, func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		if header != "" {
+			w.Header().Set("iothub-errorcode", header)
+		}
 		w.WriteHeader(status)
 		io.WriteString(w, body)
 	})
 	for _, tc := range []struct {
-		status     int
-		body, code string
-		msg        string
+		status             int
+		body, header, code string
+		msg                string
+		number             int
 	}{
-		{412, `{"Message":"ErrorCode:PreconditionFailed;Precondition failed: etag mismatch","ExceptionMessage":""}`, "PreconditionFailed", "etag mismatch"},
-		{401, `{"Message":"ErrorCode:IotHubUnauthorizedAccess;Unauthorized"}`, "IotHubUnauthorizedAccess", "Unauthorized"},
-		{404, `{"Message":"no code here"}`, "", "no code here"},
-		{502, `<html>bad gateway</html>`, "", "bad gateway"},
+		{412, `{"Message":"ErrorCode:PreconditionFailed;Precondition failed: etag mismatch","ExceptionMessage":""}`, "", "PreconditionFailed", "etag mismatch", 0},
+		{401, `{"Message":"ErrorCode:IotHubUnauthorizedAccess;Unauthorized"}`, "", "IotHubUnauthorizedAccess", "Unauthorized", 0},
+		{404, `{"Message":"no code here"}`, "", "", "no code here", 0},
+		{502, `<html>bad gateway</html>`, "", "", "bad gateway", 0},
+		// A direct method on a device that is not connected.
+		{404, `{"Message":"{\"errorCode\":404103,\"trackingId\":\"t\",\"message\":\"Timed out waiting for device to connect.\",\"info\":{\"timeout\":\"00:00:00\"},\"timestampUtc\":\"2026-12-08T02:20:00Z\"}","ExceptionMessage":""}`,
+			"DeviceNotOnline", "DeviceNotOnline", "Timed out waiting for device to connect.", 404103},
 	} {
-		status, body = tc.status, tc.body
+		status, body, header = tc.status, tc.body, tc.header
 		_, err := c.GetConfiguration(t.Context(), "x")
 		var se *ServiceError
-		if !errors.As(err, &se) || se.HTTPStatus != tc.status || se.Code != tc.code || !strings.Contains(se.Message, tc.msg) {
+		if !errors.As(err, &se) || se.HTTPStatus != tc.status || se.Code != tc.code || se.Number != tc.number || !strings.Contains(se.Message, tc.msg) {
 			t.Errorf("HTTP %d %s: %v", tc.status, tc.body, err)
 		}
 		if strings.Contains(err.Error(), base64.StdEncoding.EncodeToString(testKey)) || strings.Contains(err.Error(), "sig=") {
@@ -156,8 +163,9 @@ func FuzzParseError(f *testing.F) {
 	f.Add(412, []byte(`{"Message":"ErrorCode:PreconditionFailed;x"}`))
 	f.Add(500, []byte(`{"Message":"ErrorCode:"}`))
 	f.Add(400, []byte(`garbage`))
+	f.Add(404, []byte(`{"Message":"{\"errorCode\":404103,\"message\":\"Timed out\"}"}`))
 	f.Fuzz(func(t *testing.T, status int, data []byte) {
-		e := parseError(status, data)
+		e := parseError(status, "", data)
 		if e.HTTPStatus != status || len(e.Message) > 310 {
 			t.Fatalf("parseError = %+v", e)
 		}

@@ -121,11 +121,11 @@ func TestServiceSAS(t *testing.T) {
 func TestDeviceTags(t *testing.T) {
 	s := start(t, nil)
 	code, body := call(t, s, "PATCH", "/twins/edge1"+api, `{"tags":{"ring":"canary","site":{"name":"north","line":2}}}`)
-	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","tags":{"ring":"canary","site":{"name":"north","line":2}},"properties":{"desired":{"$version":1},"reported":{"$version":1}}}`) {
+	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","etag":"AAAAAAAAAAI=","version":2,"tags":{"ring":"canary","site":{"name":"north","line":2}},"properties":{"desired":{"$version":1},"reported":{"$version":1}}}`) {
 		t.Errorf("PATCH tags = %d %s", code, body)
 	}
 	code, body = call(t, s, "PATCH", "/twins/edge1"+api, `{"tags":{"site":{"line":null}},"properties":{"desired":{"mode":"eco"}}}`)
-	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","tags":{"ring":"canary","site":{"name":"north"}},"properties":{"desired":{"mode":"eco","$version":2},"reported":{"$version":1}}}`) {
+	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","etag":"AAAAAAAAAAM=","version":3,"tags":{"ring":"canary","site":{"name":"north"}},"properties":{"desired":{"mode":"eco","$version":2},"reported":{"$version":1}}}`) {
 		t.Errorf("PATCH tags and desired = %d %s", code, body)
 	}
 	for _, bad := range []string{

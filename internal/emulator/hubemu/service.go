@@ -15,7 +15,7 @@ import (
 //
 //	GET   /twins/{d}/modules/{m}          module twin
 //	PATCH /twins/{d}/modules/{m}          {"properties":{"desired":{...}}} → twin
-//	POST  /twins/{d}/modules/{m}/methods  {"methodName","payload","responseTimeoutInSeconds"} → {"status","payload"}
+//	POST  /twins/{d}/modules/{m}/methods  {"methodName","payload","responseTimeoutInSeconds","connectTimeoutInSeconds"} → {"status","payload"}
 //	GET   /twins/{d}, POST /twins/{d}/methods  the same for devices
 //	PATCH /twins/{d}                      {"tags":{...},"properties":{"desired":{...}}} → twin
 //	PUT   /configurations/{id}            create (201) or, with If-Match, update (200)
@@ -25,18 +25,22 @@ import (
 //	PUT   /devices/{d}/modules/{m}        module identity: create (no If-Match) or update (If-Match) → 200
 //	GET   /devices/{d}/modules/{m}, GET /devices/{d}/modules
 //	DELETE /devices/{d}/modules/{m}       204, If-Match optional
-//	GET   /messages/upstream              (emulator only) messages routed to $upstream
+//	GET   /messages/upstream?from=N&wait=D  (emulator only) messages routed to $upstream (upstream.go)
 //
-// Twins are {"deviceId","moduleId","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}},
+// Twins are {"deviceId","moduleId","etag","version","properties":{"desired":{...,"$version":N},"reported":{...,"$version":M}}},
 // device twins with "tags" too. Module identities are {"moduleId",
 // "deviceId","managedBy","generationId","etag","connectionState",...,
 // "authentication":{"symmetricKey":{"primaryKey","secondaryKey"},"type":"sas"}}
-// (registry.go). If-Match is "*" or the ETag in double quotes, as IoT Hub
-// wants it (the JSON "etag" has none; the ETag header has them). Errors
+// (registry.go). A twin PATCH takes If-Match too (twinetag.go). If-Match
+// is "*" or the ETag in double quotes, as IoT Hub wants it (the JSON
+// "etag" has none; the ETag header has them). Errors
 // are {"Message":"ErrorCode:<code>;..."}: 400 bad request, 401
 // unauthorized (with Config.ServicePolicies), 404 unknown device or
-// identity, configuration, module identity, or module not connected, 409
-// module identity exists, 412 ETag mismatch, 504 method timeout.
+// identity, configuration, module identity, 409 module identity exists,
+// 412 ETag mismatch. A direct method answers as IoT Hub does
+// (methodstatus.go): 404 DeviceNotOnline (404103) when the module is not
+// connected within connectTimeoutInSeconds, 504 GatewayTimeout (504101)
+// when it does not answer in time.
 //
 // With Config.ServicePolicies, requests need a service SAS token; the
 // module identity routes of a device also take a token of that device
@@ -58,9 +62,7 @@ func (s *Server) ServiceHandler() http.Handler {
 	mux.HandleFunc("GET /devices/{d}/modules/{m}", s.serveGetModule)
 	mux.HandleFunc("GET /devices/{d}/modules", s.serveListModules)
 	mux.HandleFunc("DELETE /devices/{d}/modules/{m}", s.serveDeleteModule)
-	mux.HandleFunc("GET /messages/upstream", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, s.Upstream())
-	})
+	mux.HandleFunc("GET /messages/upstream", s.serveUpstream)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if reason := s.authorizeService(r); reason != "" {
 			s.log.Info().Str("method", r.Method).Str("path", r.URL.Path).Str("reason", reason).Msg("service request unauthorized")
@@ -123,6 +125,8 @@ type serviceTwin struct {
 	DeviceID   string `json:"deviceId"`
 	ModuleID   string `json:"moduleId,omitempty"`
 	Tags       any    `json:"tags,omitempty"` // device twins only
+	ETag       string `json:"etag"`
+	Version    int64  `json:"version"`
 	Properties struct {
 		Desired  map[string]any `json:"desired"`
 		Reported map[string]any `json:"reported"`
@@ -137,6 +141,7 @@ func (s *Server) writeTwin(w http.ResponseWriter, device, module string) {
 	}
 	var out serviceTwin
 	out.DeviceID, out.ModuleID = device, module
+	out.ETag, out.Version = tw.ETag, tw.Version
 	for _, p := range []struct {
 		raw json.RawMessage
 		v   int64
@@ -167,7 +172,7 @@ func (s *Server) servePatchTwin(w http.ResponseWriter, r *http.Request) {
 	}
 	id := identity{r.PathValue("d"), r.PathValue("m")}
 	err := readJSON(r, &body)
-	var p twinPatch
+	p := twinPatch{ifMatch: r.Header.Get("If-Match")}
 	if err == nil && len(body.Tags) > 0 {
 		p.tags, err = decodePatch(body.Tags)
 	}
@@ -189,26 +194,38 @@ func (s *Server) serveMethod(w http.ResponseWriter, r *http.Request) {
 		MethodName string          `json:"methodName"`
 		Payload    json.RawMessage `json:"payload"`
 		Timeout    int             `json:"responseTimeoutInSeconds"`
+		Connect    int             `json:"connectTimeoutInSeconds"`
 	}
 	if err := readJSON(r, &body); err != nil {
 		writeServiceError(w, err)
 		return
 	}
-	if body.Timeout < 0 || body.Timeout > 300 {
-		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;responseTimeoutInSeconds must be within 0..300")
+	if body.Timeout < 0 || body.Timeout > 300 || body.Connect < 0 || body.Connect > 300 {
+		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;responseTimeoutInSeconds and connectTimeoutInSeconds must be within 0..300")
 		return
 	}
 	timeout := 30 * time.Second // IoT Hub's default
 	if body.Timeout > 0 {
 		timeout = time.Duration(body.Timeout) * time.Second
 	}
+	connect := time.Duration(body.Connect) * time.Second // IoT Hub's default: 0
 	d, m := r.PathValue("d"), r.PathValue("m")
 	if _, ok := s.keys(d, m); !ok {
 		writeServiceError(w, fmt.Errorf("%s: %w", identity{d, m}, ErrUnknownIdentity))
 		return
 	}
 	status, resp, err := s.InvokeMethod(r.Context(), d, m, body.MethodName, body.Payload, timeout)
-	if err != nil {
+	if errors.Is(err, ErrNotConnected) && connect > 0 && s.waitConnected(r.Context(), identity{d, m}, connect) {
+		status, resp, err = s.InvokeMethod(r.Context(), d, m, body.MethodName, body.Payload, timeout)
+	}
+	switch {
+	case errors.Is(err, ErrNotConnected):
+		s.writeMethodError(w, codeDeviceNotOnline, connect)
+		return
+	case errors.Is(err, ErrMethodTimeout):
+		s.writeMethodError(w, codeGatewayTimeout, connect)
+		return
+	case err != nil:
 		writeServiceError(w, err)
 		return
 	}
@@ -231,6 +248,8 @@ func writeServiceError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "ErrorCode:DeviceNotOnline;"+err.Error())
 	case errors.Is(err, ErrMethodTimeout):
 		writeError(w, http.StatusGatewayTimeout, "ErrorCode:GatewayTimeout;"+err.Error())
+	case errors.Is(err, ErrPreconditionFailed):
+		writeError(w, http.StatusPreconditionFailed, "ErrorCode:PreconditionFailed;"+err.Error())
 	case errors.Is(err, ErrInvalidTwin), errors.Is(err, ErrInvalidArgument):
 		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;"+err.Error())
 	default:

@@ -26,7 +26,7 @@ func TestServiceAPI(t *testing.T) {
 		t.Errorf("GET without api-version = %d %s, want 400 with a Message", code, body)
 	}
 	code, body := call(t, s, "GET", "/twins/edge1/modules/a"+api, "")
-	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","moduleId":"a","properties":{"desired":{"$version":1},"reported":{"$version":1}}}`) {
+	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","moduleId":"a","etag":"AAAAAAAAAAE=","version":1,"properties":{"desired":{"$version":1},"reported":{"$version":1}}}`) {
 		t.Errorf("GET twin = %d %s", code, body)
 	}
 	if code, _ := call(t, s, "GET", "/twins/edge1/modules/nobody"+api, ""); code != 404 {
@@ -36,7 +36,7 @@ func TestServiceAPI(t *testing.T) {
 	// PATCH desired reaches a connected module.
 	tc := newTwinClient(t, s, "a", keyA, nil)
 	code, body = call(t, s, "PATCH", "/twins/edge1/modules/a"+api, `{"properties":{"desired":{"interval":7}}}`)
-	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","moduleId":"a","properties":{"desired":{"interval":7,"$version":2},"reported":{"$version":1}}}`) {
+	if code != 200 || !jsonEq(t, body, `{"deviceId":"edge1","moduleId":"a","etag":"AAAAAAAAAAI=","version":2,"properties":{"desired":{"interval":7,"$version":2},"reported":{"$version":1}}}`) {
 		t.Errorf("PATCH twin = %d %s", code, body)
 	}
 	if m := recv(t, tc.desired, "desired push"); !jsonEq(t, m.Payload(), `{"interval":7,"$version":2}`) {

@@ -30,12 +30,17 @@ type Twin struct {
 	DesiredVersion, ReportedVersion int64
 	// Tags are a device twin's tags ({} when none); nil for module twins.
 	Tags json.RawMessage
+	// Version counts every change of the twin and ETag names it
+	// (twinetag.go).
+	Version int64
+	ETag    string
 }
 
 type twinState struct {
 	desired, reported               map[string]any
 	desiredVersion, reportedVersion int64
 	tags                            map[string]any // device twins only
+	version                         int64          // every change bumps it (twinetag.go)
 }
 
 // twinLocked returns id's twin, creating it as IoT Hub creates one: empty
@@ -43,7 +48,7 @@ type twinState struct {
 func (s *Server) twinLocked(id identity) *twinState {
 	t := s.twins[id]
 	if t == nil {
-		t = &twinState{desired: map[string]any{}, reported: map[string]any{}, desiredVersion: 1, reportedVersion: 1}
+		t = &twinState{desired: map[string]any{}, reported: map[string]any{}, desiredVersion: 1, reportedVersion: 1, version: 1}
 		if id.module == "" {
 			t.tags = map[string]any{}
 		}
@@ -89,7 +94,7 @@ func (s *Server) Twin(device, module string) (Twin, error) {
 	t := s.twinLocked(id)
 	d, _ := json.Marshal(t.desired)
 	r, _ := json.Marshal(t.reported)
-	tw := Twin{Desired: d, Reported: r, DesiredVersion: t.desiredVersion, ReportedVersion: t.reportedVersion}
+	tw := Twin{Desired: d, Reported: r, DesiredVersion: t.desiredVersion, ReportedVersion: t.reportedVersion, Version: t.version, ETag: t.etag()}
 	if module == "" {
 		tw.Tags, _ = json.Marshal(t.tags)
 	}
@@ -121,6 +126,9 @@ type twinPatch struct {
 	tags        map[string]any
 	replaceTags bool
 	desired     map[string]any
+	// ifMatch is the request's If-Match: "" or "*" for any twin, else the
+	// twin's ETag in double quotes (ErrPreconditionFailed otherwise).
+	ifMatch string
 }
 
 // patchTwin applies p to id's twin whole or not at all: both parts are
@@ -139,8 +147,8 @@ func (s *Server) patchTwin(id identity, p twinPatch) (int64, error) {
 	s.twinMu.Lock()
 	t := s.twinLocked(id)
 	tags, desired := t.tags, t.desired
-	var err error
-	if p.tags != nil {
+	err := t.match(p.ifMatch)
+	if err == nil && p.tags != nil {
 		base := t.tags
 		if p.replaceTags {
 			base = map[string]any{}
@@ -156,6 +164,9 @@ func (s *Server) patchTwin(id identity, p twinPatch) (int64, error) {
 		return 0, err
 	}
 	t.tags = tags
+	if p.tags != nil && p.desired == nil { // setDesiredLocked counts a desired change
+		t.version++
+	}
 	var v int64
 	var runs []agentRun
 	if p.desired != nil {
@@ -179,6 +190,7 @@ func (s *Server) patchTwin(id identity, p twinPatch) (int64, error) {
 func (s *Server) setDesiredLocked(id identity, t *twinState, doc, patch map[string]any) int64 {
 	t.desired = doc
 	t.desiredVersion++
+	t.version++
 	v := t.desiredVersion
 	if c := s.connected(id); c != nil {
 		topic := "$iothub/twin/PATCH/properties/desired/?$version=" + strconv.FormatInt(v, 10)
@@ -241,6 +253,7 @@ func (s *Server) runAgent(r agentRun) {
 	}
 	merge(t.reported, report)
 	t.reportedVersion++
+	t.version++
 }
 
 // desiredVersion returns the desired $version of id's twin.
@@ -298,6 +311,7 @@ func (s *Server) twinReported(c *conn, rid string, body []byte) {
 	}
 	t.reported = merged
 	t.reportedVersion++
+	t.version++
 	s.twinRespond(c, 204, rid, nil)
 }
 

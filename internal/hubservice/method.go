@@ -22,7 +22,22 @@ type MethodResult struct {
 // "Method invocation"). response and connect are rounded up to whole
 // seconds; 0 leaves IoT Hub's defaults (30 s and 0 s). A module that is
 // not connected makes a *ServiceError of HTTP 404 (DeviceNotOnline).
+// The call waits as long as the hub may, response + connect + 10 s,
+// whatever fixed Timeout c.HTTP has.
 func (c *Client) InvokeMethod(ctx context.Context, deviceID, moduleID, name string, payload json.RawMessage, response, connect time.Duration) (*MethodResult, error) {
+	wait := time.Duration(seconds(response)) * time.Second
+	if wait == 0 {
+		wait = defaultMethodResponse
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait+time.Duration(seconds(connect))*time.Second+methodSlack)
+	defer cancel()
+	if c.HTTP != nil && c.HTTP.Timeout != 0 {
+		hc := *c.HTTP
+		hc.Timeout = 0
+		cc := *c
+		cc.HTTP = &hc
+		c = &cc
+	}
 	if len(payload) == 0 {
 		payload = json.RawMessage("null")
 	}
@@ -38,6 +53,14 @@ func (c *Client) InvokeMethod(ctx context.Context, deviceID, moduleID, name stri
 	}
 	return &out, nil
 }
+
+// defaultMethodResponse is IoT Hub's responseTimeoutInSeconds when the
+// call names none; methodSlack is the time the call allows the hub beyond
+// its own waits.
+const (
+	defaultMethodResponse = 30 * time.Second
+	methodSlack           = 10 * time.Second
+)
 
 func seconds(d time.Duration) int {
 	return int((d + time.Second - 1) / time.Second)

@@ -72,6 +72,9 @@ func serveHTTPS(ctx context.Context, ln net.Listener, h http.Handler, tlsConfig 
 		Protocols:         &protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(logger, "", 0),
+		// Requests end with ctx: a long poll (lab messages --follow)
+		// must not hold the shutdown for shutdownTimeout.
+		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()

@@ -202,7 +202,8 @@ func (s *Server) Upstream() []Message {
 }
 
 // WaitUpstream waits until at least n messages have been routed to
-// $upstream and returns them all.
+// $upstream and returns them all; it fails with ErrStopped when the
+// server stops first.
 func (s *Server) WaitUpstream(ctx context.Context, n int) ([]Message, error) {
 	for {
 		s.mu.Lock()
@@ -215,6 +216,8 @@ func (s *Server) WaitUpstream(ctx context.Context, n int) ([]Message, error) {
 		case <-wake:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("wait for %d upstream messages, have %d: %w", n, have, context.Cause(ctx))
+		case <-s.stopping:
+			return nil, fmt.Errorf("wait for %d upstream messages, have %d: %w", n, have, ErrStopped)
 		}
 	}
 }

@@ -47,7 +47,8 @@ func (s *Server) serveUpstream(w http.ResponseWriter, r *http.Request) {
 		if err != nil && r.Context().Err() != nil {
 			return // the client left
 		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		// Time up or the hub stopping: answer what there is.
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrStopped) {
 			writeServiceError(w, err)
 			return
 		}

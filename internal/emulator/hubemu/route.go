@@ -183,31 +183,49 @@ func (s *Server) ingest(id identity, t inTopic, body []byte) {
 
 func (s *Server) appendUpstream(m Message) {
 	s.mu.Lock()
+	if len(s.upstream) >= s.upKeep {
+		// Drop the oldest; append moves the kept ones to a new array
+		// once the old one's capacity is used up.
+		s.upstream[0] = Message{}
+		s.upstream = s.upstream[1:]
+		s.upBase++
+	}
 	s.upstream = append(s.upstream, m)
 	close(s.upWake)
 	s.upWake = make(chan struct{})
 	s.mu.Unlock()
 }
 
-// Upstream returns copies of the messages routed to $upstream, in arrival
-// order.
+// Upstream returns copies of the messages routed to $upstream that are
+// still kept (Config.UpstreamKeep), in arrival order.
 func (s *Server) Upstream() []Message {
+	msgs, _ := s.UpstreamFrom(0)
+	return msgs
+}
+
+// UpstreamFrom returns copies of the messages routed to $upstream from
+// the index from on (0 is the first message ever routed), and the index
+// of the first one returned: the oldest kept when from is older, the
+// count so far when from is past it.
+func (s *Server) UpstreamFrom(from int) ([]Message, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Message, len(s.upstream))
-	for i, m := range s.upstream {
+	from = min(max(from, s.upBase), s.upBase+len(s.upstream))
+	kept := s.upstream[from-s.upBase:]
+	out := make([]Message, len(kept))
+	for i, m := range kept {
 		out[i] = m.clone()
 	}
-	return out
+	return out, from
 }
 
 // WaitUpstream waits until at least n messages have been routed to
-// $upstream and returns them all; it fails with ErrStopped when the
+// $upstream and returns those kept (Upstream); it fails with ErrStopped when the
 // server stops first.
 func (s *Server) WaitUpstream(ctx context.Context, n int) ([]Message, error) {
 	for {
 		s.mu.Lock()
-		have, wake := len(s.upstream), s.upWake
+		have, wake := s.upBase+len(s.upstream), s.upWake
 		s.mu.Unlock()
 		if have >= n {
 			return s.Upstream(), nil

@@ -33,6 +33,9 @@ const (
 	DefaultMessageAckTimeout = 30 * time.Second
 	// DefaultMessageTTL is how long undelivered input messages are kept.
 	DefaultMessageTTL = 2 * time.Hour
+	// DefaultUpstreamKeep is how many of the latest messages routed to
+	// $upstream are kept.
+	DefaultUpstreamKeep = 10000
 )
 
 // Limits of edgeHub (docs/edge-protocol.md#mqtt-to-edgehub, #limits).
@@ -104,6 +107,10 @@ type Config struct {
 	// MessageTTL is how long a message for a module input is kept while it
 	// cannot be delivered; zero means DefaultMessageTTL.
 	MessageTTL time.Duration
+	// UpstreamKeep is how many of the latest messages routed to $upstream
+	// are kept for Upstream and GET /messages/upstream, older ones being
+	// dropped; zero means DefaultUpstreamKeep.
+	UpstreamKeep int
 	// Now is the clock tokens and message TTLs are checked against; nil
 	// means time.Now. Timers (fault windows, acknowledgement timeouts,
 	// backoff) use real time.
@@ -162,7 +169,9 @@ type Server struct {
 	conns    map[identity]*conn     // the registered connection of each identity
 	byClient map[*mqtt.Client]*conn // every authenticated connection
 	inboxes  map[identity]*inbox
-	upstream []Message
+	upstream []Message // the last upKeep messages routed to $upstream
+	upBase   int       // the index of upstream[0] among all ever routed
+	upKeep   int
 	upWake   chan struct{} // closed and replaced on each upstream message
 	methods  map[string]chan methodResult
 
@@ -203,6 +212,7 @@ func New(cfg Config) (*Server, error) {
 		reauth:     cfg.ReauthInterval,
 		ackTimeout: cfg.MessageAckTimeout,
 		ttl:        cfg.MessageTTL,
+		upKeep:     cfg.UpstreamKeep,
 		clock:      cfg.Now,
 		log:        cfg.Log,
 		policies:   maps.Clone(cfg.ServicePolicies),
@@ -245,6 +255,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.ttl <= 0 {
 		s.ttl = DefaultMessageTTL
+	}
+	if s.upKeep <= 0 {
+		s.upKeep = DefaultUpstreamKeep
 	}
 	if s.clock == nil {
 		s.clock = time.Now

@@ -19,7 +19,9 @@ const maxUpstreamWait = 60 * time.Second
 // none waits until one arrives or the time is up, so that a client
 // follows the stream with one request per batch (edge-deploy lab
 // messages --follow). The answer is a JSON array of Message; the index of
-// its first element is in the X-Upstream-From header.
+// its first element is in the X-Upstream-From header: higher than "from"
+// when the messages from there on are no longer kept (Config.UpstreamKeep),
+// lower when "from" is past the last message (the hub restarted).
 func (s *Server) serveUpstream(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	from := 0
@@ -53,10 +55,7 @@ func (s *Server) serveUpstream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	all := s.Upstream()
-	if from > len(all) {
-		from = len(all)
-	}
+	msgs, from := s.UpstreamFrom(from)
 	w.Header().Set("X-Upstream-From", strconv.Itoa(from))
-	writeJSON(w, http.StatusOK, all[from:])
+	writeJSON(w, http.StatusOK, msgs)
 }

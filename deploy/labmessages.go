@@ -52,13 +52,16 @@ func labMessages(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if *follow {
 			wait = followWait
 		}
-		msgs, err := c.Upstream(ctx, next, wait)
+		// The hub answers from another index when it no longer keeps
+		// the messages from next, or restarted and has fewer.
+		msgs, at, err := c.Upstream(ctx, next, wait)
 		if err != nil {
 			if *follow && ctx.Err() != nil {
 				return nil // interrupted
 			}
 			return err
 		}
+		next = at
 		for i, m := range msgs {
 			ev := monitorEvent(m, next+i)
 			if (*device != "" && ev.Event.Origin != *device) || (*module != "" && ev.Event.Module != *module) {

@@ -205,13 +205,19 @@ func (c *Client) do(ctx context.Context, method, path, ifMatch string, body, out
 
 // doVersion is do with another api-version.
 func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatch string, body, out any) error {
+	_, err := c.send(ctx, apiVersion, method, path, ifMatch, body, out)
+	return err
+}
+
+// send is doVersion that also returns the response's header.
+func (c *Client) send(ctx context.Context, apiVersion, method, path, ifMatch string, body, out any) (http.Header, error) {
 	now := time.Now
 	if c.Now != nil {
 		now = c.Now
 	}
 	token, err := c.token(ctx, now().Add(tokenTTL))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var data []byte
 	if body != nil {
@@ -219,7 +225,7 @@ func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatc
 		if data, ok = body.(json.RawMessage); !ok {
 			var err error
 			if data, err = json.Marshal(body); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
@@ -239,19 +245,19 @@ func (c *Client) doVersion(ctx context.Context, apiVersion, method, path, ifMatc
 		Method: method, URL: endpoint + path + sep + "api-version=" + apiVersion, IfMatch: ifMatch, Body: data,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	status, data := resp.Status, resp.Body
 	if status < 200 || status > 299 {
-		return parseError(status, resp.Header.Get("iothub-errorcode"), data)
+		return nil, parseError(status, resp.Header.Get("iothub-errorcode"), data)
 	}
 	if out == nil || len(bytes.TrimSpace(data)) == 0 {
-		return nil
+		return resp.Header, nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("decode response: %w", err)
+		return nil, fmt.Errorf("decode response: %w", err)
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // ServiceError is an error response from IoT Hub.

@@ -423,6 +423,10 @@ func (s *Server) serveDeleteModule(w http.ResponseWriter, r *http.Request) {
 	delete(s.modules, id)
 	s.removed[id] = true
 	s.regMu.Unlock()
+	// The twin goes with the identity: one created again starts afresh.
+	s.twinMu.Lock()
+	delete(s.twins, id)
+	s.twinMu.Unlock()
 	s.log.Info().Str("module", id.String()).Msg("module identity deleted")
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -51,7 +51,7 @@ func (s *Server) SendToInput(ctx context.Context, device, module, input string, 
 	if input == "" || strings.Contains(input, "/") {
 		return fmt.Errorf("send to input %q of %s/%s: %w", input, device, module, ErrInvalidArgument)
 	}
-	if _, ok := s.keys(device, module); !ok || module == "" {
+	if module == "" || !s.exists(identity{device, module}) {
 		return fmt.Errorf("send to input %q of %s/%s: %w", input, device, module, ErrUnknownIdentity)
 	}
 	m = m.clone()

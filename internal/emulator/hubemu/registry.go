@@ -156,6 +156,22 @@ func (s *Server) systemModules(device string) {
 	}
 }
 
+// exists reports whether id is an identity of the hub, keyed or not: one
+// Config.Key or the module registry knows (a keyless $edgeAgent or
+// $edgeHub of an edge device among them), or a device Config.Devices
+// lists.
+func (s *Server) exists(id identity) bool {
+	if _, ok := s.keys(id.device, id.module); ok {
+		return true
+	}
+	if id.module == "" {
+		return s.isDevice(id.device)
+	}
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	return s.modules[id] != nil
+}
+
 // newGenerationID returns the generation of a module created anew: another
 // generation tells a re-created module from the deleted one, and
 // aziot-identityd derives module keys from moduleId:generationId.

@@ -210,7 +210,9 @@ func (s *Server) serveMethod(w http.ResponseWriter, r *http.Request) {
 	}
 	connect := time.Duration(body.Connect) * time.Second // IoT Hub's default: 0
 	d, m := r.PathValue("d"), r.PathValue("m")
-	if _, ok := s.keys(d, m); !ok {
+	// An identity without a key (a keyless $edgeAgent) exists all the
+	// same: not connected, it is DeviceNotOnline.
+	if !s.exists(identity{d, m}) {
 		writeServiceError(w, fmt.Errorf("%s: %w", identity{d, m}, ErrUnknownIdentity))
 		return
 	}

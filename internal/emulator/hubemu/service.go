@@ -172,7 +172,10 @@ func (s *Server) servePatchTwin(w http.ResponseWriter, r *http.Request) {
 	}
 	id := identity{r.PathValue("d"), r.PathValue("m")}
 	err := readJSON(r, &body)
-	p := twinPatch{ifMatch: r.Header.Get("If-Match")}
+	var p twinPatch
+	if err == nil {
+		p.ifMatch, err = ifMatch(r)
+	}
 	if err == nil && len(body.Tags) > 0 {
 		p.tags, err = decodePatch(body.Tags)
 	}

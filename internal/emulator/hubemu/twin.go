@@ -126,8 +126,9 @@ type twinPatch struct {
 	tags        map[string]any
 	replaceTags bool
 	desired     map[string]any
-	// ifMatch is the request's If-Match: "" or "*" for any twin, else the
-	// twin's ETag in double quotes (ErrPreconditionFailed otherwise).
+	// ifMatch is the request's If-Match as ifMatch reads it: "" or "*"
+	// for any twin, else the twin's ETag without its quotes
+	// (ErrPreconditionFailed otherwise).
 	ifMatch string
 }
 

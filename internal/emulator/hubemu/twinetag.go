@@ -22,9 +22,9 @@ func (t *twinState) etag() string {
 }
 
 // match checks a twin update's If-Match: "" or "*" match any twin, else
-// it must be the twin's ETag in double quotes, as IoT Hub wants it.
+// it must be the twin's ETag (ifMatch took off its quotes).
 func (t *twinState) match(ifMatch string) error {
-	if ifMatch == "" || ifMatch == "*" || ifMatch == `"`+t.etag()+`"` {
+	if ifMatch == "" || ifMatch == "*" || ifMatch == t.etag() {
 		return nil
 	}
 	return fmt.Errorf("%w (If-Match %.40q, ETag %q)", ErrPreconditionFailed, ifMatch, t.etag())

@@ -203,8 +203,12 @@ func (s *Server) serveMethod(w http.ResponseWriter, r *http.Request) {
 		writeServiceError(w, err)
 		return
 	}
-	if body.Timeout < 0 || body.Timeout > 300 || body.Connect < 0 || body.Connect > 300 {
-		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;responseTimeoutInSeconds and connectTimeoutInSeconds must be within 0..300")
+	// IoT Hub takes a response timeout of 5..300 s (0: its default of
+	// 30 s) and a connect timeout of 0..300 s (learn.microsoft.com
+	// dotnet/api/microsoft.azure.devices.client.methodrequest.responsetimeout
+	// and .connectiontimeout; iot-hub-devguide-direct-methods).
+	if (body.Timeout != 0 && (body.Timeout < 5 || body.Timeout > 300)) || body.Connect < 0 || body.Connect > 300 {
+		writeError(w, http.StatusBadRequest, "ErrorCode:ArgumentInvalid;responseTimeoutInSeconds must be within 5..300 and connectTimeoutInSeconds within 0..300")
 		return
 	}
 	timeout := 30 * time.Second // IoT Hub's default

@@ -51,8 +51,15 @@ func TestServiceAPI(t *testing.T) {
 		t.Errorf("GET device twin = %d %s", code, body)
 	}
 
+	// Timeouts out of IoT Hub's bounds: response 5..300 s (0: the
+	// default), connect 0..300 s.
+	for _, bad := range []string{`"responseTimeoutInSeconds":1`, `"responseTimeoutInSeconds":4`, `"responseTimeoutInSeconds":301`, `"responseTimeoutInSeconds":-1`, `"connectTimeoutInSeconds":301`} {
+		code, body := call(t, s, "POST", "/twins/edge1/modules/a/methods"+api, `{"methodName":"ping",`+bad+`}`)
+		wantError(t, code, body, 400, "ArgumentInvalid", "method with "+bad)
+	}
+
 	// Methods: 404 while not subscribed, 200 with the answer, 504 unanswered.
-	if code, body := call(t, s, "POST", "/twins/edge1/modules/a/methods"+api, `{"methodName":"ping","payload":{},"responseTimeoutInSeconds":1}`); code != 404 {
+	if code, body := call(t, s, "POST", "/twins/edge1/modules/a/methods"+api, `{"methodName":"ping","payload":{},"responseTimeoutInSeconds":5}`); code != 404 {
 		t.Errorf("method on an unsubscribed module = %d %s, want 404", code, body)
 	}
 	wait(t, "subscribe methods", tc.c.Subscribe("$iothub/methods/POST/#", 1, func(c paho.Client, m paho.Message) {
@@ -65,7 +72,7 @@ func TestServiceAPI(t *testing.T) {
 	if code != 200 || !jsonEq(t, body, `{"status":200,"payload":{"pong":true}}`) {
 		t.Errorf("method ping = %d %s", code, body)
 	}
-	if code, body := call(t, s, "POST", "/twins/edge1/modules/a/methods"+api, `{"methodName":"slow","responseTimeoutInSeconds":1}`); code != 504 || !strings.Contains(string(body), `"Message"`) {
+	if code, body := call(t, s, "POST", "/twins/edge1/modules/a/methods"+api, `{"methodName":"slow","responseTimeoutInSeconds":5}`); code != 504 || !strings.Contains(string(body), `"Message"`) {
 		t.Errorf("unanswered method = %d %s, want 504 with a Message", code, body)
 	}
 

@@ -65,7 +65,7 @@ func labMethod(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	r, err := c.InvokeMethod(ctx, dev, module, name, payload, *timeout, *connect)
 	var se *hubservice.ServiceError
 	if errors.As(err, &se) && se.HTTPStatus == 404 && (se.Code == "DeviceNotOnline" || se.Number == 404103) {
-		return fmt.Errorf("%s is not connected to the lab hub (or does not handle methods): %w", hubIdentity(dev, module), err)
+		return fmt.Errorf("%s is not connected to the lab hub (or does not handle methods): %w", hubservice.Identity(dev, module), err)
 	}
 	if err != nil {
 		return err
@@ -78,7 +78,7 @@ func labMethod(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "status %d\n%s\n", r.Status, indentJSON(r.Payload))
 	}
 	if r.Status >= 400 {
-		return fmt.Errorf("%s answered method %q with status %d", hubIdentity(dev, module), name, r.Status)
+		return fmt.Errorf("%s answered method %q with status %d", hubservice.Identity(dev, module), name, r.Status)
 	}
 	return nil
 }
@@ -101,13 +101,6 @@ func indentJSON(b json.RawMessage) string {
 		return string(b)
 	}
 	return out.String()
-}
-
-func hubIdentity(device, module string) string {
-	if module == "" {
-		return device
-	}
-	return device + "/" + module
 }
 
 // labLogs prints the log of a module the lab runs (logs/MODULE.log in

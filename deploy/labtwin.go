@@ -52,12 +52,12 @@ func labTwinSet(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	version, err := lab.SetDesired(ctx, c, *device, *module, desired, *etag)
 	var se *hubservice.ServiceError
 	if errors.As(err, &se) && se.HTTPStatus == 412 {
-		return fmt.Errorf("the twin of %s changed since ETag %s: %w", hubIdentity(*device, *module), *etag, err)
+		return fmt.Errorf("the twin of %s changed since ETag %s: %w", hubservice.Identity(*device, *module), *etag, err)
 	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "desired properties of %s at version %d\n", hubIdentity(*device, *module), version)
+	fmt.Fprintf(stdout, "desired properties of %s at version %d\n", hubservice.Identity(*device, *module), version)
 	if *wait <= 0 || *module == "" { // a device twin has no reconciler to report
 		return nil
 	}

@@ -126,7 +126,7 @@ func (c *Client) ApplyConfigurationContent(ctx context.Context, deviceID string,
 func (c *Client) Twin(ctx context.Context, deviceID, moduleID string) (json.RawMessage, error) {
 	var out json.RawMessage
 	if err := c.do(ctx, http.MethodGet, twinPath(deviceID, moduleID), "", nil, &out); err != nil {
-		return nil, fmt.Errorf("get twin of %s: %w", identity(deviceID, moduleID), err)
+		return nil, fmt.Errorf("get twin of %s: %w", Identity(deviceID, moduleID), err)
 	}
 	return out, nil
 }
@@ -143,7 +143,7 @@ func (c *Client) UpdateTwin(ctx context.Context, deviceID, moduleID string, patc
 func (c *Client) UpdateTwinIf(ctx context.Context, deviceID, moduleID string, patch json.RawMessage, ifMatch string) (json.RawMessage, error) {
 	var out json.RawMessage
 	if err := c.do(ctx, http.MethodPatch, twinPath(deviceID, moduleID), ifMatch, patch, &out); err != nil {
-		return nil, fmt.Errorf("update twin of %s: %w", identity(deviceID, moduleID), err)
+		return nil, fmt.Errorf("update twin of %s: %w", Identity(deviceID, moduleID), err)
 	}
 	return out, nil
 }
@@ -156,7 +156,7 @@ func twinPath(deviceID, moduleID string) string {
 	return p
 }
 
-func identity(deviceID, moduleID string) string {
+func Identity(deviceID, moduleID string) string {
 	if moduleID == "" {
 		return deviceID
 	}

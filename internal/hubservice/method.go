@@ -49,7 +49,7 @@ func (c *Client) InvokeMethod(ctx context.Context, deviceID, moduleID, name stri
 	}{name, payload, seconds(response), seconds(connect)}
 	var out MethodResult
 	if err := c.do(ctx, http.MethodPost, twinPath(deviceID, moduleID)+"/methods", "", body, &out); err != nil {
-		return nil, fmt.Errorf("invoke method %q on %s: %w", name, identity(deviceID, moduleID), err)
+		return nil, fmt.Errorf("invoke method %q on %s: %w", name, Identity(deviceID, moduleID), err)
 	}
 	return &out, nil
 }

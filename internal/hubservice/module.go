@@ -45,7 +45,7 @@ type SymmetricKey struct {
 func (c *Client) PutModule(ctx context.Context, m Module, ifMatch string) (*Module, error) {
 	var out Module
 	if err := c.doVersion(ctx, ModuleAPIVersion, http.MethodPut, modulePath(m.DeviceID, m.ModuleID), ifMatch, m, &out); err != nil {
-		return nil, fmt.Errorf("put module identity %s: %w", identity(m.DeviceID, m.ModuleID), err)
+		return nil, fmt.Errorf("put module identity %s: %w", Identity(m.DeviceID, m.ModuleID), err)
 	}
 	return &out, nil
 }
@@ -54,7 +54,7 @@ func (c *Client) PutModule(ctx context.Context, m Module, ifMatch string) (*Modu
 func (c *Client) GetModule(ctx context.Context, deviceID, moduleID string) (*Module, error) {
 	var out Module
 	if err := c.doVersion(ctx, ModuleAPIVersion, http.MethodGet, modulePath(deviceID, moduleID), "", nil, &out); err != nil {
-		return nil, fmt.Errorf("get module identity %s: %w", identity(deviceID, moduleID), err)
+		return nil, fmt.Errorf("get module identity %s: %w", Identity(deviceID, moduleID), err)
 	}
 	return &out, nil
 }
@@ -73,7 +73,7 @@ func (c *Client) ListModules(ctx context.Context, deviceID string) ([]Module, er
 // ETag; 404 ModuleNotFound when it does not exist).
 func (c *Client) DeleteModule(ctx context.Context, deviceID, moduleID, ifMatch string) error {
 	if err := c.doVersion(ctx, ModuleAPIVersion, http.MethodDelete, modulePath(deviceID, moduleID), ifMatch, nil, nil); err != nil {
-		return fmt.Errorf("delete module identity %s: %w", identity(deviceID, moduleID), err)
+		return fmt.Errorf("delete module identity %s: %w", Identity(deviceID, moduleID), err)
 	}
 	return nil
 }

@@ -191,7 +191,10 @@ type Server struct {
 
 	// regMu guards the module registry of the service API. It is a leaf:
 	// no other lock is taken while it is held, so identityKeys may be
-	// called under any lock.
+	// called under any lock. identityKeys calls Config.Key and, for
+	// $edgeAgent and $edgeHub, Config.Devices (systemModules) outside it:
+	// in the lab both read the registry file, on every CONNECT and
+	// re-authentication of those modules.
 	regMu   sync.Mutex
 	modules map[identity]*moduleIdentity // created through the registry
 	removed map[identity]bool            // deleted through it, not created again

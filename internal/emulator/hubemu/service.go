@@ -253,10 +253,6 @@ func writeServiceError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrUnknownIdentity):
 		writeError(w, http.StatusNotFound, "ErrorCode:DeviceNotFound;"+err.Error())
-	case errors.Is(err, ErrNotConnected):
-		writeError(w, http.StatusNotFound, "ErrorCode:DeviceNotOnline;"+err.Error())
-	case errors.Is(err, ErrMethodTimeout):
-		writeError(w, http.StatusGatewayTimeout, "ErrorCode:GatewayTimeout;"+err.Error())
 	case errors.Is(err, ErrPreconditionFailed):
 		writeError(w, http.StatusPreconditionFailed, "ErrorCode:PreconditionFailed;"+err.Error())
 	case errors.Is(err, ErrInvalidTwin), errors.Is(err, ErrInvalidArgument):

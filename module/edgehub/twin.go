@@ -97,10 +97,14 @@ func (s *Session) onDesired(ctx context.Context, _ mqtt.Client, msg mqtt.Message
 }
 
 // failPending ends every waiting twin request of a connection that ended.
+// An answer may be handled meanwhile: whichever takes the request out of
+// pending sends its one outcome, so the channel's one slot never fills
+// twice.
 func (s *Session) failPending() {
-	s.pending.Range(func(k, v any) bool {
-		s.pending.Delete(k)
-		v.(chan twinResponse) <- twinResponse{}
+	s.pending.Range(func(k, _ any) bool {
+		if v, ok := s.pending.LoadAndDelete(k); ok {
+			v.(chan twinResponse) <- twinResponse{}
+		}
 		return true
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -49,8 +50,13 @@ type Server struct {
 // Start starts an emulator configured by cfg on 127.0.0.1, with a fresh CA
 // whose server certificate names the gateway and hub hosts, localhost and
 // 127.0.0.1; it is stopped, and its goroutines joined, when the test ends.
+// Unless cfg.UpstreamKeep says otherwise it keeps every upstream message.
 func Start(t testing.TB, cfg hubemu.Config) *Server {
 	t.Helper()
+	if cfg.UpstreamKeep == 0 {
+		// Tests count every message that reached upstream.
+		cfg.UpstreamKeep = math.MaxInt
+	}
 	emu, err := hubemu.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -113,12 +113,19 @@ func (c *Client) WaitRunning(ctx context.Context, modules []string, interval tim
 	)
 	for {
 		list, err := c.Containers(ctx)
-		if err == nil {
+		switch {
+		case ctx.Err() != nil:
+			// A listing the deadline cut short may have skipped
+			// containers: the last whole one stands.
+			if last == nil && err == nil {
+				last = list
+			}
+		case err == nil:
 			last, lastErr = list, nil
 			if len(notRunning(list, modules)) == 0 {
 				return list, nil
 			}
-		} else if ctx.Err() == nil {
+		default:
 			lastErr = err // containerd may be restarting; keep polling
 		}
 		select {

@@ -23,9 +23,9 @@ import (
 // through the hub's service API and prints the module's answer.
 func labMethod(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab method", flag.ContinueOnError)
-	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (the running lab hub's)")
-	device := fs.String("device", "", "edge device `ID` (default: the device lab up provisioned, else the lab's only device)")
-	hub := fs.String("hub", "lab-hub.azure-devices.net", "IoT hub `host` name, for the default device")
+	t := &labTarget{}
+	t.register(fs)
+	dir, device, hub := &t.dir, &t.device, &t.hub
 	timeout := fs.Duration("timeout", 30*time.Second, "how long the hub waits for the module's answer (responseTimeoutInSeconds, 5s..300s)")
 	connect := fs.Duration("connect-timeout", 0, "how long the hub waits for the module to connect (connectTimeoutInSeconds, 0..300s)")
 	asJSON := fs.Bool("json", false, "print the answer as JSON {status, payload}")

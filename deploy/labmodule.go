@@ -24,9 +24,9 @@ func labModule(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	verb := args[0]
 	fs := flag.NewFlagSet("edge-deploy lab module "+verb, flag.ContinueOnError)
-	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (the running lab hub's)")
-	device := fs.String("device", "", "edge device `ID` (default: the device lab up provisioned, else the lab's only device)")
-	hub := fs.String("hub", "lab-hub.azure-devices.net", "IoT hub `host` name, for the default device")
+	t := &labTarget{}
+	t.register(fs)
+	dir, device, hub := &t.dir, &t.device, &t.hub
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab module add|remove [flags] MODULE...\n       edge-deploy lab module list [flags]\n\nCreate, remove or list module identities of a lab device in the running lab hub.\nThe hub refuses a module without an identity (CONNACK 5), as IoT Hub does.\n\n")
 		fs.PrintDefaults()
@@ -85,6 +85,16 @@ func labModule(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// labTarget is what names the device a lab command acts on: the lab's
+// state folder and the --device and --hub flags.
+type labTarget struct{ dir, device, hub string }
+
+func (t *labTarget) register(fs *flag.FlagSet) {
+	fs.StringVar(&t.dir, "state-dir", "./lab-state", "the lab's state `folder` (the running lab hub's)")
+	fs.StringVar(&t.device, "device", "", "edge device `ID` (default: the device lab up provisioned, else the lab's only device)")
+	fs.StringVar(&t.hub, "hub", lab.Hub, "IoT hub `host` name, for the default device")
 }
 
 // labDevice returns the device a lab command is about: device when given,

@@ -23,10 +23,10 @@ import (
 // waits for the module to report the version applied or rejected.
 func labTwinSet(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab twin set", flag.ContinueOnError)
-	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (the running lab hub's)")
-	device := fs.String("device", "", "edge device `ID` (default: the device lab up provisioned, else the lab's only device)")
+	t := &labTarget{}
+	t.register(fs)
+	dir, device, hub := &t.dir, &t.device, &t.hub
 	module := fs.String("module", "relay", "module `ID` (\"\": the device twin)")
-	hub := fs.String("hub", "lab-hub.azure-devices.net", "IoT hub `host` name, for the default device")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the module's report (0: do not wait)")
 	etag := fs.String("etag", "", "patch only while the twin's ETag (lab twin show's \"etag\") is `ETAG` (If-Match)")
 	fs.Usage = func() {
@@ -137,10 +137,10 @@ const maxPatch = 32 * 1024
 // labTwinShow prints the twin of a module (or device) of the running lab.
 func labTwinShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("edge-deploy lab twin show", flag.ContinueOnError)
-	dir := fs.String("state-dir", "./lab-state", "the lab's state `folder` (the running lab hub's)")
-	device := fs.String("device", "", "edge device `ID` (default: the device lab up provisioned, else the lab's only device)")
+	t := &labTarget{}
+	t.register(fs)
+	dir, device, hub := &t.dir, &t.device, &t.hub
 	module := fs.String("module", "relay", "module `ID` (\"\": the device twin)")
-	hub := fs.String("hub", "lab-hub.azure-devices.net", "IoT hub `host` name, for the default device")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edge-deploy lab twin show [flags]\n\nPrint the twin of a module (--module \"\": the device) of the running lab, as JSON.\n\n")
 		fs.PrintDefaults()
